@@ -1,0 +1,1 @@
+"""rl_sharpen: does RL teach new skills, or only sharpen what the base model already knows?"""

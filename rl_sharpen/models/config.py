@@ -1,0 +1,224 @@
+"""Model configuration: one frozen dataclass for every supported decoder family.
+
+A `ModelConfig` is built from a Hugging Face `config.json` (`from_hf_config`), from a named preset
+(`preset(name)`), or by hand for tiny test models. `architectures` in the HF config picks the family:
+
+  llama  LlamaForCausalLM   Llama 3.x (llama3 rope scaling), SmolLM2
+  qwen2  Qwen2ForCausalLM   Qwen2.5 (q/k/v projections carry a bias)
+  qwen3  Qwen3ForCausalLM   Qwen3 (per-head RMSNorm on q and k, explicit head_dim)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+FAMILIES = tuple(sorted(set(ARCHITECTURES.values())))
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 frequency-dependent rope scaling ("rope_type": "llama3")."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str  # one of FAMILIES
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    param_dtype: str = "float32"  # storage dtype of the weights
+    compute_dtype: str = "float32"  # dtype of matmuls; norms, softmax and log-probs stay float32
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"ModelConfig.family={self.family!r}; allowed: {FAMILIES}")
+        for field in ("param_dtype", "compute_dtype"):
+            if getattr(self, field) not in DTYPES:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; allowed: {tuple(DTYPES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.family == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.family == "qwen3"
+
+    @property
+    def dtype(self):
+        return DTYPES[self.compute_dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def _rope_fields(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+    """Reads rope settings from the pre-v5 keys (`rope_theta`, `rope_scaling`) or `rope_parameters`."""
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or None
+    theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
+    if scaling is None and params.get("rope_type", "default") != "default":
+        scaling = params
+    if not scaling:
+        return float(theta), None
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return float(theta), None
+    if kind != "llama3":
+        raise ValueError(f"config.json rope_scaling.rope_type={kind!r}; supported: 'default', 'llama3'")
+    return float(theta), RopeScaling(
+        factor=float(scaling["factor"]),
+        low_freq_factor=float(scaling["low_freq_factor"]),
+        high_freq_factor=float(scaling["high_freq_factor"]),
+        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+    )
+
+
+def _ids(value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
+def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", compute_dtype=None) -> ModelConfig:
+    """ModelConfig from a parsed HF config dict, or from the path of a folder / config.json."""
+    source = "config.json"
+    if isinstance(hf, (str, os.PathLike)):
+        source = os.path.join(hf, "config.json") if os.path.isdir(hf) else str(hf)
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"{source}: no such file (expected a Hugging Face config.json)")
+        with open(source) as f:
+            hf = json.load(f)
+    archs = hf.get("architectures") or []
+    known = [ARCHITECTURES[a] for a in archs if a in ARCHITECTURES]
+    if not known:
+        raise ValueError(f"{source}: architectures={archs}; supported: {sorted(ARCHITECTURES)}")
+    family = known[0]
+    theta, scaling = _rope_fields(hf)
+    heads = int(hf["num_attention_heads"])
+    hidden = int(hf["hidden_size"])
+    return ModelConfig(
+        family=family,
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(hf["intermediate_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hidden // heads),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+        param_dtype=param_dtype,
+        compute_dtype=compute_dtype or param_dtype,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=_ids(hf.get("eos_token_id")),
+    )
+
+
+def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json that transformers needs to rebuild `cfg` (written by `save_hf`)."""
+    arch = {v: k for k, v in ARCHITECTURES.items()}[cfg.family]
+    hf = {
+        "architectures": [arch],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "torch_dtype": cfg.param_dtype,
+        "attention_bias": cfg.qkv_bias,
+        "attention_dropout": 0.0,
+        "use_cache": True,
+    }
+    if cfg.family == "llama":
+        hf["mlp_bias"] = False
+    if cfg.rope_scaling is not None:
+        hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(cfg.rope_scaling)}
+    if cfg.bos_token_id is not None:
+        hf["bos_token_id"] = cfg.bos_token_id
+    if cfg.eos_token_ids:
+        hf["eos_token_id"] = list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else cfg.eos_token_ids[0]
+    return hf
+
+
+_LLAMA32_ROPE = RopeScaling(32.0, 1.0, 4.0, 8192)
+
+# Published architectures; `published_params` is the count from the model card, checked by the tests.
+PRESETS: dict[str, tuple[ModelConfig, float]] = {
+    "llama-3.2-1b-instruct": (ModelConfig(
+        "llama", 128256, 2048, 8192, 16, 32, 8, 64, 500000.0, _LLAMA32_ROPE, 1e-5, True, 131072,
+        bos_token_id=128000, eos_token_ids=(128001, 128008, 128009)), 1.236e9),
+    "llama-3.2-3b-instruct": (ModelConfig(
+        "llama", 128256, 3072, 8192, 28, 24, 8, 128, 500000.0, _LLAMA32_ROPE, 1e-5, True, 131072,
+        bos_token_id=128000, eos_token_ids=(128001, 128008, 128009)), 3.213e9),
+    "qwen2.5-0.5b-instruct": (ModelConfig(
+        "qwen2", 151936, 896, 4864, 24, 14, 2, 64, 1000000.0, None, 1e-6, True, 32768,
+        eos_token_ids=(151645, 151643)), 0.494e9),
+    "qwen2.5-1.5b-instruct": (ModelConfig(
+        "qwen2", 151936, 1536, 8960, 28, 12, 2, 128, 1000000.0, None, 1e-6, True, 32768,
+        eos_token_ids=(151645, 151643)), 1.54e9),
+    "qwen2.5-3b-instruct": (ModelConfig(
+        "qwen2", 151936, 2048, 11008, 36, 16, 2, 128, 1000000.0, None, 1e-6, True, 32768,
+        eos_token_ids=(151645, 151643)), 3.09e9),
+    "qwen3-0.6b": (ModelConfig(
+        "qwen3", 151936, 1024, 3072, 28, 16, 8, 128, 1000000.0, None, 1e-6, True, 40960,
+        eos_token_ids=(151645, 151643)), 0.596e9),
+    "qwen3-4b-instruct-2507": (ModelConfig(
+        "qwen3", 151936, 2560, 9728, 36, 32, 8, 128, 5000000.0, None, 1e-6, True, 262144,
+        eos_token_ids=(151645, 151643)), 4.02e9),
+    "smollm2-135m-instruct": (ModelConfig(
+        "llama", 49152, 576, 1536, 30, 9, 3, 64, 100000.0, None, 1e-5, True, 8192,
+        bos_token_id=1, eos_token_ids=(2,)), 0.1348e9),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A published architecture by name (see PRESETS), e.g. preset("qwen2.5-3b-instruct")."""
+    if name not in PRESETS:
+        raise ValueError(f"model preset {name!r}; allowed: {sorted(PRESETS)}")
+    return PRESETS[name][0].replace(**overrides)

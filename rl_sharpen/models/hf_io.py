@@ -1,0 +1,157 @@
+"""Hugging Face checkpoint folders in and out.
+
+`load_hf` reads `config.json` and `model.safetensors` (or the shards of
+`model.safetensors.index.json`) one tensor at a time and places each parameter straight into its
+target sharding, so the whole model never sits on one device. `save_hf` writes a folder that
+`transformers.AutoModelForCausalLM.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from rl_sharpen import sharding as shd
+from rl_sharpen.models import registry
+from rl_sharpen.models.config import DTYPES, ModelConfig, from_hf_config, to_hf_config
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not match what its config.json promises."""
+
+
+def _tensor_files(path: str) -> dict[str, str]:
+    """HF tensor name -> safetensors file holding it."""
+    index = os.path.join(path, INDEX_FILE)
+    single = os.path.join(path, SINGLE_FILE)
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return {name: os.path.join(path, file) for name, file in weight_map.items()}
+    if os.path.exists(single):
+        with safe_open(single, "np") as f:
+            return {name: single for name in f.keys()}
+    raise FileNotFoundError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
+
+
+class _Reader:
+    """Keeps safetensors files open while a checkpoint is read."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files, self.handles = files, {}
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.files:
+            raise CheckpointError(f"tensor {name!r} is missing from the checkpoint "
+                                  f"({len(self.files)} tensors in {sorted(set(self.files.values()))})")
+        file = self.files[name]
+        if file not in self.handles:
+            self.handles[file] = safe_open(file, "np")
+        return self.handles[file].get_tensor(name)
+
+
+def _flat_specs(cfg: ModelConfig) -> Iterator[tuple[str, object]]:
+    specs = registry.param_specs(cfg)
+    for key, spec in specs.items():
+        if key == "layers":
+            for sub, s in spec.items():
+                yield f"layers/{sub}", s
+        else:
+            yield key, spec
+
+
+def _set(tree: dict, path: str, value) -> None:
+    *parents, leaf = path.split("/")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _get(tree: dict, path: str):
+    for p in path.split("/"):
+        tree = tree[p]
+    return tree
+
+
+def _read_param(reader: _Reader, cfg: ModelConfig, path: str, spec, hf_name: str, transform) -> np.ndarray:
+    layered = path.startswith("layers/")
+    shape = spec.shape[1:] if layered else spec.shape
+    names = [hf_name.format(i) for i in range(cfg.num_layers)] if layered else [hf_name]
+    out = []
+    for name in names:
+        t = reader.get(name)
+        want = transform.hf_shape(shape)
+        if tuple(t.shape) != tuple(want):
+            raise CheckpointError(f"{reader.files[name]}: tensor {name!r} has shape {tuple(t.shape)}, "
+                                  f"config.json implies {tuple(want)}")
+        out.append(transform.to_ours(t, shape))
+    return np.stack(out) if layered else out[0]
+
+
+def load_hf(path: str, dtype: str = "float32", mesh=None, compute_dtype: str | None = None,
+            rules=shd.LOGICAL_RULES) -> tuple[ModelConfig, dict]:
+    """(cfg, params) from a local Hugging Face folder, params placed over `mesh` when given."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)")
+    cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=compute_dtype)
+    reader = _Reader(_tensor_files(path))
+    table = registry.hf_names(cfg)
+    params: dict = {}
+    np_dtype = np.dtype(DTYPES[dtype])
+    for p, spec in _flat_specs(cfg):
+        hf_name, transform = table[p]
+        host = _read_param(reader, cfg, p, spec, hf_name, transform).astype(np_dtype)
+        if mesh is None:
+            value = jnp.asarray(host)
+        else:
+            sharding = shd.named_sharding(mesh, spec.axes, spec.shape, rules)
+            value = jax.make_array_from_callback(host.shape, sharding, lambda idx, h=host: h[idx])
+        _set(params, p, value)
+    return cfg, params
+
+
+def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 << 30) -> None:
+    """Writes `config.json` and safetensors shards (with an index when there is more than one)."""
+    os.makedirs(path, exist_ok=True)
+    table = registry.hf_names(cfg)
+    tensors: dict[str, np.ndarray] = {}
+    for p, spec in _flat_specs(cfg):
+        hf_name, transform = table[p]
+        value = np.asarray(jax.device_get(_get(params, p)))
+        if p.startswith("layers/"):
+            for i in range(cfg.num_layers):
+                tensors[hf_name.format(i)] = transform.to_hf(value[i])
+        else:
+            tensors[hf_name] = transform.to_hf(value)
+    shards, current, size = [], {}, 0
+    for name, t in tensors.items():
+        if current and size + t.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = np.ascontiguousarray(t)
+        size += t.nbytes
+    shards.append(current)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata=meta)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(path, file), metadata=meta)
+            weight_map.update({name: file for name in shard})
+        total = sum(t.nbytes for t in tensors.values())
+        with open(os.path.join(path, INDEX_FILE), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(to_hf_config(cfg), f, indent=2)

@@ -1,0 +1,125 @@
+"""Layers shared by every decoder family: parameter declarations, RMSNorm, rotary embeddings,
+grouped-query attention over an explicit KV cache, and the SwiGLU MLP.
+
+Shapes: B batch, T new tokens, S cache slots, D hidden, H query heads, K kv heads, E head dim,
+F MLP width, V vocab, L layers. Matmuls run in `cfg.dtype`; norms, softmax and logits in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rl_sharpen.models.config import ModelConfig
+
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """A parameter declared once: its shape, logical axes and initializer (dtype = cfg.param_dtype)."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    init: str = "normal"  # "normal" (std 0.02), "ones" or "zeros"
+
+    def __post_init__(self):
+        if len(self.shape) != len(self.axes):
+            raise ValueError(f"ParamSpec shape {self.shape} and axes {self.axes} differ in rank")
+
+    def initialize(self, key: jax.Array, dtype) -> jax.Array:
+        if self.init == "ones":
+            return jnp.ones(self.shape, dtype)
+        if self.init == "zeros":
+            return jnp.zeros(self.shape, dtype)
+        return (0.02 * jax.random.normal(key, self.shape, jnp.float32)).astype(dtype)
+
+
+def decoder_specs(cfg: ModelConfig) -> dict:
+    """Parameter declarations common to all families; layer weights are stacked over `layers`."""
+    L, D, H, K, E, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                           cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
+    layer = {
+        "attn_norm": ParamSpec((L, D), ("layers", None), "ones"),
+        "q": ParamSpec((L, D, H, E), ("layers", "embed", "heads", "head_dim")),
+        "k": ParamSpec((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim")),
+        "v": ParamSpec((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim")),
+        "o": ParamSpec((L, H, E, D), ("layers", "heads", "head_dim", "embed")),
+        "mlp_norm": ParamSpec((L, D), ("layers", None), "ones"),
+        "gate": ParamSpec((L, D, F), ("layers", "embed", "mlp")),
+        "up": ParamSpec((L, D, F), ("layers", "embed", "mlp")),
+        "down": ParamSpec((L, F, D), ("layers", "mlp", "embed")),
+    }
+    specs = {
+        "embed": ParamSpec((V, D), ("vocab", "embed")),
+        "layers": layer,
+        "final_norm": ParamSpec((D,), (None,), "ones"),
+    }
+    if not cfg.tie_embeddings:
+        specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"))
+    return specs
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in float32."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """Inverse frequencies theta^(-2i/E), with Llama-3 scaling applied when configured."""
+    E = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, E, 2, dtype=jnp.float32) / E))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+    mid = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(is_mid, mid, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotary embedding in the half-split layout of HF checkpoints. x: [B, T, N, E]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Grouped-query softmax attention.
+
+    q: [B, T, H, E]; k, v: [B, S, K, E]; allowed: [B, T, S] bool. Returns [B, T, H, E].
+    Scores and softmax are float32; a row with no allowed key (padding) returns zeros.
+    """
+    B, T, H, E = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, H // K, E)
+    scores = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(E)
+    mask = allowed[:, None, None, :, :]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(mask, probs, 0.0).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(B, T, H, E).astype(q.dtype)
+
+
+def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    dt = x.dtype
+    h = jax.nn.silu(x @ gate.astype(dt)) * (x @ up.astype(dt))
+    return h @ down.astype(dt)

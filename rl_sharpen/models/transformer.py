@@ -1,0 +1,152 @@
+"""The decoder forward pass shared by the Llama, Qwen2 and Qwen3 families.
+
+    forward(params, cfg, tokens, positions, segment_ids, cache) -> (logits, cache)
+
+`segment_ids` [B, T] int32 marks padding with 0 and real tokens with a segment number; a token
+attends to earlier tokens of its own segment only (left padding, or several packed sequences).
+The KV cache is an explicit pytree:
+
+    {"k": [L, B, S, K, E], "v": [L, B, S, K, E], "segment_ids": [B, S] int32, "end": int32 []}
+
+Slots [0, end) are filled; a call writes its T tokens to slots [end, end + T) and returns the cache
+with end += T. Slot order is time order (batches are left-padded), so causality is slot order.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rl_sharpen.models import layers
+from rl_sharpen.models.config import ModelConfig
+
+Params = dict
+Cache = dict
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
+    """An empty cache of `max_len` slots (k/v in the compute dtype unless `dtype` is given)."""
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "end": jnp.zeros((), jnp.int32)}
+
+
+CACHE_AXES = {"k": ("layers", "batch", "cache_sequence", "kv_heads", "head_dim"),
+              "v": ("layers", "batch", "cache_sequence", "kv_heads", "head_dim"),
+              "segment_ids": ("batch", "cache_sequence"), "end": ()}
+
+
+def _allowed(q_seg, k_seg, q_slot, k_slot):
+    """[B, T, S] mask: same non-padding segment and key slot <= query slot."""
+    same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
+    return same & (k_slot[None, None, :] <= q_slot[None, :, None])
+
+
+def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_v, end):
+    """One pre-norm decoder layer. cache_k/v are this layer's [B, S, K, E] slots or None."""
+    dt = cfg.dtype
+    h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("btd,dhe->bthe", h, p["q"].astype(dt))
+    k = jnp.einsum("btd,dke->btke", h, p["k"].astype(dt))
+    v = jnp.einsum("btd,dke->btke", h, p["v"].astype(dt))
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
+    if cfg.qk_norm:
+        q = layers.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+        k = layers.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    q = layers.apply_rope(q, positions, inv_freq)
+    k = layers.apply_rope(k, positions, inv_freq)
+    if cache_k is not None:
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, end, 0, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, end, 0, 0))
+        k, v = cache_k.astype(dt), cache_v.astype(dt)
+    attn = layers.attention(q, k, v, allowed)
+    x = x + jnp.einsum("bthe,hed->btd", attn, p["o"].astype(dt))
+    h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])
+    return x, cache_k, cache_v
+
+
+def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_ids,
+                  cache: Cache | None = None, remat: bool = False):
+    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
+    T = tokens.shape[1]
+    x = params["embed"].astype(cfg.dtype)[tokens]
+    inv_freq = layers.rope_frequencies(cfg)
+    if cache is None:
+        slots = jnp.arange(T)
+        allowed = _allowed(segment_ids, segment_ids, slots, slots)
+        end = None
+    else:
+        end = cache["end"]
+        key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, end))
+        allowed = _allowed(segment_ids, key_segments, end + jnp.arange(T), jnp.arange(key_segments.shape[1]))
+
+    def step(x, xs):
+        p, ck, cv = xs
+        x, ck, cv = _block(cfg, inv_freq, x, positions, allowed, p, ck, cv, end)
+        return x, (ck, cv)
+
+    if remat:
+        step = jax.checkpoint(step, prevent_cse=False)
+    xs = (params["layers"], None, None) if cache is None else (params["layers"], cache["k"], cache["v"])
+    x, (new_k, new_v) = jax.lax.scan(step, x, xs)
+    x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    if cache is not None:
+        cache = {"k": new_k, "v": new_v, "segment_ids": key_segments, "end": end + T}
+    return x, cache
+
+
+def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
+    """Float32 logits [..., V] from final hidden states."""
+    if cfg.tie_embeddings:
+        return jnp.einsum("...d,vd->...v", h, params["embed"].astype(h.dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def forward(params: Params, cfg: ModelConfig, tokens, positions, segment_ids, cache: Cache | None = None):
+    """Logits [B, T, V] float32 for `tokens` [B, T] at rope `positions` [B, T], and the new cache."""
+    h, cache = hidden_states(params, cfg, tokens, positions, segment_ids, cache)
+    return logits_from_hidden(params, cfg, h), cache
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Rope positions 0, 1, ... restarting at every segment; padding gets 0.
+
+    Left-padded rows give the real tokens positions 0..n-1, as an unpadded forward would.
+    """
+    real = (segment_ids != 0).astype(jnp.int32)
+    new_segment = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    index = jnp.arange(segment_ids.shape[1])[None, :]
+    starts = jax.lax.cummax(jnp.where(new_segment, index, 0), axis=1)
+    return (index - starts) * real
+
+
+def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positions=None, *,
+                   chunk: int = 512, remat: bool = False) -> jax.Array:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced.
+
+    The vocabulary projection and log-softmax run over `chunk` positions at a time so the full
+    [B, T, V] logits never exist at once.
+    """
+    if positions is None:
+        positions = positions_from_segments(segment_ids)
+    h, _ = hidden_states(params, cfg, tokens, positions, segment_ids, remat=remat)
+    h, targets = h[:, :-1], tokens[:, 1:]
+    B, T1, D = h.shape
+    n = -(-T1 // chunk)
+    pad = n * chunk - T1
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
+    targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(args):
+        hc, tc = args
+        logits = logits_from_hidden(params, cfg, hc)
+        picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    out = jax.lax.map(one, (h, targets))  # [n, B, chunk]
+    return out.swapaxes(0, 1).reshape(B, n * chunk)[:, :T1]

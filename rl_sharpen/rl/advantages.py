@@ -1,0 +1,128 @@
+"""Advantages from per-sample rewards R [N], rows n*G .. n*G+G-1 sharing a prompt.
+
+Estimators (registered by name; g(i) is the group of sample i, mean_g / std_g over its G rewards,
+std with ddof = 1):
+
+  rloo                   A_i = R_i - 1/(G-1) sum_{j in g(i), j != i} R_j = G/(G-1) (R_i - mean_g)
+                         the baseline does not depend on y_i, so E[A_i grad log pi(y_i)] = grad E_pi[R]
+                         exactly (the paper's default; no std normalization)
+  grpo                   A_i = (R_i - mean_g) / (std_g + eps)                    Shao et al. 2024
+  dr_grpo                A_i = R_i - mean_g; pair it with a constant loss normalizer
+                         (aggregation 'seq-mean-token-sum', losses.py)           Liu et al. 2025
+  reinforce_pp           A_i = (R_i - mean_B) / (std_B + eps) over the whole batch   Hu 2025 (REINFORCE++)
+  reinforce_pp_baseline  A_i = (R_i - mean_g) / (std_B(R - mean_g) + eps)        REINFORCE++ with group baseline
+
+mean_g inside the baseline makes grpo / dr_grpo estimate (G-1)/G grad E_pi[R] (dr_grpo exactly,
+grpo up to the std factor).
+
+Inverse-success calibration (Fan et al. 2026, "When Sharpening Becomes Collapse"), applied after any
+estimator when `inverse_success_exponent` a != 0: with c_g = sum_{j in g} correct_j,
+
+  A_i <- A_i (G - c_g)^a   if A_i > 0,   A_i unchanged otherwise.
+
+Positive signal from easy prompts (most samples correct) is damped relative to hard ones, which slows
+the collapse of the policy onto the modes that happen to be sampled; a = 0 leaves A unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    estimator: str = "rloo"  # a name in ADVANTAGE_ESTIMATORS
+    eps: float = 1e-6  # added to the std of grpo / reinforce_pp*
+    inverse_success_exponent: float = 0.0  # a of the inverse-success calibration; 0 disables
+
+    def __post_init__(self):
+        if self.estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"AdvantageConfig.estimator={self.estimator!r}; allowed: {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.eps < 0:
+            raise ValueError(f"AdvantageConfig.eps={self.eps}; must be >= 0")
+        if self.inverse_success_exponent < 0:
+            raise ValueError(f"AdvantageConfig.inverse_success_exponent={self.inverse_success_exponent}; must be >= 0")
+
+
+Estimator = Callable[[jax.Array, int, AdvantageConfig], jax.Array]
+ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str):
+    """Decorator: makes `fn(rewards [N], group_size, cfg) -> [N]` available by `name`."""
+
+    def wrap(fn: Estimator) -> Estimator:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
+    return rewards.astype(jnp.float32).reshape(-1, group_size)
+
+
+@register_estimator("rloo")
+def rloo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
+    if group_size < 2:
+        raise ValueError(f"rloo needs group_size >= 2, got {group_size}")
+    r = _grouped(rewards, group_size)
+    loo_mean = (jnp.sum(r, axis=1, keepdims=True) - r) / (group_size - 1)
+    return (r - loo_mean).reshape(-1)
+
+
+@register_estimator("grpo")
+def grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
+    if group_size < 2:
+        raise ValueError(f"grpo needs group_size >= 2 (std over the group), got {group_size}")
+    r = _grouped(rewards, group_size)
+    centered = r - jnp.mean(r, axis=1, keepdims=True)
+    return (centered / (jnp.std(r, axis=1, keepdims=True, ddof=1) + cfg.eps)).reshape(-1)
+
+
+@register_estimator("dr_grpo")
+def dr_grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
+    r = _grouped(rewards, group_size)
+    return (r - jnp.mean(r, axis=1, keepdims=True)).reshape(-1)
+
+
+def _batch_whiten(values: jax.Array, eps: float) -> jax.Array:
+    return (values - jnp.mean(values)) / (jnp.std(values, ddof=1) + eps)
+
+
+@register_estimator("reinforce_pp")
+def reinforce_pp(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
+    return _batch_whiten(rewards.astype(jnp.float32), cfg.eps)
+
+
+@register_estimator("reinforce_pp_baseline")
+def reinforce_pp_baseline(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
+    return _batch_whiten(dr_grpo(rewards, group_size, cfg), cfg.eps)
+
+
+def inverse_success_scale(advantages: jax.Array, correct: jax.Array, group_size: int,
+                          exponent: float) -> jax.Array:
+    """A_i (G - c_g)^a where A_i > 0 (c_g = number correct in the group), A_i elsewhere."""
+    c = _grouped(correct, group_size)
+    scale = jnp.power(group_size - jnp.sum(c, axis=1, keepdims=True), exponent)
+    scale = jnp.broadcast_to(scale, c.shape).reshape(-1)
+    return jnp.where(advantages > 0, advantages * scale, advantages)
+
+
+def compute_advantages(rewards: jax.Array, group_size: int, cfg: AdvantageConfig,
+                       correct: jax.Array | None = None) -> jax.Array:
+    """A [N] float32 from rewards [N]; `correct` [N] is needed when inverse_success_exponent != 0."""
+    if rewards.ndim != 1 or group_size < 1 or rewards.shape[0] % group_size:
+        raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}, got {rewards.shape}")
+    advantages = ADVANTAGE_ESTIMATORS[cfg.estimator](rewards, group_size, cfg)
+    if cfg.inverse_success_exponent != 0:
+        if correct is None:
+            raise ValueError("AdvantageConfig.inverse_success_exponent != 0 needs `correct` [N]")
+        advantages = inverse_success_scale(advantages, correct, group_size, cfg.inverse_success_exponent)
+    return advantages

@@ -1,0 +1,313 @@
+"""Per-sample rewards: a weighted mixture of named components (Mittal, Gagnon, Lajoie 2026).
+
+The objective is the KL-regularized  max_pi E_pi[R(y)] - beta KL(pi || p_ref),  beta_inv = 1/beta.
+For a completion y with generated-token mask m_t (EOS included), L = sum_t m_t and
+
+  S_ref = sum_t m_t log p_ref(y_t | x, y_<t)      S_pi = sum_t m_t log pi(y_t | x, y_<t)  (temperature 1)
+  N(y)  = 0 | S_ref | S_ref / L | S_ref / L^w      normalization = none | sum | mean | weighted_mean
+
+the 'paper' mixture (`paper_weights`), with r in {0, 1} the verified correctness, is
+
+  mode          beta_inv  R(y)                                                   optimum (N = S_ref)
+  optimization  0         alpha N                                                delta at argmax_y N(y)
+  optimization  > 0       r + (alpha / beta_inv) N                               delta at argmax_y [beta_inv r + alpha N]
+  sampling      0         (alpha - 1) N + S_ref - S_pi                           pi* ∝ p_ref^alpha
+  sampling      > 0       r + ((alpha - 1) / beta_inv) N + (S_ref - S_pi) / beta_inv   pi* ∝ p_ref^alpha e^{beta_inv r}
+
+Optimization mode has no entropy term: E_pi[R] is linear in pi and is maximized by a point mass on
+argmax R. Sampling mode carries the KL inside the reward: S_ref - S_pi is a one-sample (k1) estimate
+of -KL(pi || p_ref), and with R treated as a constant its policy gradient is exact, so for N = S_ref
+  beta_inv E_pi[R] = E_pi[beta_inv r + alpha S_ref] + H(pi) = log Z - KL(pi || p_ref^alpha e^{beta_inv r} / Z).
+The four regimes of the paper (`regime_preset`):
+  task_reward       optimization, alpha = 0, beta_inv = 1:  R = r; any pi supported on correct answers
+  sharpening        optimization, alpha = 1, beta_inv = 0:  R = S_ref; the mode of p_ref
+                    (N = S_ref / L instead gives the completion with the best mean token log-prob)
+  tempered_a{a}     sampling, beta_inv = 0:                 pi* ∝ p_ref^a (sequence level, not per-token temperature)
+  tilted_a{a}_b{b}  sampling, beta_inv = b:                 pi* ∝ p_ref^a e^{b r}
+`kl_coef` > 0 subtracts kl_coef * sum_t k(d_t) (rl/kl.py) from R; with k1 and R = r this gives
+pi* ∝ p_ref e^{r / kl_coef}.
+
+More components (register one with `@register_component(name)`; weight it with `extra`):
+  neg_entropy     -(1/L) sum_t m_t H(pi(. | x, y_<t))                         entropy minimization
+  self_certainty  (1/L) sum_t m_t KL(U || pi(. | x, y_<t))                    Zhao et al. 2025 (Intuitor)
+                  = (1/L) sum_t m_t [logsumexp(z_t) - mean(z_t) - log V]
+  majority_vote   1[answer_id = majority answer id of the group]              Zuo et al. 2025 (TTRL)
+  format          1[an answer was extracted]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from rl_sharpen.rl import kl
+
+MODES = ("optimization", "sampling")
+NORMALIZATIONS = ("none", "sum", "mean", "weighted_mean")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RewardInputs:
+    """Arrays for one rollout batch of N = num_prompts * group_size completions, padded to T tokens.
+
+    Rows n*G .. n*G+G-1 answer the same prompt. Optional fields are needed only by the components
+    that read them; a missing one raises an error naming it.
+    """
+
+    completion_mask: jax.Array  # [N, T] 1 on generated tokens (EOS included), 0 on padding
+    correct: jax.Array  # [N] f32 verified task reward r in {0, 1}, computed on host
+    answer_ids: jax.Array  # [N] int32 hash of the extracted normalized answer, -1 if none
+    ref_logprobs: jax.Array | None = None  # [N, T] f32 log p_ref(y_t | x, y_<t)
+    policy_logprobs: jax.Array | None = None  # [N, T] f32 log pi(y_t | x, y_<t), temperature 1, at rollout
+    token_entropy: jax.Array | None = None  # [N, T] f32 H(pi(. | x, y_<t)) (`token_statistics`)
+    logit_lse: jax.Array | None = None  # [N, T] f32 logsumexp_j z_tj of the temperature-1 logits
+    logit_mean: jax.Array | None = None  # [N, T] f32 (1/V) sum_j z_tj
+    group_size: int = dataclasses.field(default=1, metadata=dict(static=True))
+    vocab_size: int = dataclasses.field(default=0, metadata=dict(static=True))  # V: width of those logits
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """R = sum_k weight_k * component_k - kl_coef * sum_t k(d_t); weights = paper_weights + extra."""
+
+    mode: str = "optimization"  # one of MODES
+    alpha: float = 0.0
+    beta_inv: float = 1.0  # 1 / beta; 0 drops the task reward and the 1/beta_inv scaling
+    normalization: str = "sum"  # one of NORMALIZATIONS
+    length_exponent: float = 1.0  # w of weighted_mean: N = S_ref / L^w
+    extra: tuple[tuple[str, float], ...] = ()  # more components: ((name, weight), ...) or a dict
+    kl_coef: float = 0.0
+    kl_estimator: str = "k1"
+
+    def __post_init__(self):
+        if isinstance(self.extra, Mapping):
+            object.__setattr__(self, "extra", tuple(self.extra.items()))
+        object.__setattr__(self, "extra", tuple((str(n), float(w)) for n, w in self.extra))
+        if self.mode not in MODES:
+            raise ValueError(f"RewardConfig.mode={self.mode!r}; allowed: {MODES}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"RewardConfig.normalization={self.normalization!r}; allowed: {NORMALIZATIONS}")
+        if self.beta_inv < 0:
+            raise ValueError(f"RewardConfig.beta_inv={self.beta_inv}; must be >= 0")
+        if self.kl_coef < 0:
+            raise ValueError(f"RewardConfig.kl_coef={self.kl_coef}; must be >= 0")
+        if self.kl_estimator not in kl.KL_ESTIMATORS:
+            raise ValueError(f"RewardConfig.kl_estimator={self.kl_estimator!r}; allowed: {sorted(kl.KL_ESTIMATORS)}")
+        for name, _ in self.extra:
+            if name not in REWARD_COMPONENTS:
+                raise ValueError(f"RewardConfig.extra names {name!r}; registered: {sorted(REWARD_COMPONENTS)}")
+
+    def replace(self, **kw) -> "RewardConfig":
+        return dataclasses.replace(self, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Components: fn(inputs, cfg) -> [N] float32.
+
+RewardComponent = Callable[[RewardInputs, RewardConfig], jax.Array]
+REWARD_COMPONENTS: dict[str, RewardComponent] = {}
+
+
+def register_component(name: str):
+    """Decorator: makes `fn(inputs, cfg) -> [N]` available to RewardConfig by `name`."""
+
+    def wrap(fn: RewardComponent) -> RewardComponent:
+        if name in REWARD_COMPONENTS:
+            raise ValueError(f"reward component {name!r} is already registered")
+        REWARD_COMPONENTS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _field(inputs: RewardInputs, name: str, component: str) -> jax.Array:
+    value = getattr(inputs, name)
+    if value is None:
+        raise ValueError(f"reward component {component!r} needs RewardInputs.{name}, which is None")
+    return value.astype(jnp.float32)
+
+
+def _mask(inputs: RewardInputs) -> jax.Array:
+    return inputs.completion_mask.astype(bool)
+
+
+def _masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(mask, values, 0.0), axis=-1)
+
+
+def completion_lengths(inputs: RewardInputs) -> jax.Array:
+    """L = sum_t m_t -> [N] float32."""
+    return jnp.sum(_mask(inputs), axis=-1).astype(jnp.float32)
+
+
+def _masked_mean(values: jax.Array, inputs: RewardInputs) -> jax.Array:
+    return _masked_sum(values, _mask(inputs)) / jnp.maximum(completion_lengths(inputs), 1.0)
+
+
+@register_component("task")
+def task_reward(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """r: the verifier's correctness."""
+    return inputs.correct.astype(jnp.float32)
+
+
+@register_component("sharpening")
+def sharpening(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """N(y) = 0 | S_ref | S_ref / L | S_ref / L^w by cfg.normalization (L clamped to >= 1)."""
+    if cfg.normalization == "none":
+        return jnp.zeros(inputs.correct.shape, jnp.float32)
+    s_ref = _masked_sum(_field(inputs, "ref_logprobs", "sharpening"), _mask(inputs))
+    if cfg.normalization == "sum":
+        return s_ref
+    exponent = 1.0 if cfg.normalization == "mean" else cfg.length_exponent
+    return s_ref / jnp.maximum(completion_lengths(inputs), 1.0) ** exponent
+
+
+@register_component("log_ratio")
+def log_ratio(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """S_ref - S_pi = log p_ref(y) / pi(y); E_pi of it is -KL(pi || p_ref)."""
+    mask = _mask(inputs)
+    ref = _field(inputs, "ref_logprobs", "log_ratio")
+    policy = _field(inputs, "policy_logprobs", "log_ratio")
+    return _masked_sum(ref - policy, mask)
+
+
+@register_component("neg_entropy")
+def neg_entropy(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """-(1/L) sum_t m_t H_t: mean negative entropy of the policy's next-token distributions."""
+    return -_masked_mean(_field(inputs, "token_entropy", "neg_entropy"), inputs)
+
+
+@register_component("self_certainty")
+def self_certainty(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """(1/L) sum_t m_t KL(U || pi_t), KL(U || softmax(z)) = logsumexp(z) - mean(z) - log V."""
+    if inputs.vocab_size <= 0:
+        raise ValueError(f"reward component 'self_certainty' needs RewardInputs.vocab_size > 0, "
+                         f"got {inputs.vocab_size}")
+    lse = _field(inputs, "logit_lse", "self_certainty")
+    mean = _field(inputs, "logit_mean", "self_certainty")
+    return _masked_mean(lse - mean - math.log(inputs.vocab_size), inputs)
+
+
+@register_component("majority_vote")
+def majority_vote(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """1 if answer_id equals the most frequent valid (>= 0) answer id of its group, else 0.
+
+    Ties go to the answer that appears first in the group; invalid answers (-1) never score.
+    """
+    ids = inputs.answer_ids.reshape(-1, inputs.group_size)
+    valid = ids >= 0
+    same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]
+    counts = jnp.where(valid, jnp.sum(same, axis=-1), 0)
+    majority = jnp.take_along_axis(ids, jnp.argmax(counts, axis=-1)[:, None], axis=-1)
+    return ((ids == majority) & valid).astype(jnp.float32).reshape(-1)
+
+
+@register_component("format")
+def format_reward(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
+    """1 if an answer was extracted (answer_id >= 0)."""
+    return (inputs.answer_ids >= 0).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixture.
+
+
+def paper_weights(mode: str, alpha: float, beta_inv: float) -> dict[str, float]:
+    """Weights on task (r), sharpening (N) and log_ratio (S_ref - S_pi) of the four formulas above."""
+    if mode == "optimization":
+        if beta_inv == 0:
+            weights = {"sharpening": alpha}
+        else:
+            weights = {"task": 1.0, "sharpening": alpha / beta_inv}
+    elif mode == "sampling":
+        if beta_inv == 0:
+            weights = {"sharpening": alpha - 1.0, "log_ratio": 1.0}
+        else:
+            weights = {"task": 1.0, "sharpening": (alpha - 1.0) / beta_inv, "log_ratio": 1.0 / beta_inv}
+    else:
+        raise ValueError(f"mode={mode!r}; allowed: {MODES}")
+    return {name: float(w) for name, w in weights.items() if w != 0}
+
+
+def mixture_weights(cfg: RewardConfig) -> dict[str, float]:
+    """paper_weights(cfg) plus cfg.extra (weights of a repeated name add up)."""
+    weights = paper_weights(cfg.mode, cfg.alpha, cfg.beta_inv)
+    for name, w in cfg.extra:
+        weights[name] = weights.get(name, 0.0) + w
+    return weights
+
+
+def _check_shapes(inputs: RewardInputs) -> None:
+    if inputs.completion_mask.ndim != 2:
+        raise ValueError(f"RewardInputs.completion_mask must be [N, T], got shape {inputs.completion_mask.shape}")
+    n, t = inputs.completion_mask.shape
+    for name in ("correct", "answer_ids"):
+        if getattr(inputs, name).shape != (n,):
+            raise ValueError(f"RewardInputs.{name} must have shape ({n},), got {getattr(inputs, name).shape}")
+    for name in ("ref_logprobs", "policy_logprobs", "token_entropy", "logit_lse", "logit_mean"):
+        value = getattr(inputs, name)
+        if value is not None and value.shape != (n, t):
+            raise ValueError(f"RewardInputs.{name} must have shape ({n}, {t}), got {value.shape}")
+    if inputs.group_size < 1 or n % inputs.group_size:
+        raise ValueError(f"RewardInputs.group_size={inputs.group_size} must be >= 1 and divide N={n}")
+
+
+def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(R [N] float32, {component name: [N]} for every weighted component, plus 'kl' if kl_coef > 0).
+
+    Jittable with cfg static: jax.jit(compute_rewards, static_argnames="cfg").
+    """
+    _check_shapes(inputs)
+    values = {name: REWARD_COMPONENTS[name](inputs, cfg) for name in mixture_weights(cfg)}
+    total = jnp.zeros(inputs.correct.shape, jnp.float32)
+    for name, w in mixture_weights(cfg).items():
+        total = total + w * values[name]
+    if cfg.kl_coef > 0:
+        values["kl"] = kl.sequence_kl(_field(inputs, "policy_logprobs", "kl"), _field(inputs, "ref_logprobs", "kl"),
+                                      inputs.completion_mask, cfg.kl_estimator)
+        total = total - cfg.kl_coef * values["kl"]
+    return total, values
+
+
+def token_statistics(logits: jax.Array) -> dict[str, jax.Array]:
+    """Per-position 'token_entropy', 'logit_lse' and 'logit_mean' of temperature-1 logits [..., V], float32."""
+    z = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    entropy = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+    return {"token_entropy": entropy, "logit_lse": lse, "logit_mean": jnp.mean(z, axis=-1)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: the four regimes of the paper (N = S_ref throughout).
+
+TEMPERED_ALPHAS = (0.5, 1.0, 1.25, 2.0, 4.0)
+TILTED_BETA_INVS = (100.0, 10000.0)
+
+
+def _presets() -> dict[str, RewardConfig]:
+    presets = {
+        "task_reward": RewardConfig(mode="optimization", alpha=0.0, beta_inv=1.0),
+        "sharpening": RewardConfig(mode="optimization", alpha=1.0, beta_inv=0.0),
+    }
+    for a in TEMPERED_ALPHAS:
+        presets[f"tempered_a{a:g}"] = RewardConfig(mode="sampling", alpha=a, beta_inv=0.0)
+    for a in TEMPERED_ALPHAS:
+        for b in TILTED_BETA_INVS:
+            presets[f"tilted_a{a:g}_b{b:g}"] = RewardConfig(mode="sampling", alpha=a, beta_inv=b)
+    return presets
+
+
+REGIME_PRESETS: dict[str, RewardConfig] = _presets()
+PRESET_NAMES: tuple[str, ...] = tuple(REGIME_PRESETS)
+
+
+def regime_preset(name: str, **overrides) -> RewardConfig:
+    """A paper regime by name, e.g. regime_preset("tilted_a2_b100", normalization="mean")."""
+    if name not in REGIME_PRESETS:
+        raise ValueError(f"reward preset {name!r}; allowed: {list(PRESET_NAMES)}")
+    return REGIME_PRESETS[name].replace(**overrides)

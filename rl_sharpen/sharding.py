@@ -1,0 +1,131 @@
+"""Named device meshes and the one table that maps logical axes to mesh axes.
+
+Every parameter and activation names its dimensions with logical axes ("embed", "heads", "batch",
+...). `LOGICAL_RULES` maps each logical axis to mesh axes; `logical_to_spec` applies it and refuses
+a tensor in which two dimensions would land on the same mesh axis. Shardings of whole pytrees come
+from `jax.eval_shape`, so nothing is materialised to find out where it goes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes (a tuple shards over their product; None replicates).
+LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "sequence": None,
+    "layers": None,
+    "vocab": ("tensor",),
+    "embed": ("fsdp",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": None,
+    "mlp": ("tensor",),
+    "cache_sequence": None,
+}
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices=None) -> Mesh:
+    """A mesh with named axes; one size may be -1 ("the rest of the devices").
+
+    make_mesh({"data": -1, "fsdp": 2, "tensor": 2}) on 8 devices gives data=2.
+    """
+    items = list(shape.items()) if isinstance(shape, Mapping) else list(shape)
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    names = [n for n, _ in items]
+    sizes = [int(s) for _, s in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"mesh axes {names} repeat a name")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh {dict(items)}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if devices.size % known:
+            raise ValueError(f"mesh {dict(items)}: {devices.size} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = devices.size // known
+    if math.prod(sizes) != devices.size:
+        raise ValueError(f"mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices; "
+                         f"{devices.size} are available")
+    if devices.flat[0].platform in ("tpu", "gpu", "cuda", "rocm"):
+        grid = mesh_utils.create_device_mesh(sizes, devices=list(devices.flat))  # topology-aware order
+    else:
+        grid = devices.reshape(sizes)
+    return Mesh(grid, tuple(names))
+
+
+def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None,
+                    rules: Mapping[str, Any] = LOGICAL_RULES) -> P:
+    """PartitionSpec for a tensor whose dimensions carry `axes`.
+
+    Mesh axes the mesh does not have, or of size 1, are dropped. Raises if two dimensions of one
+    tensor would be sharded over the same mesh axis.
+    """
+    spec, used = [], {}
+    for dim, name in enumerate(axes):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rules:
+            raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
+        targets = rules[name] or ()
+        if mesh is not None:
+            targets = tuple(t for t in targets if t in mesh.shape and mesh.shape[t] > 1)
+        for t in targets:
+            if t in used:
+                raise ValueError(f"logical axes {tuple(axes)}: {name!r} (dim {dim}) and {used[t][0]!r} "
+                                 f"(dim {used[t][1]}) both map to mesh axis {t!r}")
+            used[t] = (name, dim)
+        spec.append(None if not targets else targets[0] if len(targets) == 1 else tuple(targets))
+    return P(*spec)
+
+
+def _fits(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
+    """Drops mesh axes from dims they do not divide (e.g. 3 kv heads over 2 tensor shards).
+
+    JAX cannot place an array whose dimension is not a multiple of its shard count, so such a
+    dimension is replicated over that mesh axis instead, and this is logged.
+    """
+    out = []
+    for size, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        kept = []
+        for n in names:
+            if size % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[n]) == 0:
+                kept.append(n)
+            else:
+                logging.log_first_n(logging.INFO, "dim of size %d not divisible by mesh axis %r (%d): "
+                                    "replicated over it", 8, size, n, mesh.shape[n])
+        out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return P(*out)
+
+
+def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                   rules: Mapping[str, Any] = LOGICAL_RULES) -> NamedSharding:
+    spec = logical_to_spec(axes, mesh, rules)
+    if shape is not None:
+        spec = _fits(shape, spec, mesh)
+    return NamedSharding(mesh, spec)
+
+
+def tree_shardings(abstract_tree, axes_tree, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES):
+    """NamedShardings for a pytree of ShapeDtypeStructs given a matching pytree of logical axes."""
+    return jax.tree.map(lambda a, ax: named_sharding(mesh, ax, a.shape, rules), abstract_tree, axes_tree,
+                        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shards dim 0 over the data axes, replicates the rest."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

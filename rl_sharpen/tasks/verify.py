@@ -1,0 +1,470 @@
+"""Math answer verification: the task reward r(completion, gold) in {0, 1}.
+
+Pipeline for one (completion, gold) pair:
+
+  1. `extract_answer` takes the model's final answer: the last `\\boxed{...}` / `\\fbox{...}`
+     (nested braces), else the last `#### n` line, else the last "the answer is ...".
+  2. Fast path, in the calling process and linear in the input length: the two answers are
+     canonicalized (`canonical_answer`: LaTeX spacing, `\\dfrac`, units, degrees, `\\%`, thousands
+     separators, `x =` prefixes, ...). Equal strings are equal. If both are plain numbers (integer,
+     decimal, `a/b`, `\\frac{a}{b}`, mixed number) they are compared as exact rationals and the
+     verdict is final: 6 != 6.0000001 and 1/3 != 0.333333. `p\\%` also matches p/100.
+  3. Otherwise math-verify parses both to sympy and compares them (sets, intervals, tuples, matrices,
+     `\\pm`, equations, symbolic simplification). Its numeric tolerances (6-digit float rounding,
+     `evalf(chop=True)`, which rounds anything below ~1e-15 to 0) accept different numbers such as
+     1/2^{99} = 1/2^{98} and 1/2004! = 1/2006!, so a match is vetoed when the two objects contain
+     numbers that differ: |a - b| > 1e-12 max(|a|, |b|) at 30 significant digits (free symbols are
+     set to fixed rationals first; equations are not vetoed).
+
+Step 3 runs in a pool of worker processes (`VerifierPool`). Each item has a hard wall-clock timeout;
+a worker that exceeds it (sympy can loop in C code, e.g. on `9^{9^{9^{9}}}`) is killed and replaced,
+and the item scores 0. Workers also run under an address-space limit, so `10^{10^{10}}` fails with
+MemoryError instead of exhausting the machine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import time
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+
+_MAX_NUMBER_CHARS = 200  # longer literals are left to the (timed) sympy path
+_REL_TOL = 1e-12
+_EVAL_DIGITS = 30
+
+# ---------------------------------------------------------------------------------------------
+# Answer extraction.
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS_RE = re.compile(r"answer is[:\s]*", re.IGNORECASE)
+
+
+def _braced_group(text: str, start: int) -> tuple[str, int] | None:
+    """`text[start]` must be '{'; returns (content, index after the matching '}') or None."""
+    depth = 0
+    for i in range(start, len(text)):
+        c = text[i]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`); None if absent/unclosed."""
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    i = matches[-1].end()
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        group = _braced_group(text, i)
+        return None if group is None else group[0]
+    token = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`
+    return token.group(0) if token and i > matches[-1].end() else None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in a completion or worked solution, or None if it states none."""
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip() or None
+    hashes = _HASH_RE.findall(text)
+    if hashes:
+        return hashes[-1].strip() or None
+    said = list(_ANSWER_IS_RE.finditer(text))
+    if said:
+        rest = text[said[-1].end() :].split("\n", 1)[0]
+        rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0].strip()  # end of sentence
+        return rest.strip("$ ").strip() or None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical strings and exact numbers.
+
+_DELETE = (r"\left", r"\right", r"\displaystyle", r"\!", r"\,", r"\;", r"\:", r"\ ", "~", r"\$", "$")
+_UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\{([^{}]*)\}"
+_TRAILING_UNITS_RE = re.compile(rf"(?:\s*{_UNIT_MACRO}(?:\^\{{?[23]\}}?)?)+\s*$")
+_UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
+_UNIT_WORDS_RE = re.compile(r"^(-?[\d.,/]+)\s+[a-zA-Z][a-zA-Z ]*\.?$")  # "18 dollars"
+_DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
+_PERCENT_RE = re.compile(r"\\?%")
+_ASSIGNMENT_RE = re.compile(r"^\s*[a-zA-Z]\s*=\s*")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
+_FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
+_BOXED_WRAP_RE = re.compile(r"^\\(?:boxed|fbox)\{(.*)\}$", re.DOTALL)
+
+_INT = r"\d+"
+_DEC = r"(?:\d+\.\d*|\.\d+)"
+_NUM = rf"(?:{_DEC}|{_INT})"
+_PLAIN_RE = re.compile(rf"(-?){_NUM}")
+_SLASH_RE = re.compile(rf"(-?)({_NUM})/({_NUM})")
+_FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
+_MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
+
+
+def clean_latex(answer: str) -> str:
+    """Removes notation that does not change an answer's value; keeps spaces (LaTeX needs them)."""
+    s = answer.strip()
+    while True:
+        boxed = _BOXED_WRAP_RE.match(s)
+        if not boxed:
+            break
+        s = boxed.group(1).strip()
+    for mark in (r"\(", r"\)", r"\[", r"\]") if s.startswith((r"\(", r"\[")) else ():
+        s = s.replace(mark, "")
+    s = s.replace("{,}", ",")
+    for token in _DELETE:
+        s = s.replace(token, " " if token in (r"\ ", "~") else "")
+    s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    s = _DEGREES_RE.sub("", s)
+    s = _PERCENT_RE.sub("", s)
+    if re.search(r"\d", _TRAILING_UNITS_RE.sub("", s)):
+        s = _TRAILING_UNITS_RE.sub("", s)  # "5\text{ cm}^2" -> "5"
+    s = _UNIT_MACRO_RE.sub(lambda m: m.group(1), s)  # "\text{(A)}" -> "(A)"
+    s = _UNIT_WORDS_RE.sub(lambda m: m.group(1), s.strip())
+    if s.count("=") == 1:
+        s = _ASSIGNMENT_RE.sub("", s)
+    s = s.strip().rstrip(".").strip()
+    if _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    return s
+
+
+def canonical_answer(answer: str) -> str:
+    """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key)."""
+    s = re.sub(r"\s+", "", clean_latex(answer))
+    s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
+    s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
+    while len(s) > 2 and s[0] == "{" and _braced_group(s, 0) == (s[1:-1], len(s)):
+        s = s[1:-1]
+    value = exact_value(s)
+    return s if value is None else str(value)
+
+
+def exact_value(answer: str) -> Fraction | None:
+    """The exact rational an answer denotes if it is a plain number, else None.
+
+    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
+    mixed numbers `2\\frac{1}{2}` = 5/2. Decimals are exact: 0.333333 != 1/3.
+    """
+    s = re.sub(r"\s+", "", clean_latex(answer))
+    s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)
+    s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)
+    if not s or len(s) > _MAX_NUMBER_CHARS:
+        return None
+    if _PLAIN_RE.fullmatch(s):
+        return Fraction(s)
+    for pattern in (_SLASH_RE, _FRAC_RE):
+        m = pattern.fullmatch(s)
+        if m:
+            num, den = Fraction(m.group(2)), Fraction(m.group(3))
+            if den == 0:
+                return None
+            return -num / den if m.group(1) else num / den
+    m = _MIXED_RE.fullmatch(s)
+    if m and int(m.group(4)) != 0:
+        value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
+        return -value if m.group(1) else value
+    return None
+
+
+def _exact_values(answer: str) -> set[Fraction]:
+    """Values a plain-number answer may mean: {v}, or {v, v/100} when written as a percentage."""
+    value = exact_value(answer)
+    if value is None:
+        return set()
+    return {value, value / 100} if _PERCENT_RE.search(answer) else {value}
+
+
+def fast_verdict(answer: str | None, gold: str) -> bool | None:
+    """Decides cheaply when possible: string match or exact rational comparison; None = undecided."""
+    if answer is None:
+        return False
+    canonical = canonical_answer(answer)
+    if canonical and canonical == canonical_answer(gold):
+        return True
+    answer_values, gold_values = _exact_values(answer), _exact_values(gold)
+    if answer_values and gold_values:
+        return bool(answer_values & gold_values)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic comparison (runs inside worker processes).
+
+
+def _as_number(expr):
+    import sympy
+
+    value = sympy.N(expr, _EVAL_DIGITS)
+    return value if value.is_number and value.is_finite else None
+
+
+def _numbers_differ(a, b) -> bool:
+    """True iff a and b are finite numbers with |a - b| > 1e-12 max(|a|, |b|)."""
+    x, y = _as_number(a), _as_number(b)
+    if x is None or y is None:
+        return False
+    return bool(abs(x - y) > _REL_TOL * max(abs(x), abs(y)))
+
+
+def _substitute_symbols(a, b):
+    """Replaces each free symbol (shared by name) with a fixed, distinct non-integer rational."""
+    import sympy
+
+    names = sorted({s.name for s in a.free_symbols | b.free_symbols})
+    values = {name: sympy.Rational(2 * i + 7, i + 3) for i, name in enumerate(names)}
+    sub = lambda e: e.subs({s: values[s.name] for s in e.free_symbols})  # noqa: E731
+    return sub(a), sub(b)
+
+
+def _provably_distinct(a, b) -> bool:
+    """Veto for math-verify's tolerant matches: True iff aligned numbers in a and b differ."""
+    import sympy
+    from sympy.matrices import MatrixBase
+
+    unwrap = lambda e: e.rhs if isinstance(e, sympy.Eq) and isinstance(e.lhs, sympy.Symbol) else e  # noqa: E731
+    a, b = unwrap(a), unwrap(b)
+    if isinstance(a, MatrixBase) and isinstance(b, MatrixBase):
+        return a.shape == b.shape and any(_provably_distinct(x, y) for x, y in zip(a, b))
+    if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
+        return _provably_distinct(a.start, b.start) or _provably_distinct(a.end, b.end)
+    if isinstance(a, (sympy.Tuple, sympy.FiniteSet)) and isinstance(b, (sympy.Tuple, sympy.FiniteSet)):
+        if len(a) != len(b):
+            return False
+        xs, ys = list(a.args), list(b.args)
+        if isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):
+            key = lambda e: (float(sympy.re(n)), float(sympy.im(n))) if (n := _as_number(e)) is not None else None  # noqa: E731
+            keyed = [(key(x), key(y)) for x, y in zip(xs, ys)]
+            if any(k is None for pair in keyed for k in pair):
+                return False
+            xs, ys = sorted(xs, key=key), sorted(ys, key=key)
+        return any(_provably_distinct(x, y) for x, y in zip(xs, ys))
+    if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr) and not isinstance(a, sympy.Relational):
+        if a.free_symbols or b.free_symbols:
+            a, b = _substitute_symbols(a, b)
+        return _numbers_differ(a, b)
+    return False
+
+
+def symbolic_equal(answer: str, gold: str) -> bool:
+    """math-verify equivalence of two answer strings plus the strict numeric veto. No timeout:
+    call it through `VerifierPool` on untrusted input."""
+    import math_verify
+
+    configs = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
+    gold_parsed = math_verify.parse(f"${clean_latex(gold)}$", configs, parsing_timeout=None)
+    answer_parsed = math_verify.parse(f"${clean_latex(answer)}$", configs, parsing_timeout=None)
+    if not gold_parsed or not answer_parsed:
+        return False
+    if not math_verify.verify(gold_parsed, answer_parsed, timeout_seconds=None):
+        return False
+    # parse() returns [sympy object, source string]; veto on the sympy objects.
+    return not _provably_distinct(gold_parsed[0], answer_parsed[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker pool with hard per-item timeouts.
+
+
+def _worker_main(conn, memory_limit_bytes: int | None) -> None:
+    if memory_limit_bytes:
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+        except (ImportError, ValueError, OSError):
+            pass  # platform without RLIMIT_AS: the timeout still applies
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    import math_verify  # noqa: F401  (import before reporting ready: imports are not timed)
+
+    conn.send("ready")
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        answer, gold = job
+        try:
+            conn.send((symbolic_equal(answer, gold), None))
+        except BaseException as e:  # noqa: BLE001  (MemoryError, RecursionError, sympy internals)
+            conn.send((False, type(e).__name__))
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: multiprocessing.Process
+    conn: multiprocessing.connection.Connection
+    ready: bool = False
+    job: int | None = None  # index of the item being checked
+    deadline: float = 0.0
+
+
+class VerifierPool:
+    """Worker processes running `symbolic_equal`, each item under a hard wall-clock timeout.
+
+    A worker that runs past the timeout is killed (SIGKILL) and replaced; a worker that dies is
+    replaced too. The pool never raises on bad input: such items score 0 and are counted.
+    """
+
+    def __init__(self, workers: int | None = None, memory_limit_mb: int | None = 4096,
+                 start_method: str | None = None):
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.num_workers = workers or min(4, os.cpu_count() or 1)
+        self._memory_limit = memory_limit_mb * 2**20 if memory_limit_mb else None
+        methods = multiprocessing.get_all_start_methods()
+        method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+        self._ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            self._ctx.set_forkserver_preload(["math_verify", "sympy"])  # forks start warm
+        self._workers: list[_Worker] = []
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child, self._memory_limit), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        self._workers[self._workers.index(worker)] = self._spawn()
+
+    def run(self, pairs: Sequence[tuple[str, str]], timeout: float) -> tuple[np.ndarray, int, int]:
+        """`symbolic_equal(answer, gold)` for each (answer, gold) pair.
+
+        Returns (equal [len(pairs)] bool, number of timeouts, number of errors).
+        """
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        while len(self._workers) < self.num_workers:
+            self._workers.append(self._spawn())
+        equal = np.zeros(len(pairs), dtype=bool)
+        todo = list(range(len(pairs)))[::-1]
+        timeouts = errors = done = 0
+        while done < len(pairs):
+            for w in self._workers:
+                if w.ready and w.job is None and todo:
+                    w.job = todo.pop()
+                    w.deadline = time.monotonic() + timeout
+                    w.conn.send(pairs[w.job])
+            busy = [w for w in self._workers if w.job is not None]
+            wait_s = min((w.deadline for w in busy), default=time.monotonic() + 1.0) - time.monotonic()
+            ready_conns = multiprocessing.connection.wait([w.conn for w in self._workers], max(wait_s, 0))
+            for w in list(self._workers):
+                if w.conn in ready_conns:
+                    try:
+                        message = w.conn.recv()
+                    except (EOFError, OSError):  # the worker died (e.g. killed by the OS)
+                        if w.job is not None:
+                            errors, done = errors + 1, done + 1
+                        self._retire(w)
+                        continue
+                    if message == "ready":
+                        w.ready = True
+                        continue
+                    equal[w.job], error = message
+                    errors += error is not None
+                    done += 1
+                    w.job = None
+                elif w.job is not None and time.monotonic() >= w.deadline:
+                    timeouts, done = timeouts + 1, done + 1
+                    self._retire(w)
+        return equal, timeouts, errors
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.process.kill()
+            w.process.join()
+            w.conn.close()
+        self._workers = []
+
+    def __enter__(self) -> VerifierPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_DEFAULT_POOLS: dict[int | None, VerifierPool] = {}
+
+
+def default_pool(workers: int | None = None) -> VerifierPool:
+    """A process-wide pool per worker count, created on first use and closed at exit."""
+    if workers not in _DEFAULT_POOLS:
+        if not _DEFAULT_POOLS:
+            atexit.register(lambda: [pool.close() for pool in _DEFAULT_POOLS.values()])
+        _DEFAULT_POOLS[workers] = VerifierPool(workers)
+    return _DEFAULT_POOLS[workers]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public reward API.
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyStats:
+    num_items: int
+    num_no_answer: int  # completions without an extractable final answer (reward 0)
+    num_fast: int  # decided by string / exact rational comparison, without sympy
+    num_symbolic: int  # distinct (answer, gold) pairs sent to the worker pool
+    num_timeouts: int
+    num_errors: int
+    seconds: float
+
+
+def verify_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
+                 workers: int | None = None, pool: VerifierPool | None = None
+                 ) -> tuple[np.ndarray, VerifyStats]:
+    """Task rewards r_i = 1[answer(completion_i) == gold_i] as float32 [N], plus counters.
+
+    Never raises on model output and never blocks longer than about
+    ceil(#symbolic pairs / workers) * timeout. `pool` defaults to `default_pool(workers)`.
+    """
+    if len(completions) != len(golds):
+        raise ValueError(f"completions ({len(completions)}) and golds ({len(golds)}) differ in length")
+    start = time.perf_counter()
+    answers = [extract_answer(c) for c in completions]
+    verdicts = [fast_verdict(a, g) for a, g in zip(answers, golds)]
+    undecided = sorted({(answers[i], golds[i]) for i, v in enumerate(verdicts) if v is None})
+    timeouts = errors = 0
+    if undecided:
+        pool = pool or default_pool(workers)
+        equal, timeouts, errors = pool.run(undecided, timeout)
+        symbolic = dict(zip(undecided, equal))
+        verdicts = [symbolic[(a, g)] if v is None else v for a, g, v in zip(answers, golds, verdicts)]
+    stats = VerifyStats(
+        num_items=len(completions),
+        num_no_answer=sum(a is None for a in answers),
+        num_fast=len(completions) - sum(v is None for v in map(fast_verdict, answers, golds)),
+        num_symbolic=len(undecided),
+        num_timeouts=timeouts,
+        num_errors=errors,
+        seconds=time.perf_counter() - start,
+    )
+    return np.asarray(verdicts, dtype=np.float32), stats
+
+
+def verify(completion: str, gold: str, *, timeout: float = 5.0) -> float:
+    """Task reward of one completion: 1.0 if its final answer equals `gold`, else 0.0."""
+    rewards, _ = verify_batch([completion], [gold], timeout=timeout)
+    return float(rewards[0])
