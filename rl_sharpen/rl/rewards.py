@@ -16,8 +16,10 @@ the 'paper' mixture (`paper_weights`), with r in {0, 1} the verified correctness
 
 Optimization mode has no entropy term: E_pi[R] is linear in pi and is maximized by a point mass on
 argmax R. Sampling mode carries the KL inside the reward: S_ref - S_pi is a one-sample (k1) estimate
-of -KL(pi || p_ref), and with R treated as a constant its policy gradient is exact, so for N = S_ref
-  beta_inv E_pi[R] = E_pi[beta_inv r + alpha S_ref] + H(pi) = log Z - KL(pi || p_ref^alpha e^{beta_inv r} / Z).
+of -KL(pi || p_ref), and with R treated as a constant its policy gradient is exact, so (s = beta_inv,
+or 1 when beta_inv = 0)
+  s E_pi[R] = E_pi[beta_inv r + (alpha - 1) N] - KL(pi || p_ref) = log Z - KL(pi || pi*),
+  pi* = p_ref e^{(alpha - 1) N + beta_inv r} / Z,   = p_ref^alpha e^{beta_inv r} / Z for N = S_ref.
 The four regimes of the paper (`regime_preset`):
   task_reward       optimization, alpha = 0, beta_inv = 1:  R = r; any pi supported on correct answers
   sharpening        optimization, alpha = 1, beta_inv = 0:  R = S_ref; the mode of p_ref

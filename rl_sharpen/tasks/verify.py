@@ -13,8 +13,9 @@ Pipeline for one (completion, gold) pair:
      `\\pm`, equations, symbolic simplification). Its numeric tolerances (6-digit float rounding,
      `evalf(chop=True)`, which rounds anything below ~1e-15 to 0) accept different numbers such as
      1/2^{99} = 1/2^{98} and 1/2004! = 1/2006!, so a match is vetoed when the two objects contain
-     numbers that differ: |a - b| > 1e-12 max(|a|, |b|) at 30 significant digits (free symbols are
-     set to fixed rationals first; equations are not vetoed).
+     numbers that differ: exactly when their difference is rational, else when
+     |a - b| > 1e-12 max(|a|, |b|) at 30 significant digits (free symbols are first set to fixed
+     rationals, so x + 1/2^{99} != x + 1/2^{98}; equations are not vetoed).
 
 Step 3 runs in a pool of worker processes (`VerifierPool`). Each item has a hard wall-clock timeout;
 a worker that exceeds it (sympy can loop in C code, e.g. on `9^{9^{9^{9}}}`) is killed and replaced,
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import re
+import signal
 import time
 from fractions import Fraction
 from typing import Sequence
@@ -38,6 +41,7 @@ from typing import Sequence
 import numpy as np
 
 _MAX_NUMBER_CHARS = 200  # longer literals are left to the (timed) sympy path
+_MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) score 0 unparsed
 _REL_TOL = 1e-12
 _EVAL_DIGITS = 30
 
@@ -63,7 +67,7 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
     return None
 
 
-def _last_boxed(text: str) -> str | None:
+def last_boxed(text: str) -> str | None:
     """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`); None if absent/unclosed."""
     matches = list(_BOX_RE.finditer(text))
     if not matches:
@@ -80,7 +84,7 @@ def _last_boxed(text: str) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The final answer in a completion or worked solution, or None if it states none."""
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip() or None
     hashes = _HASH_RE.findall(text)
@@ -97,18 +101,20 @@ def extract_answer(text: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Canonical strings and exact numbers.
 
-_DELETE = (r"\left", r"\right", r"\displaystyle", r"\!", r"\,", r"\;", r"\:", r"\ ", "~", r"\$", "$")
+_DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|\\[!,;:]|\\?\$")
+_SPACE_RE = re.compile(r"\\ |~")
+_DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
 _UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\{([^{}]*)\}"
 _TRAILING_UNITS_RE = re.compile(rf"(?:\s*{_UNIT_MACRO}(?:\^\{{?[23]\}}?)?)+\s*$")
 _UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
-_UNIT_WORDS_RE = re.compile(r"^(-?[\d.,/]+)\s+[a-zA-Z][a-zA-Z ]*\.?$")  # "18 dollars"
+_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+[a-zA-Z]{2,}\.?$")  # "18 dollars"
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*[a-zA-Z]\s*=\s*")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
 _FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
-_BOXED_WRAP_RE = re.compile(r"^\\(?:boxed|fbox)\{(.*)\}$", re.DOTALL)
+_BOXED_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox)\s*(?=\{)")
 
 _INT = r"\d+"
 _DEC = r"(?:\d+\.\d*|\.\d+)"
@@ -122,23 +128,27 @@ _MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
 def clean_latex(answer: str) -> str:
     """Removes notation that does not change an answer's value; keeps spaces (LaTeX needs them)."""
     s = answer.strip()
-    while True:
-        boxed = _BOXED_WRAP_RE.match(s)
-        if not boxed:
+    while True:  # "\boxed{\boxed{5}}", "\(5\)"
+        boxed = _BOXED_PREFIX_RE.match(s)
+        group = _braced_group(s, boxed.end()) if boxed else None
+        delimited = _DELIMITED_RE.match(s)
+        if group and group[1] == len(s):
+            s = group[0].strip()
+        elif delimited:
+            s = next(g for g in delimited.groups() if g is not None).strip()
+        else:
             break
-        s = boxed.group(1).strip()
-    for mark in (r"\(", r"\)", r"\[", r"\]") if s.startswith((r"\(", r"\[")) else ():
-        s = s.replace(mark, "")
     s = s.replace("{,}", ",")
-    for token in _DELETE:
-        s = s.replace(token, " " if token in (r"\ ", "~") else "")
+    s = _DELETE_RE.sub("", s)
+    s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
     s = _DEGREES_RE.sub("", s)
     s = _PERCENT_RE.sub("", s)
-    if re.search(r"\d", _TRAILING_UNITS_RE.sub("", s)):
-        s = _TRAILING_UNITS_RE.sub("", s)  # "5\text{ cm}^2" -> "5"
+    without_units = _TRAILING_UNITS_RE.sub("", s)
+    if re.search(r"\d", without_units):
+        s = without_units  # "5\text{ cm}^2" -> "5"
     s = _UNIT_MACRO_RE.sub(lambda m: m.group(1), s)  # "\text{(A)}" -> "(A)"
-    s = _UNIT_WORDS_RE.sub(lambda m: m.group(1), s.strip())
+    s = _UNIT_WORD_RE.sub(lambda m: m.group(1), s.strip())
     if s.count("=") == 1:
         s = _ASSIGNMENT_RE.sub("", s)
     s = s.strip().rstrip(".").strip()
@@ -147,15 +157,40 @@ def clean_latex(answer: str) -> str:
     return s
 
 
-def canonical_answer(answer: str) -> str:
-    """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key)."""
+def _strip_outer_braces(s: str) -> str:
+    """'{{5}}' -> '5', but '{1}+{2}' is kept; linear time."""
+    partner, stack = {}, []
+    for i, c in enumerate(s):
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            partner[stack.pop()] = i
+    lo, hi = 0, len(s) - 1
+    while lo < hi and partner.get(lo) == hi:
+        lo, hi = lo + 1, hi - 1
+    return s[lo : hi + 1]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _analyze(answer: str) -> tuple[str, Fraction | None]:
+    """(canonical string, exact rational value or None) of an answer."""
+    if len(answer) > _MAX_ANSWER_CHARS:
+        return answer, None
     s = re.sub(r"\s+", "", clean_latex(answer))
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
-    while len(s) > 2 and s[0] == "{" and _braced_group(s, 0) == (s[1:-1], len(s)):
-        s = s[1:-1]
-    value = exact_value(s)
-    return s if value is None else str(value)
+    s = _strip_outer_braces(s)
+    value = _parse_number(s)
+    return (s if value is None else str(value)), value
+
+
+def canonical_answer(answer: str) -> str:
+    """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key).
+
+    Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key.
+    Answers longer than 1000 characters are returned unchanged.
+    """
+    return _analyze(answer)[0]
 
 
 def exact_value(answer: str) -> Fraction | None:
@@ -164,9 +199,10 @@ def exact_value(answer: str) -> Fraction | None:
     Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
     mixed numbers `2\\frac{1}{2}` = 5/2. Decimals are exact: 0.333333 != 1/3.
     """
-    s = re.sub(r"\s+", "", clean_latex(answer))
-    s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)
-    s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)
+    return _analyze(answer)[1]
+
+
+def _parse_number(s: str) -> Fraction | None:
     if not s or len(s) > _MAX_NUMBER_CHARS:
         return None
     if _PLAIN_RE.fullmatch(s):
@@ -195,7 +231,7 @@ def _exact_values(answer: str) -> set[Fraction]:
 
 def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible: string match or exact rational comparison; None = undecided."""
-    if answer is None:
+    if answer is None or len(answer) > max(_MAX_ANSWER_CHARS, 2 * len(gold)):
         return False
     canonical = canonical_answer(answer)
     if canonical and canonical == canonical_answer(gold):
@@ -218,7 +254,10 @@ def _as_number(expr):
 
 
 def _numbers_differ(a, b) -> bool:
-    """True iff a and b are finite numbers with |a - b| > 1e-12 max(|a|, |b|)."""
+    """True iff a != b provably: exactly when a - b is rational, else |a - b| > 1e-12 max(|a|, |b|)."""
+    difference = (a - b).doit()
+    if difference.is_Rational:  # sympy evaluated it exactly, e.g. 1/2004! - 1/2006!
+        return difference != 0
     x, y = _as_number(a), _as_number(b)
     if x is None or y is None:
         return False
@@ -235,29 +274,41 @@ def _substitute_symbols(a, b):
     return sub(a), sub(b)
 
 
+def _unwrap_assignment(e):
+    """`x = v` -> v (math-verify compares an assignment by its right-hand side)."""
+    import sympy
+
+    return e.rhs if isinstance(e, sympy.Eq) and isinstance(e.lhs, sympy.Symbol) else e
+
+
+def _numeric_sort_key(e) -> tuple[float, float] | None:
+    import sympy
+
+    n = _as_number(e)
+    return None if n is None else (float(sympy.re(n)), float(sympy.im(n)))
+
+
 def _provably_distinct(a, b) -> bool:
     """Veto for math-verify's tolerant matches: True iff aligned numbers in a and b differ."""
     import sympy
     from sympy.matrices import MatrixBase
 
-    unwrap = lambda e: e.rhs if isinstance(e, sympy.Eq) and isinstance(e.lhs, sympy.Symbol) else e  # noqa: E731
-    a, b = unwrap(a), unwrap(b)
+    a, b = _unwrap_assignment(a), _unwrap_assignment(b)
     if isinstance(a, MatrixBase) and isinstance(b, MatrixBase):
         return a.shape == b.shape and any(_provably_distinct(x, y) for x, y in zip(a, b))
     if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
         return _provably_distinct(a.start, b.start) or _provably_distinct(a.end, b.end)
-    if isinstance(a, (sympy.Tuple, sympy.FiniteSet)) and isinstance(b, (sympy.Tuple, sympy.FiniteSet)):
+    containers = (sympy.Tuple, sympy.FiniteSet)
+    if isinstance(a, containers) and isinstance(b, containers):
         if len(a) != len(b):
             return False
         xs, ys = list(a.args), list(b.args)
-        if isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):
-            key = lambda e: (float(sympy.re(n)), float(sympy.im(n))) if (n := _as_number(e)) is not None else None  # noqa: E731
-            keyed = [(key(x), key(y)) for x, y in zip(xs, ys)]
-            if any(k is None for pair in keyed for k in pair):
+        if isinstance(a, sympy.FiniteSet) or isinstance(b, sympy.FiniteSet):  # align by value
+            if any(_numeric_sort_key(e) is None for e in xs + ys):
                 return False
-            xs, ys = sorted(xs, key=key), sorted(ys, key=key)
+            xs, ys = sorted(xs, key=_numeric_sort_key), sorted(ys, key=_numeric_sort_key)
         return any(_provably_distinct(x, y) for x, y in zip(xs, ys))
-    if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr) and not isinstance(a, sympy.Relational):
+    if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
         if a.free_symbols or b.free_symbols:
             a, b = _substitute_symbols(a, b)
         return _numbers_differ(a, b)
@@ -284,7 +335,15 @@ def symbolic_equal(answer: str, gold: str) -> bool:
 # Worker pool with hard per-item timeouts.
 
 
+# Parsed once per worker before it reports ready: the first simplify() and the first parses of
+# each LaTeX construct import modules and fill parser caches (~1 s), which must not count
+# against the per-item timeout.
+_WARMUP = (("(x+1)^2", "x^2+2x+1"), (r"\frac{\sqrt{3}}{2}", r"\frac12\sqrt3"), (r"\{1,2\}", "(1,2]"),
+           (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"), ("y=2x+1", r"\pi"))
+
+
 def _worker_main(conn, memory_limit_bytes: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     if memory_limit_bytes:
         try:
             import resource
@@ -293,34 +352,33 @@ def _worker_main(conn, memory_limit_bytes: int | None) -> None:
         except (ImportError, ValueError, OSError):
             pass  # platform without RLIMIT_AS: the timeout still applies
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    import math_verify  # noqa: F401  (import before reporting ready: imports are not timed)
-
+    for answer, gold in _WARMUP:
+        symbolic_equal(answer, gold)
     conn.send("ready")
     while True:
-        job = conn.recv()
-        if job is None:
-            return
-        answer, gold = job
+        answer, gold = conn.recv()
         try:
             conn.send((symbolic_equal(answer, gold), None))
         except BaseException as e:  # noqa: BLE001  (MemoryError, RecursionError, sympy internals)
             conn.send((False, type(e).__name__))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Worker:
     process: multiprocessing.Process
     conn: multiprocessing.connection.Connection
     ready: bool = False
-    job: int | None = None  # index of the item being checked
+    job: int | None = None  # index of the pair being checked
     deadline: float = 0.0
 
 
 class VerifierPool:
-    """Worker processes running `symbolic_equal`, each item under a hard wall-clock timeout.
+    """Worker processes running `symbolic_equal`, each pair under a hard wall-clock timeout.
 
     A worker that runs past the timeout is killed (SIGKILL) and replaced; a worker that dies is
-    replaced too. The pool never raises on bad input: such items score 0 and are counted.
+    replaced too. One spare worker is kept warm beyond `workers`, so a replacement's start-up
+    (~1.5 s of imports and parser warm-up) rarely delays the batch. Bad input never raises: such
+    pairs count as unequal and are counted as timeouts or errors.
     """
 
     def __init__(self, workers: int | None = None, memory_limit_mb: int | None = 4096,
@@ -333,8 +391,12 @@ class VerifierPool:
         method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            self._ctx.set_forkserver_preload(["math_verify", "sympy"])  # forks start warm
+            # The fork server imports these once; workers fork from it warm, and "__main__" keeps
+            # them from re-running the caller's script (which needs an `if __name__ == "__main__":`
+            # guard, as with any spawn/forkserver start).
+            self._ctx.set_forkserver_preload(["__main__", "math_verify", "sympy"])
         self._workers: list[_Worker] = []
+        self._failed_starts = 0
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -343,7 +405,13 @@ class VerifierPool:
         child.close()
         return _Worker(process, parent)
 
-    def _retire(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker) -> None:
+        if not worker.ready:
+            self._failed_starts += 1
+            if self._failed_starts > 2 * self.num_workers:
+                raise RuntimeError(
+                    f"verifier workers exit during start-up (exit code {worker.process.exitcode}); "
+                    "a script that starts them needs an `if __name__ == '__main__':` guard")
         worker.process.kill()
         worker.process.join()
         worker.conn.close()
@@ -356,39 +424,41 @@ class VerifierPool:
         """
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        while len(self._workers) < self.num_workers:
+        while len(self._workers) < self.num_workers + 1:  # + 1 warm spare
             self._workers.append(self._spawn())
         equal = np.zeros(len(pairs), dtype=bool)
         todo = list(range(len(pairs)))[::-1]
         timeouts = errors = done = 0
         while done < len(pairs):
-            for w in self._workers:
-                if w.ready and w.job is None and todo:
-                    w.job = todo.pop()
-                    w.deadline = time.monotonic() + timeout
-                    w.conn.send(pairs[w.job])
-            busy = [w for w in self._workers if w.job is not None]
-            wait_s = min((w.deadline for w in busy), default=time.monotonic() + 1.0) - time.monotonic()
-            ready_conns = multiprocessing.connection.wait([w.conn for w in self._workers], max(wait_s, 0))
             for w in list(self._workers):
-                if w.conn in ready_conns:
+                num_busy = sum(v.job is not None for v in self._workers)
+                if w.ready and w.job is None and todo and num_busy < self.num_workers:
+                    w.job, w.deadline = todo.pop(), time.monotonic() + timeout
+                    try:
+                        w.conn.send(pairs[w.job])
+                    except OSError:  # died while idle: retry the pair elsewhere
+                        todo.append(w.job)
+                        self._replace(w)
+            deadlines = [w.deadline for w in self._workers if w.job is not None]
+            wait_s = min(deadlines) - time.monotonic() if deadlines else 1.0
+            readable = multiprocessing.connection.wait([w.conn for w in self._workers], max(wait_s, 0))
+            for w in list(self._workers):
+                if w.conn in readable:
                     try:
                         message = w.conn.recv()
-                    except (EOFError, OSError):  # the worker died (e.g. killed by the OS)
+                    except (EOFError, OSError):  # died, e.g. killed by the OS
                         if w.job is not None:
                             errors, done = errors + 1, done + 1
-                        self._retire(w)
-                        continue
-                    if message == "ready":
-                        w.ready = True
-                        continue
-                    equal[w.job], error = message
-                    errors += error is not None
-                    done += 1
-                    w.job = None
+                        self._replace(w)
+                    else:
+                        if message == "ready":
+                            w.ready = True
+                        else:
+                            (equal[w.job], error), w.job = message, None
+                            errors, done = errors + (error is not None), done + 1
                 elif w.job is not None and time.monotonic() >= w.deadline:
                     timeouts, done = timeouts + 1, done + 1
-                    self._retire(w)
+                    self._replace(w)
         return equal, timeouts, errors
 
     def close(self) -> None:
@@ -408,11 +478,16 @@ class VerifierPool:
 _DEFAULT_POOLS: dict[int | None, VerifierPool] = {}
 
 
+def _close_default_pools() -> None:
+    for pool in _DEFAULT_POOLS.values():
+        pool.close()
+
+
 def default_pool(workers: int | None = None) -> VerifierPool:
     """A process-wide pool per worker count, created on first use and closed at exit."""
     if workers not in _DEFAULT_POOLS:
         if not _DEFAULT_POOLS:
-            atexit.register(lambda: [pool.close() for pool in _DEFAULT_POOLS.values()])
+            atexit.register(_close_default_pools)
         _DEFAULT_POOLS[workers] = VerifierPool(workers)
     return _DEFAULT_POOLS[workers]
 
@@ -444,18 +519,19 @@ def verify_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: f
         raise ValueError(f"completions ({len(completions)}) and golds ({len(golds)}) differ in length")
     start = time.perf_counter()
     answers = [extract_answer(c) for c in completions]
-    verdicts = [fast_verdict(a, g) for a, g in zip(answers, golds)]
-    undecided = sorted({(answers[i], golds[i]) for i, v in enumerate(verdicts) if v is None})
+    fast = [fast_verdict(a, g) for a, g in zip(answers, golds)]
+    undecided = sorted({(a, g) for a, g, v in zip(answers, golds, fast) if v is None})
     timeouts = errors = 0
+    symbolic = {}
     if undecided:
         pool = pool or default_pool(workers)
         equal, timeouts, errors = pool.run(undecided, timeout)
         symbolic = dict(zip(undecided, equal))
-        verdicts = [symbolic[(a, g)] if v is None else v for a, g, v in zip(answers, golds, verdicts)]
+    verdicts = [symbolic[(a, g)] if v is None else v for a, g, v in zip(answers, golds, fast)]
     stats = VerifyStats(
         num_items=len(completions),
         num_no_answer=sum(a is None for a in answers),
-        num_fast=len(completions) - sum(v is None for v in map(fast_verdict, answers, golds)),
+        num_fast=sum(v is not None for v in fast),
         num_symbolic=len(undecided),
         num_timeouts=timeouts,
         num_errors=errors,

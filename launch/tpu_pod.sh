@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run one experiment on every host of a Cloud TPU pod slice. Each host runs the same command;
+# --multihost makes rl_sharpen.main call jax.distributed.initialize(), which finds the
+# coordinator and the process ids from the TPU metadata.
+#
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/qwen25_3b_math.py gs://bucket/runs/qwen25 [--config.x=y ...]
+set -euo pipefail
+TPU_NAME=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
+REPO_URL=${REPO_URL:-$(git config --get remote.origin.url)}
+REV=${REV:-$(git rev-parse HEAD)}
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
+  set -e
+  if [ ! -d rl_sharpen ]; then git clone $REPO_URL rl_sharpen; fi
+  cd rl_sharpen && git fetch -q && git checkout -q $REV
+  pip install -q -e . 'jax[tpu]' && \
+  python -m rl_sharpen.main --config=$CONFIG --workdir=$WORKDIR --multihost $*
+"

@@ -1,0 +1,83 @@
+"""Resumable training checkpoints with orbax.
+
+A checkpoint holds the train state pytree (params, optimizer state, rng key data, step) and a JSON
+record (data position, step, the config it was made with). Orbax writes each step to a temporary
+directory and renames it when complete, so a run killed mid-save leaves the previous checkpoint
+intact. Restoring into a run whose config differs in a field that changes the math raises an
+error naming the fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+# Fields that may change between a run and its resumption without changing its results.
+RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
+                     "train.keep_checkpoints")
+
+
+class CheckpointMismatch(ValueError):
+    pass
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+class Checkpointer:
+    """Saves every `every` steps into `directory`, keeping the newest `keep`."""
+
+    def __init__(self, directory: str, every: int, keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every),
+                                                 create=True, enable_async_checkpointing=False),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, record: dict, force: bool = False) -> bool:
+        saved = self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=force)
+        self.manager.wait_until_finished()
+        return saved
+
+    def restore(self, abstract_state, config: dict, step: int | None = None):
+        """(state, record) of `step` (default: latest), placed like `abstract_state`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
+        try:
+            record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+        except Exception as e:  # orbax raises several types for unreadable steps
+            raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
+        old, new = _flatten(record.get("config", {})), _flatten(json.loads(json.dumps(config)))
+        changed = sorted(k for k in set(old) | set(new)
+                         if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+            raise CheckpointMismatch(f"{self.directory}/{step} was made with another config ({detail}); "
+                                     "use a new --workdir or restore the original config")
+        target = jax.tree.map(lambda a: ocp.utils.to_shape_dtype_struct(a) if hasattr(a, "shape") else a,
+                              abstract_state)
+        try:
+            state = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))["state"]
+        except Exception as e:
+            raise CheckpointMismatch(f"{self.directory}/{step}: cannot restore the train state ({e})") from e
+        return state, record
+
+    def close(self):
+        self.manager.close()

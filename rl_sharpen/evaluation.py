@@ -1,0 +1,272 @@
+"""Evaluation: pass@k, maj@k, greedy accuracy and answer diversity on math problems.
+
+For a problem with n samples of which c are correct:
+
+  pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n - c + 1}^{n} (1 - k / i)
+
+(the unbiased estimator of P[at least one of k samples is correct]; the product avoids huge
+binomials). maj@k is the probability that a majority vote over k samples drawn without
+replacement picks a correct answer. Answers vote by `canonical_answer` (so "0.5" and "\\frac12"
+vote together); samples without a final answer do not vote; a tie between the top answers
+counts as the fraction of tied answers that are correct (the expectation of a uniformly random
+tie-break). It is averaged over all C(n, k) subsets when there are at most `maj_draws` of them,
+else over `maj_draws` subsets drawn with a fixed seed.
+
+`evaluate` runs a generation callable over problems, verifies the samples, and summarizes;
+`save_json`, `format_table` and `plot_pass_at_k` report the summaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from rl_sharpen.tasks.datasets import Problem
+from rl_sharpen.tasks.verify import VerifyStats, canonical_answer, extract_answer, verify_batch
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n - c, k) / C(n, k) for c correct among n samples."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def default_k_list(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks = [2**i for i in range(n.bit_length()) if 2**i <= n]
+    return ks if ks[-1] == n else ks + [n]
+
+
+def _vote_scores(labels: np.ndarray, label_correct: np.ndarray) -> np.ndarray:
+    """Majority-vote score per row of `labels` [D, k] (answer label per sample, -1 = none)."""
+    num_rows, num_labels = labels.shape[0], len(label_correct)
+    if num_labels == 0:
+        return np.zeros(num_rows)
+    rows = np.repeat(np.arange(num_rows), labels.shape[1])
+    votes = labels.ravel()
+    counts = np.bincount(rows[votes >= 0] * num_labels + votes[votes >= 0],
+                         minlength=num_rows * num_labels).reshape(num_rows, num_labels)
+    top = counts.max(axis=1, keepdims=True)
+    winners = (counts == top) & (top > 0)
+    num_winners = winners.sum(axis=1)
+    return np.where(num_winners > 0, (winners & label_correct).sum(axis=1) / np.maximum(num_winners, 1), 0.0)
+
+
+def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int, maj_draws: int = 1000,
+             seed: int = 0) -> float:
+    """maj@k for one problem: keys[i] is sample i's answer key (None: no answer), correct[i] its
+    reward. An answer key is correct if its first sample is."""
+    n = len(keys)
+    if len(correct) != n or not 1 <= k <= n:
+        raise ValueError(f"need len(correct) == len(keys) = n and 1 <= k <= n, got {len(correct)}, {n}, k={k}")
+    label_of: dict[str, int] = {}
+    label_correct: list[bool] = []
+    for key, ok in zip(keys, correct):
+        if key is not None and key not in label_of:
+            label_of[key] = len(label_of)
+            label_correct.append(bool(ok))
+    labels = np.array([-1 if key is None else label_of[key] for key in keys])
+    if math.comb(n, k) <= maj_draws:
+        subsets = np.array(list(itertools.combinations(range(n), k)))
+    else:
+        rng = np.random.default_rng(seed)
+        subsets = np.argsort(rng.random((maj_draws, n)), axis=1)[:, :k]
+    return float(_vote_scores(labels[subsets], np.array(label_correct, dtype=bool)).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation loop.
+
+
+@dataclasses.dataclass(frozen=True)
+class Generations:
+    texts: list[list[str]]  # [B][G] completion texts
+    num_tokens: np.ndarray  # [B, G] completion lengths in tokens
+
+
+# generate_fn(prompts, num_samples, greedy) -> Generations with len(prompts) rows of num_samples.
+GenerateFn = Callable[[Sequence[str], int, bool], Generations]
+
+
+def generations_from_tokens(tokens: np.ndarray, lengths: np.ndarray, decode: Callable[[Sequence[int]], str],
+                            num_samples: int) -> Generations:
+    """Sampler output [B * G, N] (row b * G + g is sample g of prompt b) -> Generations."""
+    if tokens.shape[0] % num_samples:
+        raise ValueError(f"tokens has {tokens.shape[0]} rows, not a multiple of num_samples={num_samples}")
+    texts = [decode(row[:length]) for row, length in zip(np.asarray(tokens), np.asarray(lengths))]
+    num_prompts = len(texts) // num_samples
+    return Generations([texts[b * num_samples:(b + 1) * num_samples] for b in range(num_prompts)],
+                       np.asarray(lengths).reshape(num_prompts, num_samples))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemResult:
+    problem: Problem
+    answers: list[str | None]  # extracted final answer per sample
+    rewards: np.ndarray  # [n] float32 in {0, 1}
+    num_tokens: np.ndarray  # [n]
+    greedy_answer: str | None = None
+    greedy_reward: float | None = None
+
+    @functools.cached_property
+    def keys(self) -> list[str | None]:
+        """Vote keys: canonical form of each answer."""
+        return [None if a is None else canonical_answer(a) for a in self.answers]
+
+
+def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None, maj_draws: int = 1000,
+              seed: int = 0, breakdown: bool = True) -> dict[str, Any]:
+    """Mean metrics over problems; with `breakdown`, also per level and per subject."""
+    if not results:
+        raise ValueError("results must be non-empty")
+    n = min(len(r.rewards) for r in results)
+    if n != max(len(r.rewards) for r in results):
+        raise ValueError("all problems must have the same number of samples")
+    k_list = list(k_list or default_k_list(n))
+    if max(k_list) > n or min(k_list) < 1:
+        raise ValueError(f"k_list must lie in [1, n={n}], got {k_list}")
+    summary: dict[str, Any] = {
+        "num_problems": len(results),
+        "num_samples": n,
+        "pass@k": {k: float(np.mean([pass_at_k(n, int(r.rewards.sum()), k) for r in results])) for k in k_list},
+        "maj@k": {k: float(np.mean([maj_at_k(r.keys, r.rewards > 0, k, maj_draws, seed) for r in results]))
+                  for k in k_list},
+        "mean_response_tokens": float(np.mean([r.num_tokens.mean() for r in results])),
+        "mean_distinct_answers": float(np.mean([len({k for k in r.keys if k is not None}) for r in results])),
+        "no_answer_rate": float(np.mean([np.mean([a is None for a in r.answers]) for r in results])),
+    }
+    greedy = [r.greedy_reward for r in results if r.greedy_reward is not None]
+    if greedy:
+        summary["greedy_accuracy"] = float(np.mean(greedy))
+    if breakdown:
+        for field in ("level", "subject"):
+            groups: dict[str, list[ProblemResult]] = {}
+            for r in results:
+                if getattr(r.problem, field) is not None:
+                    groups.setdefault(str(getattr(r.problem, field)), []).append(r)
+            if groups:
+                summary[f"by_{field}"] = {name: summarize(group, k_list, maj_draws, seed, breakdown=False)
+                                          for name, group in sorted(groups.items())}
+    return summary
+
+
+@dataclasses.dataclass
+class EvalReport:
+    summary: dict[str, Any]
+    results: list[ProblemResult]
+    verify_stats: list[VerifyStats]
+
+
+def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn: Callable[[Problem], str],
+             n_samples: int, k_list: Sequence[int] | None = None, batch_size: int = 8, greedy: bool = True,
+             verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000,
+             seed: int = 0) -> EvalReport:
+    """Samples `n_samples` completions (and one greedy one) per problem, verifies, summarizes.
+
+    prompt_fn turns a problem into the prompt text given to generate_fn (e.g.
+    `lambda p: prompts.render_prompt(tokenizer, p.problem)`).
+    """
+    if n_samples < 1 or batch_size < 1:
+        raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
+    results, stats = [], []
+    for start in range(0, len(problems), batch_size):
+        batch = list(problems[start:start + batch_size])
+        prompts = [prompt_fn(p) for p in batch]
+        sampled = _checked(generate_fn(prompts, n_samples, False), len(batch), n_samples)
+        texts = [t for row in sampled.texts for t in row]
+        rewards, stat = verify_batch(texts, [p.answer for p in batch for _ in range(n_samples)],
+                                     timeout=verify_timeout, workers=verify_workers)
+        stats.append(stat)
+        rewards = rewards.reshape(len(batch), n_samples)
+        greedy_texts, greedy_rewards = [None] * len(batch), [None] * len(batch)
+        if greedy:
+            greedy_out = _checked(generate_fn(prompts, 1, True), len(batch), 1)
+            greedy_texts = [row[0] for row in greedy_out.texts]
+            greedy_rewards, stat = verify_batch(greedy_texts, [p.answer for p in batch],
+                                                timeout=verify_timeout, workers=verify_workers)
+            stats.append(stat)
+        for i, p in enumerate(batch):
+            results.append(ProblemResult(
+                p, [extract_answer(t) for t in sampled.texts[i]], rewards[i], np.asarray(sampled.num_tokens[i]),
+                None if greedy_texts[i] is None else extract_answer(greedy_texts[i]),
+                None if greedy_rewards[i] is None else float(greedy_rewards[i])))
+    return EvalReport(summarize(results, k_list, maj_draws, seed), results, stats)
+
+
+def _checked(out: Generations, num_prompts: int, num_samples: int) -> Generations:
+    shape = (len(out.texts), *{len(row) for row in out.texts})
+    if shape != (num_prompts, num_samples) or np.shape(out.num_tokens) != (num_prompts, num_samples):
+        raise ValueError(f"generate_fn must return {num_prompts} x {num_samples} completions, got texts "
+                         f"{[len(row) for row in out.texts]} and num_tokens {np.shape(out.num_tokens)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def save_json(report: EvalReport, path: str) -> None:
+    """Summary plus one record per problem (answers, rewards, lengths) as JSON."""
+    records = [{
+        "id": r.problem.id, "gold": r.problem.answer, "level": r.problem.level, "subject": r.problem.subject,
+        "answers": r.answers, "rewards": r.rewards.tolist(), "num_tokens": np.asarray(r.num_tokens).tolist(),
+        "greedy_answer": r.greedy_answer, "greedy_reward": r.greedy_reward,
+    } for r in report.results]
+    verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
+              for f in dataclasses.fields(VerifyStats)}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"summary": report.summary, "verify": verify, "problems": records}, f, indent=1)
+
+
+def _by_k(table: Mapping[Any, float]) -> dict[int, float]:
+    """Metric-by-k table with int keys (JSON turns them into strings)."""
+    return {int(k): v for k, v in table.items()}
+
+
+def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per named summary: pass@k and maj@k (%), greedy accuracy, mean length, distinct answers."""
+    ks = sorted({k for s in summaries.values() for k in _by_k(s["pass@k"])})
+    header = ["model"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks] + ["greedy", "tokens", "distinct"]
+    rows = []
+    for name, s in summaries.items():
+        passes, majs = _by_k(s["pass@k"]), _by_k(s["maj@k"])
+        rows.append([name] + [f"{100 * passes[k]:.1f}" if k in passes else "-" for k in ks]
+                    + [f"{100 * majs[k]:.1f}" if k in majs else "-" for k in ks]
+                    + [f"{100 * s['greedy_accuracy']:.1f}" if "greedy_accuracy" in s else "-",
+                       f"{s['mean_response_tokens']:.0f}", f"{s['mean_distinct_answers']:.2f}"])
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header] + rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], path: str, title: str = "") -> None:
+    """pass@k (solid) and maj@k (dashed) against k on a log2 axis, one color per summary, as PNG.
+
+    Draws on a bare Agg figure, so the caller's pyplot backend (e.g. a notebook's) is untouched.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    for i, (name, s) in enumerate(summaries.items()):
+        passes, majs = _by_k(s["pass@k"]), _by_k(s["maj@k"])
+        ks = sorted(passes)
+        ax.plot(ks, [100 * passes[k] for k in ks], "o-", color=f"C{i}", label=f"{name} pass@k")
+        ax.plot(ks, [100 * majs[k] for k in ks], "s--", color=f"C{i}", alpha=0.6, label=f"{name} maj@k")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)

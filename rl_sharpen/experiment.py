@@ -1,0 +1,193 @@
+"""Experiments: the typed config of a run and the builders that turn it into models, tasks and
+a trainer. `run(config, workdir)` is what `python -m rl_sharpen.main` calls; notebooks call the
+builders directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Literal
+
+import jax
+import ml_collections
+from absl import logging
+
+from rl_sharpen import models, sampling
+from rl_sharpen import sharding as shd
+from rl_sharpen.config import from_config_dict
+from rl_sharpen.optim import OptimConfig
+from rl_sharpen.rl import advantages as adv
+from rl_sharpen.rl import losses
+from rl_sharpen.rl import rewards as rw
+from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig
+from rl_sharpen.sft import SFTConfig
+from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    checkpoint: str = ""  # local HF folder or hub id; "" initializes `arch` at random
+    arch: str = ""  # a preset name (models.PRESETS) when there is no checkpoint, or "custom"
+    custom: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields when arch == "custom"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # weights (keep float32 when training)
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmuls and activations
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # reward presets, each from the SFT start
+    sft_steps: int = 600  # warm-start steps
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    mode: Literal["rl", "sft", "eval", "demo"] = "rl"  # what main runs
+    seed: int = 0  # model init, data order, sampling
+    model: ModelSource = ModelSource()
+    mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})  # axis sizes
+    data: DataConfig = DataConfig()
+    sampling: sampling.SamplingConfig = sampling.SamplingConfig()
+    reward: rw.RewardConfig = rw.RewardConfig()
+    advantage: adv.AdvantageConfig = adv.AdvantageConfig()
+    loss: losses.LossConfig = losses.LossConfig()
+    optim: OptimConfig = OptimConfig()
+    rl: RLConfig = RLConfig()
+    train: TrainConfig = TrainConfig()
+    sft: SFTConfig = SFTConfig()
+    eval: EvalConfig = EvalConfig()
+    demo: DemoConfig = DemoConfig()
+
+
+def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
+    return from_config_dict(ExperimentConfig, config)
+
+
+def to_record(exp: ExperimentConfig) -> dict:
+    """JSON-able form of the config (stored with checkpoints and results)."""
+    return json.loads(json.dumps(dataclasses.asdict(exp), default=str))
+
+
+def build_mesh(exp: ExperimentConfig):
+    return shd.make_mesh(exp.mesh) if jax.device_count() > 1 else None
+
+
+def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
+    """(ModelConfig, params): loaded from the checkpoint, or initialized from `arch`."""
+    src = exp.model
+    if src.checkpoint:
+        path = src.checkpoint
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+        return models.load_hf(path, dtype=src.param_dtype, mesh=mesh, compute_dtype=src.compute_dtype)
+    if src.arch == "custom":
+        fields = dict(src.custom)
+        if tokenizer is not None and "vocab_size" not in fields:
+            fields["vocab_size"] = tokenizer.vocab_size
+        cfg = models.ModelConfig(**fields, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
+    elif src.arch:
+        cfg = models.preset(src.arch, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
+    else:
+        raise ValueError("config.model: set `checkpoint` (HF folder or hub id) or `arch` "
+                         f"(one of {sorted(models.PRESETS)} or 'custom')")
+    return cfg, models.init_params(cfg, jax.random.key(exp.seed), mesh=mesh)
+
+
+def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, mesh=None, name="train",
+                reward_cfg: rw.RewardConfig | None = None) -> RLRun:
+    train_problems = task.problems("train")
+    evaluate = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed)
+    ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
+    return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
+                 train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=exp.sampling,
+                 reward_cfg=reward_cfg or exp.reward, adv_cfg=exp.advantage, loss_cfg=exp.loss,
+                 optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
+                 config_record=to_record(exp), evaluate=evaluate, mesh=mesh, name=name)
+
+
+def run(config, workdir: str) -> dict:
+    exp = parse(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(to_record(exp), f, indent=2)
+    mesh = build_mesh(exp)
+    task = build_task(exp.data, exp.model, exp.seed, exp.eval.verify_timeout)
+    if exp.mode == "demo":
+        from rl_sharpen.demo import run_demo
+
+        return run_demo(exp, workdir, task, mesh)
+    model_cfg, params = build_model(exp, mesh, task.tokenizer)
+    if exp.mode == "rl":
+        result = make_rl_run(exp, workdir, model_cfg, params, task, mesh).run()
+    elif exp.mode == "sft":
+        from rl_sharpen.sft import train_sft
+
+        params = train_sft(params, model_cfg, task.sft_pairs, exp.sft, exp.optim, task.pad_id, workdir, exp.seed)
+        models.save_hf(params, model_cfg, os.path.join(workdir, "sft_model"))
+        result = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed)(params, 0)
+    else:
+        result = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
+                                workdir=workdir)(params, 0)
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    logging.info("result: %s", result)
+    return result
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of ExperimentConfig at its default, for configs/ files to edit."""
+    return ml_collections.ConfigDict(dataclasses.asdict(ExperimentConfig()))
+
+
+def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The setting of Mittal, Gagnon, Lajoie 2026: MATH-lighteval train, MATH-500 validation, 32 prompts
+    x 8 samples, lr 1e-6, 2048 new tokens, RLOO advantages, REINFORCE with truncated importance weights.
+
+    `arg` is a comma list: a reward preset name (rl/rewards.py, default task_reward) and/or "tiny",
+    which keeps the algorithm but swaps in a random 2-layer model of the same family and the synthetic
+    task, so the config runs on a CPU with no downloads.
+    """
+    parts = [p for p in arg.split(",") if p]
+    tiny = "tiny" in parts
+    regimes = [p for p in parts if p != "tiny"]
+    c = default_config()
+    c.mode = "rl"
+    c.model.checkpoint = checkpoint
+    c.model.param_dtype, c.model.compute_dtype = "float32", "bfloat16"
+    c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+    c.data.train, c.data.train_split = "math", "train"
+    c.data.validation, c.data.validation_split = "math500", "test"
+    reward = rw.regime_preset(regimes[0] if regimes else "task_reward")
+    c.reward = ml_collections.ConfigDict(dataclasses.asdict(reward))
+    c.sampling.max_new_tokens = 2048
+    c.sampling.num_samples = 8
+    c.sampling.temperature = 1.0
+    c.rl.prompts_per_step = 32
+    c.rl.micro_batch = 16
+    c.advantage.estimator = "rloo"
+    c.loss.name = "reinforce"
+    c.loss.is_cap = 20.0
+    c.optim.learning_rate = 1e-6
+    c.optim.warmup_steps = 10
+    c.train.steps = 500
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 25
+    c.eval.num_samples = 16
+    c.eval.max_new_tokens = 2048
+    if tiny:
+        c.model.checkpoint = ""
+        c.model.arch = "custom"
+        c.model.compute_dtype = "float32"
+        c.model.custom = dict(family=family, vocab_size=52, hidden_size=64, intermediate_size=128, num_layers=2,
+                              num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512)
+        c.data.train = c.data.validation = "synthetic"
+        c.sampling.max_new_tokens = c.eval.max_new_tokens = 32
+        c.sampling.num_samples = 4
+        c.rl.prompts_per_step, c.rl.micro_batch = 4, 8
+        c.optim.learning_rate = 1e-4
+        c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
+        c.eval.num_samples, c.eval.limit, c.eval.batch_size = 4, 8, 8
+    return c

@@ -1,0 +1,32 @@
+"""Entry point: python -m rl_sharpen.main --config=configs/demo.py --workdir=/tmp/run [--config.a.b=v]
+
+Modes (config.mode): rl, sft, eval, demo. On TPU pods every host runs this same command and
+`--multihost` starts JAX's multi-controller runtime (jax.distributed.initialize) first.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<x>.py[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() before anything else (TPU pods, "
+                                      "multi-node GPU).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.multihost:
+        jax.distributed.initialize()
+    from rl_sharpen import experiment
+
+    logging.info("JAX process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
+    experiment.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,248 @@
+"""Token-level policy losses, registered by name: fn(logprobs, batch, cfg) -> (per-token loss [N, T], metrics).
+
+lp_t = log pi_theta(y_t | x, y_<t) is the only differentiable input; sg = stop-gradient; A_i is the
+advantage of sequence i. lp_mu are the log-probs of the distribution the tokens were actually drawn
+from (sampler temperature / top-p applied), lp_old those of the policy that anchors the PPO ratio.
+
+  reinforce   l_t = -sg(w_t) A_i lp_t,   w_t = min(pi_theta / mu, is_cap) = min(exp(lp_t - lp_mu_t), is_cap)
+              grad = -w A grad log pi: the truncated importance-sampled policy gradient; w = 1 on-policy
+  ppo_clip    rho_t = exp(lp_t - lp_old_t)
+              l_t = -sg(u_t) min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
+              u_t = min(exp(lp_old_t - lp_mu_t), is_cap) corrects the sampler/trainer mismatch;
+              eps_high > eps_low is DAPO's clip-higher (Yu et al. 2025)
+  alpha_dpg   reinforce with A_i = `alpha_dpg_advantages` (Kruszewski et al. 2026, below), recomputed from
+              the current sg(lp) at every step; batch.advantages is ignored
+
+Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py; with y ~ pi the expected
+gradient of k3 is grad KL(p_ref || pi), of k2 grad KL(pi || p_ref)).
+
+Aggregation over generated tokens (mask m, L_i = sum_t m_it, N' = number of rows with L_i > 0):
+  token-mean            sum_{i,t} m l / sum_{i,t} m
+  seq-mean-token-sum    (1/N') sum_i sum_t m l / max_len      constant normalizer (pair with dr_grpo)
+  seq-mean-token-mean   (1/N') sum_i (1/L_i) sum_t m l
+`denominator` replaces sum m (token-mean) or N' (seq-*) by the count over the whole global batch, so
+that the sum of micro-batch losses equals the loss of the full batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rl_sharpen.rl import kl
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+    """Rollout-side arrays of one (micro-)batch; constant across the update steps on that batch."""
+
+    mask: jax.Array  # [N, T] 1 on generated tokens (EOS included)
+    behaviour_logprobs: jax.Array  # [N, T] lp_mu: log-probs under the sampling distribution
+    advantages: jax.Array | None = None  # [N] (reinforce, ppo_clip)
+    old_logprobs: jax.Array | None = None  # [N, T] lp_old (ppo_clip); None: behaviour_logprobs
+    ref_logprobs: jax.Array | None = None  # [N, T] lp_ref (kl_coef > 0, alpha_dpg)
+    correct: jax.Array | None = None  # [N] r(y) >= 0 (alpha_dpg)
+    group_size: int = dataclasses.field(default=1, metadata=dict(static=True))  # alpha_dpg: whole groups
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    name: str = "reinforce"  # a name in LOSSES
+    aggregation: str = "token-mean"  # one of AGGREGATIONS
+    max_len: int = 0  # constant normalizer of seq-mean-token-sum (e.g. the max generation length)
+    is_cap: float = 20.0  # truncation of the importance weights (math.inf: untruncated)
+    eps_low: float = 0.2
+    eps_high: float = 0.2  # DAPO clip-higher: 0.28
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    dpg_alpha: float = 0.5  # alpha of alpha_dpg: 1 forward KL (DPG), -> 0 reverse KL (RL-like)
+
+    def __post_init__(self):
+        if self.name not in LOSSES:
+            raise ValueError(f"LossConfig.name={self.name!r}; allowed: {sorted(LOSSES)}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"LossConfig.aggregation={self.aggregation!r}; allowed: {AGGREGATIONS}")
+        if self.aggregation == "seq-mean-token-sum" and self.max_len <= 0:
+            raise ValueError(f"LossConfig.max_len={self.max_len}; seq-mean-token-sum needs max_len > 0")
+        if not self.is_cap > 0:
+            raise ValueError(f"LossConfig.is_cap={self.is_cap}; must be > 0 (math.inf disables truncation)")
+        if self.eps_low < 0 or self.eps_high < 0:
+            raise ValueError(f"LossConfig.eps_low={self.eps_low}, eps_high={self.eps_high}; must be >= 0")
+        if self.kl_coef < 0:
+            raise ValueError(f"LossConfig.kl_coef={self.kl_coef}; must be >= 0")
+        if self.kl_estimator not in kl.KL_ESTIMATORS:
+            raise ValueError(f"LossConfig.kl_estimator={self.kl_estimator!r}; allowed: {sorted(kl.KL_ESTIMATORS)}")
+        if self.dpg_alpha < 0:
+            raise ValueError(f"LossConfig.dpg_alpha={self.dpg_alpha}; must be >= 0")
+
+
+def _required(batch: LossInputs, name: str, loss: str) -> jax.Array:
+    value = getattr(batch, name)
+    if value is None:
+        raise ValueError(f"loss {loss!r} needs LossInputs.{name}, which is None")
+    return value
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _is_metrics(ratio: jax.Array, weight: jax.Array, mask: jax.Array, cap: float) -> dict[str, jax.Array]:
+    return {"is_weight_mean": _masked_mean(weight, mask), "is_truncated_frac": _masked_mean(ratio > cap, mask)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry.
+
+Loss = Callable[[jax.Array, LossInputs, "LossConfig"], tuple[jax.Array, dict[str, jax.Array]]]
+LOSSES: dict[str, Loss] = {}
+
+
+def register_loss(name: str):
+    """Decorator: makes `fn(logprobs, batch, cfg) -> (per-token loss [N, T], metrics)` available by `name`."""
+
+    def wrap(fn: Loss) -> Loss:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _reinforce_terms(logprobs, batch, advantages, cfg):
+    mask = batch.mask
+    ratio = jax.lax.stop_gradient(jnp.exp(logprobs - batch.behaviour_logprobs))
+    weight = jnp.minimum(ratio, cfg.is_cap)
+    return -weight * advantages[:, None] * logprobs, _is_metrics(ratio, weight, mask, cfg.is_cap)
+
+
+@register_loss("reinforce")
+def reinforce(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
+    return _reinforce_terms(logprobs, batch, _required(batch, "advantages", "reinforce"), cfg)
+
+
+@register_loss("ppo_clip")
+def ppo_clip(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
+    advantages = _required(batch, "advantages", "ppo_clip")[:, None]
+    old = batch.behaviour_logprobs if batch.old_logprobs is None else batch.old_logprobs
+    is_ratio = jax.lax.stop_gradient(jnp.exp(old - batch.behaviour_logprobs))
+    weight = jnp.minimum(is_ratio, cfg.is_cap)
+    rho = jnp.exp(logprobs - old)
+    unclipped = rho * advantages
+    clipped = jnp.clip(rho, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * advantages
+    metrics = _is_metrics(is_ratio, weight, batch.mask, cfg.is_cap)
+    metrics["clip_frac"] = _masked_mean(clipped < unclipped, batch.mask)
+    metrics["ratio_mean"] = _masked_mean(rho, batch.mask)
+    return -weight * jnp.minimum(unclipped, clipped), metrics
+
+
+def alpha_dpg_advantages(policy_seq_logprobs: jax.Array, ref_seq_logprobs: jax.Array, correct: jax.Array,
+                         group_size: int, alpha: float) -> jax.Array:
+    """Self-normalized alpha-DPG weights minus their group mean, [N] (Kruszewski et al. 2026).
+
+    Target: the filtered model p*(y) = p_ref(y) r(y) / Z (r = correct >= 0; r in {0, 1} keeps exactly the
+    correct completions). Amari alpha-divergence and its gradient, for y ~ pi:
+
+      D_alpha(p* || pi) = (sum_y p*(y)^alpha pi(y)^(1-alpha) - 1) / (alpha (alpha - 1))
+      grad D_alpha      = -(1/alpha) E_pi[(p*(y) / pi(y))^alpha grad log pi(y)]
+
+    limits: alpha -> 1 gives KL(p* || pi) (forward, mass covering: DPG); alpha -> 0 gives KL(pi || p*)
+    (reverse, mode seeking, the RL objective). Z^-alpha / alpha is a positive constant, so per group of
+    G samples with log w_i = alpha (log r_i + S_ref_i - S_pi_i) (w_i = 0 where r_i = 0):
+
+      w^_i = G w_i / sum_j w_j   (mean 1 over the group),   A_i = w^_i - 1   (group-mean baseline)
+
+    and E[A grad log pi] -> E_pi[w grad log pi] / E_pi[w] = -alpha Z^alpha grad D_alpha / E_pi[w] as G
+    grows (consistent; O(1/G) bias from self-normalization and from the baseline). alpha = 0 gives
+    w^_i = r_i / mean_g(r): REINFORCE on r, scaled by the inverse group success rate; alpha = 1 gives
+    DPG's importance weights p_ref(y) / pi(y) on correct samples. A group without a correct sample gets
+    A = 0. Large alpha on long sequences concentrates w^ on one sample (watch the 'dpg_ess' metric).
+    """
+    r = correct.astype(jnp.float32).reshape(-1, group_size)
+    log_w = alpha * (jnp.log(jnp.maximum(r, 1e-30)) + (ref_seq_logprobs - policy_seq_logprobs).reshape(-1, group_size))
+    has_target = jnp.any(r > 0, axis=1, keepdims=True)
+    log_w = jnp.where(r > 0, log_w, -jnp.inf)
+    w = group_size * jax.nn.softmax(jnp.where(has_target, log_w, 0.0), axis=-1)
+    return jnp.where(has_target, w - 1.0, 0.0).reshape(-1)
+
+
+@register_loss("alpha_dpg")
+def alpha_dpg(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
+    mask = batch.mask
+    ref = _required(batch, "ref_logprobs", "alpha_dpg")
+    correct = _required(batch, "correct", "alpha_dpg")
+    n = mask.shape[0]
+    if n % batch.group_size:
+        raise ValueError(f"alpha_dpg needs whole groups: LossInputs.group_size={batch.group_size} must divide N={n}")
+    s_pi = jnp.sum(jnp.where(mask, jax.lax.stop_gradient(logprobs), 0.0), axis=-1)
+    s_ref = jnp.sum(jnp.where(mask, ref, 0.0), axis=-1)
+    advantages = alpha_dpg_advantages(s_pi, s_ref, correct, batch.group_size, cfg.dpg_alpha)
+    token_loss, metrics = _reinforce_terms(logprobs, batch, advantages, cfg)
+    w = (advantages + 1.0).reshape(-1, batch.group_size)
+    ess = jnp.square(jnp.sum(w, axis=1)) / jnp.maximum(jnp.sum(jnp.square(w), axis=1), 1e-30) / batch.group_size
+    has_target = jnp.any(correct.reshape(-1, batch.group_size) > 0, axis=1)
+    metrics["dpg_ess"] = jnp.mean(jnp.where(has_target, ess, 0.0))
+    return token_loss, metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def aggregate(token_values: jax.Array, mask: jax.Array, mode: str, *, max_len: int = 0,
+              denominator: jax.Array | float | None = None) -> jax.Array:
+    """Scalar from per-token values [N, T] by `mode` (AGGREGATIONS; formulas in the module docstring)."""
+    mask = mask.astype(bool)
+    per_token = jnp.where(mask, token_values, 0.0)
+    lengths = jnp.sum(mask, axis=-1)
+    if mode == "token-mean":
+        total, count = jnp.sum(per_token), jnp.sum(lengths)
+    elif mode == "seq-mean-token-sum":
+        if max_len <= 0:
+            raise ValueError(f"seq-mean-token-sum needs max_len > 0, got {max_len}")
+        total, count = jnp.sum(per_token) / max_len, jnp.sum(lengths > 0)
+    elif mode == "seq-mean-token-mean":
+        total = jnp.sum(jnp.sum(per_token, axis=-1) / jnp.maximum(lengths, 1))
+        count = jnp.sum(lengths > 0)
+    else:
+        raise ValueError(f"aggregation={mode!r}; allowed: {AGGREGATIONS}")
+    if denominator is None:
+        denominator = jnp.maximum(count, 1)
+    return total / denominator
+
+
+def policy_loss(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig, *,
+                denominator: jax.Array | float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(scalar loss to minimize, metrics) for current log-probs [N, T] of the sampled tokens.
+
+    Positions outside `batch.mask` may hold anything finite or not; they are zeroed before use.
+    Jittable with cfg static: jax.jit(policy_loss, static_argnames="cfg").
+    """
+    mask = batch.mask.astype(bool)
+    if logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs shape {logprobs.shape} != LossInputs.mask shape {mask.shape}")
+
+    def clean(x):
+        return None if x is None else jnp.where(mask, x.astype(jnp.float32), 0.0)
+
+    batch = dataclasses.replace(batch, mask=mask, behaviour_logprobs=clean(batch.behaviour_logprobs),
+                                old_logprobs=clean(batch.old_logprobs), ref_logprobs=clean(batch.ref_logprobs))
+    logprobs = clean(logprobs)
+    token_loss, metrics = LOSSES[cfg.name](logprobs, batch, cfg)
+    metrics["policy_loss"] = aggregate(token_loss, mask, cfg.aggregation, max_len=cfg.max_len,
+                                       denominator=denominator)
+    if cfg.kl_coef > 0:
+        token_kl = kl.token_kl(logprobs, _required(batch, "ref_logprobs", f"{cfg.name} with kl_coef > 0"),
+                               cfg.kl_estimator)
+        metrics["kl"] = _masked_mean(jax.lax.stop_gradient(token_kl), mask)
+        token_loss = token_loss + cfg.kl_coef * token_kl
+    loss = aggregate(token_loss, mask, cfg.aggregation, max_len=cfg.max_len, denominator=denominator)
+    return loss, metrics
+

@@ -1,0 +1,135 @@
+"""One rollout: sample G completions per prompt, verify them, score them under the reference,
+and turn everything into rewards, advantages and a `TrainBatch`.
+
+The sampler returns, for every generated token, its exact temperature-1 log-prob under the policy
+that sampled it, so these serve as the "old" log-probs with no extra forward pass; the reference
+model adds one teacher-forced pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rl_sharpen import sampling
+from rl_sharpen.models import forward, positions_from_segments
+from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.rl import advantages as adv
+from rl_sharpen.rl import rewards as rw
+from rl_sharpen.rl.update import TrainBatch, completion_logprobs
+
+
+class Task(Protocol):
+    """What the trainer needs from a task: prompts as token ids, text back, and a verifier."""
+
+    def prompt_ids(self, problem) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def score(self, completions: Sequence[str], problems: Sequence) -> tuple[np.ndarray, list[str | None], dict]:
+        """(correct [N] float32, extracted answers, verifier counters such as timeouts)."""
+        ...
+
+
+def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    segments = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        if len(r) > width:
+            raise ValueError(f"prompt of {len(r)} tokens is longer than the prompt width {width}")
+        if len(r):
+            tokens[i, width - len(r):] = r
+            segments[i, width - len(r):] = 1
+    return tokens, segments
+
+
+def answer_ids(answers: Sequence[str | None], group_size: int) -> np.ndarray:
+    """Integer id per answer, equal ids for equal answers within a group, -1 for no answer."""
+    ids = np.full(len(answers), -1, np.int32)
+    for start in range(0, len(answers), group_size):
+        seen: dict[str, int] = {}
+        for i in range(start, start + group_size):
+            if answers[i] is not None:
+                ids[i] = seen.setdefault(answers[i], len(seen))
+    return ids
+
+
+_STAT_COMPONENTS = ("neg_entropy", "self_certainty")
+
+
+@dataclasses.dataclass
+class Scorer:
+    """Jitted teacher-forced passes over `prompt ++ completion` batches."""
+
+    cfg: ModelConfig
+    chunk: int = 512
+
+    def __post_init__(self):
+        self.logprobs = jax.jit(
+            lambda p, t, s, w: completion_logprobs(p, self.cfg, t, s, w, chunk=self.chunk), static_argnums=3)
+        self.token_stats = jax.jit(self._token_stats, static_argnums=3)
+
+    def _token_stats(self, params, tokens, segments, width):
+        logits, _ = forward(params, self.cfg, tokens, positions_from_segments(segments), segments)
+        return rw.token_statistics(logits[:, -width - 1:-1])
+
+
+def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,
+            sampling_cfg: "sampling.SamplingConfig", reward_cfg: rw.RewardConfig, adv_cfg: adv.AdvantageConfig,
+            scorer: Scorer, pad_id: int, mesh=None) -> tuple[TrainBatch, dict[str, Any]]:
+    """(TrainBatch of B*G rows, metrics) for prompts `problems` (B of them)."""
+    G = sampling_cfg.num_samples
+    timings = {}
+    t0 = time.perf_counter()
+    prompts = [task.prompt_ids(p) for p in problems]
+    out = sampling.generate(policy_params, cfg, prompts, rng, sampling_cfg, mesh=mesh)
+    tokens = np.asarray(out.tokens)
+    lengths = np.asarray(out.lengths)
+    timings["time_sample"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    texts = [task.decode(tokens[i, :lengths[i]]) for i in range(len(tokens))]
+    expanded = [p for p in problems for _ in range(G)]
+    correct, answers, verify_stats = task.score(texts, expanded)
+    T = tokens.shape[1]
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
+    width = max(len(p) for p in prompts)
+    prompt_tokens, prompt_segments = left_pad([p for p in prompts for _ in range(G)], width, pad_id)
+    full_tokens = jnp.asarray(np.concatenate([prompt_tokens, np.where(mask > 0, tokens, pad_id)], axis=1))
+    full_segments = jnp.asarray(np.concatenate([prompt_segments, mask.astype(np.int32)], axis=1))
+    ref_lp = scorer.logprobs(ref_params, full_tokens, full_segments, T)
+    policy_lp = jnp.asarray(out.logprobs, jnp.float32)
+    mask_j = jnp.asarray(mask)
+    stats = {}
+    if any(name in _STAT_COMPONENTS for name in rw.mixture_weights(reward_cfg)):
+        stats = scorer.token_stats(policy_params, full_tokens, full_segments, T)
+    inputs = rw.RewardInputs(completion_mask=mask_j, correct=jnp.asarray(correct, jnp.float32),
+                             answer_ids=jnp.asarray(answer_ids(answers, G)), ref_logprobs=ref_lp,
+                             policy_logprobs=policy_lp, group_size=G, vocab_size=cfg.vocab_size, **stats)
+    rewards, components = rw.compute_rewards(inputs, reward_cfg)
+    advantages = adv.compute_advantages(rewards, G, adv_cfg, correct=inputs.correct)
+    timings["time_score"] = time.perf_counter() - t0
+
+    batch = TrainBatch(tokens=full_tokens, segments=full_segments, completion_mask=mask_j,
+                       behaviour_logprobs=jnp.asarray(out.sampled_logprobs, jnp.float32), old_logprobs=policy_lp,
+                       ref_logprobs=ref_lp, advantages=advantages, correct=inputs.correct)
+    seq_ref = jnp.sum(ref_lp * mask_j, axis=1)
+    seq_pi = jnp.sum(policy_lp * mask_j, axis=1)
+    metrics = {
+        "reward": rewards.mean(), "accuracy": float(correct.mean()),
+        "response_length": float(lengths.mean()), "finished": float(np.asarray(out.finished).mean()),
+        "s_ref": seq_ref.mean(), "s_pi": seq_pi.mean(),
+        "kl_k1": (seq_pi - seq_ref).mean(),  # E_pi[log pi/p_ref], sequence level
+        "entropy_estimate": -seq_pi.mean(),  # E_pi[-log pi(y)], sequence level
+        "advantage_abs": jnp.abs(advantages).mean(),
+        "answered": float(np.mean([a is not None for a in answers])),
+        **{f"reward_{k}": v.mean() for k, v in components.items()},
+        **{f"verify_{k}": v for k, v in verify_stats.items()},
+        **timings,
+    }
+    return batch, metrics

@@ -1,0 +1,175 @@
+"""The RL training loop: rollout -> rewards -> advantages -> sharded update, with periodic
+validation, metrics and resumable checkpoints.
+
+Every step is a pure function of (checkpointed state, step index): the rollout key is
+fold_in(seed key, step) and the prompts are the step-th slice of a seeded permutation, so a run
+killed and restarted from its last checkpoint reproduces the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from rl_sharpen import sampling
+from rl_sharpen import sharding as shd
+from rl_sharpen.checkpoint import Checkpointer
+from rl_sharpen.metrics import MetricWriter, format_row
+from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.optim import OptimConfig, make_optimizer
+from rl_sharpen.rl import advantages as adv
+from rl_sharpen.rl import losses
+from rl_sharpen.rl import rewards as rw
+from rl_sharpen.rl.rollout import Scorer, Task, rollout
+from rl_sharpen.rl.update import TrainBatch, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    prompts_per_step: int = 32  # B: prompts per rollout batch
+    micro_batch: int = 0  # sequences per gradient micro-batch (0: the whole minibatch at once)
+    epochs: int = 1  # passes over each rollout batch (ppo_clip may use > 1)
+    minibatches: int = 1  # optimizer steps per epoch
+    logprob_chunk: int = 512  # positions per vocabulary-projection chunk in the teacher-forced passes
+    remat: bool = True  # rematerialize decoder layers in the backward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100  # RL (or SFT) optimizer steps
+    log_every: int = 1  # write metrics every N steps
+    eval_every: int = 0  # validation every N steps (0: only at the start and the end)
+    checkpoint_every: int = 25  # save every N steps
+    keep_checkpoints: int = 2  # newest checkpoints kept
+
+
+def prompt_order(num_problems: int, seed: int, position: int, count: int) -> np.ndarray:
+    """Indices [position, position + count) of an endless stream of seeded epoch permutations."""
+    out = []
+    while len(out) < count:
+        epoch, offset = divmod(position + len(out), num_problems)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_problems)
+        out.extend(perm[offset:offset + count - len(out)].tolist())
+    return np.asarray(out)
+
+
+def _place(batch: TrainBatch, mesh) -> TrainBatch:
+    if mesh is None:
+        return batch
+    return jax.tree.map(lambda x: jax.device_put(x, shd.batch_sharding(mesh, x.ndim)), batch)
+
+
+def _minibatches(batch: TrainBatch, count: int, group_size: int, rng: np.random.Generator) -> list[TrainBatch]:
+    """`count` minibatches of whole groups, groups shuffled."""
+    groups = batch.tokens.shape[0] // group_size
+    if groups % count:
+        raise ValueError(f"RLConfig.minibatches={count} must divide the {groups} prompts of a step")
+    order = rng.permutation(groups)
+    rows = (order[:, None] * group_size + np.arange(group_size)).reshape(count, -1)
+    return [jax.tree.map(lambda x, r=r: x[r], batch) for r in rows]
+
+
+@dataclasses.dataclass
+class RLRun:
+    """Everything one RL run needs; `run()` trains and returns the final validation record."""
+
+    model_cfg: ModelConfig
+    policy_params: Any
+    ref_params: Any
+    task: Task
+    train_problems: Sequence
+    pad_id: int
+    sampling_cfg: sampling.SamplingConfig
+    reward_cfg: rw.RewardConfig
+    adv_cfg: adv.AdvantageConfig
+    loss_cfg: losses.LossConfig
+    optim_cfg: OptimConfig
+    rl_cfg: RLConfig
+    train_cfg: TrainConfig
+    workdir: str
+    seed: int = 0
+    config_record: dict = dataclasses.field(default_factory=dict)
+    evaluate: Callable[[Any, int], dict] | None = None  # (params, step) -> validation metrics
+    mesh: Any = None
+    name: str = "train"
+
+    def __post_init__(self):
+        G = self.sampling_cfg.num_samples
+        minibatch = self.rl_cfg.prompts_per_step * G // self.rl_cfg.minibatches
+        micro = self.rl_cfg.micro_batch or minibatch
+        if minibatch % micro:
+            raise ValueError(f"RLConfig.micro_batch={micro} must divide the minibatch of {minibatch} sequences")
+        self.optimizer = make_optimizer(self.optim_cfg)
+        step = make_train_step(self.model_cfg, self.loss_cfg, self.optimizer, num_micro=minibatch // micro,
+                               group_size=G, chunk=self.rl_cfg.logprob_chunk, remat=self.rl_cfg.remat)
+        self.train_step = jax.jit(step, donate_argnums=0)
+        self.scorer = Scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
+
+    def initial_state(self) -> dict:
+        opt_state = jax.jit(self.optimizer.init)(self.policy_params)
+        return {"params": self.policy_params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+
+    def run(self) -> dict:
+        ckpt = Checkpointer(f"{self.workdir}/checkpoints", self.train_cfg.checkpoint_every,
+                            self.train_cfg.keep_checkpoints)
+        state = self.initial_state()
+        start = 0
+        if ckpt.latest_step() is not None:
+            state, record = ckpt.restore(state, self.config_record)
+            start = int(record["step"])
+            logging.info("resumed %s from step %d", self.workdir, start)
+        writer = MetricWriter(self.workdir, self.name, is_main=jax.process_index() == 0)
+        eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", tensorboard=True,
+                                   is_main=jax.process_index() == 0)
+        base_key = jax.random.key(self.seed)
+        B, G = self.rl_cfg.prompts_per_step, self.sampling_cfg.num_samples
+        last_eval = None
+        if start == 0 and self.evaluate is not None:
+            last_eval = eval_writer.write(0, self.evaluate(state["params"], 0))
+        bar = tqdm(range(start, self.train_cfg.steps), initial=start, total=self.train_cfg.steps,
+                   desc=self.name, disable=jax.process_index() != 0, dynamic_ncols=True)
+        for step in bar:
+            t_step = time.perf_counter()
+            idx = prompt_order(len(self.train_problems), self.seed, step * B, B)
+            problems = [self.train_problems[i] for i in idx]
+            batch, metrics = rollout(state["params"], self.ref_params, self.model_cfg, self.task, problems,
+                                     jax.random.fold_in(base_key, step), self.sampling_cfg, self.reward_cfg,
+                                     self.adv_cfg, self.scorer, self.pad_id, self.mesh)
+            t0 = time.perf_counter()
+            shuffle = np.random.default_rng([self.seed, step, 1])
+            for _ in range(self.rl_cfg.epochs):
+                for mb in _minibatches(batch, self.rl_cfg.minibatches, G, shuffle):
+                    state, update_metrics = self.train_step(state, _place(mb, self.mesh))
+            update_metrics = jax.device_get(update_metrics)
+            metrics["time_update"] = time.perf_counter() - t0
+            metrics["time_step"] = time.perf_counter() - t_step
+            metrics.update({f"update_{k}": v for k, v in update_metrics.items()})
+            metrics["learning_rate"] = float(self._lr(step))
+            done = step + 1
+            if done % self.train_cfg.log_every == 0 or done == self.train_cfg.steps:
+                row = writer.write(done, metrics)
+                bar.set_postfix_str(format_row(row, ("reward", "accuracy", "kl_k1", "response_length")))
+            if self.evaluate is not None and (
+                    (self.train_cfg.eval_every and done % self.train_cfg.eval_every == 0)
+                    or done == self.train_cfg.steps):
+                last_eval = eval_writer.write(done, self.evaluate(state["params"], done))
+            ckpt.save(done, state, {"step": done, "data_position": done * B, "config": self.config_record},
+                      force=done == self.train_cfg.steps)
+        bar.close()
+        ckpt.close()
+        writer.close()
+        eval_writer.close()
+        self.final_state = state
+        return last_eval or {}
+
+    def _lr(self, step: int) -> float:
+        from rl_sharpen.optim import schedule
+
+        return schedule(self.optim_cfg)(step)

@@ -1,0 +1,78 @@
+"""Supervised warm start: maximize log p(completion | prompt) on worked solutions.
+
+Gives a tiny model the base distribution that RL then sharpens or teaches; the loss is the
+token-mean negative log-likelihood of completion tokens (prompt tokens are not trained on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from rl_sharpen.metrics import MetricWriter
+from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.optim import OptimConfig, make_optimizer
+from rl_sharpen.rl.rollout import left_pad
+from rl_sharpen.rl.update import completion_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 500  # optimizer steps
+    batch_size: int = 64  # (prompt, completion) pairs per step
+    max_completion_tokens: int = 128  # completions are cut (and their EOS lost) beyond this
+    log_every: int = 50  # write metrics every N steps
+
+
+def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, prompt_width: int,
+               completion_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens [N, P + T], segments [N, P + T], completion mask [N, T]) for (prompt, completion) pairs."""
+    prompts, prompt_seg = left_pad([p for p, _ in pairs], prompt_width, pad_id)
+    comp = np.full((len(pairs), completion_width), pad_id, np.int32)
+    mask = np.zeros((len(pairs), completion_width), np.float32)
+    for i, (_, c) in enumerate(pairs):
+        c = list(c)[:completion_width]
+        comp[i, :len(c)] = c
+        mask[i, :len(c)] = 1
+    return (np.concatenate([prompts, comp], 1), np.concatenate([prompt_seg, mask.astype(np.int32)], 1), mask)
+
+
+def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
+    def loss_fn(params, tokens, segments, mask):
+        lp = completion_logprobs(params, cfg, tokens, segments, mask.shape[1])
+        return -jnp.sum(lp * mask) / jnp.maximum(mask.sum(), 1.0)
+
+    def step(params, opt_state, tokens, segments, mask):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, segments, mask)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Generator, int], list],
+              sft_cfg: SFTConfig, optim_cfg: OptimConfig, pad_id: int, workdir: str, seed: int = 0,
+              prompt_width: int | None = None):
+    """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params."""
+    optimizer = make_optimizer(optim_cfg)
+    opt_state = optimizer.init(params)
+    step_fn = make_sft_step(cfg, optimizer)
+    rng = np.random.default_rng(seed)
+    writer = MetricWriter(workdir, "sft")
+    bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True)
+    for step in bar:
+        pairs = sample_pairs(rng, sft_cfg.batch_size)
+        width = prompt_width or max(len(p) for p, _ in pairs)
+        tokens, segments, mask = make_batch(pairs, pad_id, width, sft_cfg.max_completion_tokens)
+        params, opt_state, loss, gnorm = step_fn(params, opt_state, tokens, segments, mask)
+        if (step + 1) % sft_cfg.log_every == 0 or step + 1 == sft_cfg.steps:
+            row = writer.write(step + 1, {"nll": loss, "grad_norm": gnorm})
+            bar.set_postfix(nll=f"{row['nll']:.3f}")
+    writer.close()
+    return params

@@ -1,0 +1,209 @@
+"""Tasks as the trainer sees them, built from the config: prompts as token ids, completions back
+as text, the verifier, warm-start pairs, and validation with pass@k / maj@k.
+
+  SyntheticTask  multi-step arithmetic with a character tokenizer (the CPU demo; no downloads)
+  MathTask       GSM8K / MATH / AIME ... with a Hugging Face tokenizer and its chat template
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from rl_sharpen import evaluation, sampling
+from rl_sharpen.tasks import prompts as prompt_lib
+from rl_sharpen.tasks import synthetic
+from rl_sharpen.tasks.datasets import Problem, load_problems
+from rl_sharpen.tasks.verify import canonical_answer, extract_answer, last_boxed, verify_batch
+
+SYNTHETIC = "synthetic"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train: str = SYNTHETIC  # "synthetic", a source name (tasks.SOURCES) or a local JSONL/parquet path
+    train_split: str = "train"  # split of a named source
+    train_limit: int = 0  # keep the first N training problems (0: all)
+    validation: str = SYNTHETIC  # same choices as `train`
+    validation_split: str = "test"
+    validation_limit: int = 0  # keep the first N validation problems (0: all)
+    tokenizer: str = ""  # HF folder or hub id; "" uses model.checkpoint; unused for synthetic
+    template: str = prompt_lib.DEFAULT_TEMPLATE  # user turn; "{problem}" marks the problem
+    system_prompt: str = ""  # "" keeps the chat template's default
+    use_chat_template: bool = True  # False: plain "template" text, no chat turns
+    synthetic_train_problems: int = 20000  # synthetic training problems (seeded)
+    synthetic_validation_problems: int = 200  # synthetic validation problems (another seed)
+    synthetic_max_steps: int = 3  # operations per synthetic problem, 1..N
+    synthetic_max_value: int = 20  # every synthetic number lies in [0, N]
+    sft_correct: float = 0.3  # warm-start mixture weight of correct step-by-step chains
+    sft_guess: float = 0.4  # ... of bare guesses
+    sft_wrong_step: float = 0.3  # ... of chains with one wrong step
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 16  # n samples per problem for pass@k / maj@k
+    k_list: tuple[int, ...] = ()  # () gives 1, 2, 4, ..., n
+    max_new_tokens: int = 1024  # completion budget at validation
+    temperature: float = 1.0  # sampling temperature at validation
+    top_p: float = 1.0  # nucleus mass at validation
+    greedy: bool = True  # also report greedy accuracy
+    batch_size: int = 16  # problems per sampler call
+    limit: int = 0  # validation problems used (0: all of data.validation)
+    verify_timeout: float = 5.0  # seconds per verifier call before it counts as wrong
+
+
+class SyntheticTask:
+    """The arithmetic task of `tasks.synthetic`, exact verification, character tokenizer."""
+
+    def __init__(self, data: DataConfig, seed: int = 0):
+        self.data = data
+        self.seed = seed
+        self.tokenizer = synthetic.CharTokenizer()
+        self.pad_id = self.tokenizer.pad_id
+        self.eos_ids = (self.tokenizer.eos_id,)
+        self.arith = synthetic.ArithmeticConfig(max_steps=data.synthetic_max_steps, max_value=data.synthetic_max_value,
+                                                max_operand=min(9, data.synthetic_max_value))
+        self.mix = synthetic.SolutionMix(data.sft_correct, data.sft_guess, data.sft_wrong_step)
+
+    def problems(self, split: str) -> list[Problem]:
+        count = self.data.synthetic_train_problems if split == "train" else self.data.synthetic_validation_problems
+        seed = [self.seed, 0 if split == "train" else 1]
+        rng = np.random.default_rng(seed)
+        return [synthetic.sample_problem(rng, self.arith).to_problem(i) for i in range(count)]
+
+    def prompt_text(self, problem: Problem) -> str:
+        return self.tokenizer.prompt_text(problem.problem)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=True)
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return self.encode_text(self.prompt_text(problem))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def score(self, completions, problems):
+        answers = [last_boxed(c) for c in completions]
+        correct = np.array([a is not None and a.strip() == p.answer for a, p in zip(answers, problems)], np.float32)
+        return correct, [None if a is None else a.strip() for a in answers], {}
+
+    def sft_pairs(self, rng: np.random.Generator, n: int) -> list[tuple[list[int], list[int]]]:
+        examples = synthetic.make_examples(n, int(rng.integers(2**31)), self.arith, self.mix)
+        return [(self.tokenizer.encode_prompt(e.problem.text), self.tokenizer.encode(e.completion, add_eos=True))
+                for e in examples]
+
+
+class MathTask:
+    """Real math problems: chat-formatted prompts, the sympy/math-verify verifier in a worker pool."""
+
+    def __init__(self, data: DataConfig, tokenizer_path: str, verify_timeout: float = 5.0):
+        self.data = data
+        self.tokenizer = prompt_lib.load_tokenizer(tokenizer_path)
+        self.pad_id = prompt_lib.pad_id(self.tokenizer)
+        self.eos_ids = tuple(sorted({i for i in (self.tokenizer.eos_token_id,) if i is not None}))
+        self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template)
+        self.verify_timeout = verify_timeout
+
+    def problems(self, split: str) -> list[Problem]:
+        name = self.data.train if split == "train" else self.data.validation
+        which = self.data.train_split if split == "train" else self.data.validation_split
+        limit = self.data.train_limit if split == "train" else self.data.validation_limit
+        problems, stats = load_problems(name, which, limit or None)
+        logging.info("%s/%s: %d problems, %d malformed rows skipped %s", name, which, stats.num_loaded,
+                     stats.num_skipped, dict(stats.skipped))
+        return problems
+
+    def prompt_text(self, problem: Problem) -> str:
+        return prompt_lib.render_prompt(self.tokenizer, problem.problem, self.prompt_cfg)
+
+    def encode_text(self, text: str) -> list[int]:
+        chat = self.prompt_cfg.use_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+        return list(self.tokenizer(text, add_special_tokens=not chat)["input_ids"])
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        return self.encode_text(self.prompt_text(problem))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def score(self, completions, problems):
+        correct, stats = verify_batch(list(completions), [p.answer for p in problems], timeout=self.verify_timeout)
+        answers = [extract_answer(c) for c in completions]
+        keys = [None if a is None else canonical_answer(a) for a in answers]
+        return np.asarray(correct, np.float32), keys, {"timeouts": stats.timeouts, "errors": stats.errors}
+
+    def sft_pairs(self, rng, n):
+        raise ValueError("mode='sft' needs data.train='synthetic' (real datasets carry no worked solutions here)")
+
+
+def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: float = 5.0):
+    if data.train == SYNTHETIC or data.validation == SYNTHETIC:
+        if data.train != data.validation:
+            raise ValueError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
+                             "cannot be mixed with a real dataset (different tokenizers)")
+        return SyntheticTask(data, seed)
+    path = data.tokenizer or model_source.checkpoint
+    if not path:
+        raise ValueError("data.tokenizer: set a tokenizer folder or hub id (or model.checkpoint)")
+    return MathTask(data, path, verify_timeout)
+
+
+def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, base: sampling.SamplingConfig,
+                     mesh, seed: int):
+    """evaluation.GenerateFn over the sampler; `params_ref["params"]` is read at call time."""
+    calls = [0]
+
+    def generate(prompt_texts, num_samples, greedy):
+        scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
+                                   top_p=eval_cfg.top_p, top_k=0, greedy=greedy, num_samples=num_samples,
+                                   eos_ids=tuple(task.eos_ids), ignore_eos=False)
+        key = jax.random.fold_in(jax.random.key(seed), calls[0])
+        calls[0] += 1
+        out = sampling.generate(params_ref["params"], model_cfg, [task.encode_text(t) for t in prompt_texts],
+                                key, scfg, mesh=mesh)
+        return evaluation.generations_from_tokens(np.asarray(out.tokens), np.asarray(out.lengths), task.decode,
+                                                  num_samples)
+
+    return generate
+
+
+def flat_summary(summary: dict) -> dict:
+    """pass@k / maj@k tables as flat scalar metrics: pass@1, pass@4, maj@4, ..."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, dict) and key in ("pass@k", "maj@k"):
+            out.update({f"{key[:-2]}@{k}": v for k, v in value.items()})
+        elif isinstance(value, (int, float)):
+            out[key] = value
+    return out
+
+
+def make_evaluator(eval_cfg: EvalConfig, data: DataConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
+                   workdir: str | None = None):
+    """evaluate(params, step) -> flat metrics; with `workdir`, also JSON, a table and a pass@k plot."""
+    problems = task.problems("validation")
+    if eval_cfg.limit:
+        problems = problems[:eval_cfg.limit]
+    params_ref: dict = {}
+    generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed)
+
+    def evaluate(params, step: int) -> dict:
+        params_ref["params"] = params
+        report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
+                                     k_list=list(eval_cfg.k_list) or None, batch_size=eval_cfg.batch_size,
+                                     greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout, seed=seed)
+        if workdir is not None:
+            os.makedirs(workdir, exist_ok=True)
+            evaluation.save_json(report, os.path.join(workdir, f"eval_step{step}.json"))
+            evaluation.plot_pass_at_k({f"step {step}": report.summary}, os.path.join(workdir, f"pass_at_k_step{step}.png"))
+            print(evaluation.format_table({f"step {step}": report.summary}))
+        return flat_summary(report.summary)
+
+    return evaluate

@@ -1,0 +1,32 @@
+"""Math tasks: problem sets, prompts, the answer verifier (task reward), and a synthetic task."""
+
+from rl_sharpen.tasks.datasets import FORMATS, SOURCES, LoadStats, Problem, load_problems
+from rl_sharpen.tasks.prompts import PromptBatch, PromptConfig, encode_prompts, left_pad, load_tokenizer, render_prompt
+from rl_sharpen.tasks.verify import (
+    VerifierPool,
+    VerifyStats,
+    canonical_answer,
+    extract_answer,
+    verify,
+    verify_batch,
+)
+
+__all__ = [
+    "FORMATS",
+    "SOURCES",
+    "LoadStats",
+    "Problem",
+    "load_problems",
+    "PromptBatch",
+    "PromptConfig",
+    "encode_prompts",
+    "left_pad",
+    "load_tokenizer",
+    "render_prompt",
+    "VerifierPool",
+    "VerifyStats",
+    "canonical_answer",
+    "extract_answer",
+    "verify",
+    "verify_batch",
+]

@@ -1,0 +1,111 @@
+"""Prompts: the instruction around a problem, rendered by a tokenizer's chat template.
+
+The default instruction is the one of the power-sampling ("sharpening") experiments on MATH:
+
+  Can you solve the following math problem? {problem} Please reason step by step, and put your
+  final answer within \\boxed{}.
+
+A prompt is rendered as one user turn (plus an optional system turn) through the tokenizer's
+chat template, with the generation prompt for the assistant appended. A tokenizer without a chat
+template (or `use_chat_template=False`) gets the plain format "{system}\\n\\n{user}\\n".
+`encode_prompts` returns a left-padded int32 batch, so every row's last prompt token is at
+column T - 1 and generation appends at the same position for all rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+PROBLEM_PLACEHOLDER = "{problem}"
+DEFAULT_TEMPLATE = (
+    "Can you solve the following math problem? {problem} "
+    "Please reason step by step, and put your final answer within \\boxed{}."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    template: str = DEFAULT_TEMPLATE  # must contain "{problem}" exactly once
+    system_prompt: str | None = None  # None: the chat template's default system turn, if any
+    use_chat_template: bool = True
+
+    def __post_init__(self):
+        if self.template.count(PROBLEM_PLACEHOLDER) != 1:
+            raise ValueError(f"template must contain {PROBLEM_PLACEHOLDER!r} exactly once, got {self.template!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    tokens: np.ndarray  # [B, T] int32, left-padded with pad_id
+    lengths: np.ndarray  # [B] int32, number of real tokens per row
+    mask: np.ndarray  # [B, T] bool, True on real tokens (the last lengths[b] columns of row b)
+
+
+def load_tokenizer(name_or_path: str, **kwargs: Any):
+    """`transformers.AutoTokenizer` from a local folder or a hub name."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
+def user_message(problem: str, cfg: PromptConfig = PromptConfig()) -> str:
+    return cfg.template.replace(PROBLEM_PLACEHOLDER, problem)
+
+
+def _has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, problem: str, cfg: PromptConfig = PromptConfig()) -> str:
+    """The prompt text the model continues: chat-templated user turn + assistant header."""
+    user = user_message(problem, cfg)
+    if cfg.use_chat_template and _has_chat_template(tokenizer):
+        messages = [{"role": "user", "content": user}]
+        if cfg.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{cfg.system_prompt}\n\n{user}\n" if cfg.system_prompt else f"{user}\n"
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id, else 0 (pad positions are masked anyway)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None,
+             pad_to_multiple: int = 1) -> PromptBatch:
+    """Stacks token lists into a left-padded batch of width T = max length rounded up to a
+    multiple of `pad_to_multiple` (fewer distinct shapes to compile)."""
+    if not sequences:
+        raise ValueError("sequences must be non-empty")
+    if pad_to_multiple < 1:
+        raise ValueError(f"pad_to_multiple must be >= 1, got {pad_to_multiple}")
+    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
+    if lengths.min() == 0:
+        raise ValueError(f"sequence {int(lengths.argmin())} is empty")
+    if max_length is not None and lengths.max() > max_length:
+        raise ValueError(f"sequence {int(lengths.argmax())} has {lengths.max()} tokens > max_length {max_length}")
+    width = -(-int(lengths.max()) // pad_to_multiple) * pad_to_multiple
+    tokens = np.full((len(sequences), width), pad_id, dtype=np.int32)
+    for row, sequence in enumerate(sequences):
+        tokens[row, width - len(sequence):] = sequence
+    mask = np.arange(width)[None, :] >= (width - lengths)[:, None]
+    return PromptBatch(tokens, lengths, mask)
+
+
+def encode_prompts(tokenizer, problems: Sequence[str], cfg: PromptConfig = PromptConfig(),
+                   max_length: int | None = None, pad_to_multiple: int = 1) -> PromptBatch:
+    """Renders and tokenizes problems into a left-padded int32 batch.
+
+    A chat template writes its own special tokens (e.g. BOS), so they are not added again; the
+    plain format gets the tokenizer's usual special tokens.
+    """
+    chat = cfg.use_chat_template and _has_chat_template(tokenizer)
+    ids = [tokenizer(render_prompt(tokenizer, p, cfg), add_special_tokens=not chat)["input_ids"] for p in problems]
+    return left_pad(ids, pad_id(tokenizer), max_length, pad_to_multiple)

@@ -1,0 +1,96 @@
+"""Advantage estimators against brute-force loops, and their expected gradients by enumeration."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_sharpen.rl import advantages as adv
+
+REWARDS = np.array([1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 0.0, 0.0, 2.0, -1.0, 0.25, 0.25, 0.7, 0.7, 0.7, 0.7], np.float32)
+G = 4
+
+
+def compute(name, rewards=REWARDS, group_size=G, **kw):
+    return np.asarray(adv.compute_advantages(jnp.asarray(rewards), group_size,
+                                             adv.AdvantageConfig(estimator=name, **kw)))
+
+
+def test_rloo_brute_force():
+    expected = []
+    for i, r in enumerate(REWARDS):
+        g = i // G
+        others = [REWARDS[j] for j in range(g * G, g * G + G) if j != i]
+        expected.append(r - sum(others) / len(others))
+    np.testing.assert_allclose(compute("rloo"), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_grpo_and_dr_grpo_brute_force():
+    groups = REWARDS.reshape(-1, G).astype(np.float64)
+    centered = groups - groups.mean(1, keepdims=True)
+    np.testing.assert_allclose(compute("dr_grpo"), centered.reshape(-1), atol=1e-7)
+    grpo = centered / (groups.std(1, ddof=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(compute("grpo"), grpo.reshape(-1), rtol=1e-5, atol=1e-6)
+    # a group of equal rewards has zero advantages, not NaN
+    np.testing.assert_array_equal(compute("grpo")[12:], 0.0)
+
+
+def test_reinforce_pp_normalizes_over_the_whole_batch():
+    r = REWARDS.astype(np.float64)
+    np.testing.assert_allclose(compute("reinforce_pp", eps=0.0), (r - r.mean()) / r.std(ddof=1), rtol=1e-5)
+    centered = (r.reshape(-1, G) - r.reshape(-1, G).mean(1, keepdims=True)).reshape(-1)
+    np.testing.assert_allclose(compute("reinforce_pp_baseline", eps=0.0), centered / centered.std(ddof=1),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_expected_gradient_by_enumerating_every_group():
+    """E over all K^G groups of (1/G) sum_i A_i grad log pi(y_i): RLOO is exact, Dr.GRPO is (G-1)/G of it."""
+    k, g = 3, 3
+    theta = jnp.array([0.2, -0.7, 0.5])
+    reward_of = jnp.array([1.0, 0.0, 2.5])
+    pi = jax.nn.softmax(theta)
+    score = jax.jacobian(jax.nn.log_softmax)(theta)  # score[y] = grad log pi(y)
+    true_gradient = jax.grad(lambda th: jnp.sum(jax.nn.softmax(th) * reward_of))(theta)
+    groups = jnp.array(list(itertools.product(range(k), repeat=g)))  # [K^G, G]
+    prob = jnp.prod(pi[groups], axis=1)
+    for name, factor in [("rloo", 1.0), ("dr_grpo", (g - 1) / g)]:
+        a = adv.compute_advantages(reward_of[groups].reshape(-1), g, adv.AdvantageConfig(estimator=name))
+        per_group = jnp.einsum("ng,ngd->nd", a.reshape(-1, g), score[groups]) / g
+        np.testing.assert_allclose(jnp.sum(prob[:, None] * per_group, 0) * g, factor * true_gradient * g,
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_inverse_success_scales_positive_advantages_only():
+    rewards = np.array([1, 1, 1, 0, 1, 0, 0, 0], np.float32)  # correct = rewards; G = 4
+    base = compute("rloo", rewards)
+    for a in (0.0, 0.5, 2.0):
+        scaled = np.asarray(adv.compute_advantages(
+            jnp.asarray(rewards), 4, adv.AdvantageConfig("rloo", inverse_success_exponent=a), correct=rewards))
+        # group 1: 3 correct -> (4 - 3)^a = 1; group 2: 1 correct -> 3^a on its one positive advantage
+        expected = base.copy()
+        expected[4] *= 3.0 ** a
+        np.testing.assert_allclose(scaled, expected, rtol=1e-6)
+    assert base[4] > 0 and np.all(base[5:] < 0)
+
+
+def test_inverse_success_on_all_correct_group_zeroes_positive_advantages():
+    rewards = np.array([1.0, 0.5, 0.2, 0.9], np.float32)  # mixture rewards, all four correct
+    scaled = adv.compute_advantages(jnp.asarray(rewards), 4, adv.AdvantageConfig("dr_grpo", inverse_success_exponent=1.0),
+                                    correct=jnp.ones(4))
+    base = compute("dr_grpo", rewards)
+    np.testing.assert_allclose(scaled, np.where(base > 0, 0.0, base), atol=1e-7)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="estimator='ppo'; allowed: .*'rloo'"):
+        adv.AdvantageConfig(estimator="ppo")
+    with pytest.raises(ValueError, match="rloo needs group_size >= 2"):
+        compute("rloo", group_size=1)
+    with pytest.raises(ValueError, match="multiple of group_size=6"):
+        compute("rloo", group_size=6)
+    with pytest.raises(ValueError, match="needs `correct`"):
+        adv.compute_advantages(jnp.asarray(REWARDS), G, adv.AdvantageConfig(inverse_success_exponent=1.0))
+    with pytest.raises(ValueError, match="inverse_success_exponent=-1"):
+        adv.AdvantageConfig(inverse_success_exponent=-1.0)

@@ -1,0 +1,205 @@
+"""Policy losses: aggregation, truncated IS, PPO clip boundaries, KL term, and alpha-DPG on a categorical."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_sharpen.rl import kl, losses
+
+MASK = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+VALUES = jnp.array([[1.0, 2.0, 3.0, 99.0], [4.0, 6.0, jnp.nan, 7.0], [5.0, 5.0, 5.0, 5.0]])
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("token-mean", (1 + 2 + 3 + 4 + 6) / 5),
+    ("seq-mean-token-sum", ((1 + 2 + 3) / 8 + (4 + 6) / 8) / 2),
+    ("seq-mean-token-mean", ((1 + 2 + 3) / 3 + (4 + 6) / 2) / 2),
+])
+def test_aggregation_modes(mode, expected):
+    np.testing.assert_allclose(losses.aggregate(VALUES, MASK, mode, max_len=8), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", losses.AGGREGATIONS)
+def test_micro_batches_with_global_denominator_sum_to_full_batch(mode):
+    full = losses.aggregate(VALUES, MASK, mode, max_len=8)
+    denominator = 5 if mode == "token-mean" else 2
+    parts = [losses.aggregate(VALUES[rows], MASK[rows], mode, max_len=8, denominator=denominator)
+             for rows in (slice(0, 1), slice(1, 3))]
+    np.testing.assert_allclose(sum(parts), full, rtol=1e-6)
+
+
+def batch(advantages, behaviour, **kw):
+    mask = jnp.ones(behaviour.shape, jnp.int32)
+    return losses.LossInputs(mask=mask, behaviour_logprobs=behaviour, advantages=advantages, **kw)
+
+
+def test_reinforce_truncated_importance_weight():
+    logprobs = jnp.log(jnp.array([[0.5, 0.3, 0.6]]))
+    behaviour = jnp.log(jnp.array([[1.0, 0.3, 0.02]]))  # pi / mu = 0.5, 1, 30
+    cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=1, is_cap=20.0)
+    loss_fn = lambda lp: losses.policy_loss(lp, batch(jnp.array([2.0]), behaviour), cfg)  # noqa: E731
+    grad = jax.grad(lambda lp: loss_fn(lp)[0])(logprobs)
+    np.testing.assert_allclose(grad, [[-0.5 * 2, -1.0 * 2, -20.0 * 2]], rtol=1e-5)
+    metrics = loss_fn(logprobs)[1]
+    np.testing.assert_allclose(metrics["is_truncated_frac"], 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(metrics["is_weight_mean"], (0.5 + 1 + 20) / 3, rtol=1e-5)
+
+
+def test_reinforce_importance_weights_recover_the_exact_policy_gradient():
+    """Each of K outcomes sampled once from a uniform mu: weights pi/mu turn the batch into E_pi."""
+    k = 5
+    theta = jnp.array([0.4, -1.0, 0.3, 1.2, -0.2])
+    a = jnp.array([1.0, -0.5, 2.0, 0.0, -1.5])
+    cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=1, is_cap=math.inf)
+    loss = lambda th: losses.policy_loss(  # noqa: E731
+        jax.nn.log_softmax(th)[:, None], batch(a, jnp.full((k, 1), -math.log(k))), cfg)[0]
+    pi = jax.nn.softmax(theta)
+    exact = jax.grad(lambda th: jnp.sum(jax.lax.stop_gradient(pi * a) * jax.nn.log_softmax(th)))(theta)
+    np.testing.assert_allclose(-jax.grad(loss)(theta), exact, rtol=1e-5, atol=1e-6)
+
+
+def test_ppo_clip_boundaries_with_clip_higher():
+    rho = jnp.array([[1.25, 1.3, 0.5, 0.7, 1.5, 0.9]])
+    a = jnp.array([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    logprobs = jnp.log(rho).reshape(6, 1)
+    zeros = jnp.zeros((6, 1))
+    cfg = losses.LossConfig("ppo_clip", aggregation="seq-mean-token-sum", max_len=1, eps_low=0.2, eps_high=0.28)
+    b = batch(a, zeros, old_logprobs=zeros)
+    per_token = jax.vmap(lambda lp, bi: losses.policy_loss(lp[None], bi, cfg)[0])(
+        logprobs, jax.tree.map(lambda x: x[:, None], b))
+    clipped = np.clip(np.asarray(rho[0]), 0.8, 1.28)
+    expected = -np.minimum(np.asarray(rho[0]) * a, clipped * a)
+    np.testing.assert_allclose(per_token, expected, rtol=1e-6)
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, cfg)[0])(logprobs)[:, 0]
+    # d/dlp of -rho A = -rho A / N where the unclipped branch is active; 0 where the clip binds.
+    active = np.array([True, False, True, False, True, True])
+    np.testing.assert_allclose(grad, np.where(active, -np.asarray(rho[0]) * a / 6, 0.0), rtol=1e-5, atol=1e-7)
+    metrics = losses.policy_loss(logprobs, b, cfg)[1]
+    np.testing.assert_allclose(metrics["clip_frac"], 2 / 6, rtol=1e-6)
+
+
+def test_ppo_applies_truncated_is_of_old_over_behaviour():
+    old = jnp.log(jnp.array([[0.6], [0.9]]))
+    behaviour = jnp.log(jnp.array([[0.3], [0.01]]))  # pi_old / mu = 2, 90 -> 2, 20
+    a = jnp.array([1.0, 1.0])
+    cfg = losses.LossConfig("ppo_clip", aggregation="token-mean", is_cap=20.0)
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, batch(a, behaviour, old_logprobs=old), cfg)[0])(old)
+    np.testing.assert_allclose(grad[:, 0], [-2.0 / 2, -20.0 / 2], rtol=1e-5)
+    # without old_logprobs the anchor is the behaviour policy: rho = 2 and 90, clipped -> zero gradient
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, batch(a, behaviour), cfg)[0])(old)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-7)
+
+
+def test_kl_penalty_term_and_masking():
+    logprobs = jnp.array([[-0.5, -1.0, jnp.nan], [-0.2, -0.1, -0.3]])
+    ref = jnp.array([[-1.0, -0.5, -jnp.inf], [-0.2, -0.6, -0.1]])
+    mask = jnp.array([[1, 1, 0], [1, 1, 1]])
+    b = losses.LossInputs(mask=mask, behaviour_logprobs=jnp.where(mask > 0, logprobs, 0.0),
+                          advantages=jnp.array([1.0, -1.0]), ref_logprobs=ref)
+    base = losses.LossConfig("reinforce")
+    with_kl = losses.LossConfig("reinforce", kl_coef=0.3, kl_estimator="k3")
+    loss0, _ = losses.policy_loss(logprobs, b, base)
+    loss1, metrics = losses.policy_loss(logprobs, b, with_kl)
+    k3 = kl.token_kl(jnp.nan_to_num(logprobs), jnp.nan_to_num(ref), "k3")
+    expected_kl = float(jnp.sum(jnp.where(mask > 0, k3, 0.0)) / 5)
+    np.testing.assert_allclose(loss1 - loss0, 0.3 * expected_kl, rtol=1e-5)
+    np.testing.assert_allclose(metrics["kl"], expected_kl, rtol=1e-5)
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, with_kl)[0])(logprobs)
+    assert np.all(np.isfinite(grad)) and float(grad[0, 2]) == 0.0
+
+
+def test_policy_loss_jits_and_errors():
+    b = batch(jnp.array([1.0]), jnp.zeros((1, 2)))
+    cfg = losses.LossConfig("ppo_clip")
+    eager = losses.policy_loss(jnp.zeros((1, 2)), b, cfg)[0]
+    np.testing.assert_allclose(jax.jit(losses.policy_loss, static_argnames="cfg")(jnp.zeros((1, 2)), b, cfg)[0], eager)
+    with pytest.raises(ValueError, match="name='grpo'; allowed: .*ppo_clip"):
+        losses.LossConfig("grpo")
+    with pytest.raises(ValueError, match="aggregation='mean'"):
+        losses.LossConfig(aggregation="mean")
+    with pytest.raises(ValueError, match="seq-mean-token-sum needs max_len > 0"):
+        losses.LossConfig(aggregation="seq-mean-token-sum")
+    with pytest.raises(ValueError, match="needs LossInputs.ref_logprobs"):
+        losses.policy_loss(jnp.zeros((1, 2)), b, losses.LossConfig(kl_coef=0.1))
+    with pytest.raises(ValueError, match="needs LossInputs.correct"):
+        losses.policy_loss(jnp.zeros((1, 2)), batch(None, jnp.zeros((1, 2)), ref_logprobs=jnp.zeros((1, 2))),
+                           losses.LossConfig("alpha_dpg"))
+
+
+# --------------------------------------------------------------------------------------------------
+# alpha-DPG toward p* = p_ref(. | correct) on a categorical of K outcomes (T = 1).
+
+K_THETA = jnp.array([0.5, -0.3, 1.1, 0.0, -0.8, 0.4])
+K_REF = jax.nn.log_softmax(jnp.array([0.2, 1.0, -0.4, 0.6, -1.2, 0.1]))
+K_CORRECT = jnp.array([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+P_STAR = jnp.exp(K_REF) * K_CORRECT / jnp.sum(jnp.exp(K_REF) * K_CORRECT)
+
+
+def alpha_divergence(theta, alpha):
+    pi = jax.nn.softmax(theta)
+    return (jnp.sum(P_STAR ** alpha * pi ** (1 - alpha)) - 1) / (alpha * (alpha - 1))
+
+
+def population_direction(theta, alpha):
+    """lim_{G->inf} E[A grad log pi] = E_pi[w grad log pi] / E_pi[w], w = (p*/pi)^alpha."""
+    pi = jax.nn.softmax(theta)
+    w = jnp.where(P_STAR > 0, (P_STAR / pi) ** alpha, 0.0)
+    weight = jax.lax.stop_gradient(pi * w / jnp.sum(pi * w))
+    return jax.grad(lambda th: jnp.sum(weight * jax.nn.log_softmax(th)))(theta)
+
+
+def test_alpha_dpg_advantages_by_hand():
+    s_pi = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0])
+    s_ref = jnp.array([-2.0, -1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0])
+    correct = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    a = losses.alpha_dpg_advantages(s_pi, s_ref, correct, 4, 0.5)
+    w = np.array([math.exp(-0.5), math.exp(0.5), 0.0, math.exp(1.0)])
+    np.testing.assert_allclose(a[:4], 4 * w / w.sum() - 1, rtol=1e-6)
+    np.testing.assert_allclose(a[4:], 0.0)  # no correct sample: no signal
+    a0 = losses.alpha_dpg_advantages(s_pi, s_ref, correct, 4, 0.0)
+    np.testing.assert_allclose(a0[:4], [4 / 3 - 1, 4 / 3 - 1, -1.0, 4 / 3 - 1], rtol=1e-6)  # r / mean(r) - 1
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.999])
+def test_alpha_dpg_direction_is_minus_gradient_of_alpha_divergence(alpha):
+    direction = population_direction(K_THETA, alpha)
+    minus_grad = -jax.grad(alpha_divergence)(K_THETA, alpha)
+    cosine = jnp.dot(direction, minus_grad) / jnp.linalg.norm(direction) / jnp.linalg.norm(minus_grad)
+    assert float(cosine) > 1 - 1e-5
+
+
+def test_alpha_dpg_limits():
+    def unit(v):
+        return v / jnp.linalg.norm(v)
+
+    forward = -jax.grad(lambda th: jnp.sum(P_STAR * (jnp.log(P_STAR + 1e-30) - jax.nn.log_softmax(th))))(K_THETA)
+    np.testing.assert_allclose(unit(population_direction(K_THETA, 1.0)), unit(forward), atol=1e-5)
+    rl = jax.grad(lambda th: jnp.sum(jax.nn.softmax(th) * K_CORRECT))(K_THETA)
+    np.testing.assert_allclose(unit(population_direction(K_THETA, 1e-4)), unit(rl), atol=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_following_alpha_dpg_direction_reaches_filtered_model(alpha):
+    step = jax.jit(lambda _, th: th + 2.0 * population_direction(th, alpha))
+    pi = jax.nn.softmax(jax.lax.fori_loop(0, 3000, step, jnp.zeros(6)))
+    assert 0.5 * float(jnp.sum(jnp.abs(pi - P_STAR))) < 1e-3
+
+
+def test_alpha_dpg_loss_estimates_the_population_direction():
+    g = 20000
+    y = jax.random.categorical(jax.random.PRNGKey(0), K_THETA, shape=(g,))
+    cfg = losses.LossConfig("alpha_dpg", dpg_alpha=0.5, aggregation="token-mean")
+
+    def loss(theta):
+        logprobs = jax.nn.log_softmax(theta)[y][:, None]
+        b = losses.LossInputs(mask=jnp.ones((g, 1)), behaviour_logprobs=jax.lax.stop_gradient(logprobs),
+                              ref_logprobs=K_REF[y][:, None], correct=K_CORRECT[y], group_size=g)
+        return losses.policy_loss(logprobs, b, cfg)
+
+    estimate = -jax.grad(lambda th: loss(th)[0])(K_THETA)
+    expected = population_direction(K_THETA, 0.5)
+    assert float(jnp.linalg.norm(estimate - expected) / jnp.linalg.norm(expected)) < 0.05
+    assert 0.5 < float(loss(K_THETA)[1]["dpg_ess"]) <= 1.0

@@ -1,0 +1,173 @@
+"""Reward formulas of the paper on hand-computed numbers, the extra components, presets and errors."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_sharpen.rl import rewards
+
+# Two completions; the second has 2 generated tokens and garbage in its padded slot.
+REF = [[-1.0, -2.0, -0.5], [-0.2, -0.3, np.nan]]  # S_ref = [-3.5, -0.5], L = [3, 2]
+POLICY = [[-0.5, -1.0, -0.25], [-0.1, -0.4, np.inf]]  # S_pi = [-1.75, -0.5]
+MASK = [[1, 1, 1], [1, 1, 0]]
+CORRECT = [1.0, 0.0]
+
+
+def inputs(**kw):
+    base = dict(completion_mask=jnp.array(MASK), correct=jnp.array(CORRECT), answer_ids=jnp.array([5, -1]),
+                ref_logprobs=jnp.array(REF), policy_logprobs=jnp.array(POLICY), group_size=2)
+    return rewards.RewardInputs(**{**base, **kw})
+
+
+@pytest.mark.parametrize("cfg,expected", [
+    # optimization, beta_inv = 0: alpha N
+    (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0), [-7.0, -1.0]),
+    (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none"), [0.0, 0.0]),
+    # optimization, beta_inv > 0: r + (alpha / beta_inv) N, N = mean
+    (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=100.0, normalization="mean"),
+     [1.0 + 0.02 * (-3.5 / 3), 0.02 * (-0.25)]),
+    # sampling, beta_inv = 0: (alpha - 1) N + S_ref - S_pi
+    (rewards.RewardConfig("sampling", alpha=0.5, beta_inv=0.0), [-0.5 * -3.5 + (-3.5 + 1.75), -0.5 * -0.5 + 0.0]),
+    # sampling, beta_inv > 0: r + ((alpha - 1) / beta_inv) N + (S_ref - S_pi) / beta_inv, N = S_ref / L^0.5
+    (rewards.RewardConfig("sampling", alpha=4.0, beta_inv=10000.0, normalization="weighted_mean",
+                          length_exponent=0.5),
+     [1.0 + 3e-4 * (-3.5 / math.sqrt(3)) + (-3.5 + 1.75) / 1e4, 3e-4 * (-0.5 / math.sqrt(2)) + 0.0]),
+    (rewards.RewardConfig("sampling", alpha=1.25, beta_inv=100.0, normalization="weighted_mean",
+                          length_exponent=2.0),
+     [1.0 + 0.0025 * (-3.5 / 9) + (-1.75) / 100, 0.0025 * (-0.5 / 4)]),
+])
+def test_paper_formulas_on_hand_computed_numbers(cfg, expected):
+    total, _ = rewards.compute_rewards(inputs(), cfg)
+    np.testing.assert_allclose(total, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_presets_reproduce_paper_formulas():
+    r = np.array(CORRECT)
+    s_ref, s_pi = np.array([-3.5, -0.5]), np.array([-1.75, -0.5])
+    expected = {
+        "task_reward": r,
+        "sharpening": s_ref,
+        "tempered_a2": 1.0 * s_ref + s_ref - s_pi,
+        "tempered_a1": s_ref - s_pi,
+        "tilted_a0.5_b100": r - 0.005 * s_ref + 0.01 * (s_ref - s_pi),
+        "tilted_a4_b10000": r + 3e-4 * s_ref + 1e-4 * (s_ref - s_pi),
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(rewards.compute_rewards(inputs(), rewards.regime_preset(name))[0], value,
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_preset_names_and_fields():
+    names = rewards.PRESET_NAMES
+    assert len(names) == 2 + 5 + 10 and len(set(names)) == len(names)
+    assert {"task_reward", "sharpening", "tempered_a0.5", "tempered_a1.25", "tempered_a4", "tilted_a2_b100",
+            "tilted_a1.25_b10000"} <= set(names)
+    cfg = rewards.regime_preset("tilted_a2_b100")
+    assert (cfg.mode, cfg.alpha, cfg.beta_inv, cfg.normalization) == ("sampling", 2.0, 100.0, "sum")
+    assert rewards.regime_preset("sharpening", normalization="mean").normalization == "mean"
+    with pytest.raises(ValueError, match="tempered_a3.*allowed.*tempered_a2"):
+        rewards.regime_preset("tempered_a3")
+
+
+def test_paper_weights_table():
+    assert rewards.paper_weights("optimization", 1.0, 0.0) == {"sharpening": 1.0}
+    assert rewards.paper_weights("optimization", 0.0, 1.0) == {"task": 1.0}
+    assert rewards.paper_weights("optimization", 3.0, 10.0) == {"task": 1.0, "sharpening": 0.3}
+    assert rewards.paper_weights("sampling", 1.0, 0.0) == {"log_ratio": 1.0}
+    assert rewards.paper_weights("sampling", 3.0, 10.0) == {"task": 1.0, "sharpening": 0.2, "log_ratio": 0.1}
+
+
+def test_tilted_alpha_one_equals_task_reward_with_k1_kl_in_reward():
+    tilted = rewards.compute_rewards(inputs(), rewards.RewardConfig("sampling", alpha=1.0, beta_inv=4.0))[0]
+    task_kl, parts = rewards.compute_rewards(inputs(), rewards.regime_preset("task_reward", kl_coef=0.25))
+    np.testing.assert_allclose(tilted, task_kl, rtol=1e-6)
+    np.testing.assert_allclose(parts["kl"], [1.75, 0.0], atol=1e-7)  # S_pi - S_ref
+
+
+def test_kl_in_reward_with_k3():
+    total, parts = rewards.compute_rewards(inputs(), rewards.regime_preset("task_reward", kl_coef=0.5,
+                                                                           kl_estimator="k3"))
+    d = np.array(POLICY)[:, :2] - np.array(REF)[:, :2]
+    k3 = np.exp(-d) - 1 + d
+    expected_kl = [k3[0].sum() + (math.exp(-0.25) - 1 + 0.25), k3[1].sum()]
+    np.testing.assert_allclose(parts["kl"], expected_kl, rtol=1e-6)
+    np.testing.assert_allclose(total, np.array(CORRECT) - 0.5 * np.array(expected_kl), rtol=1e-6)
+
+
+def test_compute_rewards_is_jittable_and_padding_does_not_leak():
+    cfg = rewards.regime_preset("tilted_a2_b100", kl_coef=0.1)
+    eager, eager_parts = rewards.compute_rewards(inputs(), cfg)
+    jitted, jitted_parts = jax.jit(rewards.compute_rewards, static_argnames="cfg")(inputs(), cfg)
+    assert np.all(np.isfinite(eager))
+    np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+    assert set(jitted_parts) == set(eager_parts) == {"task", "sharpening", "log_ratio", "kl"}
+
+
+def test_majority_vote_ties_invalid_and_empty_groups():
+    ids = jnp.array([7, 3, 7, -1, 3, 4, 4, 9, -1, -1, -1, -1, -1, -1, -1], jnp.int32)
+    x = rewards.RewardInputs(completion_mask=jnp.ones((15, 1)), correct=jnp.zeros(15), answer_ids=ids, group_size=5)
+    cfg = rewards.RewardConfig(alpha=0.0, beta_inv=0.0, extra={"majority_vote": 1.0, "format": 0.5})
+    total, parts = rewards.compute_rewards(x, cfg)
+    # group 1: 7 and 3 tie at 2 votes, 7 appears first; group 2: 4 wins; group 3: no valid answer.
+    np.testing.assert_array_equal(parts["majority_vote"], [1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(parts["format"], [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(total, parts["majority_vote"] + 0.5 * parts["format"])
+
+
+def test_entropy_and_self_certainty_against_brute_force():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 11)) * 3.0
+    stats = rewards.token_statistics(logits)
+    p = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+    entropy = -(p * np.log(p)).sum(-1)
+    kl_uniform = (np.log(1 / 11) - np.log(p)).sum(-1) / 11  # KL(U || p) = sum_j (1/V) log((1/V) / p_j)
+    np.testing.assert_allclose(stats["token_entropy"], entropy, rtol=1e-5)
+    x = inputs(**stats, vocab_size=11)
+    cfg = rewards.RewardConfig(alpha=0.0, beta_inv=0.0, extra={"neg_entropy": 1.0, "self_certainty": 2.0})
+    total, parts = rewards.compute_rewards(x, cfg)
+    mask = np.array(MASK, bool)
+    mean = lambda v: (v * mask).sum(-1) / mask.sum(-1)  # noqa: E731
+    np.testing.assert_allclose(parts["neg_entropy"], -mean(entropy), rtol=1e-5)
+    np.testing.assert_allclose(parts["self_certainty"], mean(kl_uniform), rtol=1e-5)
+    np.testing.assert_allclose(total, -mean(entropy) + 2 * mean(kl_uniform), rtol=1e-5)
+
+
+def test_registered_component_and_extra_weights_add_up():
+    @rewards.register_component("length_bonus_test")
+    def length_bonus(x, cfg):
+        return rewards.completion_lengths(x)
+
+    try:
+        cfg = rewards.regime_preset("task_reward", extra=(("length_bonus_test", 0.1), ("task", 1.0)))
+        total, parts = rewards.compute_rewards(inputs(), cfg)
+        np.testing.assert_allclose(total, 2 * np.array(CORRECT) + 0.1 * np.array([3.0, 2.0]), rtol=1e-6)
+        assert set(parts) == {"task", "length_bonus_test"}
+        with pytest.raises(ValueError, match="already registered"):
+            rewards.register_component("length_bonus_test")(length_bonus)
+    finally:
+        del rewards.REWARD_COMPONENTS["length_bonus_test"]
+
+
+def test_errors_name_the_field_and_allowed_values():
+    with pytest.raises(ValueError, match="mode='sample'.*optimization"):
+        rewards.RewardConfig(mode="sample")
+    with pytest.raises(ValueError, match="normalization='avg'.*weighted_mean"):
+        rewards.RewardConfig(normalization="avg")
+    with pytest.raises(ValueError, match="extra names 'bogus'.*majority_vote"):
+        rewards.RewardConfig(extra={"bogus": 1.0})
+    with pytest.raises(ValueError, match="kl_estimator='k4'"):
+        rewards.RewardConfig(kl_estimator="k4")
+    with pytest.raises(ValueError, match="needs RewardInputs.ref_logprobs"):
+        rewards.compute_rewards(inputs(ref_logprobs=None), rewards.regime_preset("sharpening"))
+    with pytest.raises(ValueError, match="needs RewardInputs.policy_logprobs"):
+        rewards.compute_rewards(inputs(policy_logprobs=None), rewards.regime_preset("tempered_a2"))
+    with pytest.raises(ValueError, match="group_size=3 must be >= 1 and divide N=2"):
+        rewards.compute_rewards(inputs(group_size=3), rewards.regime_preset("task_reward"))
+    with pytest.raises(ValueError, match=r"correct must have shape \(2,\)"):
+        rewards.compute_rewards(inputs(correct=jnp.zeros(3)), rewards.regime_preset("task_reward"))
+    # The task-reward regime needs no log-probs at all.
+    total, _ = rewards.compute_rewards(inputs(ref_logprobs=None, policy_logprobs=None),
+                                       rewards.regime_preset("task_reward"))
+    np.testing.assert_array_equal(total, CORRECT)
