@@ -17,22 +17,22 @@ def get_config(arg: str = ""):
     c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
 
     c.model.arch = "custom"  # Llama architecture sized for a CPU; vocab from the character tokenizer
-    c.model.custom = dict(family="llama", vocab_size=52, hidden_size=32 if tiny else 128,
-                          intermediate_size=64 if tiny else 384, num_layers=1 if tiny else 4, num_heads=4,
-                          num_kv_heads=2, head_dim=8 if tiny else 32, rope_theta=10000.0, tie_embeddings=True,
-                          max_position_embeddings=512, rms_norm_eps=1e-5)
+    c.model.custom = dict(family="llama", vocab_size=52, hidden_size=32 if tiny else 64,
+                          intermediate_size=64 if tiny else 192, num_layers=1 if tiny else 3, num_heads=4,
+                          num_kv_heads=2, head_dim=8 if tiny else 16, rope_theta=10000.0, tie_embeddings=True,
+                          max_position_embeddings=256, rms_norm_eps=1e-5)
 
     c.data.train = c.data.validation = "synthetic"
     c.data.synthetic_max_steps = 3
     c.data.synthetic_max_value = 20
     c.data.sft_correct, c.data.sft_guess, c.data.sft_wrong_step = 0.3, 0.4, 0.3  # base pass@1 ~ 0.3
 
-    c.demo.sft_steps = 10 if tiny else 600
+    c.demo.sft_steps = 10 if tiny else 500
     c.demo.regimes = ("task_reward", "sharpening")
-    c.sft.batch_size = 8 if tiny else 64
-    c.sft.max_completion_tokens = 48
+    c.sft.batch_size = 8 if tiny else 32
+    c.sft.max_completion_tokens = 40
 
-    c.sampling.max_new_tokens = 16 if tiny else 48
+    c.sampling.max_new_tokens = 16 if tiny else 40
     c.sampling.num_samples = 4 if tiny else 8  # G
     c.sampling.temperature = 1.0
     c.rl.prompts_per_step = 2 if tiny else 16
@@ -49,6 +49,6 @@ def get_config(arg: str = ""):
 
     c.eval.num_samples = 4 if tiny else 8
     c.eval.limit = 4 if tiny else 100
-    c.eval.max_new_tokens = 16 if tiny else 48
+    c.eval.max_new_tokens = 16 if tiny else 40
     c.eval.batch_size = 4 if tiny else 50
     return c

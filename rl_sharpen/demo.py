@@ -23,7 +23,7 @@ from rl_sharpen import evaluation, models
 from rl_sharpen.metrics import read_jsonl
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
-from rl_sharpen.task_setup import make_generate_fn
+from rl_sharpen.task_setup import make_generate_fn, prompt_width
 
 
 def _sft_start(exp, workdir, task, mesh):
@@ -82,7 +82,8 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
         os.makedirs(report_dir, exist_ok=True)
         problems = task.problems("validation")[:exp.eval.limit or None]
         report = evaluation.evaluate(
-            make_generate_fn(task, {"params": params}, cfg, exp.eval, exp.sampling, mesh, exp.seed),
+            make_generate_fn(task, {"params": params}, cfg, exp.eval, exp.sampling, mesh, exp.seed,
+                             prompt_width(task, problems)),
             problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
             k_list=list(exp.eval.k_list) or None, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
             seed=exp.seed)

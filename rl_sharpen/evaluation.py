@@ -187,18 +187,17 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
                                      timeout=verify_timeout, workers=verify_workers)
         stats.append(stat)
         rewards = rewards.reshape(len(batch), n_samples)
-        greedy_texts, greedy_rewards = [None] * len(batch), [None] * len(batch)
+        greedy_answers, greedy_rewards = [None] * len(batch), [None] * len(batch)
         if greedy:
-            greedy_out = _checked(generate_fn(prompts, 1, True), len(batch), 1)
-            greedy_texts = [row[0] for row in greedy_out.texts]
-            greedy_rewards, stat = verify_batch(greedy_texts, [p.answer for p in batch],
-                                                timeout=verify_timeout, workers=verify_workers)
+            greedy_texts = [row[0] for row in _checked(generate_fn(prompts, 1, True), len(batch), 1).texts]
+            greedy_scores, stat = verify_batch(greedy_texts, [p.answer for p in batch], timeout=verify_timeout,
+                                               workers=verify_workers)
             stats.append(stat)
-        for i, p in enumerate(batch):
-            results.append(ProblemResult(
-                p, [extract_answer(t) for t in sampled.texts[i]], rewards[i], np.asarray(sampled.num_tokens[i]),
-                None if greedy_texts[i] is None else extract_answer(greedy_texts[i]),
-                None if greedy_rewards[i] is None else float(greedy_rewards[i])))
+            greedy_answers = [extract_answer(t) for t in greedy_texts]
+            greedy_rewards = [float(r) for r in greedy_scores]
+        results += [ProblemResult(p, [extract_answer(t) for t in sampled.texts[i]], rewards[i],
+                                  np.asarray(sampled.num_tokens[i]), greedy_answers[i], greedy_rewards[i])
+                    for i, p in enumerate(batch)]
     return EvalReport(summarize(results, k_list, maj_draws, seed), results, stats)
 
 

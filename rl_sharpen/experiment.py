@@ -23,7 +23,7 @@ from rl_sharpen.rl import losses
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig
 from rl_sharpen.sft import SFTConfig
-from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator
+from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ExperimentConfig:
     model: ModelSource = ModelSource()
     mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})  # axis sizes
     data: DataConfig = DataConfig()
-    sampling: sampling.SamplingConfig = sampling.SamplingConfig()
+    sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=1024)
     reward: rw.RewardConfig = rw.RewardConfig()
     advantage: adv.AdvantageConfig = adv.AdvantageConfig()
     loss: losses.LossConfig = losses.LossConfig()
@@ -101,8 +101,11 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
     train_problems = task.problems("train")
     evaluate = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
+    sampling_cfg = dataclasses.replace(exp.sampling, eos_ids=exp.sampling.eos_ids or tuple(task.eos_ids),
+                                       pad_id=task.pad_id,
+                                       prompt_width=exp.sampling.prompt_width or prompt_width(task, train_problems))
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
-                 train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=exp.sampling,
+                 train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg or exp.reward, adv_cfg=exp.advantage, loss_cfg=exp.loss,
                  optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
                  config_record=to_record(exp), evaluate=evaluate, mesh=mesh, name=name)

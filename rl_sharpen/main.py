@@ -4,6 +4,8 @@ Modes (config.mode): rl, sft, eval, demo. On TPU pods every host runs this same 
 `--multihost` starts JAX's multi-controller runtime (jax.distributed.initialize) first.
 """
 
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,9 +17,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+class _QuietLibraries(pylogging.Filter):
+    """Drops the INFO chatter of orbax (one line per file written) from the absl log."""
+
+    def filter(self, record):
+        return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
     if FLAGS.multihost:

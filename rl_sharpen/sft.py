@@ -20,6 +20,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, make_optimizer
 from rl_sharpen.rl.rollout import left_pad
 from rl_sharpen.rl.update import completion_logprobs
+from rl_sharpen.sampling.prompts import bucket_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
     def step(params, opt_state, tokens, segments, mask):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens, segments, mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -66,9 +67,11 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     rng = np.random.default_rng(seed)
     writer = MetricWriter(workdir, "sft")
     bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True)
+    width = prompt_width or 0
     for step in bar:
         pairs = sample_pairs(rng, sft_cfg.batch_size)
-        width = prompt_width or max(len(p) for p, _ in pairs)
+        # the padded width only grows (in powers of two), so a run compiles the step a few times at most
+        width = max(width, bucket_width(max(len(p) for p, _ in pairs)))
         tokens, segments, mask = make_batch(pairs, pad_id, width, sft_cfg.max_completion_tokens)
         params, opt_state, loss, gnorm = step_fn(params, opt_state, tokens, segments, mask)
         if (step + 1) % sft_cfg.log_every == 0 or step + 1 == sft_cfg.steps:

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from rl_sharpen import evaluation, sampling
+from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
 from rl_sharpen.tasks.datasets import Problem, load_problems
@@ -155,15 +156,22 @@ def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: fl
     return MathTask(data, path, verify_timeout)
 
 
+def prompt_width(task, problems: Sequence[Problem]) -> int:
+    """One padded prompt width for a whole problem set, so every batch has the same shapes (one
+    compile of the sampler, scorer and update) instead of one per power-of-two bucket."""
+    return bucket_width(max(len(task.prompt_ids(p)) for p in problems))
+
+
 def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, base: sampling.SamplingConfig,
-                     mesh, seed: int):
+                     mesh, seed: int, width: int | None = None):
     """evaluation.GenerateFn over the sampler; `params_ref["params"]` is read at call time."""
     calls = [0]
 
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
                                    top_p=eval_cfg.top_p, top_k=0, greedy=greedy, num_samples=num_samples,
-                                   eos_ids=tuple(task.eos_ids), ignore_eos=False)
+                                   eos_ids=tuple(task.eos_ids), ignore_eos=False, pad_id=task.pad_id,
+                                   prompt_width=width)
         key = jax.random.fold_in(jax.random.key(seed), calls[0])
         calls[0] += 1
         out = sampling.generate(params_ref["params"], model_cfg, [task.encode_text(t) for t in prompt_texts],
@@ -192,7 +200,8 @@ def make_evaluator(eval_cfg: EvalConfig, data: DataConfig, task, model_cfg, samp
     if eval_cfg.limit:
         problems = problems[:eval_cfg.limit]
     params_ref: dict = {}
-    generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed)
+    generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed,
+                                prompt_width(task, problems))
 
     def evaluate(params, step: int) -> dict:
         params_ref["params"] = params

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_sharpen.rl import kl, losses
+from rl_sharpen.rl import losses
 
 MASK = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
 VALUES = jnp.array([[1.0, 2.0, 3.0, 99.0], [4.0, 6.0, jnp.nan, 7.0], [5.0, 5.0, 5.0, 5.0]])
@@ -40,8 +40,8 @@ def test_reinforce_truncated_importance_weight():
     logprobs = jnp.log(jnp.array([[0.5, 0.3, 0.6]]))
     behaviour = jnp.log(jnp.array([[1.0, 0.3, 0.02]]))  # pi / mu = 0.5, 1, 30
     cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=1, is_cap=20.0)
-    loss_fn = lambda lp: losses.policy_loss(lp, batch(jnp.array([2.0]), behaviour), cfg)  # noqa: E731
-    grad = jax.grad(lambda lp: loss_fn(lp)[0])(logprobs)
+    loss_fn = jax.jit(lambda lp: losses.policy_loss(lp, batch(jnp.array([2.0]), behaviour), cfg))
+    grad = jax.jit(jax.grad(lambda lp: loss_fn(lp)[0]))(logprobs)
     np.testing.assert_allclose(grad, [[-0.5 * 2, -1.0 * 2, -20.0 * 2]], rtol=1e-5)
     metrics = loss_fn(logprobs)[1]
     np.testing.assert_allclose(metrics["is_truncated_frac"], 1 / 3, rtol=1e-6)
@@ -56,9 +56,9 @@ def test_reinforce_importance_weights_recover_the_exact_policy_gradient():
     cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=1, is_cap=math.inf)
     loss = lambda th: losses.policy_loss(  # noqa: E731
         jax.nn.log_softmax(th)[:, None], batch(a, jnp.full((k, 1), -math.log(k))), cfg)[0]
-    pi = jax.nn.softmax(theta)
-    exact = jax.grad(lambda th: jnp.sum(jax.lax.stop_gradient(pi * a) * jax.nn.log_softmax(th)))(theta)
-    np.testing.assert_allclose(-jax.grad(loss)(theta), exact, rtol=1e-5, atol=1e-6)
+    pi = np.exp(theta) / np.exp(theta).sum()
+    exact = (np.eye(k) - pi).T @ (pi * a)  # sum_y pi(y) A(y) grad log pi(y)
+    np.testing.assert_allclose(-jax.jit(jax.grad(loss))(theta), exact, rtol=1e-5, atol=1e-6)
 
 
 def test_ppo_clip_boundaries_with_clip_higher():
@@ -68,17 +68,16 @@ def test_ppo_clip_boundaries_with_clip_higher():
     zeros = jnp.zeros((6, 1))
     cfg = losses.LossConfig("ppo_clip", aggregation="seq-mean-token-sum", max_len=1, eps_low=0.2, eps_high=0.28)
     b = batch(a, zeros, old_logprobs=zeros)
-    per_token = jax.vmap(lambda lp, bi: losses.policy_loss(lp[None], bi, cfg)[0])(
-        logprobs, jax.tree.map(lambda x: x[:, None], b))
+    per_token, _ = jax.jit(losses.LOSSES["ppo_clip"], static_argnums=2)(logprobs, b, cfg)
     clipped = np.clip(np.asarray(rho[0]), 0.8, 1.28)
     expected = -np.minimum(np.asarray(rho[0]) * a, clipped * a)
-    np.testing.assert_allclose(per_token, expected, rtol=1e-6)
-    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, cfg)[0])(logprobs)[:, 0]
+    np.testing.assert_allclose(per_token[:, 0], expected, rtol=1e-6)
+    loss_fn = jax.jit(lambda lp: losses.policy_loss(lp, b, cfg))
+    grad = jax.jit(jax.grad(lambda lp: loss_fn(lp)[0]))(logprobs)[:, 0]
     # d/dlp of -rho A = -rho A / N where the unclipped branch is active; 0 where the clip binds.
     active = np.array([True, False, True, False, True, True])
     np.testing.assert_allclose(grad, np.where(active, -np.asarray(rho[0]) * a / 6, 0.0), rtol=1e-5, atol=1e-7)
-    metrics = losses.policy_loss(logprobs, b, cfg)[1]
-    np.testing.assert_allclose(metrics["clip_frac"], 2 / 6, rtol=1e-6)
+    np.testing.assert_allclose(loss_fn(logprobs)[1]["clip_frac"], 2 / 6, rtol=1e-6)
 
 
 def test_ppo_applies_truncated_is_of_old_over_behaviour():
@@ -86,10 +85,10 @@ def test_ppo_applies_truncated_is_of_old_over_behaviour():
     behaviour = jnp.log(jnp.array([[0.3], [0.01]]))  # pi_old / mu = 2, 90 -> 2, 20
     a = jnp.array([1.0, 1.0])
     cfg = losses.LossConfig("ppo_clip", aggregation="token-mean", is_cap=20.0)
-    grad = jax.grad(lambda lp: losses.policy_loss(lp, batch(a, behaviour, old_logprobs=old), cfg)[0])(old)
+    grad = jax.jit(jax.grad(lambda lp: losses.policy_loss(lp, batch(a, behaviour, old_logprobs=old), cfg)[0]))(old)
     np.testing.assert_allclose(grad[:, 0], [-2.0 / 2, -20.0 / 2], rtol=1e-5)
     # without old_logprobs the anchor is the behaviour policy: rho = 2 and 90, clipped -> zero gradient
-    grad = jax.grad(lambda lp: losses.policy_loss(lp, batch(a, behaviour), cfg)[0])(old)
+    grad = jax.jit(jax.grad(lambda lp: losses.policy_loss(lp, batch(a, behaviour), cfg)[0]))(old)
     np.testing.assert_allclose(grad, 0.0, atol=1e-7)
 
 
@@ -101,21 +100,21 @@ def test_kl_penalty_term_and_masking():
                           advantages=jnp.array([1.0, -1.0]), ref_logprobs=ref)
     base = losses.LossConfig("reinforce")
     with_kl = losses.LossConfig("reinforce", kl_coef=0.3, kl_estimator="k3")
-    loss0, _ = losses.policy_loss(logprobs, b, base)
-    loss1, metrics = losses.policy_loss(logprobs, b, with_kl)
-    k3 = kl.token_kl(jnp.nan_to_num(logprobs), jnp.nan_to_num(ref), "k3")
-    expected_kl = float(jnp.sum(jnp.where(mask > 0, k3, 0.0)) / 5)
+    loss_fn = jax.jit(losses.policy_loss, static_argnames="cfg")
+    loss0, _ = loss_fn(logprobs, b, cfg=base)
+    loss1, metrics = loss_fn(logprobs, b, cfg=with_kl)
+    d = np.array([[0.5, -0.5], [0.0, 0.5]])
+    expected_kl = float((np.exp(-d) - 1 + d).sum() + np.exp(0.2) - 1 - 0.2) / 5
     np.testing.assert_allclose(loss1 - loss0, 0.3 * expected_kl, rtol=1e-5)
     np.testing.assert_allclose(metrics["kl"], expected_kl, rtol=1e-5)
-    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, with_kl)[0])(logprobs)
+    grad = jax.jit(jax.grad(lambda lp: losses.policy_loss(lp, b, with_kl)[0]))(logprobs)
     assert np.all(np.isfinite(grad)) and float(grad[0, 2]) == 0.0
 
 
 def test_policy_loss_jits_and_errors():
     b = batch(jnp.array([1.0]), jnp.zeros((1, 2)))
-    cfg = losses.LossConfig("ppo_clip")
-    eager = losses.policy_loss(jnp.zeros((1, 2)), b, cfg)[0]
-    np.testing.assert_allclose(jax.jit(losses.policy_loss, static_argnames="cfg")(jnp.zeros((1, 2)), b, cfg)[0], eager)
+    loss, _ = jax.jit(losses.policy_loss, static_argnames="cfg")(jnp.zeros((1, 2)), b, losses.LossConfig("ppo_clip"))
+    np.testing.assert_allclose(loss, -1.0)  # rho = 1, A = 1 on both tokens
     with pytest.raises(ValueError, match="name='grpo'; allowed: .*ppo_clip"):
         losses.LossConfig("grpo")
     with pytest.raises(ValueError, match="aggregation='mean'"):
@@ -151,22 +150,26 @@ def population_direction(theta, alpha):
     return jax.grad(lambda th: jnp.sum(weight * jax.nn.log_softmax(th)))(theta)
 
 
+population_direction = jax.jit(population_direction)
+
+
 def test_alpha_dpg_advantages_by_hand():
     s_pi = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0])
     s_ref = jnp.array([-2.0, -1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0])
     correct = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    a = losses.alpha_dpg_advantages(s_pi, s_ref, correct, 4, 0.5)
+    advantages = jax.jit(losses.alpha_dpg_advantages, static_argnums=(3, 4))
+    a = advantages(s_pi, s_ref, correct, 4, 0.5)
     w = np.array([math.exp(-0.5), math.exp(0.5), 0.0, math.exp(1.0)])
     np.testing.assert_allclose(a[:4], 4 * w / w.sum() - 1, rtol=1e-6)
     np.testing.assert_allclose(a[4:], 0.0)  # no correct sample: no signal
-    a0 = losses.alpha_dpg_advantages(s_pi, s_ref, correct, 4, 0.0)
+    a0 = advantages(s_pi, s_ref, correct, 4, 0.0)
     np.testing.assert_allclose(a0[:4], [4 / 3 - 1, 4 / 3 - 1, -1.0, 4 / 3 - 1], rtol=1e-6)  # r / mean(r) - 1
 
 
 @pytest.mark.parametrize("alpha", [0.25, 0.5, 0.999])
 def test_alpha_dpg_direction_is_minus_gradient_of_alpha_divergence(alpha):
     direction = population_direction(K_THETA, alpha)
-    minus_grad = -jax.grad(alpha_divergence)(K_THETA, alpha)
+    minus_grad = -jax.jit(jax.grad(alpha_divergence))(K_THETA, alpha)
     cosine = jnp.dot(direction, minus_grad) / jnp.linalg.norm(direction) / jnp.linalg.norm(minus_grad)
     assert float(cosine) > 1 - 1e-5
 
@@ -175,9 +178,10 @@ def test_alpha_dpg_limits():
     def unit(v):
         return v / jnp.linalg.norm(v)
 
-    forward = -jax.grad(lambda th: jnp.sum(P_STAR * (jnp.log(P_STAR + 1e-30) - jax.nn.log_softmax(th))))(K_THETA)
+    pi = jax.nn.softmax(K_THETA)
+    forward = P_STAR - pi  # -grad_theta KL(p* || softmax(theta))
     np.testing.assert_allclose(unit(population_direction(K_THETA, 1.0)), unit(forward), atol=1e-5)
-    rl = jax.grad(lambda th: jnp.sum(jax.nn.softmax(th) * K_CORRECT))(K_THETA)
+    rl = pi * (K_CORRECT - jnp.sum(pi * K_CORRECT))  # grad_theta E_pi[r]
     np.testing.assert_allclose(unit(population_direction(K_THETA, 1e-4)), unit(rl), atol=1e-3)
 
 
@@ -189,17 +193,13 @@ def test_following_alpha_dpg_direction_reaches_filtered_model(alpha):
 
 
 def test_alpha_dpg_loss_estimates_the_population_direction():
-    g = 20000
-    y = jax.random.categorical(jax.random.PRNGKey(0), K_THETA, shape=(g,))
+    g = 8192
+    y = np.random.default_rng(0).choice(6, size=g, p=np.asarray(jax.nn.softmax(K_THETA), np.float64))
     cfg = losses.LossConfig("alpha_dpg", dpg_alpha=0.5, aggregation="token-mean")
-
-    def loss(theta):
-        logprobs = jax.nn.log_softmax(theta)[y][:, None]
-        b = losses.LossInputs(mask=jnp.ones((g, 1)), behaviour_logprobs=jax.lax.stop_gradient(logprobs),
-                              ref_logprobs=K_REF[y][:, None], correct=K_CORRECT[y], group_size=g)
-        return losses.policy_loss(logprobs, b, cfg)
-
-    estimate = -jax.grad(lambda th: loss(th)[0])(K_THETA)
+    b = losses.LossInputs(mask=jnp.ones((g, 1)), behaviour_logprobs=jax.nn.log_softmax(K_THETA)[y][:, None],
+                          ref_logprobs=K_REF[y][:, None], correct=K_CORRECT[y], group_size=g)
+    loss = jax.jit(lambda th: losses.policy_loss(jax.nn.log_softmax(th)[y][:, None], b, cfg))
+    estimate = -jax.jit(jax.grad(lambda th: loss(th)[0]))(K_THETA)
     expected = population_direction(K_THETA, 0.5)
-    assert float(jnp.linalg.norm(estimate - expected) / jnp.linalg.norm(expected)) < 0.05
+    assert float(jnp.linalg.norm(estimate - expected) / jnp.linalg.norm(expected)) < 0.08
     assert 0.5 < float(loss(K_THETA)[1]["dpg_ess"]) <= 1.0

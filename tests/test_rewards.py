@@ -110,7 +110,7 @@ def test_majority_vote_ties_invalid_and_empty_groups():
     ids = jnp.array([7, 3, 7, -1, 3, 4, 4, 9, -1, -1, -1, -1, -1, -1, -1], jnp.int32)
     x = rewards.RewardInputs(completion_mask=jnp.ones((15, 1)), correct=jnp.zeros(15), answer_ids=ids, group_size=5)
     cfg = rewards.RewardConfig(alpha=0.0, beta_inv=0.0, extra={"majority_vote": 1.0, "format": 0.5})
-    total, parts = rewards.compute_rewards(x, cfg)
+    total, parts = jax.jit(rewards.compute_rewards, static_argnames="cfg")(x, cfg)
     # group 1: 7 and 3 tie at 2 votes, 7 appears first; group 2: 4 wins; group 3: no valid answer.
     np.testing.assert_array_equal(parts["majority_vote"], [1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(parts["format"], [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
@@ -118,15 +118,15 @@ def test_majority_vote_ties_invalid_and_empty_groups():
 
 
 def test_entropy_and_self_certainty_against_brute_force():
-    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 11)) * 3.0
-    stats = rewards.token_statistics(logits)
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 11)) * 3.0, jnp.float32)
+    stats = jax.jit(rewards.token_statistics)(logits)
     p = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
     entropy = -(p * np.log(p)).sum(-1)
     kl_uniform = (np.log(1 / 11) - np.log(p)).sum(-1) / 11  # KL(U || p) = sum_j (1/V) log((1/V) / p_j)
     np.testing.assert_allclose(stats["token_entropy"], entropy, rtol=1e-5)
     x = inputs(**stats, vocab_size=11)
     cfg = rewards.RewardConfig(alpha=0.0, beta_inv=0.0, extra={"neg_entropy": 1.0, "self_certainty": 2.0})
-    total, parts = rewards.compute_rewards(x, cfg)
+    total, parts = jax.jit(rewards.compute_rewards, static_argnames="cfg")(x, cfg)
     mask = np.array(MASK, bool)
     mean = lambda v: (v * mask).sum(-1) / mask.sum(-1)  # noqa: E731
     np.testing.assert_allclose(parts["neg_entropy"], -mean(entropy), rtol=1e-5)

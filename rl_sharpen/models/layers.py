@@ -104,19 +104,22 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> j
     """Grouped-query softmax attention.
 
     q: [B, T, H, E]; k, v: [B, S, K, E]; allowed: [B, T, S] bool. Returns [B, T, H, E].
-    Scores and softmax are float32; a row with no allowed key (padding) returns zeros.
+    Query head h reads kv head h // (H / K). Scores and softmax are float32; a row with no allowed
+    key (padding) returns zeros. Heads are moved in front of positions so both matmuls are plain
+    batched matmuls over (B, K), which XLA runs several times faster on CPU than mixed layouts.
     """
     B, T, H, E = q.shape
-    K = k.shape[2]
-    q = q.reshape(B, T, K, H // K, E)
-    scores = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / math.sqrt(E)
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    q = q.reshape(B, T, K, G, E).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, E)
+    scores = jnp.einsum("bkqe,bkse->bkqs", q, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    scores = scores.reshape(B, K, G, T, S) / math.sqrt(E)
     mask = allowed[:, None, None, :, :]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = jnp.where(mask, probs, 0.0).astype(v.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(B, T, H, E).astype(q.dtype)
+    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(v.dtype)
+    out = jnp.einsum("bkqs,bkse->bkqe", probs.reshape(B, K, G * T, S), v.transpose(0, 2, 1, 3),
+                     preferred_element_type=jnp.float32)
+    return out.reshape(B, K, G, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E).astype(q.dtype)
 
 
 def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:

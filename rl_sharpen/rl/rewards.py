@@ -1,18 +1,19 @@
 """Per-sample rewards: a weighted mixture of named components (Mittal, Gagnon, Lajoie 2026).
 
-The objective is the KL-regularized  max_pi E_pi[R(y)] - beta KL(pi || p_ref),  beta_inv = 1/beta.
-For a completion y with generated-token mask m_t (EOS included), L = sum_t m_t and
+One objective, max_pi E_pi[R(y)] - beta KL(pi || p_ref) with beta = 1 / beta_inv, covers four regimes:
+the sampling mode carries the KL term inside R, the optimization mode has none. For a completion y
+with generated-token mask m_t (EOS included) and L = sum_t m_t:
 
   S_ref = sum_t m_t log p_ref(y_t | x, y_<t)      S_pi = sum_t m_t log pi(y_t | x, y_<t)  (temperature 1)
   N(y)  = 0 | S_ref | S_ref / L | S_ref / L^w      normalization = none | sum | mean | weighted_mean
 
-the 'paper' mixture (`paper_weights`), with r in {0, 1} the verified correctness, is
+The 'paper' mixture (`paper_weights`), with r in {0, 1} the verified correctness:
 
-  mode          beta_inv  R(y)                                                   optimum (N = S_ref)
-  optimization  0         alpha N                                                delta at argmax_y N(y)
-  optimization  > 0       r + (alpha / beta_inv) N                               delta at argmax_y [beta_inv r + alpha N]
-  sampling      0         (alpha - 1) N + S_ref - S_pi                           pi* ∝ p_ref^alpha
-  sampling      > 0       r + ((alpha - 1) / beta_inv) N + (S_ref - S_pi) / beta_inv   pi* ∝ p_ref^alpha e^{beta_inv r}
+  mode          beta_inv  R(y)                                             optimum (N = S_ref)
+  optimization  0         alpha N                                          delta at argmax_y N(y)
+  optimization  > 0       r + (alpha / beta_inv) N                         delta at argmax_y [beta_inv r + alpha N]
+  sampling      0         (alpha - 1) N + S_ref - S_pi                     pi* ∝ p_ref^alpha
+  sampling      > 0       r + ((alpha - 1) N + S_ref - S_pi) / beta_inv    pi* ∝ p_ref^alpha e^{beta_inv r}
 
 Optimization mode has no entropy term: E_pi[R] is linear in pi and is maximized by a point mass on
 argmax R. Sampling mode carries the KL inside the reward: S_ref - S_pi is a one-sample (k1) estimate
@@ -265,9 +266,10 @@ def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array,
     Jittable with cfg static: jax.jit(compute_rewards, static_argnames="cfg").
     """
     _check_shapes(inputs)
-    values = {name: REWARD_COMPONENTS[name](inputs, cfg) for name in mixture_weights(cfg)}
+    weights = mixture_weights(cfg)
+    values = {name: REWARD_COMPONENTS[name](inputs, cfg) for name in weights}
     total = jnp.zeros(inputs.correct.shape, jnp.float32)
-    for name, w in mixture_weights(cfg).items():
+    for name, w in weights.items():
         total = total + w * values[name]
     if cfg.kl_coef > 0:
         values["kl"] = kl.sequence_kl(_field(inputs, "policy_logprobs", "kl"), _field(inputs, "ref_logprobs", "kl"),

@@ -98,10 +98,7 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     correct, answers, verify_stats = task.score(texts, expanded)
     T = tokens.shape[1]
     mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
-    width = max(len(p) for p in prompts)
-    prompt_tokens, prompt_segments = left_pad([p for p in prompts for _ in range(G)], width, pad_id)
-    full_tokens = jnp.asarray(np.concatenate([prompt_tokens, np.where(mask > 0, tokens, pad_id)], axis=1))
-    full_segments = jnp.asarray(np.concatenate([prompt_segments, mask.astype(np.int32)], axis=1))
+    full_tokens, full_segments = out.sequences()
     ref_lp = scorer.logprobs(ref_params, full_tokens, full_segments, T)
     policy_lp = jnp.asarray(out.logprobs, jnp.float32)
     mask_j = jnp.asarray(mask)

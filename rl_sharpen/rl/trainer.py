@@ -9,6 +9,7 @@ killed and restarted from its last checkpoint reproduces the metrics of an unint
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,7 +24,7 @@ from rl_sharpen import sharding as shd
 from rl_sharpen.checkpoint import Checkpointer
 from rl_sharpen.metrics import MetricWriter, format_row
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.optim import OptimConfig, make_optimizer
+from rl_sharpen.optim import OptimConfig, make_optimizer, schedule
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
 from rl_sharpen.rl import rewards as rw
@@ -76,6 +77,19 @@ def _minibatches(batch: TrainBatch, count: int, group_size: int, rng: np.random.
     return [jax.tree.map(lambda x, r=r: x[r], batch) for r in rows]
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_train_step(model_cfg, loss_cfg, optim_cfg, num_micro, group_size, chunk, remat):
+    """One compiled update per distinct setting, shared by runs in a process (e.g. demo regimes)."""
+    step = make_train_step(model_cfg, loss_cfg, make_optimizer(optim_cfg), num_micro=num_micro,
+                           group_size=group_size, chunk=chunk, remat=remat)
+    return jax.jit(step, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _scorer(model_cfg, chunk) -> Scorer:
+    return Scorer(model_cfg, chunk)
+
+
 @dataclasses.dataclass
 class RLRun:
     """Everything one RL run needs; `run()` trains and returns the final validation record."""
@@ -107,10 +121,9 @@ class RLRun:
         if minibatch % micro:
             raise ValueError(f"RLConfig.micro_batch={micro} must divide the minibatch of {minibatch} sequences")
         self.optimizer = make_optimizer(self.optim_cfg)
-        step = make_train_step(self.model_cfg, self.loss_cfg, self.optimizer, num_micro=minibatch // micro,
-                               group_size=G, chunk=self.rl_cfg.logprob_chunk, remat=self.rl_cfg.remat)
-        self.train_step = jax.jit(step, donate_argnums=0)
-        self.scorer = Scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
+        self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
+                                             self.rl_cfg.logprob_chunk, self.rl_cfg.remat)
+        self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
 
     def initial_state(self) -> dict:
         opt_state = jax.jit(self.optimizer.init)(self.policy_params)
@@ -170,6 +183,4 @@ class RLRun:
         return last_eval or {}
 
     def _lr(self, step: int) -> float:
-        from rl_sharpen.optim import schedule
-
         return schedule(self.optim_cfg)(step)

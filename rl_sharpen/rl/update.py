@@ -90,7 +90,7 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
         grads, (micro_losses, metrics) = jax.lax.scan(accumulate, zeros, (micro, token_share))
         metrics = jax.tree.map(lambda m: m.sum(0), metrics)  # token-weighted means of the micro metrics
         metrics.pop("policy_loss", None)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(lambda p, u: (p.astype(jnp.float32) + u).astype(p.dtype), state["params"], updates)
         metrics.update(loss=micro_losses.sum(), grad_norm=grad_norm)

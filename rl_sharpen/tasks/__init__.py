@@ -1,4 +1,8 @@
-"""Math tasks: problem sets, prompts, the answer verifier (task reward), and a synthetic task."""
+"""Math tasks: problem sets, prompts, the answer verifier (task reward), and a synthetic task.
+
+`rl_sharpen.tasks.verify` is the reward function; its module is imported by name, e.g.
+`from rl_sharpen.tasks.verify import VerifierPool`.
+"""
 
 from rl_sharpen.tasks.datasets import FORMATS, SOURCES, LoadStats, Problem, load_problems
 from rl_sharpen.tasks.prompts import PromptBatch, PromptConfig, encode_prompts, left_pad, load_tokenizer, render_prompt

@@ -189,7 +189,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if os.path.exists(name_or_path):
-        folder, stem = os.path.basename(os.path.dirname(os.path.abspath(name_or_path))), os.path.splitext(os.path.basename(name_or_path))[0]
+        folder = os.path.basename(os.path.dirname(os.path.abspath(name_or_path)))
+        stem = os.path.splitext(os.path.basename(name_or_path))[0]
         rows, source_name = _read_local(name_or_path), f"{folder}/{stem}"
     elif name_or_path in SOURCES:
         source = SOURCES[name_or_path]

@@ -1,9 +1,9 @@
 """Prompts: the instruction around a problem, rendered by a tokenizer's chat template.
 
-The default instruction is the one of the power-sampling ("sharpening") experiments on MATH:
+The default instruction asks for step-by-step reasoning and a boxed final answer:
 
-  Can you solve the following math problem? {problem} Please reason step by step, and put your
-  final answer within \\boxed{}.
+  {problem}
+  Please reason step by step, and put your final answer within \\boxed{}.
 
 A prompt is rendered as one user turn (plus an optional system turn) through the tokenizer's
 chat template, with the generation prompt for the assistant appended. A tokenizer without a chat
@@ -21,8 +21,7 @@ import numpy as np
 
 PROBLEM_PLACEHOLDER = "{problem}"
 DEFAULT_TEMPLATE = (
-    "Can you solve the following math problem? {problem} "
-    "Please reason step by step, and put your final answer within \\boxed{}."
+    "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
 
 

@@ -3,7 +3,7 @@
 A problem starts from a count and applies 1..max_steps operations (all values stay in
 [0, max_value]):
 
-  q: tom has 3 apples. tom buys 4 more. tom gives away 2. how many apples does tom have now?
+  q: tom has 3 pens. buys 4. sells 2. how many?
   a: 3+4=7
   7-2=5
   \\boxed{5}
@@ -32,11 +32,12 @@ import numpy as np
 from rl_sharpen.tasks.datasets import Problem
 
 _NAMES = ("tom", "ana", "bob", "eve", "max", "sam", "lea", "kim")
-_ITEMS = ("apples", "pens", "cards", "coins", "books", "eggs")
+_ITEMS = ("pens", "cards", "coins", "eggs", "cups", "hats")
+# Short sentences keep a character-level prompt within 64 tokens (cheap CPU training).
 _PHRASES = {
-    "+": ("buys {n} more", "finds {n} more", "gets {n} more"),
-    "-": ("gives away {n}", "loses {n}", "sells {n}"),
-    "*": ("ends up with {n} times as many",),
+    "+": ("buys {n}", "finds {n}", "gets {n}"),
+    "-": ("sells {n}", "loses {n}", "drops {n}"),
+    "*": ("ends with {n} times as many",),
 }
 KINDS = ("correct", "guess", "wrong_step")
 
@@ -105,8 +106,8 @@ class ArithmeticProblem:
         sentences = [f"{self.name} has {self.start} {self.item}."]
         for i, (op, n) in enumerate(self.steps):
             phrase = _PHRASES[op][(self.start + i) % len(_PHRASES[op])]
-            sentences.append(f"{self.name} {phrase.format(n=n)}.")
-        sentences.append(f"how many {self.item} does {self.name} have now?")
+            sentences.append(f"{phrase.format(n=n)}.")
+        sentences.append("how many?")
         return " ".join(sentences)
 
     def to_problem(self, index: int) -> Problem:

@@ -18,9 +18,9 @@ Pipeline for one (completion, gold) pair:
      rationals, so x + 1/2^{99} != x + 1/2^{98}; equations are not vetoed).
 
 Step 3 runs in a pool of worker processes (`VerifierPool`). Each item has a hard wall-clock timeout;
-a worker that exceeds it (sympy can loop in C code, e.g. on `9^{9^{9^{9}}}`) is killed and replaced,
-and the item scores 0. Workers also run under an address-space limit, so `10^{10^{10}}` fails with
-MemoryError instead of exhausting the machine.
+a worker that exceeds it (sympy can loop in C code, e.g. on `9^{9^{9^{9}}}`) is killed and replaced
+by a warm fork, and the item scores 0. Workers also run under an address-space limit (default 4 GiB), so a runaway
+allocation fails with MemoryError instead of exhausting the machine.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.reduction
 import os
 import re
 import signal
@@ -101,10 +102,10 @@ def extract_answer(text: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Canonical strings and exact numbers.
 
-_DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|\\[!,;:]|\\?\$")
-_SPACE_RE = re.compile(r"\\ |~")
+_DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|(?<!\\)\\[!,;:]|\\?\$")
+_SPACE_RE = re.compile(r"(?<!\\)\\ |~")  # "\ " but not the row break "\\" before a space
 _DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
-_UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\{([^{}]*)\}"
+_UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}"
 _TRAILING_UNITS_RE = re.compile(rf"(?:\s*{_UNIT_MACRO}(?:\^\{{?[23]\}}?)?)+\s*$")
 _UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+[a-zA-Z]{2,}\.?$")  # "18 dollars"
@@ -315,19 +316,26 @@ def _provably_distinct(a, b) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(answer: str) -> list:
+    """math-verify's parse of a cleaned answer: [sympy object, source string], or [] (cached: a
+    gold answer is compared with many samples)."""
+    import math_verify
+
+    configs = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
+    return math_verify.parse(f"${clean_latex(answer)}$", configs, parsing_timeout=None)
+
+
 def symbolic_equal(answer: str, gold: str) -> bool:
     """math-verify equivalence of two answer strings plus the strict numeric veto. No timeout:
     call it through `VerifierPool` on untrusted input."""
     import math_verify
 
-    configs = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
-    gold_parsed = math_verify.parse(f"${clean_latex(gold)}$", configs, parsing_timeout=None)
-    answer_parsed = math_verify.parse(f"${clean_latex(answer)}$", configs, parsing_timeout=None)
+    gold_parsed, answer_parsed = _parse(gold), _parse(answer)
     if not gold_parsed or not answer_parsed:
         return False
     if not math_verify.verify(gold_parsed, answer_parsed, timeout_seconds=None):
         return False
-    # parse() returns [sympy object, source string]; veto on the sympy objects.
     return not _provably_distinct(gold_parsed[0], answer_parsed[0])
 
 
@@ -335,15 +343,19 @@ def symbolic_equal(answer: str, gold: str) -> bool:
 # Worker pool with hard per-item timeouts.
 
 
-# Parsed once per worker before it reports ready: the first simplify() and the first parses of
-# each LaTeX construct import modules and fill parser caches (~1 s), which must not count
-# against the per-item timeout.
-_WARMUP = (("(x+1)^2", "x^2+2x+1"), (r"\frac{\sqrt{3}}{2}", r"\frac12\sqrt3"), (r"\{1,2\}", "(1,2]"),
-           (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"), ("y=2x+1", r"\pi"))
+# Checked once by the template process before it forks workers: the first simplify() and the
+# first parses of each LaTeX construct import modules and fill parser caches (~1.5 s), which
+# forked workers inherit instead of paying inside their per-pair timeout.
+_WARMUP = (
+    ("(x+1)^2", "x^2+2x+1"), (r"\frac{\sqrt{3}}{2}", r"\frac12\sqrt3"), (r"\{1,2\}", "(1,2]"),
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"), ("y=2x+1", r"\pi"),
+    (r"(-\infty, 3] \cup (4, \infty)", r"3 \pm \sqrt{5}"), (r"\frac{\pi}{4}", r"2^{-3} \cdot 3!"),
+    (r"\text{(A)}", r"\log_2 8 + \sin x"), (r"(3, \frac{\pi}{2})", r"1, 2, 3"),
+)
 
 
-def _worker_main(conn, memory_limit_bytes: int | None) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+def _serve(conn, memory_limit_bytes: int | None) -> None:
+    """Worker loop: (answer, gold) in, (equal, error name or None) out, until the pipe closes."""
     if memory_limit_bytes:
         try:
             import resource
@@ -351,23 +363,49 @@ def _worker_main(conn, memory_limit_bytes: int | None) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
         except (ImportError, ValueError, OSError):
             pass  # platform without RLIMIT_AS: the timeout still applies
+    while True:
+        try:
+            answer, gold = conn.recv()
+        except BaseException:  # noqa: BLE001  (pool closed, or a message too large for the limit)
+            return
+        try:
+            reply = (symbolic_equal(answer, gold), None)
+        except BaseException as e:  # noqa: BLE001  (MemoryError, RecursionError, sympy internals)
+            reply = (False, type(e).__name__)
+        conn.send(reply)
+
+
+def _template_main(control, memory_limit_bytes: int | None) -> None:
+    """Warms up once, then forks a worker per request and hands back (pid, pipe end)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed workers are reaped by the kernel
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     for answer, gold in _WARMUP:
         symbolic_equal(answer, gold)
-    conn.send("ready")
     while True:
-        answer, gold = conn.recv()
         try:
-            conn.send((symbolic_equal(answer, gold), None))
-        except BaseException as e:  # noqa: BLE001  (MemoryError, RecursionError, sympy internals)
-            conn.send((False, type(e).__name__))
+            control.recv()
+        except EOFError:  # the pool closed
+            return
+        ours, theirs = multiprocessing.Pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                control.close()
+                ours.close()
+                _serve(theirs, memory_limit_bytes)
+            finally:
+                os._exit(0)
+        theirs.close()
+        control.send(pid)
+        multiprocessing.reduction.send_handle(control, ours.fileno(), None)
+        ours.close()
 
 
 @dataclasses.dataclass(eq=False)
 class _Worker:
-    process: multiprocessing.Process
+    pid: int
     conn: multiprocessing.connection.Connection
-    ready: bool = False
     job: int | None = None  # index of the pair being checked
     deadline: float = 0.0
 
@@ -375,10 +413,10 @@ class _Worker:
 class VerifierPool:
     """Worker processes running `symbolic_equal`, each pair under a hard wall-clock timeout.
 
-    A worker that runs past the timeout is killed (SIGKILL) and replaced; a worker that dies is
-    replaced too. One spare worker is kept warm beyond `workers`, so a replacement's start-up
-    (~1.5 s of imports and parser warm-up) rarely delays the batch. Bad input never raises: such
-    pairs count as unequal and are counted as timeouts or errors.
+    One template process imports sympy/math-verify and warms up once; workers are forked from it,
+    so they start warm in milliseconds. A worker that runs past the timeout is killed (SIGKILL)
+    and replaced; one that dies is replaced too. Bad input never raises: its pairs count as
+    unequal and are counted as timeouts or errors. Unix only (fork, fd passing); not thread-safe.
     """
 
     def __init__(self, workers: int | None = None, memory_limit_mb: int | None = 4096,
@@ -391,31 +429,38 @@ class VerifierPool:
         method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
         self._ctx = multiprocessing.get_context(method)
         if method == "forkserver":
-            # The fork server imports these once; workers fork from it warm, and "__main__" keeps
-            # them from re-running the caller's script (which needs an `if __name__ == "__main__":`
+            # The fork server imports these once, so the template starts fast, and "__main__" keeps
+            # it from re-running the caller's script (which needs an `if __name__ == "__main__":`
             # guard, as with any spawn/forkserver start).
             self._ctx.set_forkserver_preload(["__main__", "math_verify", "sympy"])
+        self._template: multiprocessing.Process | None = None
+        self._control: multiprocessing.connection.Connection | None = None
         self._workers: list[_Worker] = []
-        self._failed_starts = 0
 
-    def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._memory_limit), daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
+    def _fork_worker(self) -> _Worker:
+        if self._template is None:
+            self._control, child = self._ctx.Pipe()
+            self._template = self._ctx.Process(target=_template_main, args=(child, self._memory_limit), daemon=True)
+            self._template.start()
+            child.close()
+        try:
+            self._control.send("fork")
+            pid = self._control.recv()  # the first request waits for the template's warm-up
+            fd = multiprocessing.reduction.recv_handle(self._control)
+        except (EOFError, OSError) as e:
+            self._template.join(timeout=1)
+            raise RuntimeError(
+                f"the verifier template process exited (exit code {self._template.exitcode}); "
+                "a script that starts it needs an `if __name__ == '__main__':` guard") from e
+        return _Worker(pid, multiprocessing.connection.Connection(fd))
 
     def _replace(self, worker: _Worker) -> None:
-        if not worker.ready:
-            self._failed_starts += 1
-            if self._failed_starts > 2 * self.num_workers:
-                raise RuntimeError(
-                    f"verifier workers exit during start-up (exit code {worker.process.exitcode}); "
-                    "a script that starts them needs an `if __name__ == '__main__':` guard")
-        worker.process.kill()
-        worker.process.join()
+        try:
+            os.kill(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         worker.conn.close()
-        self._workers[self._workers.index(worker)] = self._spawn()
+        self._workers[self._workers.index(worker)] = self._fork_worker()
 
     def run(self, pairs: Sequence[tuple[str, str]], timeout: float) -> tuple[np.ndarray, int, int]:
         """`symbolic_equal(answer, gold)` for each (answer, gold) pair.
@@ -424,49 +469,51 @@ class VerifierPool:
         """
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        while len(self._workers) < self.num_workers + 1:  # + 1 warm spare
-            self._workers.append(self._spawn())
+        while len(self._workers) < self.num_workers:
+            self._workers.append(self._fork_worker())
         equal = np.zeros(len(pairs), dtype=bool)
         todo = list(range(len(pairs)))[::-1]
         timeouts = errors = done = 0
         while done < len(pairs):
             for w in list(self._workers):
-                num_busy = sum(v.job is not None for v in self._workers)
-                if w.ready and w.job is None and todo and num_busy < self.num_workers:
+                if w.job is None and todo:
                     w.job, w.deadline = todo.pop(), time.monotonic() + timeout
                     try:
                         w.conn.send(pairs[w.job])
-                    except OSError:  # died while idle: retry the pair elsewhere
-                        todo.append(w.job)
+                    except OSError:  # the worker died, e.g. unable to receive this pair
+                        w.job, errors, done = None, errors + 1, done + 1
                         self._replace(w)
-            deadlines = [w.deadline for w in self._workers if w.job is not None]
-            wait_s = min(deadlines) - time.monotonic() if deadlines else 1.0
-            readable = multiprocessing.connection.wait([w.conn for w in self._workers], max(wait_s, 0))
-            for w in list(self._workers):
+            busy = [w for w in self._workers if w.job is not None]
+            if not busy:
+                continue
+            wait_s = max(min(w.deadline for w in busy) - time.monotonic(), 0)
+            readable = multiprocessing.connection.wait([w.conn for w in busy], wait_s)
+            for w in busy:
                 if w.conn in readable:
                     try:
-                        message = w.conn.recv()
-                    except (EOFError, OSError):  # died, e.g. killed by the OS
-                        if w.job is not None:
-                            errors, done = errors + 1, done + 1
+                        (equal[w.job], error), w.job = w.conn.recv(), None
+                        errors, done = errors + (error is not None), done + 1
+                    except (EOFError, OSError):  # died mid-pair, e.g. killed by the OS
+                        errors, done = errors + 1, done + 1
                         self._replace(w)
-                    else:
-                        if message == "ready":
-                            w.ready = True
-                        else:
-                            (equal[w.job], error), w.job = message, None
-                            errors, done = errors + (error is not None), done + 1
-                elif w.job is not None and time.monotonic() >= w.deadline:
+                elif time.monotonic() >= w.deadline:
                     timeouts, done = timeouts + 1, done + 1
                     self._replace(w)
         return equal, timeouts, errors
 
     def close(self) -> None:
         for w in self._workers:
-            w.process.kill()
-            w.process.join()
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             w.conn.close()
         self._workers = []
+        if self._template is not None:
+            self._control.close()  # the template exits on EOF
+            self._template.join(timeout=5)
+            self._template.kill()
+            self._template, self._control = None, None
 
     def __enter__(self) -> VerifierPool:
         return self

@@ -1,0 +1,192 @@
+"""Greedy decoding throughput of `rl_sharpen.sampling.generate` next to transformers `generate`.
+
+    python benchmarks/sampler.py --checkpoint /path/to/SmolLM2-135M-Instruct --out sampler.json
+
+Same checkpoint in float32 on CPU, one chat-formatted prompt of ~64 tokens repeated `batch` times,
+128 new tokens without early stop. tokens/s = batch * new_tokens / wall time of one generate call
+(prefill included, compilation excluded and reported separately), best of --repeats. Both sides
+use --threads CPU threads: torch.set_num_threads, and XLA's CPU client, which sizes its thread
+pool to the cores it may run on (pinned here with os.sched_setaffinity when --threads is smaller).
+
+Batch-1 decode is compared with the memory-bandwidth roofline: every step reads all weights once,
+
+    roofline step time = weight bytes / host copy bandwidth,
+
+bandwidth = 2 * bytes / time of a large numpy copy (read + write). Also reported: the largest
+|sampler log-prob - teacher-forced log-prob| in float32 and in bfloat16 on sampled completions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="Hugging Face folder (weights + tokenizer)")
+    p.add_argument("--out", required=True, help="JSON file for the results")
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-transformers", action="store_true")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.threads < len(os.sched_getaffinity(0)):
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from rl_sharpen import models, sampling  # noqa: E402
+
+QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+            "How many clips did Natalia sell altogether in April and May? Think step by step.")
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    """A chat-formatted prompt, cut or extended (by repeating the question) to n tokens."""
+    text = QUESTION
+    while True:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        if len(ids) >= n:
+            return ids[-n:]
+        text += " " + QUESTION
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes per second moved by a large numpy copy, counting the read and the write."""
+    a = np.ones(nbytes // 4, np.float32)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    return 2 * nbytes / best_time(lambda: np.copyto(b, a), 5)
+
+
+def bench_rl_sharpen(params, cfg, ids, batch, new_tokens, repeats):
+    sc = sampling.SamplingConfig(max_new_tokens=new_tokens, greedy=True, ignore_eos=True)
+    rng = jax.random.key(0)
+
+    def run():
+        return jax.block_until_ready(sampling.generate(params, cfg, [ids] * batch, rng, sc))
+
+    t = time.perf_counter()
+    out = run()
+    first = time.perf_counter() - t
+    total = best_time(run, repeats)
+    tokens, segments = sampling.prompts.prepare([ids] * batch, cfg, max_new_tokens=new_tokens, pad_id=0,
+                                                width=None, owner="SamplingConfig")
+
+    def prefill():
+        return jax.block_until_ready(sampling.kv.prefill(params, tokens, segments, cfg=cfg, copies=1,
+                                                         cache_len=tokens.shape[1] + new_tokens))
+
+    prefill()
+    pre = best_time(prefill, repeats)
+    return {"tokens_per_s": batch * new_tokens / total, "seconds": total, "compile_seconds": first - total,
+            "prefill_seconds": pre, "decode_step_seconds": (total - pre) / (new_tokens - 1)}, np.asarray(out.tokens)
+
+
+def bench_transformers(model, ids, batch, new_tokens, repeats):
+    x = torch.tensor([ids] * batch, dtype=torch.long)
+    config = transformers.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                           eos_token_id=None, pad_token_id=0)
+
+    def run():
+        with torch.no_grad():
+            return model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+
+    with torch.no_grad():
+        model.generate(x, attention_mask=torch.ones_like(x),
+                       generation_config=transformers.GenerationConfig(max_new_tokens=4, do_sample=False,
+                                                                       eos_token_id=None, pad_token_id=0))
+    total = best_time(run, repeats)
+    return {"tokens_per_s": batch * new_tokens / total, "seconds": total}, run()[:, len(ids):].numpy()
+
+
+def logprob_gaps(path, ids, new_tokens, batch=8):
+    """max |sampler log-prob - teacher-forced log-prob| over sampled tokens, f32 and bf16 models."""
+    gaps = {}
+    sc = sampling.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True, num_samples=batch)
+    for dtype in ("float32", "bfloat16"):
+        cfg, params = models.load_hf(path, dtype=dtype)
+        out = sampling.generate(params, cfg, [ids], jax.random.key(1), sc)
+        seq, seg = out.sequences()
+        P = out.prompt_tokens.shape[1]
+        forced = jax.jit(models.token_logprobs, static_argnums=1)(params, cfg, seq, seg)[:, P - 1:]
+        gaps[dtype] = float(jnp.max(jnp.abs(forced - out.logprobs)))
+        if dtype == "bfloat16":
+            cfg32, params32 = models.load_hf(path, dtype="float32")
+            exact = jax.jit(models.token_logprobs, static_argnums=1)(params32, cfg32, seq, seg)[:, P - 1:]
+            gaps["bfloat16_sampler_vs_float32_model"] = float(jnp.max(jnp.abs(exact - out.logprobs)))
+    return gaps
+
+
+def main():
+    torch.set_num_threads(ARGS.threads)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(ARGS.checkpoint)
+    ids = prompt_ids(tokenizer, ARGS.prompt_tokens)
+    cfg, params = models.load_hf(ARGS.checkpoint, dtype="float32")
+    hf = None if ARGS.skip_transformers else transformers.AutoModelForCausalLM.from_pretrained(
+        ARGS.checkpoint, dtype=torch.float32).eval()
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    bandwidth = copy_bandwidth()
+    roofline_step = weight_bytes / bandwidth
+    result = {
+        "checkpoint": ARGS.checkpoint, "dtype": "float32", "prompt_tokens": len(ids), "new_tokens": ARGS.new_tokens,
+        "threads": ARGS.threads, "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bandwidth,
+        "roofline_decode_step_seconds": roofline_step, "batches": [],
+    }
+    print(f"{len(ids)}-token prompt, {ARGS.new_tokens} new tokens, {ARGS.threads} threads, weights "
+          f"{weight_bytes / 1e6:.0f} MB, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
+          f"-> roofline {roofline_step * 1e3:.1f} ms/step ({1 / roofline_step:.1f} tok/s at batch 1)")
+    print(f"{'batch':>5} {'rl_sharpen tok/s':>17} {'transformers tok/s':>19} {'ratio':>6} {'compile s':>9} "
+          f"{'decode ms/step':>14} {'same tokens':>11}")
+    for batch in (int(b) for b in ARGS.batch_sizes.split(",")):
+        ours, our_tokens = bench_rl_sharpen(params, cfg, ids, batch, ARGS.new_tokens, ARGS.repeats)
+        entry = {"batch": batch, "rl_sharpen": ours}
+        if hf is not None:
+            theirs, their_tokens = bench_transformers(hf, ids, batch, ARGS.new_tokens, max(1, ARGS.repeats - 1))
+            entry["transformers"] = theirs
+            entry["ratio"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
+            entry["same_tokens"] = bool(np.array_equal(our_tokens, their_tokens))
+        if batch == 1:
+            entry["decode_roofline_fraction"] = roofline_step / ours["decode_step_seconds"]
+            result["batch1_decode_roofline_fraction"] = entry["decode_roofline_fraction"]
+        result["batches"].append(entry)
+        print(f"{batch:>5} {ours['tokens_per_s']:>17.1f} "
+              f"{entry.get('transformers', {}).get('tokens_per_s', float('nan')):>19.1f} "
+              f"{entry.get('ratio', float('nan')):>6.2f} {ours['compile_seconds']:>9.1f} "
+              f"{ours['decode_step_seconds'] * 1e3:>14.1f} {str(entry.get('same_tokens', '-')):>11}")
+    print(f"batch-1 decode: {result['batches'][0]['rl_sharpen']['decode_step_seconds'] * 1e3:.1f} ms/step = "
+          f"{100 * result.get('batch1_decode_roofline_fraction', float('nan')):.0f}% of the roofline")
+    result["logprob_gap"] = logprob_gaps(ARGS.checkpoint, ids, ARGS.new_tokens)
+    print("max |sampler - teacher-forced| log-prob:", json.dumps(result["logprob_gap"]))
+    with open(ARGS.out, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

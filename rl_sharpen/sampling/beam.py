@@ -1,0 +1,159 @@
+"""Beam search, the inference-time sharpening baseline: approximately argmax_y log p(y | x).
+
+Each prompt keeps W beams. A step scores every extension of every live beam,
+
+    logp(y_1..t) = logp(y_1..t-1) + log p(y_t | x, y_<t)        (temperature 1, float32)
+
+and keeps the W best of {live extensions} U {finished beams, unchanged} by
+
+    score = logp / lp(len),   lp(n) = ((5 + n) / 6) ** alpha      (GNMT; alpha = 0 gives logp)
+
+where len counts generated tokens including the EOS. A beam that emits an EOS is finished: it
+keeps its score and competes with the live beams at every later step. The search stops after
+max_new_tokens steps or when every kept beam is finished. With W at least the number of candidates
+at every step nothing is pruned and the first beam is the exact argmax of `score`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rl_sharpen import sharding as shd
+from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.sampling import kv, prompts as prompt_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    """width W beams per prompt; length_penalty is alpha in lp(n) = ((5 + n) / 6) ** alpha.
+
+    max_new_tokens, eos_ids, pad_id and prompt_width mean what they do in `SamplingConfig`.
+    """
+
+    width: int
+    max_new_tokens: int
+    eos_ids: tuple[int, ...] = ()
+    length_penalty: float = 0.0
+    pad_id: int = 0
+    prompt_width: int | None = None
+
+    def __post_init__(self):
+        eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
+        object.__setattr__(self, "eos_ids", tuple(sorted({int(e) for e in eos})))
+        checks = [
+            ("width", self.width >= 1, "an integer >= 1"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("length_penalty", np.isfinite(self.length_penalty), "a finite float (0 disables)"),
+            ("pad_id", self.pad_id >= 0, "a token id >= 0"),
+            ("prompt_width", self.prompt_width is None or self.prompt_width >= 1, "None or an integer >= 1"),
+        ]
+        for field, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"BeamConfig.{field}={getattr(self, field)!r}; allowed: {allowed}")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BeamOutput:
+    """W beams for each of B prompts, best first (by `scores`).
+
+    tokens     [B, W, N] int32  pad_id after the EOS.
+    logprobs   [B, W, N] f32    per-token log p at temperature 1; 0 at padding.
+    seq_logprobs [B, W] f32     sum of `logprobs` (-inf for a beam that never had a candidate).
+    scores     [B, W] f32       seq_logprobs / lp(lengths), the ranking criterion.
+    lengths    [B, W] int32     tokens generated, EOS included.
+    finished   [B, W] bool      the beam ended with an EOS.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    seq_logprobs: jax.Array
+    scores: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+
+
+def length_penalty(lengths, alpha: float):
+    """GNMT length normalizer lp(n) = ((5 + n) / 6) ** alpha (float32)."""
+    return ((5.0 + jnp.asarray(lengths, jnp.float32)) / 6.0) ** alpha
+
+
+def _select(s, bc: BeamConfig, B: int, W: int):
+    """One beam step: extend live beams by every token, keep the W best candidates per prompt."""
+    t = s["t"]
+    V = s["logits"].shape[-1]
+    logp = jax.nn.log_softmax(s["logits"], axis=-1).reshape(B, W, V)
+    done = s["finished"] | (s["seq_logprobs"] == -jnp.inf)  # dead beams (-inf) cannot extend
+    extended = s["seq_logprobs"][..., None] + logp
+    # A finished beam has exactly one candidate, itself (slot 0), with its score unchanged.
+    itself = jnp.where(jnp.arange(V) == 0, s["seq_logprobs"][..., None], -jnp.inf)
+    cand_logp = jnp.where(done[..., None], itself, extended)
+    cand_len = s["lengths"] + 1[..., None]
+    cand_score = cand_logp / length_penalty(cand_len, bc.length_penalty)
+    scores, flat = jax.lax.top_k(cand_score.reshape(B, W * V), W)
+    parent, token = flat // V, (flat % V).astype(jnp.int32)
+
+    def gather(x):
+        return jnp.take_along_axis(x, parent.reshape(parent.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    was_done = gather(done)
+    token = jnp.where(was_done, bc.pad_id, token)
+    step_logp = jnp.where(was_done, 0.0, jnp.take_along_axis(logp.reshape(B, W * V), flat, axis=1))
+    eos = jnp.isin(token, jnp.asarray(bc.eos_ids, jnp.int32)) & ~was_done if bc.eos_ids else False
+
+    def put(buf, x):
+        return jax.lax.dynamic_update_slice(gather(buf), x[..., None].astype(buf.dtype), (0, 0, t))
+
+    rows = (jnp.arange(B)[:, None] * W + parent).reshape(B * W)
+    return dict(s, token=token.reshape(B * W), rows=rows, scores=scores,
+                seq_logprobs=jnp.take_along_axis(cand_logp.reshape(B, W * V), flat, axis=1),
+                tokens=put(s["tokens"], token), logprobs=put(s["logprobs"], step_logp),
+                lengths=gather(s["lengths"]) + ~was_done, finished=gather(s["finished"]) | eos)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "bc", "mesh"), donate_argnames=("cache",))
+def _search(params, cache, logits, positions, segments, *, cfg: ModelConfig, bc: BeamConfig, mesh):
+    R, N, W = logits.shape[0], bc.max_new_tokens, bc.width
+    B = R // W
+    # Only beam 0 of each prompt is alive at the start, so the first step does not pick duplicates.
+    seq = jnp.where(jnp.arange(W)[None, :] == 0, 0.0, -jnp.inf) * jnp.ones((B, 1))
+    state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions,
+                 token=jnp.zeros((R,), jnp.int32), rows=jnp.arange(R), seq_logprobs=seq, scores=seq,
+                 tokens=jnp.full((B, W, N), bc.pad_id, jnp.int32), logprobs=jnp.zeros((B, W, N), jnp.float32),
+                 lengths=jnp.zeros((B, W), jnp.int32), finished=jnp.zeros((B, W), bool))
+
+    def cond(s):
+        return (s["t"] < N - 1) & ~jnp.all(s["finished"] | (s["seq_logprobs"] == -jnp.inf))
+
+    def body(s):
+        s = _select(s, bc, B, W)
+        cache = kv.take_rows(s["cache"], s["rows"], mesh)
+        logits, cache = kv.decode_step(params, cfg, cache, s["token"], s["positions"], segments, mesh)
+        return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
+
+    s = _select(jax.lax.while_loop(cond, body, state), bc, B, W)
+    out = BeamOutput(tokens=s["tokens"], logprobs=s["logprobs"], seq_logprobs=s["seq_logprobs"],
+                     scores=s["scores"], lengths=s["lengths"], finished=s["finished"])
+    return out, s["cache"]  # returned to alias the donated input cache (updated in place)
+
+
+def beam_search(params, cfg: ModelConfig, prompts, beam_cfg: BeamConfig, mesh=None) -> BeamOutput:
+    """The W best continuations of every prompt under `score` (module docstring).
+
+    prompts: a left-padded `PromptBatch` or a list of token-id lists.
+    """
+    bc = beam_cfg
+    prompt_lib.check_token_ids(cfg, "BeamConfig", bc.pad_id, bc.eos_ids)
+    tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=bc.max_new_tokens, pad_id=bc.pad_id,
+                                          width=bc.prompt_width, owner="BeamConfig")
+    if mesh is not None:
+        tokens, segments = (jax.device_put(x, shd.batch_sharding(mesh, 2)) for x in (tokens, segments))
+    cache, logits, positions, seg, _, _ = kv.prefill(
+        params, tokens, segments, cfg=cfg, copies=bc.width, cache_len=tokens.shape[1] + bc.max_new_tokens, mesh=mesh)
+    out, _ = _search(params, cache, logits, positions, seg, cfg=cfg, bc=bc, mesh=mesh)
+    return out

@@ -1,0 +1,204 @@
+"""Batched ancestral sampling with a KV cache: one jitted prefill, then one jitted `lax.while_loop`.
+
+    out = generate(params, cfg, prompts, jax.random.key(0), SamplingConfig(max_new_tokens=256, num_samples=8))
+
+Per step, with logits z over the vocabulary (float32):
+
+    logprobs          log softmax(z)[y]        the model at temperature 1, what the trainer recomputes
+    sampled_logprobs  log q(y),  q = softmax(top_p(top_k(z / temperature)))   the law y was drawn from
+
+top_k keeps logits >= the k-th largest; top_p then keeps, in decreasing order, the fewest tokens
+whose probability under softmax(top_k(z / T)) sums to >= top_p (tokens tied with the last one kept
+are kept too). Removed logits become -inf. Greedy decoding (greedy=True or temperature=0) takes
+argmax z and reports sampled_logprobs = 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rl_sharpen import sharding as shd
+from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.sampling import kv, prompts as prompt_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """What to sample. Hashable: each distinct config compiles its own decode loop.
+
+    max_new_tokens  N, tokens generated per sample (the last one may be an EOS).
+    temperature     T >= 0; logits are divided by T before top-k / top-p. T = 0 means greedy.
+    top_p           nucleus mass in (0, 1]; 1 disables.
+    top_k           keep the k most likely tokens; 0 disables.
+    greedy          argmax decoding (sampled_logprobs are then 0).
+    eos_ids         ids that end a sample; the EOS itself is part of the sample.
+    ignore_eos      generate exactly N tokens per sample (fixed-length rollouts).
+    num_samples     G samples per prompt, drawn from one shared prefill.
+    pad_id          fills prompt padding and the positions after a sample's EOS.
+    prompt_width    fixed padded prompt width (one compile for every batch); None pads the batch
+                    to max(16, next power of two >= its longest prompt).
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    eos_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    num_samples: int = 1
+    pad_id: int = 0
+    prompt_width: int | None = None
+
+    def __post_init__(self):
+        eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
+        object.__setattr__(self, "eos_ids", tuple(sorted({int(e) for e in eos})))
+        if self.temperature == 0:
+            object.__setattr__(self, "greedy", True)
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", self.temperature >= 0, "a float >= 0 (0 means greedy)"),
+            ("top_p", 0 < self.top_p <= 1, "a float in (0, 1]"),
+            ("top_k", self.top_k >= 0, "an integer >= 0 (0 disables top-k)"),
+            ("num_samples", self.num_samples >= 1, "an integer >= 1"),
+            ("pad_id", self.pad_id >= 0, "a token id >= 0"),
+            ("prompt_width", self.prompt_width is None or self.prompt_width >= 1, "None or an integer >= 1"),
+        ]
+        for field, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"SamplingConfig.{field}={getattr(self, field)!r}; allowed: {allowed}")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SampleOutput:
+    """Samples of B prompts x G samples, R = B * G rows; row b * G + g is sample g of prompt b.
+
+    tokens            [R, N] int32   generated tokens; pad_id after the EOS (unless ignore_eos).
+    logprobs          [R, N] f32     log p(token | prefix) at temperature 1; 0 at padding.
+    sampled_logprobs  [R, N] f32     log q(token | prefix) under the sampled law; 0 at padding / greedy.
+    lengths           [R] int32      tokens generated, EOS included (N with ignore_eos).
+    finished          [R] bool       an EOS id was generated.
+    prompt_tokens     [R, P] int32   the left-padded prompt of each row (P = bucketed width).
+    prompt_segment_ids [R, P] int32  its segment ids (0 = padding).
+
+    Prompt and completion concatenate to the sequence the model saw: see `sequences`.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    sampled_logprobs: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+    prompt_tokens: jax.Array
+    prompt_segment_ids: jax.Array
+
+    @property
+    def completion_mask(self) -> jax.Array:
+        """[R, N] bool, True at generated tokens (EOS included), False at padding."""
+        return jnp.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
+
+    def sequences(self) -> tuple[jax.Array, jax.Array]:
+        """(tokens, segment_ids) [R, P + N]: prompt + completion, completion continuing the prompt's
+        last segment, padding after the EOS. Teacher-forced `models.token_logprobs` on these gives
+        `logprobs` at columns P-1 .. P+N-2."""
+        segments = jnp.where(self.completion_mask, self.prompt_segment_ids[:, -1:], 0)
+        return (jnp.concatenate([self.prompt_tokens, self.tokens], axis=1),
+                jnp.concatenate([self.prompt_segment_ids, segments], axis=1))
+
+
+def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """z / T with top-k then top-p applied (removed entries -inf), float32 [..., V]."""
+    z = logits.astype(jnp.float32) / temperature
+    if top_k == 0 and top_p == 1:
+        return z
+    if top_k:
+        ranked = jax.lax.top_k(z, min(top_k, z.shape[-1]))[0]  # descending
+        z = jnp.where(z >= ranked[..., -1:], z, -jnp.inf)
+    else:
+        ranked = -jnp.sort(-z, axis=-1)
+    if top_p < 1:
+        probs = jax.nn.softmax(ranked, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)  # >= 1
+        cutoff = jnp.take_along_axis(ranked, kept - 1, axis=-1)
+        z = jnp.where(z >= cutoff, z, -jnp.inf)
+    return z
+
+
+def _pick(logits, key, sc: SamplingConfig):
+    """(token, temperature-1 log-prob, sampled log-prob) for each row of logits [R, V]."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if sc.greedy:
+        token = jnp.argmax(logits, axis=-1)
+        sampled = jnp.zeros(logits.shape[:1], jnp.float32)
+    else:
+        z = filter_logits(logits, sc.temperature, sc.top_k, sc.top_p)
+        token = jax.random.categorical(key, z, axis=-1)
+        sampled = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), token[:, None], axis=-1)[:, 0]
+    token = token.astype(jnp.int32)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], sampled
+
+
+def _record(state, sc: SamplingConfig):
+    """Draws step t's token for every row and writes it (pad after an EOS) into the outputs."""
+    t = state["t"]
+    token, logp, sampled = _pick(state["logits"], jax.random.fold_in(state["rng"], t), sc)
+    live = ~state["finished"] | sc.ignore_eos
+    token = jnp.where(live, token, sc.pad_id)
+    eos = jnp.isin(token, jnp.asarray(sc.eos_ids, jnp.int32)) & live if sc.eos_ids else jnp.zeros_like(live)
+
+    def put(buf, x):
+        return jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, t))
+
+    return dict(state, token=token, tokens=put(state["tokens"], token),
+                logprobs=put(state["logprobs"], jnp.where(live, logp, 0.0)),
+                sampled_logprobs=put(state["sampled_logprobs"], jnp.where(live, sampled, 0.0)),
+                lengths=state["lengths"] + live, finished=state["finished"] | eos)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache",))
+def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
+    R, N = logits.shape[0], sc.max_new_tokens
+    zeros = jnp.zeros((R, N), jnp.float32)
+    state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions, rng=rng,
+                 token=jnp.zeros((R,), jnp.int32), tokens=jnp.full((R, N), sc.pad_id, jnp.int32), logprobs=zeros,
+                 sampled_logprobs=zeros, lengths=jnp.zeros((R,), jnp.int32), finished=jnp.zeros((R,), bool))
+
+    def cond(s):
+        going = s["t"] < N - 1
+        return going if sc.ignore_eos else going & ~jnp.all(s["finished"])
+
+    def body(s):
+        s = _record(s, sc)
+        logits, cache = kv.decode_step(params, cfg, s["cache"], s["token"], s["positions"], segments, mesh)
+        return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
+
+    state = _record(jax.lax.while_loop(cond, body, state), sc)
+    # The cache is returned so that it aliases the donated input: the loop then updates it in place.
+    return {k: state[k] for k in ("tokens", "logprobs", "sampled_logprobs", "lengths", "finished")}, state["cache"]
+
+
+def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: SamplingConfig,
+             mesh=None) -> SampleOutput:
+    """Samples `sampling_cfg.num_samples` completions of every prompt; see `SampleOutput`.
+
+    prompts: a left-padded `PromptBatch` or a list of token-id lists. params may be sharded over
+    `mesh`; rows are then sharded over its data axes and the cache by `models.CACHE_AXES`.
+    """
+    sc = sampling_cfg
+    prompt_lib.check_token_ids(cfg, "SamplingConfig", sc.pad_id, sc.eos_ids)
+    tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=sc.max_new_tokens, pad_id=sc.pad_id,
+                                          width=sc.prompt_width, owner="SamplingConfig")
+    if mesh is not None:
+        tokens, segments = (jax.device_put(x, shd.batch_sharding(mesh, 2)) for x in (tokens, segments))
+    cache, logits, positions, seg, prompt_tokens, prompt_segments = kv.prefill(
+        params, tokens, segments, cfg=cfg, copies=sc.num_samples, cache_len=tokens.shape[1] + sc.max_new_tokens,
+        mesh=mesh)
+    out, _ = _decode(params, cache, logits, positions, seg, rng, cfg=cfg, sc=sc, mesh=mesh)
+    return SampleOutput(**out, prompt_tokens=prompt_tokens, prompt_segment_ids=prompt_segments)

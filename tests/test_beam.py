@@ -1,0 +1,108 @@
+"""Beam search against exhaustive enumeration and against a plain-Python beam search."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_sharpen import sampling
+from rl_sharpen.models import positions_from_segments
+from tests.test_sampling import EOS, PROMPTS, V, enumerate_law, forward, peaky_model
+
+
+def lp(n, alpha):
+    return ((5 + n) / 6) ** alpha
+
+
+def next_logprobs(params, cfg, prompt, n):
+    """{prefix: log p(. | prompt, prefix)} for every prefix of < n tokens (teacher forced, float64)."""
+    seqs = np.array(list(itertools.product(range(V), repeat=n)), np.int32)
+    tokens = jnp.asarray(np.concatenate([np.tile(prompt, (len(seqs), 1)), seqs], axis=1))
+    segments = jnp.ones_like(tokens)
+    logits, _ = forward(params, cfg, tokens, positions_from_segments(segments), segments)
+    logits = np.asarray(logits, np.float64)[:, len(prompt) - 1:-1]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
+        -1, keepdims=True)
+    return {tuple(s[:j].tolist()): logp[i, j] for i, s in enumerate(seqs) for j in range(n)}
+
+
+def python_beam_search(table, width, n, alpha):
+    """The textbook algorithm: beams are (tokens, logp, finished); finished beams stay and compete."""
+    beams = [((), 0.0, False)]
+    for _ in range(n):
+        candidates = []
+        for tokens, logp, finished in beams:
+            if finished:
+                candidates.append((tokens, logp, True))
+            else:
+                candidates += [(tokens + (y,), logp + table[tokens][y], y == EOS) for y in range(V)]
+        beams = sorted(candidates, key=lambda c: -c[1] / lp(len(c[0]), alpha))[:width]
+    return beams
+
+
+def beams_of(out, b):
+    rows = []
+    for w in range(out.tokens.shape[1]):
+        if np.isfinite(float(out.scores[b, w])):
+            n = int(out.lengths[b, w])
+            rows.append((tuple(np.asarray(out.tokens[b, w, :n]).tolist()), float(out.seq_logprobs[b, w])))
+    return rows
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_wide_beam_is_exhaustive_search(alpha):
+    """Width 128 >= the 85 completions of <= 3 tokens: every completion survives, ranked exactly."""
+    cfg, params = peaky_model()
+    n = 3
+    out = sampling.beam_search(params, cfg, PROMPTS,
+                               sampling.BeamConfig(width=128, max_new_tokens=n, eos_ids=(EOS,), length_penalty=alpha))
+    for b, prompt in enumerate(PROMPTS):
+        law = enumerate_law(params, cfg, prompt, n=n)
+        best = max(law, key=lambda y: np.log(law[y]) / lp(len(y), alpha))
+        found = beams_of(out, b)
+        assert len(found) == len(law) == 85
+        assert found[0][0] == best
+        for tokens, seq_logp in found:
+            np.testing.assert_allclose(seq_logp, np.log(law[tokens]), atol=1e-5)
+        scores = np.asarray(out.scores[b, :85])
+        assert np.all(np.diff(scores) <= 0)
+        np.testing.assert_allclose(scores, [s / lp(len(t), alpha) for t, s in found], rtol=1e-6)
+        finished = np.asarray(out.finished[b, :85])
+        assert finished.tolist() == [t[-1] == EOS for t, _ in found]
+    if alpha == 0:  # the argmax ends early for one prompt: finished beams do win
+        assert any(len(beams_of(out, b)[0][0]) < n for b in range(len(PROMPTS)))
+
+
+@pytest.mark.parametrize("width,alpha", [(2, 0.0), (3, 0.8)])
+def test_narrow_beam_matches_python_beam_search(width, alpha):
+    cfg, params = peaky_model(seed=1)
+    n = 4
+    out = sampling.beam_search(params, cfg, PROMPTS, sampling.BeamConfig(width=width, max_new_tokens=n,
+                                                                         eos_ids=(EOS,), length_penalty=alpha))
+    for b, prompt in enumerate(PROMPTS):
+        ref = python_beam_search(next_logprobs(params, cfg, prompt, n), width, n, alpha)
+        found = beams_of(out, b)
+        assert [t for t, _ in found] == [t for t, _, _ in ref]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s, _ in ref], atol=1e-5)
+        per_token = np.asarray(out.logprobs[b]).sum(-1)
+        np.testing.assert_allclose(per_token, np.asarray(out.seq_logprobs[b]), atol=1e-5)
+
+
+def test_width_one_is_greedy():
+    cfg, params = peaky_model()
+    beam = sampling.beam_search(params, cfg, PROMPTS, sampling.BeamConfig(width=1, max_new_tokens=6, eos_ids=(EOS,)))
+    greedy = sampling.generate(params, cfg, PROMPTS, jax.random.key(0),
+                               sampling.SamplingConfig(max_new_tokens=6, greedy=True, eos_ids=(EOS,)))
+    np.testing.assert_array_equal(np.asarray(beam.tokens[:, 0]), np.asarray(greedy.tokens))
+    np.testing.assert_array_equal(np.asarray(beam.lengths[:, 0]), np.asarray(greedy.lengths))
+    np.testing.assert_allclose(np.asarray(beam.seq_logprobs[:, 0]), np.asarray(greedy.logprobs).sum(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("field,value,allowed", [("width", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"),
+                                                 ("length_penalty", float("nan"), "finite")])
+def test_bad_beam_config_names_the_field(field, value, allowed):
+    kwargs = {"width": 2, "max_new_tokens": 4, field: value}
+    with pytest.raises(ValueError, match=rf"BeamConfig\.{field}=.*allowed: .*{allowed}"):
+        sampling.BeamConfig(**kwargs)

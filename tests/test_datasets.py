@@ -1,0 +1,169 @@
+"""Problem loading: formats, gold extraction, malformed rows, the registry, and the real files."""
+
+import collections
+import json
+
+import pytest
+
+from rl_sharpen.tasks import SOURCES, Problem, load_problems
+from rl_sharpen.tasks.datasets import infer_format
+
+
+def write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(row if isinstance(row, str) else json.dumps(row))
+            f.write("\n")
+    return str(path)
+
+
+def test_gsm8k_gold_after_last_hashes_without_thousands_commas(tmp_path):
+    path = write_jsonl(tmp_path / "gsm.jsonl", [
+        {"question": "Q1", "answer": "3 * 360 = <<3*360=1080>>1080\n#### 1,080"},
+        {"question": "Q2", "answer": "#### 5\nmore work\n#### -7"},
+        {"question": "Q3", "answer": "no final line"},
+    ])
+    problems, stats = load_problems(path, format="gsm8k")
+    assert [(p.problem, p.answer) for p in problems] == [("Q1", "1080"), ("Q2", "-7")]
+    assert (stats.num_rows, stats.num_loaded, stats.num_skipped) == (3, 2, 1)
+    assert problems[0].id == f"{tmp_path.name}/gsm/0" and problems[0].source == f"{tmp_path.name}/gsm"
+
+
+def test_math_gold_prefers_answer_then_last_nested_boxed(tmp_path):
+    path = write_jsonl(tmp_path / "math.jsonl", [
+        {"problem": "P1", "solution": r"so \boxed{1} then \boxed{\frac{\sqrt{3}}{2}}.", "level": "Level 4",
+         "type": "Geometry"},
+        {"problem": "P2", "solution": r"\boxed{9}", "answer": r"\left( 3, \frac{\pi}{2} \right)", "level": 2,
+         "subject": "Precalculus", "unique_id": "test/precalculus/807.json"},
+        {"problem": "P3", "solution": "no box", "level": "Level ?"},
+        {"problem": "P4", "solution": r"\boxed{007}", "level": "Level ?"},
+    ])
+    problems, stats = load_problems(path)  # format inferred from the "solution" field
+    assert [p.answer for p in problems] == [r"\frac{\sqrt{3}}{2}", r"\left( 3, \frac{\pi}{2} \right)", "7"]
+    assert [(p.level, p.subject) for p in problems] == [(4, "Geometry"), (2, "Precalculus"), (None, None)]
+    assert problems[1].id.endswith("/test/precalculus/807.json")
+    assert stats.skipped == {"no \\boxed{} in solution": 1}
+
+
+def test_aime_answers_are_integers_without_leading_zeros(tmp_path):
+    path = write_jsonl(tmp_path / "aime.jsonl", [
+        {"id": 60, "problem": "A", "answer": "025"}, {"id": 61, "question": "B", "answer": "204"},
+        {"id": 62, "problem": "C", "answer": "1/2"}, {"id": 63, "problem": "D", "answer": 80},
+    ])
+    problems, stats = load_problems(path, format="aime")
+    assert [(p.problem, p.answer) for p in problems] == [("A", "25"), ("B", "204"), ("D", "80")]
+    assert stats.skipped == {"non-integer AIME answer": 1}
+
+
+def test_malformed_rows_are_skipped_and_counted_never_raised(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [
+        {"problem": "ok", "answer": "1"},
+        "{not json",
+        "[1, 2, 3]",
+        {"problem": "", "answer": "2"},
+        {"question": "no answer field"},
+        {"problem": "null answer", "answer": None},
+        {"problem": "ok too", "answer": "3"},
+    ])
+    problems, stats = load_problems(path, format="qa")
+    assert [p.answer for p in problems] == ["1", "3"]
+    assert stats.num_rows == 7 and stats.num_skipped == 5
+    assert stats.skipped == {"not a JSON object": 2, "missing problem/question": 1, "missing answer": 2}
+
+
+def test_limit_counts_valid_problems(tmp_path):
+    rows = [{"problem": f"p{i}", "answer": str(i)} if i % 2 else "garbage" for i in range(20)]
+    problems, stats = load_problems(write_jsonl(tmp_path / "x.jsonl", rows), limit=3, format="qa")
+    assert [p.answer for p in problems] == ["1", "3", "5"]
+    assert stats.num_rows == 6
+
+
+def test_parquet_through_datasets(tmp_path):
+    import datasets
+
+    path = str(tmp_path / "deepscaler.parquet")
+    datasets.Dataset.from_list([
+        {"problem": "P", "answer": "", "solution": r"\boxed{2}"},
+        {"problem": "Q", "answer": r"\frac{1}{2}", "solution": ""},
+    ]).to_parquet(path)
+    problems, stats = load_problems(path, format="math")
+    assert [p.answer for p in problems] == ["2", r"\frac{1}{2}"]
+    assert stats.num_skipped == 0
+
+
+def test_format_inference():
+    assert infer_format({"question": "q", "answer": "x\n#### 3"}) == "gsm8k"
+    assert infer_format({"problem": "p", "solution": "s"}) == "math"
+    assert infer_format({"question": "q", "answer": r"\frac{1}{2}"}) == "qa"
+
+
+def test_registry_and_argument_errors(tmp_path):
+    assert set(SOURCES) == {"gsm8k", "math", "math500", "minerva", "aime24", "aime25", "deepscaler"}
+    assert SOURCES["gsm8k"].hub_name == "openai/gsm8k" and SOURCES["gsm8k"].config == "main"
+    assert SOURCES["math"].hub_name == "DigitalLearningGmbH/MATH-lighteval"
+    with pytest.raises(ValueError, match="aime24.*deepscaler.*gsm8k"):
+        load_problems("gsm9k")
+    with pytest.raises(ValueError, match=r"split of 'math500' must be one of \['test'\]"):
+        load_problems("math500", split="train")
+    with pytest.raises(ValueError, match="format must be one of"):
+        load_problems(write_jsonl(tmp_path / "a.jsonl", []), format="csv")
+
+
+@pytest.mark.parametrize("name, split, hub_call, source, answer", [
+    ("gsm8k", None, ("openai/gsm8k", "main", "test"), "gsm8k/test", "12"),
+    ("aime24", "test", ("HuggingFaceH4/aime_2024", None, "train"), "aime24/test", "25"),
+    ("math", "train", ("DigitalLearningGmbH/MATH-lighteval", "default", "train"), "math/train", "25"),
+    ("deepscaler", None, ("agentica-org/DeepScaleR-Preview-Dataset", None, "train"), "deepscaler/train", "25"),
+])
+def test_hub_sources_call_datasets_with_their_name_config_and_split(monkeypatch, name, split, hub_call, source,
+                                                                     answer):
+    import datasets
+
+    calls = []
+    rows = {"gsm8k": [{"question": "q", "answer": "#### 12"}]}.get(
+        name, [{"problem": "p", "answer": "025", "solution": r"\boxed{025}", "level": "Level 1"}])
+
+    def fake_load_dataset(path, config=None, split=None):
+        calls.append((path, config, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    problems, _ = load_problems(name, split=split)
+    assert calls == [hub_call]
+    assert (problems[0].answer, problems[0].source) == (answer, source)
+
+
+def test_problem_is_frozen():
+    p = Problem("id", "text", "1")
+    with pytest.raises(AttributeError):
+        p.answer = "2"
+
+
+# --- The real files in shared/data (see their READMEs). ---------------------------------------
+
+
+def test_real_gsm8k(math_data_dir):
+    train, train_stats = load_problems(str(math_data_dir / "gsm8k" / "train.jsonl"))
+    test, test_stats = load_problems(str(math_data_dir / "gsm8k" / "test.jsonl"))
+    assert (len(train), len(test)) == (7473, 1319)
+    assert train_stats.num_skipped == test_stats.num_skipped == 0
+    assert all(p.answer.lstrip("-").replace(".", "", 1).isdigit() for p in train + test)  # commas removed
+    assert train[0].answer == "72" and test[0].answer == "18"
+
+
+def test_real_math500_and_math5000_agree(math_data_dir):
+    m500, _ = load_problems(str(math_data_dir / "math" / "test500.jsonl"))
+    m5000, stats = load_problems(str(math_data_dir / "math" / "test5000.jsonl"))
+    assert (len(m500), len(m5000), stats.num_skipped) == (500, 5000, 0)
+    assert collections.Counter(p.level for p in m5000) == {1: 437, 2: 894, 3: 1131, 4: 1214, 5: 1324}
+    assert collections.Counter(p.subject for p in m500)["Intermediate Algebra"] == 97
+    # Gold from the last \boxed{} of the full solutions equals the answer field of MATH-500.
+    by_text = {p.problem: p for p in m5000}
+    assert all(by_text[p.problem].answer == p.answer for p in m500)
+
+
+def test_real_aime24(math_data_dir):
+    problems, _ = load_problems(str(math_data_dir / "aime24" / "test.jsonl"), format="aime")
+    assert len(problems) == 30
+    assert sorted(int(p.answer) for p in problems)[:3] == [23, 25, 33]
+    assert problems[0].answer == "204" and all(not p.answer.startswith("0") for p in problems)

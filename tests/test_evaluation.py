@@ -1,0 +1,169 @@
+"""pass@k and maj@k against brute force over subsets, the evaluation loop with a fake sampler,
+and the JSON / table / plot outputs."""
+
+import itertools
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from rl_sharpen import evaluation as E
+from rl_sharpen.tasks import Problem
+
+
+def brute_pass_at_k(correct, k):
+    subsets = list(itertools.combinations(correct, k))
+    return Fraction(sum(any(s) for s in subsets), len(subsets))
+
+
+def brute_maj_at_k(keys, correct, k):
+    """Average over subsets; within a subset, average over every tied top answer (uniform tie-break)."""
+    key_correct = {}
+    for key, ok in zip(keys, correct):
+        key_correct.setdefault(key, ok)
+    total = Fraction(0)
+    subsets = list(itertools.combinations(range(len(keys)), k))
+    for subset in subsets:
+        votes = {}
+        for i in subset:
+            if keys[i] is not None:
+                votes[keys[i]] = votes.get(keys[i], 0) + 1
+        if votes:
+            top = [key for key, v in votes.items() if v == max(votes.values())]
+            total += Fraction(sum(key_correct[key] for key in top), len(top))
+    return total / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_matches_brute_force(n):
+    for c in range(n + 1):
+        correct = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            assert E.pass_at_k(n, c, k) == pytest.approx(float(brute_pass_at_k(correct, k)), abs=1e-12)
+
+
+def test_pass_at_k_closed_forms_and_stability():
+    assert E.pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert E.pass_at_k(256, 1, 128) == pytest.approx(0.5)
+    assert E.pass_at_k(1024, 2, 512) == pytest.approx(1 - math.comb(1022, 512) / math.comb(1024, 512))
+    assert E.pass_at_k(1024, 0, 1000) == 0.0 and E.pass_at_k(1024, 30, 1000) == 1.0
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        E.pass_at_k(4, 1, 5)
+
+
+CASES = [
+    (["1", "1", "2", None, "3", "2"], [1, 1, 0, 0, 0, 0]),  # ties between correct and wrong answers
+    (["a", "b", "c", "d", "e"], [0, 1, 0, 0, 0]),  # all distinct: maj@k is a tie of k answers
+    ([None, None, "x", "y"], [0, 0, 1, 0]),
+    (["7"] * 3 + ["8"] * 4, [1] * 3 + [0] * 4),
+]
+
+
+@pytest.mark.parametrize("keys, correct", CASES)
+def test_maj_at_k_exact_enumeration_matches_brute_force(keys, correct):
+    for k in range(1, len(keys) + 1):
+        assert E.maj_at_k(keys, correct, k) == pytest.approx(float(brute_maj_at_k(keys, correct, k)), abs=1e-12)
+
+
+def test_maj_at_k_monte_carlo_is_close_and_seeded():
+    rng = np.random.default_rng(0)
+    keys = [str(v) for v in rng.integers(0, 4, size=14)]
+    correct = [key == "2" for key in keys]
+    exact = float(brute_maj_at_k(keys, correct, 5))  # C(14, 5) = 2002 subsets
+    mc = E.maj_at_k(keys, correct, 5, maj_draws=1000, seed=1)  # 1000 < 2002: Monte Carlo
+    assert mc == pytest.approx(exact, abs=0.05)
+    assert mc == E.maj_at_k(keys, correct, 5, maj_draws=1000, seed=1)
+    assert mc != E.maj_at_k(keys, correct, 5, maj_draws=1000, seed=2)
+    assert E.maj_at_k(keys, correct, 5, maj_draws=5000) == pytest.approx(exact, abs=1e-12)  # enumerated
+
+
+def test_default_k_list():
+    assert E.default_k_list(1) == [1]
+    assert E.default_k_list(8) == [1, 2, 4, 8]
+    assert E.default_k_list(12) == [1, 2, 4, 8, 12]
+
+
+class FakeSampler:
+    """Answers problem i (gold "i") correctly in sample g iff g < i; greedy is right for even i."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, num_samples, greedy):
+        self.calls.append((len(prompts), num_samples, greedy))
+        texts, tokens = [], []
+        for prompt in prompts:
+            i = int(prompt.split()[-1])
+            if greedy:
+                row = [rf"so \boxed{{{i if i % 2 == 0 else i + 1}}}"]
+            else:
+                row = [rf"\boxed{{{i}}}" if g < i else (rf"\boxed{{{100 + g % 2}}}" if g % 3 else "no idea")
+                       for g in range(num_samples)]
+            texts.append(row)
+            tokens.append([10 * (g + 1) for g in range(num_samples)])
+        return E.Generations(texts, np.array(tokens))
+
+
+def make_problems(num):
+    return [Problem(f"p{i}", f"solve {i}", str(i), level=1 + i % 2, subject="odd" if i % 2 else "even")
+            for i in range(num)]
+
+
+def test_evaluate_with_fake_sampler(tmp_path):
+    problems, n = make_problems(6), 4
+    sampler = FakeSampler()
+    report = E.evaluate(sampler, problems, prompt_fn=lambda p: p.problem, n_samples=n, batch_size=4,
+                        verify_workers=1)
+    assert sampler.calls == [(4, 4, False), (4, 1, True), (2, 4, False), (2, 1, True)]
+    s = report.summary
+    num_correct = [min(i, n) for i in range(6)]
+    for k in (1, 2, 4):
+        assert s["pass@k"][k] == pytest.approx(np.mean([E.pass_at_k(n, c, k) for c in num_correct]))
+    assert s["pass@k"][1] == pytest.approx(np.mean(num_correct) / n)
+    assert s["greedy_accuracy"] == pytest.approx(0.5)
+    assert s["mean_response_tokens"] == pytest.approx(25.0)
+    assert s["by_level"]["1"]["num_problems"] == 3 and s["by_subject"]["odd"]["pass@k"][4] == 1.0
+    # Problem 1: one correct "1", wrong answers "101", "100" once each, one without an answer.
+    r1 = report.results[1]
+    assert r1.answers == ["1", "101", "100", None] and r1.rewards.tolist() == [1, 0, 0, 0]
+    assert E.maj_at_k(r1.keys, r1.rewards > 0, 4) == pytest.approx(1 / 3)  # three-way tie
+
+    path = tmp_path / "eval.json"
+    E.save_json(report, str(path))
+    saved = json.loads(path.read_text())
+    assert saved["summary"]["pass@k"]["4"] == s["pass@k"][4]
+    assert saved["problems"][1]["answers"] == ["1", "101", "100", None]
+    assert saved["verify"]["num_items"] == 6 * n + 6
+
+
+def test_table_and_plot(tmp_path):
+    summary = E.summarize([E.ProblemResult(Problem("a", "q", "1"), ["1", "2"], np.array([1.0, 0.0]), np.array([3, 5]))])
+    reloaded = json.loads(json.dumps(summary))  # string keys after JSON
+    table = E.format_table({"base": summary, "rl": reloaded})
+    lines = table.splitlines()
+    assert lines[0].split() == ["model", "pass@1", "pass@2", "maj@1", "maj@2", "greedy", "tokens", "distinct"]
+    assert lines[2].split() == ["base", "50.0", "100.0", "50.0", "50.0", "-", "4", "2.00"]
+    assert lines[3].split()[1:] == lines[2].split()[1:]
+    path = tmp_path / "pass_at_k.png"
+    E.plot_pass_at_k({"base": summary, "rl": reloaded}, str(path), title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generations_from_sampler_rows():
+    tokens = np.array([[1, 2, 0], [3, 0, 0], [4, 5, 6], [7, 8, 0]], dtype=np.int32)  # [B*G, N], B=2, G=2
+    lengths = np.array([2, 1, 3, 2])
+    out = E.generations_from_tokens(tokens, lengths, lambda ids: ",".join(map(str, ids)), num_samples=2)
+    assert out.texts == [["1,2", "3"], ["4,5,6", "7,8"]]
+    np.testing.assert_array_equal(out.num_tokens, [[2, 1], [3, 2]])
+    with pytest.raises(ValueError, match="multiple of num_samples"):
+        E.generations_from_tokens(tokens[:3], lengths[:3], str, num_samples=2)
+
+
+def test_evaluate_rejects_wrongly_shaped_generations():
+    def short(prompts, num_samples, greedy):
+        return E.Generations([["x"]] * len(prompts), np.ones((len(prompts), 1)))
+
+    with pytest.raises(ValueError, match="2 x 3 completions"):
+        E.evaluate(short, make_problems(2), prompt_fn=lambda p: p.problem, n_samples=3)

@@ -1,0 +1,80 @@
+"""Prompt rendering through the SmolLM2 chat template, the plain fallback, and left padding."""
+
+import numpy as np
+import pytest
+
+from rl_sharpen.tasks import PromptConfig, encode_prompts, left_pad, load_tokenizer, render_prompt
+from rl_sharpen.tasks.prompts import pad_id, user_message
+
+PROBLEM = "What is $1+1$?"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_tokenizer_dir):
+    return load_tokenizer(smollm2_tokenizer_dir)
+
+
+def test_default_instruction_wraps_the_problem():
+    text = user_message(PROBLEM)
+    assert text == "What is $1+1$?\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert user_message("x", PromptConfig(template="Q: {problem}\nA:")) == "Q: x\nA:"
+
+
+def test_template_must_hold_one_placeholder():
+    with pytest.raises(ValueError, match="exactly once"):
+        PromptConfig(template="no placeholder")
+    with pytest.raises(ValueError, match="exactly once"):
+        PromptConfig(template="{problem} {problem}")
+
+
+def test_chat_template_renders_user_turn_and_generation_prompt(tokenizer):
+    text = render_prompt(tokenizer, PROBLEM)
+    default_system = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                      "<|im_end|>\n")
+    assert text == (default_system + "<|im_start|>user\n" + user_message(PROBLEM) + "<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    custom = render_prompt(tokenizer, PROBLEM, PromptConfig(system_prompt="Be brief."))
+    assert custom.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+
+
+def test_plain_fallback_without_chat_template(tokenizer):
+    assert render_prompt(tokenizer, PROBLEM, PromptConfig(use_chat_template=False)) == user_message(PROBLEM) + "\n"
+    assert (render_prompt(tokenizer, PROBLEM, PromptConfig(use_chat_template=False, system_prompt="S"))
+            == "S\n\n" + user_message(PROBLEM) + "\n")
+
+    class NoTemplate:  # a tokenizer object without a chat template takes the same path
+        chat_template = None
+
+    assert render_prompt(NoTemplate(), PROBLEM) == user_message(PROBLEM) + "\n"
+
+
+def test_encode_prompts_left_pads_int32(tokenizer):
+    problems = [PROBLEM, "A much longer problem statement " * 5]
+    batch = encode_prompts(tokenizer, problems)
+    b, t = batch.tokens.shape
+    assert batch.tokens.dtype == np.int32 and batch.lengths.dtype == np.int32 and batch.mask.dtype == bool
+    for row, problem in enumerate(problems):
+        ids = tokenizer(render_prompt(tokenizer, problem), add_special_tokens=False)["input_ids"]
+        assert batch.lengths[row] == len(ids)
+        np.testing.assert_array_equal(batch.tokens[row, t - len(ids):], ids)  # right-aligned
+        assert (batch.tokens[row, :t - len(ids)] == pad_id(tokenizer)).all()
+        np.testing.assert_array_equal(batch.mask[row], np.arange(t) >= t - len(ids))
+    assert t == batch.lengths.max()
+    # The chat template already writes <|im_start|> (the BOS of this tokenizer) once.
+    assert (batch.tokens[batch.mask] == tokenizer.bos_token_id).sum() == 2 * 3  # 3 turns per prompt
+    assert tokenizer.decode(batch.tokens[0][batch.mask[0]]) == render_prompt(tokenizer, PROBLEM)
+
+
+def test_left_pad_width_and_errors():
+    batch = left_pad([[5, 6, 7], [8]], pad_id=0, pad_to_multiple=4)
+    np.testing.assert_array_equal(batch.tokens, [[0, 5, 6, 7], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(batch.lengths, [3, 1])
+    np.testing.assert_array_equal(batch.mask, [[0, 1, 1, 1], [0, 0, 0, 1]])
+    assert left_pad([[1] * 5], pad_id=9, pad_to_multiple=4).tokens.shape == (1, 8)
+    with pytest.raises(ValueError, match="max_length 2"):
+        left_pad([[1, 2, 3]], pad_id=0, max_length=2)
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        left_pad([[1], []], pad_id=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        left_pad([], pad_id=0)
+

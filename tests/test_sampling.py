@@ -1,0 +1,279 @@
+"""The sampler against brute force: sequence laws by enumeration, log-probs by teacher forcing,
+greedy decoding by transformers, sharded runs by single-device runs, and its error messages."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from rl_sharpen import models, sampling
+from rl_sharpen import sharding as shd
+from tests import hf_models
+
+V, EOS, N = 5, 1, 3  # vocabulary, end-of-sequence id, new tokens per sample
+forward = jax.jit(models.forward, static_argnums=1)
+
+
+def random_params(cfg, seed: int, std: float = 0.02, mesh=None):
+    """Normal(0, std) weights, unit norms, zero biases (numpy, so nothing compiles)."""
+    rng = np.random.default_rng(seed)
+    specs = models.param_specs(cfg)
+    is_spec = lambda x: hasattr(x, "init")
+    make = {"ones": np.ones, "zeros": np.zeros}
+    params = jax.tree.map(lambda s: make[s.init](s.shape, np.float32) if s.init in make
+                          else (std * rng.standard_normal(s.shape)).astype(np.float32), specs, is_leaf=is_spec)
+    shardings = models.param_shardings(cfg, mesh) if mesh is not None else jax.tree.map(lambda _: None, params)
+    return jax.tree.map(jax.device_put, params, shardings)
+
+
+def peaky_model(seed: int = 0):
+    """A 2-layer model over 5 tokens whose next-token law depends on the whole prefix."""
+    cfg = models.ModelConfig("llama", V, 16, 32, 2, 2, 1, 8, max_position_embeddings=64)
+    params = random_params(cfg, seed)
+    layers = {k: v * (1.0 if k.endswith("norm") else 20.0) for k, v in params["layers"].items()}
+    return cfg, dict(params, layers=layers, lm_head=params["lm_head"] * 8.0)
+
+
+def truncated_law(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """q = softmax(top_p(top_k(z / T))) for one step, written as the textbook loop over ranks."""
+    z = logits.astype(np.float64) / temperature
+    order = np.argsort(-z, kind="stable")
+    keep = np.zeros(len(z), bool)
+    keep[order[:top_k or len(z)]] = True
+    p = np.where(keep, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    if top_p < 1:
+        mass, nucleus = 0.0, np.zeros(len(z), bool)
+        for i in order:
+            if mass >= top_p or not keep[i]:
+                break
+            nucleus[i] = True
+            mass += p[i]
+        p = np.where(nucleus, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+def enumerate_law(params, cfg, prompt, temperature=1.0, top_k=0, top_p=1.0, n=N, eos=EOS):
+    """{completion: probability} over every completion of <= n tokens ending at the first EOS."""
+    seqs = np.array(list(itertools.product(range(cfg.vocab_size), repeat=n)), np.int32)
+    tokens = jnp.asarray(np.concatenate([np.tile(prompt, (len(seqs), 1)), seqs], axis=1))
+    segments = jnp.ones_like(tokens)
+    logits, _ = forward(params, cfg, tokens, models.positions_from_segments(segments), segments)
+    logits = np.asarray(logits)[:, len(prompt) - 1:-1]
+    law = {}
+    for seq, steps in zip(seqs, logits):
+        prob, out = 1.0, []
+        for token, z in zip(seq, steps):
+            prob *= truncated_law(z, temperature, top_k, top_p)[token]
+            out.append(int(token))
+            if token == eos:
+                break
+        law[tuple(out)] = prob
+    return law
+
+
+def empirical(out: sampling.SampleOutput, rows: slice) -> dict:
+    counts = {}
+    for toks, n in zip(np.asarray(out.tokens)[rows], np.asarray(out.lengths)[rows]):
+        key = tuple(int(t) for t in toks[:n])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def chi_square_pvalue(counts: dict, law: dict) -> float:
+    """Pearson chi-square goodness of fit, outcomes with expected count < 5 pooled into one bin."""
+    n = sum(counts.values())
+    assert set(counts) <= {k for k, p in law.items() if p > 0}, "sampled an outcome of probability 0"
+    small = [k for k in law if n * law[k] < 5]
+    observed = [counts.get(k, 0) for k in law if k not in small] + [sum(counts.get(k, 0) for k in small)]
+    expected = [n * law[k] for k in law if k not in small] + [n * sum(law[k] for k in small)]
+    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected) if e > 0)
+    return float(scipy.stats.chi2.sf(stat, df=sum(e > 0 for e in expected) - 1))
+
+
+PROMPTS = [[3, 2, 4], [0, 4]]  # different lengths: the second is left-padded
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.3, 0, 0.75),
+                                                     (0.8, 4, 0.9)])
+def test_sample_law_matches_enumeration(temperature, top_k, top_p):
+    cfg, params = peaky_model()
+    G = 6000
+    sc = sampling.SamplingConfig(max_new_tokens=N, temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=(EOS,),
+                                 num_samples=G, pad_id=0)
+    out = sampling.generate(params, cfg, PROMPTS, jax.random.key(7), sc)
+    assert out.tokens.shape == (len(PROMPTS) * G, N)
+    laws = [enumerate_law(params, cfg, prompt, temperature, top_k, top_p) for prompt in PROMPTS]
+    for b, (prompt, law) in enumerate(zip(PROMPTS, laws)):
+        assert abs(sum(law.values()) - 1) < 1e-9
+        if top_k or top_p < 1:  # the truncation must bite, or this case tests nothing new
+            assert sum(p == 0 for p in law.values()) > 0
+        pvalue = chi_square_pvalue(empirical(out, slice(b * G, (b + 1) * G)), law)
+        assert pvalue > 1e-3, (prompt, pvalue)
+    # sampled_logprobs sum to log q(completion) of the law that was sampled
+    for r in range(0, len(PROMPTS) * G, 997):
+        toks, n = np.asarray(out.tokens[r]), int(out.lengths[r])
+        law = laws[r // G]
+        np.testing.assert_allclose(float(out.sampled_logprobs[r].sum()), np.log(law[tuple(toks[:n].tolist())]),
+                                   atol=1e-4)
+
+
+def test_greedy_takes_the_argmax_path():
+    cfg, params = peaky_model()
+    out = sampling.generate(params, cfg, PROMPTS, jax.random.key(0),
+                            sampling.SamplingConfig(max_new_tokens=N, greedy=True, eos_ids=(EOS,)))
+    for b, prompt in enumerate(PROMPTS):
+        seq = list(prompt)
+        for _ in range(N):
+            batch = sampling.left_pad([seq], width=8)
+            logits, _ = forward(params, cfg, batch.tokens, models.positions_from_segments(batch.segment_ids),
+                                batch.segment_ids)
+            seq.append(int(jnp.argmax(logits[0, -1])))
+            if seq[-1] == EOS:
+                break
+        n = int(out.lengths[b])
+        assert np.asarray(out.tokens[b, :n]).tolist() == seq[len(prompt):]
+        assert np.all(np.asarray(out.tokens[b, n:]) == 0) and np.all(np.asarray(out.sampled_logprobs[b]) == 0)
+
+
+def _teacher_forced_gap(params, cfg, out):
+    seq, seg = out.sequences()
+    P = out.prompt_tokens.shape[1]
+    forced = models.token_logprobs(params, cfg, seq, seg)[:, P - 1:]
+    mask = np.asarray(out.completion_mask)
+    assert mask.sum() > 0
+    return float(np.abs(np.where(mask, np.asarray(forced) - np.asarray(out.logprobs), 0.0)).max())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_logprobs_equal_teacher_forcing(family, tmp_path):
+    hf_models.save_tiny_hf_model(family, tie=family == "qwen2", path=str(tmp_path))
+    cfg, params = models.load_hf(str(tmp_path))
+    prompts = [[5, 17, 3, 44, 9, 60, 22], [70, 4], [8, 8, 8, 8]]
+    sc = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, num_samples=3, eos_ids=(2, 11, 30),
+                                 pad_id=0)
+    out = sampling.generate(params, cfg, prompts, jax.random.key(3), sc)
+    assert 0 < int(out.finished.sum()) < 9 and np.all(np.asarray(out.lengths)[~np.asarray(out.finished)] == 12)
+    assert _teacher_forced_gap(params, cfg, out) <= 1e-5
+    # untruncated temperature-1 sampling: the sampled law is the model
+    np.testing.assert_allclose(np.asarray(out.sampled_logprobs), np.asarray(out.logprobs), atol=1e-6)
+    # rows of one prompt share its prompt; the padding after EOS is pad_id with log-prob 0
+    np.testing.assert_array_equal(np.asarray(out.prompt_tokens[3:6]), np.repeat(out.prompt_tokens[3:4], 3, 0))
+    pad = ~np.asarray(out.completion_mask)
+    assert np.all(np.asarray(out.tokens)[pad] == 0) and np.all(np.asarray(out.logprobs)[pad] == 0)
+
+    cfg16, params16 = models.load_hf(str(tmp_path), dtype="bfloat16")
+    out16 = sampling.generate(params16, cfg16, prompts, jax.random.key(3), sc)
+    gap16 = _teacher_forced_gap(params16, cfg16, out16)
+    print(f"{family}: bfloat16 sampler vs bfloat16 teacher forcing, max |dlogp| = {gap16:.2e}")
+    assert gap16 < 0.1
+
+
+def test_matches_transformers_greedy_on_smollm2():
+    try:
+        path = hf_models.smollm2_folder()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    cfg, params = models.load_hf(path)
+    questions = ["What is 12 times 7? Answer briefly.", "Name the largest planet in the solar system."]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"] for q in questions]
+    out = sampling.generate(params, cfg, prompts, jax.random.key(0),
+                            sampling.SamplingConfig(max_new_tokens=64, greedy=True, eos_ids=cfg.eos_token_ids))
+    for b, ids in enumerate(prompts):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              max_new_tokens=64, do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+        n = int(out.lengths[b])
+        assert np.asarray(out.tokens[b, :n]).tolist() == ref[:n] and len(ref) >= n
+        assert n == 64 or ref[n - 1] in cfg.eos_token_ids
+
+
+def _tiny(mesh=None, std=0.02):
+    cfg = models.ModelConfig("qwen2", 64, 32, 64, 2, 4, 2, 8, max_position_embeddings=128)
+    return cfg, random_params(cfg, 1, std, mesh)
+
+
+def test_sharded_generation_equals_single_device():
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py forces 8 fake CPU devices)")
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    cfg, params = _tiny(std=0.2)
+    _, sharded = _tiny(mesh, std=0.2)
+    assert sharded["layers"]["q"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    prompts = [[3, 9, 27], [5], [7, 7, 7, 7, 7], [1, 2]]
+    for sc in (sampling.SamplingConfig(max_new_tokens=10, temperature=0.9, top_p=0.95, num_samples=2, eos_ids=(4,)),
+               sampling.SamplingConfig(max_new_tokens=10, greedy=True)):
+        ref = sampling.generate(params, cfg, prompts, jax.random.key(5), sc)
+        out = sampling.generate(sharded, cfg, prompts, jax.random.key(5), sc, mesh=mesh)
+        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+        np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
+        assert len(np.unique(np.asarray(ref.tokens))) > 3
+
+
+def test_repeated_calls_do_not_recompile():
+    cfg, params = _tiny()
+    sc = sampling.SamplingConfig(max_new_tokens=4, num_samples=2, eos_ids=(4,))
+    traces = []
+    listener = lambda event, duration, **kw: traces.append(event) if event.endswith("jaxpr_trace_duration") else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        sampling.generate(params, cfg, [[1, 2, 3]], jax.random.key(0), sc)
+        traces.clear()
+        # another prompt length in the same width bucket (16), other tokens, another rng
+        for i, prompt in enumerate([[5] * 9, [6] * 16, [7]]):
+            sampling.generate(params, cfg, [prompt], jax.random.key(i + 1), sc)
+        assert traces == []
+        sampling.generate(params, cfg, [[5] * 17], jax.random.key(0), sc)  # next bucket: 32
+        assert traces
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("temperature", -0.5, r"float >= 0"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
+    ("top_k", -1, ">= 0"), ("num_samples", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("prompt_width", 0, "None"),
+])
+def test_bad_config_names_the_field(field, value, allowed):
+    with pytest.raises(ValueError, match=rf"SamplingConfig\.{field}={value}.*allowed: .*{allowed}"):
+        sampling.SamplingConfig(**{"max_new_tokens": 4, field: value})
+
+
+def test_bad_prompts_are_refused_clearly():
+    cfg, params = _tiny()
+    sc = sampling.SamplingConfig(max_new_tokens=8)
+    rng = jax.random.key(0)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        sampling.generate(params, cfg, [[1, 2], []], rng, sc)
+    with pytest.raises(ValueError, match="prompts is empty"):
+        sampling.generate(params, cfg, [], rng, sc)
+    with pytest.raises(ValueError, match=r"prompt 0 has 125 tokens.*133 positions > ModelConfig.max_position_embeddings=128"):
+        sampling.generate(params, cfg, [[1] * 125], rng, sc)
+    with pytest.raises(ValueError, match=r"prompt 0 has 20 tokens > SamplingConfig.prompt_width=16"):
+        sampling.generate(params, cfg, [[1] * 20], rng, sampling.SamplingConfig(max_new_tokens=8, prompt_width=16))
+    right_padded = sampling.PromptBatch(np.array([[3, 4, 0]]), np.array([[1, 1, 0]]))
+    with pytest.raises(ValueError, match="prompt 0 is not left-padded"):
+        sampling.generate(params, cfg, right_padded, rng, sc)
+    with pytest.raises(ValueError, match=r"token ids outside \[0, vocab_size=64\)"):
+        sampling.generate(params, cfg, [[3, 64]], rng, sc)
+    with pytest.raises(ValueError, match=r"SamplingConfig.eos_ids contains 99"):
+        sampling.generate(params, cfg, [[3]], rng, sampling.SamplingConfig(max_new_tokens=8, eos_ids=(99,)))
+
+
+def test_prompt_batch_and_lists_agree():
+    cfg, params = _tiny()
+    sc = sampling.SamplingConfig(max_new_tokens=5, temperature=0.8, num_samples=2)
+    rows = [[3, 9, 27], [5]]
+    a = sampling.generate(params, cfg, rows, jax.random.key(2), sc)
+    b = sampling.generate(params, cfg, sampling.left_pad(rows, width=7), jax.random.key(2), sc)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert a.prompt_tokens.shape == (4, 16) and sampling.bucket_width(17) == 32 and sampling.bucket_width(3) == 16

@@ -1,0 +1,206 @@
+"""Answer extraction, canonical forms, the equivalence table, and hard timeouts of the verifier."""
+
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from rl_sharpen.tasks.verify import (
+    VerifierPool,
+    canonical_answer,
+    exact_value,
+    extract_answer,
+    symbolic_equal,
+    verify,
+    verify_batch,
+)
+
+# (gold, answer) pairs a careful grader accepts.
+EQUAL = [
+    ("5", "5"), (r"\frac{1}{2}", "0.5"), (r"\frac12", r"\dfrac{1}{2}"), (r"\frac{1}{2}", r"\tfrac12"),
+    (r"2\frac{1}{2}", r"\frac{5}{2}"), (r"2\frac{1}{2}", "2.5"), (r"-\frac{3}{4}", "-0.75"),
+    (r"\frac{-3}{4}", r"-\frac34"),
+    ("3", "3.0"), ("0.5", ".5"), ("1.50", "1.5"), ("-0", "0"), (r"\frac{2}{4}", r"\frac{1}{2}"),
+    (r"\frac{1}{6}", "1/6"),
+    (r"1\frac{1}{3}", r"\frac{4}{3}"), (r"\frac{7}{3}", r"2\frac13"), (r"\dfrac{3}{2}", "1.5"),
+    # thousands separators, units, degrees, percentages, prefixes, wrappers
+    ("1000", "1,000"), ("1000", "1{,}000"), ("1000", r"1\,000"), ("1234567", "1,234,567"),
+    (r"30^\circ", "30"), ("30", r"30^{\circ}"), ("45", "45°"), (r"10\%", "10"), (r"10\%", "0.1"), ("25", r"25\%"),
+    (r"\frac{1}{4}", r"25\%"), (r"50\%", r"\frac{1}{2}"), (r"5\text{ cm}", "5"), ("5", r"5 \text{ cm}^2"),
+    (r"4\text{ inches}", "4"), ("18", "18 dollars"), (r"\$18", "18"), (r"\$1.50", "1.5"), ("3", "x=3"), ("3", "x = 3"),
+    ("x=5", "5"), ("12", "12."), ("5", r"\boxed{5}"), ("2", "{2}"), ("-2", "- 2"), ("7", r"\mathbf{7}"),
+    # radicals, constants, expressions
+    (r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}"), (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt3}{2}"), (r"3\sqrt{2}", r"\sqrt{18}"),
+    (r"2\sqrt{3}", r"\sqrt{12}"), (r"\sqrt{8}", r"2\sqrt{2}"), (r"\frac{1}{\sqrt{3}}", r"\frac{\sqrt{3}}{3}"),
+    (r"\frac{3}{\sqrt{5}}", r"\frac{3\sqrt{5}}{5}"), (r"\dfrac{\sqrt{2}}{2}", r"\frac{\sqrt{2}}{2}"),
+    (r"-\sqrt{3}", r"-1\cdot\sqrt{3}"), (r"\frac{\pi}{2}", r"\pi/2"), (r"6\pi", r"6 \pi"),
+    (r"\frac{9\pi}{4}", r"2.25\pi"),
+    (r"\sqrt{2}", "2^{1/2}"), ("100", "10^2"), ("2^{10}", "1024"), (r"\frac{1}{2^{99}}", "2^{-99}"),
+    (r"\frac{1}{2004!}", r"\frac{1}{2004!}"), ("x^2+2x+1", "(x+1)^2"), ("2x+2", "2(x+1)"), ("a+b", "b+a"),
+    ("3x", r"x \cdot 3"), ("y=2x+1", "2x+1"),
+    # tuples, intervals, sets, plus-minus, infinity, matrices, text
+    ("(1,2)", "(1, 2)"), ("(1,2)", r"\left(1,2\right)"), ("[1,2)", "[1, 2)"), (r"(-\infty, 3]", r"(-\infty,3]"),
+    (r"(0,\infty)", r"(0, \infty)"), (r"\left[ 0, 1 \right]", "[0,1]"), (r"x \in [1,2]", "[1,2]"),
+    (r"(3, \frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)"), (r"\{1,2\}", r"\{2,1\}"), ("1,2", "2, 1"),
+    (r"\{3\}", "3"), (r"\pm 2", "2,-2"), (r"1 \pm \sqrt{2}", r"1+\sqrt{2}, 1-\sqrt{2}"), (r"\infty", r"\infty"),
+    (r"-\infty", r"-\infty"), (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4.0\end{pmatrix}"), (r"\text{(A)}", "A"),
+    (r"\text{Devon}", "Devon"),
+]
+
+# (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
+UNEQUAL = [
+    (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"), (r"\frac{1}{2004!}", r"\frac{1}{2006!}"), ("6", "6.0000001"),
+    (r"\frac{1}{3}", "0.333333"), (r"\frac{1}{3}", "0.3333333333333333"), (r"\sqrt{2}", "1.41421356"),
+    (r"x+\frac{1}{2^{99}}", r"x+\frac{1}{2^{98}}"), (r"(\frac{1}{2^{99}}, 1)", r"(\frac{1}{2^{98}}, 1)"),
+    (r"\{1, \frac{1}{2^{99}}\}", r"\{1, \frac{1}{2^{98}}\}"), (r"\frac{1}{7}", "0.142857"),
+    (r"\frac{\sqrt{3}}{2}", "0.8660254"),
+    ("1/2", "0.50000001"), ("e", "2.718281828"), (r"\frac{1}{10^{20}}", r"\frac{1}{10^{21}}"),
+    ("2", r"\sqrt{4.0000001}"), (r"\sqrt{3}", r"\sqrt{3.00001}"), (r"\pi", "3.14159"), ("0", "0.0000001"),
+    ("10^{-20}", "0"),
+    # plainly different
+    ("[1,2)", "(1,2)"), ("[1,2]", "[1,2)"), ("(1,2)", "(2,1)"), ("(2,3)", "[2,3]"), ("(1,2)", "(1,3)"),
+    (r"\{1,2\}", r"\{1,2,3\}"), (r"\{3\}", r"\{3, 4\}"), (r"\pm 2", "2"), ("5", "6"), ("-5", "5"), ("1000", "100"),
+    ("1,000", "1"), ("1.5", "1.05"), (r"\frac{1}{2}", r"\frac{2}{1}"), (r"\frac{2}{4}", r"\frac{1}{4}"),
+    (r"2\frac{1}{2}", "1"),
+    (r"10\%", "1"), (r"50\%", "0.05"), ("2^{10}", "1000"), (r"\sqrt{8}", r"2\sqrt{3}"), (r"3\sqrt{2}", r"\sqrt{17}"),
+    (r"-\sqrt{3}", r"\sqrt{3}"), (r"\frac{\pi}{2}", r"\frac{\pi}{3}"), (r"\frac{9\pi}{4}", "2.25"),
+    ("x^2+2x+1", "(x-1)^2"),
+    ("2x+2", "2(x+2)"), ("3x", "x+3"), ("y=2x+1", "y=2x+2"), ("x=5", "x=-5"), (r"\infty", r"-\infty"),
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}2\\1\end{pmatrix}"), (r"\text{(A)}", "B"),
+    ("7", r"\mathbf{1}"),
+    ("12", r"1 \text{ or } 2"), ("12", "1,2"),
+]
+
+# Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
+PATHOLOGICAL = ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}", "{" * 400 + "x" + "}" * 400, "99999999999!"]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with VerifierPool(workers=2) as p:
+        yield p
+
+
+def test_table_is_large_and_consistent():
+    assert len(EQUAL) + len(UNEQUAL) >= 60
+    assert not set(EQUAL) & set(UNEQUAL)
+
+
+def test_equivalence_table(pool):
+    pairs = [(g, a, 1.0) for g, a in EQUAL] + [(g, a, 0.0) for g, a in UNEQUAL]
+    completions = [f"Step 1 ... so the result is $\\boxed{{{a}}}$." for _, a, _ in pairs]
+    rewards, stats = verify_batch(completions, [g for g, _, _ in pairs], timeout=20.0, pool=pool)
+    wrong = [(g, a, want) for (g, a, want), got in zip(pairs, rewards) if got != want]
+    assert wrong == []
+    assert stats.num_timeouts == stats.num_errors == stats.num_no_answer == 0
+    assert stats.num_fast >= len(pairs) // 3  # most plain-number pairs never reach sympy
+
+
+@pytest.mark.parametrize("gold, answer", [
+    (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"), (r"\frac{1}{2004!}", r"\frac{1}{2006!}"),
+    (r"x+\frac{1}{2^{99}}", r"x+\frac{1}{2^{98}}"), (r"\{1, \frac{1}{2^{99}}\}", r"\{1, \frac{1}{2^{98}}\}"),
+])
+def test_veto_rejects_what_math_verify_accepts(gold, answer):
+    import math_verify
+
+    parsed = [math_verify.parse(f"${s}$", parsing_timeout=None) for s in (gold, answer)]
+    assert math_verify.verify(*parsed, timeout_seconds=None)  # the weakness being fixed
+    assert not symbolic_equal(answer, gold)
+    assert symbolic_equal(gold, gold)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (r"so $\boxed{\frac{1}{\sqrt{2}}}$.", r"\frac{1}{\sqrt{2}}"),
+    (r"first \boxed{1}, then \boxed{2}", "2"),
+    (r"\fbox{7} done", "7"),
+    (r"\boxed 5 apples", "5"),
+    (r"\boxed{\{1, \{2\}\}}", r"\{1, \{2\}\}"),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,080", "1,080"),
+    ("We get 6. Therefore, the answer is 42.", "42"),
+    ("The answer is: $3.5$.\nDone.", "3.5"),
+    (r"the answer is 5 but \boxed{6}", "6"),
+    (r"unfinished \boxed{12", None),
+    (r"\boxed{}", None),
+    ("no final answer here", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_is_linear_on_long_inputs():
+    text = r"\boxed{" * 20000 + "1"
+    start = time.perf_counter()
+    assert extract_answer(text) is None
+    nested = "{" * 5000 + "2" + "}" * 5000
+    assert extract_answer("x" * 100000 + r"\boxed{" + nested + "}") == nested
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("answer, canonical", [
+    (r"\dfrac12", "1/2"), ("2.50", "5/2"), (r"2\frac12", "5/2"), (r"\left( 1, 2 \right)", "(1,2)"),
+    (r"1\,000", "1000"), (r"x = \sqrt2", r"\sqrt{2}"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
+    (r"90^\circ", "90"), (r"12\text{ m}^2", "12"), (r"\text{(C)}", "(C)"), ("$-3$", "-3"),
+])
+def test_canonical_answer(answer, canonical):
+    assert canonical_answer(answer) == canonical
+
+
+@pytest.mark.parametrize("answer, value", [
+    ("-12", Fraction(-12)), ("0.75", Fraction(3, 4)), (".5", Fraction(1, 2)), ("3/4", Fraction(3, 4)),
+    (r"\frac{-3}{4.5}", Fraction(-2, 3)), (r"-2\frac{1}{2}", Fraction(-5, 2)), ("1,234", Fraction(1234)),
+    (r"\frac{1}{0}", None), ("x", None), (r"\sqrt{2}", None), ("9" * 300, None),
+])
+def test_exact_value(answer, value):
+    assert exact_value(answer) == value
+
+
+def test_fast_path_decides_plain_numbers_without_workers():
+    pool = VerifierPool(workers=1)  # never used: no pair needs sympy
+    completions = [r"\boxed{0.5}", r"\boxed{3}", "#### 1,000", "nothing"]
+    rewards, stats = verify_batch(completions, [r"\frac12", "4", "1000", "1"], pool=pool)
+    np.testing.assert_array_equal(rewards, [1, 0, 1, 0])
+    assert rewards.dtype == np.float32
+    assert (stats.num_fast, stats.num_symbolic, stats.num_no_answer) == (4, 0, 1)
+
+
+def test_verify_single_and_argument_errors(pool):
+    assert verify(r"The answer is $\boxed{\dfrac{3}{4}}$", "0.75") == 1.0
+    assert verify(r"\boxed{0.76}", "0.75") == 0.0
+    with pytest.raises(ValueError, match="differ in length"):
+        verify_batch(["a"], [], pool=pool)
+    with pytest.raises(ValueError, match="timeout"):
+        pool.run([("1", "1")], timeout=0)
+    with pytest.raises(ValueError, match="workers"):
+        VerifierPool(workers=0)
+
+
+def test_memory_limit_applies_in_workers(pool):
+    # Receiving a 50 MB answer needs fresh memory, which a 1 MiB address-space limit refuses: the
+    # worker exits and the pair counts as an error. Under the default 4 GiB limit it is received
+    # (and then merely too slow to parse).
+    with VerifierPool(workers=1, memory_limit_mb=1) as tiny:
+        equal, timeouts, errors = tiny.run([("x" * 50_000_000, "5")], timeout=10.0)
+        assert (equal.tolist(), timeouts, errors) == ([False], 0, 1)
+    assert pool.run([("x" * 50_000_000, "5")], timeout=1.0)[1:] == (1, 0)
+
+
+def test_pathological_answers_time_out_and_score_zero(pool):
+    golds = ["5"] * len(PATHOLOGICAL) + [r"\frac{\sqrt{3}}{2}", "(x+1)^2"]
+    completions = [rf"\boxed{{{a}}}" for a in PATHOLOGICAL] + [r"\boxed{\frac{1}{2}\sqrt{3}}", r"\boxed{x^2+2x+1}"]
+    completions.append(r"\boxed{" + "7" * 50000 + "}")  # over the length cap: rejected unparsed
+    golds.append("7")
+    timeout = 1.0
+    start = time.perf_counter()
+    rewards, stats = verify_batch(completions, golds, timeout=timeout, pool=pool)
+    elapsed = time.perf_counter() - start
+    np.testing.assert_array_equal(rewards, [0] * len(PATHOLOGICAL) + [1, 1, 0])
+    assert (stats.num_timeouts, stats.num_errors, stats.num_symbolic) == (len(PATHOLOGICAL), 0, len(PATHOLOGICAL) + 2)
+    # Ideal: 4 hung pairs / 2 workers * 1 s = 2 s (replacements are warm forks); slack for a busy machine.
+    assert elapsed < 2.0 + 8.0
+    # One hung pair holds one worker; the other keeps going, and the pool is healthy afterwards.
+    pairs = [("9^{9^{9^{9}}}", "5")] + [(f"{i}+1", str(i + 1)) for i in range(6)]
+    equal, timeouts, errors = pool.run(pairs, timeout=3.0)
+    assert equal.tolist() == [False] + [True] * 6
+    assert (timeouts, errors) == (1, 0)
