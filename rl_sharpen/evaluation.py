@@ -26,6 +26,7 @@ import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from rl_sharpen.tasks.datasets import Problem
 from rl_sharpen.tasks.verify import VerifyStats, canonical_answer, extract_answer, verify_batch
@@ -178,7 +179,7 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
     results, stats = [], []
-    for start in range(0, len(problems), batch_size):
+    for start in tqdm(range(0, len(problems), batch_size), desc="eval", unit="batch", dynamic_ncols=True):
         batch = list(problems[start:start + batch_size])
         prompts = [prompt_fn(p) for p in batch]
         sampled = _checked(generate_fn(prompts, n_samples, False), len(batch), n_samples)

@@ -18,9 +18,8 @@ from tqdm import tqdm
 from rl_sharpen.metrics import MetricWriter
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, make_optimizer
-from rl_sharpen.rl.rollout import left_pad
 from rl_sharpen.rl.update import completion_logprobs
-from rl_sharpen.sampling.prompts import bucket_width
+from rl_sharpen.sampling.prompts import bucket_width, left_pad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,14 +33,15 @@ class SFTConfig:
 def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, prompt_width: int,
                completion_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens [N, P + T], segments [N, P + T], completion mask [N, T]) for (prompt, completion) pairs."""
-    prompts, prompt_seg = left_pad([p for p, _ in pairs], prompt_width, pad_id)
+    prompts = left_pad([p for p, _ in pairs], pad_id, prompt_width)
     comp = np.full((len(pairs), completion_width), pad_id, np.int32)
     mask = np.zeros((len(pairs), completion_width), np.float32)
     for i, (_, c) in enumerate(pairs):
         c = list(c)[:completion_width]
         comp[i, :len(c)] = c
         mask[i, :len(c)] = 1
-    return (np.concatenate([prompts, comp], 1), np.concatenate([prompt_seg, mask.astype(np.int32)], 1), mask)
+    return (np.concatenate([prompts.tokens, comp], 1),
+            np.concatenate([prompts.segment_ids, mask.astype(np.int32)], 1), mask)
 
 
 def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):

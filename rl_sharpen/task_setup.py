@@ -41,6 +41,7 @@ class DataConfig:
     synthetic_validation_problems: int = 200  # synthetic validation problems (another seed)
     synthetic_max_steps: int = 3  # operations per synthetic problem, 1..N
     synthetic_max_value: int = 20  # every synthetic number lies in [0, N]
+    synthetic_max_operand: int = 9  # operands of + and - lie in [1, N]
     sft_correct: float = 0.3  # warm-start mixture weight of correct step-by-step chains
     sft_guess: float = 0.4  # ... of bare guesses
     sft_wrong_step: float = 0.3  # ... of chains with one wrong step
@@ -69,7 +70,7 @@ class SyntheticTask:
         self.pad_id = self.tokenizer.pad_id
         self.eos_ids = (self.tokenizer.eos_id,)
         self.arith = synthetic.ArithmeticConfig(max_steps=data.synthetic_max_steps, max_value=data.synthetic_max_value,
-                                                max_operand=min(9, data.synthetic_max_value))
+                                                max_operand=data.synthetic_max_operand)
         self.mix = synthetic.SolutionMix(data.sft_correct, data.sft_guess, data.sft_wrong_step)
 
     def problems(self, split: str) -> list[Problem]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rl_sharpen.tasks import PromptConfig, encode_prompts, left_pad, load_tokenizer, render_prompt
+from rl_sharpen.tasks import PromptConfig, encode_prompts, load_tokenizer, render_prompt
 from rl_sharpen.tasks.prompts import pad_id, user_message
 
 PROBLEM = "What is $1+1$?"
@@ -52,29 +52,21 @@ def test_encode_prompts_left_pads_int32(tokenizer):
     problems = [PROBLEM, "A much longer problem statement " * 5]
     batch = encode_prompts(tokenizer, problems)
     b, t = batch.tokens.shape
-    assert batch.tokens.dtype == np.int32 and batch.lengths.dtype == np.int32 and batch.mask.dtype == bool
+    real = batch.segment_ids != 0
+    assert batch.tokens.dtype == np.int32 and batch.segment_ids.dtype == np.int32
+    lengths = []
     for row, problem in enumerate(problems):
         ids = tokenizer(render_prompt(tokenizer, problem), add_special_tokens=False)["input_ids"]
-        assert batch.lengths[row] == len(ids)
+        lengths.append(len(ids))
         np.testing.assert_array_equal(batch.tokens[row, t - len(ids):], ids)  # right-aligned
         assert (batch.tokens[row, :t - len(ids)] == pad_id(tokenizer)).all()
-        np.testing.assert_array_equal(batch.mask[row], np.arange(t) >= t - len(ids))
-    assert t == batch.lengths.max()
+        np.testing.assert_array_equal(real[row], np.arange(t) >= t - len(ids))
+    assert t == max(lengths)
+    assert encode_prompts(tokenizer, problems, width=t + 5).tokens.shape == (2, t + 5)
     # The chat template already writes <|im_start|> (the BOS of this tokenizer) once.
-    assert (batch.tokens[batch.mask] == tokenizer.bos_token_id).sum() == 2 * 3  # 3 turns per prompt
-    assert tokenizer.decode(batch.tokens[0][batch.mask[0]]) == render_prompt(tokenizer, PROBLEM)
-
-
-def test_left_pad_width_and_errors():
-    batch = left_pad([[5, 6, 7], [8]], pad_id=0, pad_to_multiple=4)
-    np.testing.assert_array_equal(batch.tokens, [[0, 5, 6, 7], [0, 0, 0, 8]])
-    np.testing.assert_array_equal(batch.lengths, [3, 1])
-    np.testing.assert_array_equal(batch.mask, [[0, 1, 1, 1], [0, 0, 0, 1]])
-    assert left_pad([[1] * 5], pad_id=9, pad_to_multiple=4).tokens.shape == (1, 8)
-    with pytest.raises(ValueError, match="max_length 2"):
-        left_pad([[1, 2, 3]], pad_id=0, max_length=2)
-    with pytest.raises(ValueError, match="sequence 1 is empty"):
-        left_pad([[1], []], pad_id=0)
-    with pytest.raises(ValueError, match="non-empty"):
-        left_pad([], pad_id=0)
-
+    assert (batch.tokens[real] == tokenizer.bos_token_id).sum() == 2 * 3  # 3 turns per prompt
+    assert tokenizer.decode(batch.tokens[0][real[0]]) == render_prompt(tokenizer, PROBLEM)
+    with pytest.raises(ValueError, match="padded width is 3"):
+        encode_prompts(tokenizer, problems, width=3)
+    with pytest.raises(ValueError, match="at least one problem"):
+        encode_prompts(tokenizer, [])

@@ -36,18 +36,6 @@ class Task(Protocol):
         ...
 
 
-def left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    segments = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        if len(r) > width:
-            raise ValueError(f"prompt of {len(r)} tokens is longer than the prompt width {width}")
-        if len(r):
-            tokens[i, width - len(r):] = r
-            segments[i, width - len(r):] = 1
-    return tokens, segments
-
-
 def answer_ids(answers: Sequence[str | None], group_size: int) -> np.ndarray:
     """Integer id per answer, equal ids for equal answers within a group, -1 for no answer."""
     ids = np.full(len(answers), -1, np.int32)
@@ -109,8 +97,8 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
                              answer_ids=jnp.asarray(answer_ids(answers, G)), ref_logprobs=ref_lp,
                              policy_logprobs=policy_lp, group_size=G, vocab_size=cfg.vocab_size, **stats)
     rewards, components = rw.compute_rewards(inputs, reward_cfg)
-    advantages = adv.compute_advantages(rewards, G, adv_cfg, correct=inputs.correct)
-    timings["time_score"] = time.perf_counter() - t0
+    advantages = jax.block_until_ready(adv.compute_advantages(rewards, G, adv_cfg, correct=inputs.correct))
+    timings["time_score"] = time.perf_counter() - t0  # waited for: async dispatch would bill it to the update
 
     batch = TrainBatch(tokens=full_tokens, segments=full_segments, completion_mask=mask_j,
                        behaviour_logprobs=jnp.asarray(out.sampled_logprobs, jnp.float32), old_logprobs=policy_lp,

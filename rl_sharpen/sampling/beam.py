@@ -32,7 +32,8 @@ from rl_sharpen.sampling import kv, prompts as prompt_lib
 class BeamConfig:
     """width W beams per prompt; length_penalty is alpha in lp(n) = ((5 + n) / 6) ** alpha.
 
-    max_new_tokens, eos_ids, pad_id and prompt_width mean what they do in `SamplingConfig`.
+    max_new_tokens, eos_ids, pad_id, prompt_width and unroll_layers mean what they do in
+    `SamplingConfig`.
     """
 
     width: int
@@ -41,6 +42,7 @@ class BeamConfig:
     length_penalty: float = 0.0
     pad_id: int = 0
     prompt_width: int | None = None
+    unroll_layers: bool = True
 
     def __post_init__(self):
         eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
@@ -93,7 +95,7 @@ def _select(s, bc: BeamConfig, B: int, W: int):
     # A finished beam has exactly one candidate, itself (slot 0), with its score unchanged.
     itself = jnp.where(jnp.arange(V) == 0, s["seq_logprobs"][..., None], -jnp.inf)
     cand_logp = jnp.where(done[..., None], itself, extended)
-    cand_len = s["lengths"] + 1[..., None]
+    cand_len = jnp.where(done, s["lengths"], s["lengths"] + 1)[..., None]
     cand_score = cand_logp / length_penalty(cand_len, bc.length_penalty)
     scores, flat = jax.lax.top_k(cand_score.reshape(B, W * V), W)
     parent, token = flat // V, (flat % V).astype(jnp.int32)
@@ -120,6 +122,8 @@ def _select(s, bc: BeamConfig, B: int, W: int):
 def _search(params, cache, logits, positions, segments, *, cfg: ModelConfig, bc: BeamConfig, mesh):
     R, N, W = logits.shape[0], bc.max_new_tokens, bc.width
     B = R // W
+    if isinstance(cache["k"], list):
+        params = kv.per_layer_params(params, cfg)
     # Only beam 0 of each prompt is alive at the start, so the first step does not pick duplicates.
     seq = jnp.where(jnp.arange(W)[None, :] == 0, 0.0, -jnp.inf) * jnp.ones((B, 1))
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions,
@@ -154,6 +158,7 @@ def beam_search(params, cfg: ModelConfig, prompts, beam_cfg: BeamConfig, mesh=No
     if mesh is not None:
         tokens, segments = (jax.device_put(x, shd.batch_sharding(mesh, 2)) for x in (tokens, segments))
     cache, logits, positions, seg, _, _ = kv.prefill(
-        params, tokens, segments, cfg=cfg, copies=bc.width, cache_len=tokens.shape[1] + bc.max_new_tokens, mesh=mesh)
+        params, tokens, segments, cfg=cfg, copies=bc.width, cache_len=tokens.shape[1] + bc.max_new_tokens,
+        per_layer=bc.unroll_layers or isinstance(params["layers"], list), mesh=mesh)
     out, _ = _search(params, cache, logits, positions, seg, cfg=cfg, bc=bc, mesh=mesh)
     return out

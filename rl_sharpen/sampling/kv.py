@@ -1,8 +1,12 @@
 """Prefill and single-token decode over the explicit KV cache of `models.transformer`.
 
-Cache layout after `prefill` for B prompts padded to width P, `copies` rows per prompt and
-`cache_len` slots: row b * copies + c holds prompt b; slots [0, P) hold the left-padded prompt,
-slots [P, cache_len) the generated tokens, written one per decode step (`end` = next slot).
+Cache after `prefill` for B prompts padded to width P, `copies` rows per prompt and `cache_len`
+slots: row b * copies + c holds prompt b; slots [0, P) hold the left-padded prompt, slots
+[P, cache_len) the generated tokens, one per decode step (`end` = next slot). With
+`per_layer=True` the cache's "k" / "v" are lists of L arrays [R, S, K, E] and the decode loop runs
+on per-layer weights (`per_layer_params`), the unrolled layout of `models.transformer`: each
+layer's weights and cache are then read and updated in place, where a scan over stacked layers
+copies every layer's weight slice at every step.
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ def constrain(x, mesh, axes):
 def constrain_cache(cache: dict, mesh) -> dict:
     if mesh is None:
         return cache
-    return {k: constrain(v, mesh, transformer.CACHE_AXES[k]) for k, v in cache.items()}
+    out = {}
+    for name, value in cache.items():
+        axes = transformer.CACHE_AXES[name]
+        out[name] = [constrain(v, mesh, axes[1:]) for v in value] if isinstance(value, list) else constrain(
+            value, mesh, axes)
+    return out
 
 
 def constrain_rows(x, mesh):
@@ -35,12 +44,20 @@ def constrain_rows(x, mesh):
     return constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "copies", "cache_len", "mesh"))
-def prefill(params, tokens, segment_ids, *, cfg: ModelConfig, copies: int, cache_len: int, mesh=None):
+def per_layer_params(params: dict, cfg: ModelConfig) -> dict:
+    """params with "layers" as a list of L per-layer dicts (a copy of the layer weights)."""
+    if isinstance(params["layers"], list):
+        return params
+    return dict(params, layers=[jax.tree.map(lambda a: a[i], params["layers"]) for i in range(cfg.num_layers)])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "copies", "cache_len", "per_layer", "mesh"))
+def prefill(params, tokens, segment_ids, *, cfg: ModelConfig, copies: int, cache_len: int, per_layer: bool,
+            mesh=None):
     """Runs the prompts once and repeats the result `copies` times along the batch.
 
-    Returns (cache, logits [B*copies, V] f32 for the first new token, next_positions [B*copies],
-    segments [B*copies] (the segment id new tokens continue), tokens and segment_ids [B*copies, P]).
+    Returns (cache, logits [R, V] f32 for the first new token, next_positions [R], segments [R]
+    (the segment id new tokens continue), tokens and segment_ids [R, P]), R = B * copies.
     """
     B, P = tokens.shape
     tokens, segment_ids = constrain_rows(tokens, mesh), constrain_rows(segment_ids, mesh)
@@ -52,14 +69,17 @@ def prefill(params, tokens, segment_ids, *, cfg: ModelConfig, copies: int, cache
     def rows(x):
         return constrain_rows(jnp.repeat(x, copies, axis=0), mesh)
 
-    def slots(x, pad_value=0):  # [L, B, P, ...] -> [L, B*copies, cache_len, ...]
-        x = jnp.repeat(x, copies, axis=1)
+    def slots(x, batch_axis):  # [..., B, P, ...] -> [..., B * copies, cache_len, ...]
+        x = jnp.repeat(x, copies, axis=batch_axis)
         pad = [(0, 0)] * x.ndim
-        pad[2] = (0, cache_len - P)
-        return jnp.pad(x, pad, constant_values=pad_value)
+        pad[batch_axis + 1] = (0, cache_len - P)
+        return jnp.pad(x, pad)
 
-    cache = {"k": slots(cache["k"]), "v": slots(cache["v"]),
-             "segment_ids": slots(cache["segment_ids"][None])[0], "end": cache["end"]}
+    if per_layer:
+        k, v = ([slots(c[i], 0) for i in range(cfg.num_layers)] for c in (cache["k"], cache["v"]))
+    else:
+        k, v = slots(cache["k"], 1), slots(cache["v"], 1)
+    cache = {"k": k, "v": v, "segment_ids": slots(cache["segment_ids"], 0), "end": cache["end"]}
     return (constrain_cache(cache, mesh), rows(logits), rows(positions[:, -1] + 1), rows(segment_ids[:, -1]),
             rows(tokens), rows(segment_ids))
 
@@ -72,6 +92,9 @@ def decode_step(params, cfg: ModelConfig, cache: dict, tokens, positions, segmen
 
 def take_rows(cache: dict, rows, mesh=None) -> dict:
     """The cache with its batch rows reordered / duplicated to `rows` (beam search reordering)."""
-    out = {"k": jnp.take(cache["k"], rows, axis=1), "v": jnp.take(cache["v"], rows, axis=1),
-           "segment_ids": jnp.take(cache["segment_ids"], rows, axis=0), "end": cache["end"]}
+    if isinstance(cache["k"], list):
+        k, v = ([jnp.take(x, rows, axis=0) for x in c] for c in (cache["k"], cache["v"]))
+    else:
+        k, v = jnp.take(cache["k"], rows, axis=1), jnp.take(cache["v"], rows, axis=1)
+    out = {"k": k, "v": v, "segment_ids": jnp.take(cache["segment_ids"], rows, axis=0), "end": cache["end"]}
     return constrain_cache(out, mesh)

@@ -5,7 +5,7 @@
 """
 
 from rl_sharpen.tasks.datasets import FORMATS, SOURCES, LoadStats, Problem, load_problems
-from rl_sharpen.tasks.prompts import PromptBatch, PromptConfig, encode_prompts, left_pad, load_tokenizer, render_prompt
+from rl_sharpen.tasks.prompts import PromptConfig, encode_prompts, load_tokenizer, render_prompt
 from rl_sharpen.tasks.verify import (
     VerifierPool,
     VerifyStats,
@@ -21,10 +21,8 @@ __all__ = [
     "LoadStats",
     "Problem",
     "load_problems",
-    "PromptBatch",
     "PromptConfig",
     "encode_prompts",
-    "left_pad",
     "load_tokenizer",
     "render_prompt",
     "VerifierPool",

@@ -8,8 +8,8 @@ The default instruction asks for step-by-step reasoning and a boxed final answer
 A prompt is rendered as one user turn (plus an optional system turn) through the tokenizer's
 chat template, with the generation prompt for the assistant appended. A tokenizer without a chat
 template (or `use_chat_template=False`) gets the plain format "{system}\\n\\n{user}\\n".
-`encode_prompts` returns a left-padded int32 batch, so every row's last prompt token is at
-column T - 1 and generation appends at the same position for all rows.
+`encode_prompts` returns the sampler's left-padded `PromptBatch`, so every row's last prompt token
+is at column T - 1 and generation appends at the same position for all rows.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-import numpy as np
+from rl_sharpen.sampling.prompts import PromptBatch, left_pad
 
 PROBLEM_PLACEHOLDER = "{problem}"
 DEFAULT_TEMPLATE = (
@@ -34,13 +34,6 @@ class PromptConfig:
     def __post_init__(self):
         if self.template.count(PROBLEM_PLACEHOLDER) != 1:
             raise ValueError(f"template must contain {PROBLEM_PLACEHOLDER!r} exactly once, got {self.template!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptBatch:
-    tokens: np.ndarray  # [B, T] int32, left-padded with pad_id
-    lengths: np.ndarray  # [B] int32, number of real tokens per row
-    mask: np.ndarray  # [B, T] bool, True on real tokens (the last lengths[b] columns of row b)
 
 
 def load_tokenizer(name_or_path: str, **kwargs: Any):
@@ -77,34 +70,16 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None,
-             pad_to_multiple: int = 1) -> PromptBatch:
-    """Stacks token lists into a left-padded batch of width T = max length rounded up to a
-    multiple of `pad_to_multiple` (fewer distinct shapes to compile)."""
-    if not sequences:
-        raise ValueError("sequences must be non-empty")
-    if pad_to_multiple < 1:
-        raise ValueError(f"pad_to_multiple must be >= 1, got {pad_to_multiple}")
-    lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-    if lengths.min() == 0:
-        raise ValueError(f"sequence {int(lengths.argmin())} is empty")
-    if max_length is not None and lengths.max() > max_length:
-        raise ValueError(f"sequence {int(lengths.argmax())} has {lengths.max()} tokens > max_length {max_length}")
-    width = -(-int(lengths.max()) // pad_to_multiple) * pad_to_multiple
-    tokens = np.full((len(sequences), width), pad_id, dtype=np.int32)
-    for row, sequence in enumerate(sequences):
-        tokens[row, width - len(sequence):] = sequence
-    mask = np.arange(width)[None, :] >= (width - lengths)[:, None]
-    return PromptBatch(tokens, lengths, mask)
-
-
 def encode_prompts(tokenizer, problems: Sequence[str], cfg: PromptConfig = PromptConfig(),
-                   max_length: int | None = None, pad_to_multiple: int = 1) -> PromptBatch:
-    """Renders and tokenizes problems into a left-padded int32 batch.
+                   width: int | None = None) -> PromptBatch:
+    """Renders and tokenizes problems into the sampler's left-padded int32 `PromptBatch`
+    (width: the longest prompt unless given).
 
     A chat template writes its own special tokens (e.g. BOS), so they are not added again; the
     plain format gets the tokenizer's usual special tokens.
     """
     chat = cfg.use_chat_template and _has_chat_template(tokenizer)
     ids = [tokenizer(render_prompt(tokenizer, p, cfg), add_special_tokens=not chat)["input_ids"] for p in problems]
-    return left_pad(ids, pad_id(tokenizer), max_length, pad_to_multiple)
+    if not ids or min(map(len, ids)) == 0:
+        raise ValueError("encode_prompts needs at least one problem, and no prompt may be empty")
+    return left_pad(ids, pad_id(tokenizer), width)

@@ -1,0 +1,91 @@
+"""Time RL steps, split into sample / score / update, for the CPU demo model and for a real
+checkpoint (SmolLM2-135M-Instruct on GSM8K prompts).
+
+  python benchmarks/rl_step.py --out /tmp/rl_step.json [--checkpoint /path/to/SmolLM2-135M-Instruct]
+
+Each setting runs `--steps` RL steps; the first (compilation) is reported separately and the
+rest are averaged.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from rl_sharpen import experiment
+from rl_sharpen.metrics import read_jsonl
+from rl_sharpen.task_setup import build_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = ("time_sample", "time_score", "time_update", "time_step")
+
+
+def _demo_config():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.mode = "rl"
+    return c
+
+
+def _smollm2_config(checkpoint: str, data: str):
+    c = experiment.default_config()
+    c.mode = "rl"
+    c.model.checkpoint = checkpoint
+    c.data.train = c.data.validation = data
+    c.sampling.max_new_tokens = 128
+    c.sampling.num_samples = 4
+    c.rl.prompts_per_step = 4
+    c.optim.learning_rate = 1e-6
+    return c
+
+
+def time_steps(c, steps: int) -> dict:
+    c.train.steps = steps
+    c.train.checkpoint_every = 10**6
+    exp = experiment.parse(c)
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    with tempfile.TemporaryDirectory() as workdir:
+        run = experiment.make_rl_run(exp, workdir, cfg, params, task)
+        run.evaluate = None
+        run.run()
+        rows = read_jsonl(os.path.join(workdir, "train.jsonl"))
+    first, rest = rows[0], rows[1:]
+    return {
+        "sequences_per_step": exp.rl.prompts_per_step * exp.sampling.num_samples,
+        "max_new_tokens": exp.sampling.max_new_tokens,
+        "mean_response_tokens": float(np.mean([r["response_length"] for r in rest])),
+        "first_step_s (with compilation)": {k: first[k] for k in SPLITS},
+        "step_s": {k: float(np.mean([r[k] for r in rest])) for k in SPLITS},
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--checkpoint", default="", help="HF folder of SmolLM2-135M-Instruct (skipped if empty)")
+    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
+    args = parser.parse_args()
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "jax": jax.__version__, "device": str(jax.devices()[0]),
+               "date": time.strftime("%Y-%m-%d")}
+    results["demo"] = time_steps(_demo_config(), args.steps)
+    print("demo", json.dumps(results["demo"], indent=1))
+    if args.checkpoint:
+        results["smollm2_135m"] = time_steps(_smollm2_config(args.checkpoint, args.data), args.steps)
+        print("smollm2", json.dumps(results["smollm2_135m"], indent=1))
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
