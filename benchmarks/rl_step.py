@@ -40,9 +40,9 @@ def _smollm2_config(checkpoint: str, data: str):
     c.mode = "rl"
     c.model.checkpoint = checkpoint
     c.data.train = c.data.validation = data
-    c.sampling.max_new_tokens = 128
+    c.sampling.max_new_tokens = 64
     c.sampling.num_samples = 4
-    c.rl.prompts_per_step = 4
+    c.rl.prompts_per_step = 2
     c.optim.learning_rate = 1e-6
     return c
 
@@ -71,7 +71,7 @@ def time_steps(c, steps: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpoint", default="", help="HF folder of SmolLM2-135M-Instruct (skipped if empty)")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
     args = parser.parse_args()

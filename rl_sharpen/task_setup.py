@@ -139,7 +139,8 @@ class MathTask:
         correct, stats = verify_batch(list(completions), [p.answer for p in problems], timeout=self.verify_timeout)
         answers = [extract_answer(c) for c in completions]
         keys = [None if a is None else canonical_answer(a) for a in answers]
-        return np.asarray(correct, np.float32), keys, {"timeouts": stats.timeouts, "errors": stats.errors}
+        return np.asarray(correct, np.float32), keys, {"timeouts": stats.num_timeouts, "errors": stats.num_errors,
+                                                        "seconds": stats.seconds}
 
     def sft_pairs(self, rng, n):
         raise ValueError("mode='sft' needs data.train='synthetic' (real datasets carry no worked solutions here)")

@@ -90,3 +90,20 @@ def test_config_errors_name_the_field_and_allowed_values():
 def test_every_config_parses(name):
     exp = experiment.parse(_config(name))
     assert exp.mode in ("rl", "demo", "eval")
+
+
+def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data_dir):
+    from rl_sharpen.task_setup import DataConfig, MathTask
+
+    data = DataConfig(train=str(math_data_dir / "gsm8k" / "test.jsonl"),
+                      validation=str(math_data_dir / "gsm8k" / "test.jsonl"), validation_limit=3, train_limit=3)
+    task = MathTask(data, smollm2_tokenizer_dir, verify_timeout=5.0)
+    problems = task.problems("train")
+    assert len(problems) == 3 and problems[0].answer == "18"
+    ids = task.prompt_ids(problems[0])
+    assert task.decode(ids).count("Janet") == 1 and ids[-1] != task.pad_id
+    completions = ["so she makes \\boxed{18} dollars", "The answer is 18.", "\\boxed{17}", "no idea"]
+    correct, answers, stats = task.score(completions, [problems[0]] * 4)
+    assert correct.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert answers[0] == answers[1] and answers[3] is None
+    assert stats["timeouts"] == 0 and stats["errors"] == 0

@@ -67,7 +67,8 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, end, 0, 0))
         k, v = cache_k.astype(dt), cache_v.astype(dt)
     attn = layers.attention(q, k, v, allowed)
-    x = x + jnp.einsum("bthe,hed->btd", attn, p["o"].astype(dt))
+    # contracting (h, e) in storage order: einsum may order them (e, h) and transpose the weight
+    x = x + jax.lax.dot_general(attn, p["o"].astype(dt), (((2, 3), (0, 1)), ((), ())))
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])
     return x, cache_k, cache_v
