@@ -140,23 +140,27 @@ def test_greedy_takes_the_argmax_path():
         assert np.all(np.asarray(out.tokens[b, n:]) == 0) and np.all(np.asarray(out.sampled_logprobs[b]) == 0)
 
 
+token_logprobs = jax.jit(models.token_logprobs, static_argnums=1)
+
+
 def _teacher_forced_gap(params, cfg, out):
     seq, seg = out.sequences()
     P = out.prompt_tokens.shape[1]
-    forced = models.token_logprobs(params, cfg, seq, seg)[:, P - 1:]
+    forced = token_logprobs(params, cfg, seq, seg)[:, P - 1:]
     mask = np.asarray(out.completion_mask)
     assert mask.sum() > 0
     return float(np.abs(np.where(mask, np.asarray(forced) - np.asarray(out.logprobs), 0.0)).max())
+
+
+LOGPROB_PROMPTS = [[5, 17, 3, 44, 9, 60, 22], [70, 4], [8, 8, 8, 8]]
+LOGPROB_CFG = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, num_samples=3, eos_ids=(2, 11, 30))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_logprobs_equal_teacher_forcing(family, tmp_path):
     hf_models.save_tiny_hf_model(family, tie=family == "qwen2", path=str(tmp_path))
     cfg, params = models.load_hf(str(tmp_path))
-    prompts = [[5, 17, 3, 44, 9, 60, 22], [70, 4], [8, 8, 8, 8]]
-    sc = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, num_samples=3, eos_ids=(2, 11, 30),
-                                 pad_id=0)
-    out = sampling.generate(params, cfg, prompts, jax.random.key(3), sc)
+    out = sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(3), LOGPROB_CFG)
     assert 0 < int(out.finished.sum()) < 9 and np.all(np.asarray(out.lengths)[~np.asarray(out.finished)] == 12)
     assert _teacher_forced_gap(params, cfg, out) <= 1e-5
     # untruncated temperature-1 sampling: the sampled law is the model
@@ -166,11 +170,15 @@ def test_logprobs_equal_teacher_forcing(family, tmp_path):
     pad = ~np.asarray(out.completion_mask)
     assert np.all(np.asarray(out.tokens)[pad] == 0) and np.all(np.asarray(out.logprobs)[pad] == 0)
 
-    cfg16, params16 = models.load_hf(str(tmp_path), dtype="bfloat16")
-    out16 = sampling.generate(params16, cfg16, prompts, jax.random.key(3), sc)
-    gap16 = _teacher_forced_gap(params16, cfg16, out16)
-    print(f"{family}: bfloat16 sampler vs bfloat16 teacher forcing, max |dlogp| = {gap16:.2e}")
-    assert gap16 < 0.1
+
+def test_bfloat16_logprob_gap_is_small(tmp_path):
+    """bfloat16 decoding and bfloat16 teacher forcing round differently; the gap is measured, and bounded."""
+    hf_models.save_tiny_hf_model("llama", tie=False, path=str(tmp_path))
+    cfg, params = models.load_hf(str(tmp_path), dtype="bfloat16")
+    out = sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(3), LOGPROB_CFG)
+    gap = _teacher_forced_gap(params, cfg, out)
+    print(f"bfloat16 sampler vs bfloat16 teacher forcing: max |dlogp| = {gap:.2e}")
+    assert 0 < gap < 0.1
 
 
 def test_matches_transformers_greedy_on_smollm2():
@@ -187,12 +195,19 @@ def test_matches_transformers_greedy_on_smollm2():
     questions = ["What is 12 times 7? Answer briefly.", "Name the largest planet in the solar system."]
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for q in questions]
-    out = sampling.generate(params, cfg, prompts, jax.random.key(0),
-                            sampling.SamplingConfig(max_new_tokens=64, greedy=True, eos_ids=cfg.eos_token_ids))
-    for b, ids in enumerate(prompts):
+    # the scanned layout compiles in a fraction of the unrolled one's time; both decode the same
+    sc = sampling.SamplingConfig(max_new_tokens=64, greedy=True, eos_ids=cfg.eos_token_ids, unroll_layers=False)
+    out = sampling.generate(params, cfg, prompts, jax.random.key(0), sc)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # spinning OpenMP threads are slow on a busy machine
+    try:
         with torch.no_grad():
-            ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                              max_new_tokens=64, do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+            refs = [hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                max_new_tokens=64, do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+                    for ids in prompts]
+    finally:
+        torch.set_num_threads(threads)
+    for b, ref in enumerate(refs):
         n = int(out.lengths[b])
         assert np.asarray(out.tokens[b, :n]).tolist() == ref[:n] and len(ref) >= n
         assert n == 64 or ref[n - 1] in cfg.eos_token_ids
@@ -211,13 +226,12 @@ def test_sharded_generation_equals_single_device():
     _, sharded = _tiny(mesh, std=0.2)
     assert sharded["layers"]["q"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
     prompts = [[3, 9, 27], [5], [7, 7, 7, 7, 7], [1, 2]]
-    for sc in (sampling.SamplingConfig(max_new_tokens=10, temperature=0.9, top_p=0.95, num_samples=2, eos_ids=(4,)),
-               sampling.SamplingConfig(max_new_tokens=10, greedy=True)):
-        ref = sampling.generate(params, cfg, prompts, jax.random.key(5), sc)
-        out = sampling.generate(sharded, cfg, prompts, jax.random.key(5), sc, mesh=mesh)
-        np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
-        np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
-        assert len(np.unique(np.asarray(ref.tokens))) > 3
+    sc = sampling.SamplingConfig(max_new_tokens=10, temperature=0.9, top_p=0.95, num_samples=2, eos_ids=(4,))
+    ref = sampling.generate(params, cfg, prompts, jax.random.key(5), sc)
+    out = sampling.generate(sharded, cfg, prompts, jax.random.key(5), sc, mesh=mesh)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
+    assert len(np.unique(np.asarray(ref.tokens))) > 3
 
 
 def test_repeated_calls_do_not_recompile():

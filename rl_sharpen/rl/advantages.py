@@ -32,6 +32,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rl_sharpen.rl.registry import registrar
+
 
 @dataclasses.dataclass(frozen=True)
 class AdvantageConfig:
@@ -52,16 +54,8 @@ Estimator = Callable[[jax.Array, int, AdvantageConfig], jax.Array]
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
 
 
-def register_estimator(name: str):
-    """Decorator: makes `fn(rewards [N], group_size, cfg) -> [N]` available by `name`."""
-
-    def wrap(fn: Estimator) -> Estimator:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return wrap
+# @register_estimator(name): makes `fn(rewards [N], group_size, cfg) -> [N]` available by `name`.
+register_estimator = registrar(ADVANTAGE_ESTIMATORS, "advantage estimator")
 
 
 def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_sharpen.rl import kl
+from rl_sharpen.rl.registry import registrar
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
@@ -104,16 +105,8 @@ Loss = Callable[[jax.Array, LossInputs, "LossConfig"], tuple[jax.Array, dict[str
 LOSSES: dict[str, Loss] = {}
 
 
-def register_loss(name: str):
-    """Decorator: makes `fn(logprobs, batch, cfg) -> (per-token loss [N, T], metrics)` available by `name`."""
-
-    def wrap(fn: Loss) -> Loss:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        LOSSES[name] = fn
-        return fn
-
-    return wrap
+# @register_loss(name): makes `fn(logprobs, batch, cfg) -> (per-token loss [N, T], metrics)` available by `name`.
+register_loss = registrar(LOSSES, "loss")
 
 
 def _reinforce_terms(logprobs, batch, advantages, cfg):

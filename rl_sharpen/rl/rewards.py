@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from rl_sharpen.rl import kl
+from rl_sharpen.rl.registry import registrar
 
 MODES = ("optimization", "sampling")
 NORMALIZATIONS = ("none", "sum", "mean", "weighted_mean")
@@ -116,16 +117,8 @@ RewardComponent = Callable[[RewardInputs, RewardConfig], jax.Array]
 REWARD_COMPONENTS: dict[str, RewardComponent] = {}
 
 
-def register_component(name: str):
-    """Decorator: makes `fn(inputs, cfg) -> [N]` available to RewardConfig by `name`."""
-
-    def wrap(fn: RewardComponent) -> RewardComponent:
-        if name in REWARD_COMPONENTS:
-            raise ValueError(f"reward component {name!r} is already registered")
-        REWARD_COMPONENTS[name] = fn
-        return fn
-
-    return wrap
+# @register_component(name): makes `fn(inputs, cfg) -> [N]` available to RewardConfig by `name`.
+register_component = registrar(REWARD_COMPONENTS, "reward component")
 
 
 def _field(inputs: RewardInputs, name: str, component: str) -> jax.Array:
