@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_sharpen import sharding as shd
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import kv, prompts as prompt_lib
 
@@ -201,8 +200,7 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
     prompt_lib.check_token_ids(cfg, "SamplingConfig", sc.pad_id, sc.eos_ids)
     tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=sc.max_new_tokens, pad_id=sc.pad_id,
                                           width=sc.prompt_width, owner="SamplingConfig")
-    if mesh is not None:
-        tokens, segments = (jax.device_put(x, shd.batch_sharding(mesh, 2)) for x in (tokens, segments))
+    tokens, segments = kv.place_rows(tokens, mesh), kv.place_rows(segments, mesh)
     cache, logits, positions, seg, prompt_tokens, prompt_segments = kv.prefill(
         params, tokens, segments, cfg=cfg, copies=sc.num_samples, cache_len=tokens.shape[1] + sc.max_new_tokens,
         per_layer=sc.unroll_layers or isinstance(params["layers"], list), mesh=mesh)

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_sharpen import sharding as shd
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import kv, prompts as prompt_lib
 
@@ -155,8 +154,7 @@ def beam_search(params, cfg: ModelConfig, prompts, beam_cfg: BeamConfig, mesh=No
     prompt_lib.check_token_ids(cfg, "BeamConfig", bc.pad_id, bc.eos_ids)
     tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=bc.max_new_tokens, pad_id=bc.pad_id,
                                           width=bc.prompt_width, owner="BeamConfig")
-    if mesh is not None:
-        tokens, segments = (jax.device_put(x, shd.batch_sharding(mesh, 2)) for x in (tokens, segments))
+    tokens, segments = kv.place_rows(tokens, mesh), kv.place_rows(segments, mesh)
     cache, logits, positions, seg, _, _ = kv.prefill(
         params, tokens, segments, cfg=cfg, copies=bc.width, cache_len=tokens.shape[1] + bc.max_new_tokens,
         per_layer=bc.unroll_layers or isinstance(params["layers"], list), mesh=mesh)

@@ -44,6 +44,13 @@ def constrain_rows(x, mesh):
     return constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
 
 
+def place_rows(x, mesh):
+    """Host array -> device array with dim 0 over the data axes of `mesh` (replicated if they do not divide it)."""
+    if mesh is None:
+        return jnp.asarray(x)
+    return jax.device_put(x, shd.named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
+
+
 def per_layer_params(params: dict, cfg: ModelConfig) -> dict:
     """params with "layers" as a list of L per-layer dicts (a copy of the layer weights)."""
     if isinstance(params["layers"], list):
