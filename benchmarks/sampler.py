@@ -104,7 +104,7 @@ def bench_rl_sharpen(params, cfg, ids, batch, new_tokens, repeats):
     def prefill():
         return jax.block_until_ready(sampling.kv.prefill(params, tokens, segments, cfg=cfg, copies=1,
                                                          cache_len=tokens.shape[1] + new_tokens,
-                                                         per_layer=sc.unroll_layers))
+                                                         per_layer=sc.fast_decode))
 
     prefill()
     pre = best_time(prefill, repeats)[0]

@@ -196,7 +196,7 @@ def test_matches_transformers_greedy_on_smollm2():
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for q in questions]
     # the scanned layout compiles in a fraction of the unrolled one's time; both decode the same
-    sc = sampling.SamplingConfig(max_new_tokens=64, greedy=True, eos_ids=cfg.eos_token_ids, unroll_layers=False)
+    sc = sampling.SamplingConfig(max_new_tokens=64, greedy=True, eos_ids=cfg.eos_token_ids, fast_decode=False)
     out = sampling.generate(params, cfg, prompts, jax.random.key(0), sc)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # spinning OpenMP threads are slow on a busy machine

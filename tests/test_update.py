@@ -87,5 +87,9 @@ def test_sharded_step_matches_single_device():
     s8, m8 = jax.jit(step, donate_argnums=0)(state, sharded_batch)
     assert s8["params"]["layers"]["gate"].sharding.spec == shd.logical_to_spec(("layers", "embed", "mlp"), mesh)
     np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
+    np.testing.assert_allclose(m1["grad_norm"], m8["grad_norm"], rtol=1e-5)
+    # Adam's first step is lr * g / (|g| + eps): for a gradient entry near zero a different reduction
+    # order moves the update by a visible fraction of lr, so the updates agree to 1% of lr (a sharding
+    # bug moves them by O(lr)).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4),
                  s1["params"], s8["params"])

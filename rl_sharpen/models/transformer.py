@@ -10,11 +10,6 @@ The KV cache is an explicit pytree:
 
 Slots [0, end) are filled; a call writes its T tokens to slots [end, end + T) and returns the cache
 with end += T. Slot order is time order (batches are left-padded), so causality is slot order.
-
-Per-layer layout: `params["layers"]` may also be a list of L per-layer dicts (and the cache's "k" /
-"v" lists of L arrays [B, S, K, E]); the layers then run as an unrolled Python loop. Each layer
-reads its own buffers, where `lax.scan` over stacked weights first copies every layer's slice
-(about half the speed of memory-bound decoding on CPU), at the price of a longer compile.
 """
 
 from __future__ import annotations
@@ -97,16 +92,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
     if remat:
         step = jax.checkpoint(step, prevent_cse=False)
     xs = (params["layers"], None, None) if cache is None else (params["layers"], cache["k"], cache["v"])
-    if isinstance(params["layers"], (list, tuple)):  # per-layer layout (module docstring): unrolled
-        L = len(params["layers"])
-        ks, vs = ([None] * L, [None] * L) if cache is None else (cache["k"], cache["v"])
-        new_k, new_v = [], []
-        for p, ck, cv in zip(params["layers"], ks, vs):
-            x, (ck, cv) = step(x, (p, ck, cv))
-            new_k.append(ck)
-            new_v.append(cv)
-    else:
-        x, (new_k, new_v) = jax.lax.scan(step, x, xs)
+    x, (new_k, new_v) = jax.lax.scan(step, x, xs)
     x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     if cache is not None:
         cache = {"k": new_k, "v": new_v, "segment_ids": key_segments, "end": end + T}

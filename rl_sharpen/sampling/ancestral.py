@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.sampling import kv, prompts as prompt_lib
+from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +41,9 @@ class SamplingConfig:
     pad_id          fills prompt padding and the positions after a sample's EOS.
     prompt_width    fixed padded prompt width (one compile for every batch); None pads the batch
                     to max(16, next power of two >= its longest prompt).
-    unroll_layers   decode with per-layer weights and cache (kv.py): about 2x faster memory-bound
-                    decoding on CPU, for a copy of the layer weights during the call and a compile
-                    time that grows with depth. False scans over the stacked layers.
+    fast_decode     decode with `decode.step` (per-layer weights laid out [out, in], unrolled):
+                    2-4x faster on CPU, for a copy of the weights during the call and a compile time
+                    that grows with depth. False decodes with `models.forward` scanned over layers.
     """
 
     max_new_tokens: int
@@ -56,7 +56,7 @@ class SamplingConfig:
     num_samples: int = 1
     pad_id: int = 0
     prompt_width: int | None = None
-    unroll_layers: bool = True
+    fast_decode: bool = True
 
     def __post_init__(self):
         eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
@@ -168,8 +168,8 @@ def _record(state, sc: SamplingConfig):
 @functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache",))
 def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
     R, N = logits.shape[0], sc.max_new_tokens
-    if isinstance(cache["k"], list):
-        params = kv.per_layer_params(params, cfg)
+    weights, decode_step = (decode.prepare(params, cfg), decode.step) if sc.fast_decode else (
+        params, kv.decode_step)
     zeros = jnp.zeros((R, N), jnp.float32)
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions, rng=rng,
                  token=jnp.zeros((R,), jnp.int32), tokens=jnp.full((R, N), sc.pad_id, jnp.int32), logprobs=zeros,
@@ -181,7 +181,7 @@ def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig
 
     def body(s):
         s = _record(s, sc)
-        logits, cache = kv.decode_step(params, cfg, s["cache"], s["token"], s["positions"], segments, mesh)
+        logits, cache = decode_step(weights, cfg, s["cache"], s["token"], s["positions"], segments, mesh)
         return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
 
     state = _record(jax.lax.while_loop(cond, body, state), sc)
@@ -203,6 +203,6 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
     tokens, segments = kv.place_rows(tokens, mesh), kv.place_rows(segments, mesh)
     cache, logits, positions, seg, prompt_tokens, prompt_segments = kv.prefill(
         params, tokens, segments, cfg=cfg, copies=sc.num_samples, cache_len=tokens.shape[1] + sc.max_new_tokens,
-        per_layer=sc.unroll_layers or isinstance(params["layers"], list), mesh=mesh)
+        per_layer=sc.fast_decode, mesh=mesh)
     out, _ = _decode(params, cache, logits, positions, seg, rng, cfg=cfg, sc=sc, mesh=mesh)
     return SampleOutput(**out, prompt_tokens=prompt_tokens, prompt_segment_ids=prompt_segments)

@@ -24,14 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.sampling import kv, prompts as prompt_lib
+from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """width W beams per prompt; length_penalty is alpha in lp(n) = ((5 + n) / 6) ** alpha.
 
-    max_new_tokens, eos_ids, pad_id, prompt_width and unroll_layers mean what they do in
+    max_new_tokens, eos_ids, pad_id, prompt_width and fast_decode mean what they do in
     `SamplingConfig`.
     """
 
@@ -41,7 +41,7 @@ class BeamConfig:
     length_penalty: float = 0.0
     pad_id: int = 0
     prompt_width: int | None = None
-    unroll_layers: bool = True
+    fast_decode: bool = True
 
     def __post_init__(self):
         eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
@@ -121,8 +121,8 @@ def _select(s, bc: BeamConfig, B: int, W: int):
 def _search(params, cache, logits, positions, segments, *, cfg: ModelConfig, bc: BeamConfig, mesh):
     R, N, W = logits.shape[0], bc.max_new_tokens, bc.width
     B = R // W
-    if isinstance(cache["k"], list):
-        params = kv.per_layer_params(params, cfg)
+    weights, decode_step = (decode.prepare(params, cfg), decode.step) if bc.fast_decode else (
+        params, kv.decode_step)
     # Only beam 0 of each prompt is alive at the start, so the first step does not pick duplicates.
     seq = jnp.where(jnp.arange(W)[None, :] == 0, 0.0, -jnp.inf) * jnp.ones((B, 1))
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions,
@@ -136,7 +136,7 @@ def _search(params, cache, logits, positions, segments, *, cfg: ModelConfig, bc:
     def body(s):
         s = _select(s, bc, B, W)
         cache = kv.take_rows(s["cache"], s["rows"], mesh)
-        logits, cache = kv.decode_step(params, cfg, cache, s["token"], s["positions"], segments, mesh)
+        logits, cache = decode_step(weights, cfg, cache, s["token"], s["positions"], segments, mesh)
         return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
 
     s = _select(jax.lax.while_loop(cond, body, state), bc, B, W)
@@ -157,6 +157,6 @@ def beam_search(params, cfg: ModelConfig, prompts, beam_cfg: BeamConfig, mesh=No
     tokens, segments = kv.place_rows(tokens, mesh), kv.place_rows(segments, mesh)
     cache, logits, positions, seg, _, _ = kv.prefill(
         params, tokens, segments, cfg=cfg, copies=bc.width, cache_len=tokens.shape[1] + bc.max_new_tokens,
-        per_layer=bc.unroll_layers or isinstance(params["layers"], list), mesh=mesh)
+        per_layer=bc.fast_decode, mesh=mesh)
     out, _ = _search(params, cache, logits, positions, seg, cfg=cfg, bc=bc, mesh=mesh)
     return out

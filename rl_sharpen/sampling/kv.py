@@ -3,10 +3,9 @@
 Cache after `prefill` for B prompts padded to width P, `copies` rows per prompt and `cache_len`
 slots: row b * copies + c holds prompt b; slots [0, P) hold the left-padded prompt, slots
 [P, cache_len) the generated tokens, one per decode step (`end` = next slot). With
-`per_layer=True` the cache's "k" / "v" are lists of L arrays [R, S, K, E] and the decode loop runs
-on per-layer weights (`per_layer_params`), the unrolled layout of `models.transformer`: each
-layer's weights and cache are then read and updated in place, where a scan over stacked layers
-copies every layer's weight slice at every step.
+`per_layer=True` the cache's "k" / "v" are lists of L arrays [R, K, S, E], heads before slots (for
+`decode.step`): every layer's cache is updated in place and attention reads it without a transpose;
+otherwise they are stacked [L, R, S, K, E] as `models.forward` takes them (`decode_step`).
 """
 
 from __future__ import annotations
@@ -28,14 +27,17 @@ def constrain(x, mesh, axes):
     return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, axes, x.shape))
 
 
+PER_LAYER_CACHE_AXES = ("batch", "kv_heads", "cache_sequence", "head_dim")
+
+
 def constrain_cache(cache: dict, mesh) -> dict:
     if mesh is None:
         return cache
     out = {}
     for name, value in cache.items():
         axes = transformer.CACHE_AXES[name]
-        out[name] = [constrain(v, mesh, axes[1:]) for v in value] if isinstance(value, list) else constrain(
-            value, mesh, axes)
+        out[name] = [constrain(v, mesh, PER_LAYER_CACHE_AXES) for v in value] if isinstance(value, list) else (
+            constrain(value, mesh, axes))
     return out
 
 
@@ -49,13 +51,6 @@ def place_rows(x, mesh):
     if mesh is None:
         return jnp.asarray(x)
     return jax.device_put(x, shd.named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
-
-
-def per_layer_params(params: dict, cfg: ModelConfig) -> dict:
-    """params with "layers" as a list of L per-layer dicts (a copy of the layer weights)."""
-    if isinstance(params["layers"], list):
-        return params
-    return dict(params, layers=[jax.tree.map(lambda a: a[i], params["layers"]) for i in range(cfg.num_layers)])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "copies", "cache_len", "per_layer", "mesh"))
@@ -83,7 +78,7 @@ def prefill(params, tokens, segment_ids, *, cfg: ModelConfig, copies: int, cache
         return jnp.pad(x, pad)
 
     if per_layer:
-        k, v = ([slots(c[i], 0) for i in range(cfg.num_layers)] for c in (cache["k"], cache["v"]))
+        k, v = ([slots(c[i], 0).transpose(0, 2, 1, 3) for i in range(cfg.num_layers)] for c in (cache["k"], cache["v"]))
     else:
         k, v = slots(cache["k"], 1), slots(cache["v"], 1)
     cache = {"k": k, "v": v, "segment_ids": slots(cache["segment_ids"], 0), "end": cache["end"]}
