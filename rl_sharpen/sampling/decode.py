@@ -78,7 +78,7 @@ def _attention(q, cache_k, cache_v, allowed):
 
 
 def _layer(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_v, end):
-    """One pre-norm decoder layer for x [R, D] (one token per row); cache_k/v [R, S, K, E]."""
+    """One pre-norm decoder layer for x [R, D] (one token per row); cache_k/v [R, K, S, E]."""
     R = x.shape[0]
     H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
