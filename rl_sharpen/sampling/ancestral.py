@@ -20,7 +20,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
@@ -59,8 +58,7 @@ class SamplingConfig:
     fast_decode: bool = True
 
     def __post_init__(self):
-        eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
-        object.__setattr__(self, "eos_ids", tuple(sorted({int(e) for e in eos})))
+        object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
         if self.temperature == 0:
             object.__setattr__(self, "greedy", True)
         checks = [
@@ -72,9 +70,7 @@ class SamplingConfig:
             ("pad_id", self.pad_id >= 0, "a token id >= 0"),
             ("prompt_width", self.prompt_width is None or self.prompt_width >= 1, "None or an integer >= 1"),
         ]
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"SamplingConfig.{field}={getattr(self, field)!r}; allowed: {allowed}")
+        prompt_lib.check_fields(self, checks)
 
 
 @jax.tree_util.register_dataclass
@@ -168,8 +164,7 @@ def _record(state, sc: SamplingConfig):
 @functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache",))
 def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
     R, N = logits.shape[0], sc.max_new_tokens
-    weights, decode_step = (decode.prepare(params, cfg), decode.step) if sc.fast_decode else (
-        params, kv.decode_step)
+    weights, decode_step = decode.decoder(params, cfg, sc.fast_decode)
     zeros = jnp.zeros((R, N), jnp.float32)
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions, rng=rng,
                  token=jnp.zeros((R,), jnp.int32), tokens=jnp.full((R, N), sc.pad_id, jnp.int32), logprobs=zeros,

@@ -44,8 +44,7 @@ class BeamConfig:
     fast_decode: bool = True
 
     def __post_init__(self):
-        eos = (self.eos_ids,) if isinstance(self.eos_ids, (int, np.integer)) else self.eos_ids
-        object.__setattr__(self, "eos_ids", tuple(sorted({int(e) for e in eos})))
+        object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
         checks = [
             ("width", self.width >= 1, "an integer >= 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
@@ -53,9 +52,7 @@ class BeamConfig:
             ("pad_id", self.pad_id >= 0, "a token id >= 0"),
             ("prompt_width", self.prompt_width is None or self.prompt_width >= 1, "None or an integer >= 1"),
         ]
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"BeamConfig.{field}={getattr(self, field)!r}; allowed: {allowed}")
+        prompt_lib.check_fields(self, checks)
 
 
 @jax.tree_util.register_dataclass
@@ -121,8 +118,7 @@ def _select(s, bc: BeamConfig, B: int, W: int):
 def _search(params, cache, logits, positions, segments, *, cfg: ModelConfig, bc: BeamConfig, mesh):
     R, N, W = logits.shape[0], bc.max_new_tokens, bc.width
     B = R // W
-    weights, decode_step = (decode.prepare(params, cfg), decode.step) if bc.fast_decode else (
-        params, kv.decode_step)
+    weights, decode_step = decode.decoder(params, cfg, bc.fast_decode)
     # Only beam 0 of each prompt is alive at the start, so the first step does not pick duplicates.
     seq = jnp.where(jnp.arange(W)[None, :] == 0, 0.0, -jnp.inf) * jnp.ones((B, 1))
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions,

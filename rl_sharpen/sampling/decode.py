@@ -50,6 +50,12 @@ def prepare(params: dict, cfg: ModelConfig) -> dict:
             "layers": per_layer}
 
 
+def decoder(params: dict, cfg: ModelConfig, fast: bool):
+    """(weights, step function) for a decode loop: `prepare` + `step`, or the stacked params +
+    `kv.decode_step` (`models.forward` scanned over layers)."""
+    return (prepare(params, cfg), step) if fast else (params, kv.decode_step)
+
+
 def _linear(w, x, out_dtype=None):
     """x [R, in] -> x W^T [R, out] for W [out, in], evaluated as (W x^T)^T.
 

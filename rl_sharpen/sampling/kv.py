@@ -33,12 +33,8 @@ PER_LAYER_CACHE_AXES = ("batch", "kv_heads", "cache_sequence", "head_dim")
 def constrain_cache(cache: dict, mesh) -> dict:
     if mesh is None:
         return cache
-    out = {}
-    for name, value in cache.items():
-        axes = transformer.CACHE_AXES[name]
-        out[name] = [constrain(v, mesh, PER_LAYER_CACHE_AXES) for v in value] if isinstance(value, list) else (
-            constrain(value, mesh, axes))
-    return out
+    return {name: [constrain(v, mesh, PER_LAYER_CACHE_AXES) for v in value] if isinstance(value, list)
+            else constrain(value, mesh, transformer.CACHE_AXES[name]) for name, value in cache.items()}
 
 
 def constrain_rows(x, mesh):

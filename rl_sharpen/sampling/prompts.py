@@ -115,3 +115,17 @@ def check_token_ids(cfg: ModelConfig, owner: str, pad_id: int, eos_ids: tuple[in
     for e in eos_ids:
         if not 0 <= e < cfg.vocab_size:
             raise ValueError(f"{owner}.eos_ids contains {e}; allowed: ids in [0, vocab_size={cfg.vocab_size})")
+
+
+def eos_tuple(eos_ids) -> tuple[int, ...]:
+    """One id or a collection of ids as a sorted tuple without repeats."""
+    eos = (eos_ids,) if isinstance(eos_ids, (int, np.integer)) else eos_ids
+    return tuple(sorted({int(e) for e in eos}))
+
+
+def check_fields(config, checks) -> None:
+    """Raises naming `Owner.field=value` and the allowed values for the first (field, ok, allowed) not ok."""
+    for field, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r}; allowed: {allowed}")
+
