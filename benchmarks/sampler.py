@@ -4,21 +4,24 @@
 
 Same checkpoint in float32 on CPU, one chat-formatted prompt of ~64 tokens repeated `batch` times,
 128 new tokens without early stop. tokens/s = batch * new_tokens / wall time of one generate call
-(prefill included, compilation excluded and reported separately), best of --repeats. Both sides
-use --threads CPU threads: torch.set_num_threads, and XLA's CPU client, which sizes its thread
-pool to the cores it may run on (pinned here with os.sched_setaffinity when --threads is smaller).
-transformers is also timed with 1 thread (OpenMP threads that spin at barriers slow down badly
-on a shared machine) and the ratio is taken against its faster setting.
+(prefill included, compilation excluded and reported separately), best of --repeats, the repeats of
+all contenders interleaved so that a slow spell of a shared machine does not favour one of them.
+Both sides use --threads CPU threads: torch.set_num_threads, and XLA's CPU client, which sizes its
+thread pool to the cores it may run on (pinned here with os.sched_setaffinity when --threads is
+smaller). transformers is also timed with 1 thread (OpenMP threads that spin at barriers slow down
+badly on a shared machine) and the ratio is taken against its faster setting.
 
 Batch-1 decode is compared with the memory-bandwidth roofline: every step reads all weights once,
 
-    roofline step time = weight bytes / host copy bandwidth,
+    roofline step time = weight bytes / read bandwidth,
 
-bandwidth = the faster of two measured read rates over 1 GiB: a numpy copy (bytes / time, the read
-side of the copy) and an XLA reduction (`jnp.sum`, on the threads XLA decodes with). Counting a
-copy's read and write, STREAM-style, doubles the numpy figure; the faster rate is used so the
-roofline fraction is not flattered. Also
-reported: |sampler log-prob - teacher-forced log-prob| on sampled completions, float32 and bfloat16.
+where the read bandwidth is the faster of two rates measured over 1 GiB: a numpy copy (bytes / time,
+the read side of the copy) and an XLA reduction (`jnp.sum`, on the threads XLA decodes with);
+counting a copy's read and write, STREAM-style, would double the numpy figure, and taking the faster
+rate keeps the roofline fraction from being flattered. The decode step is the marginal cost of a
+token, (T(128 tokens) - T(2 tokens)) / 126 for the best times T of whole calls, so prefill and the
+per-call weight re-layout are not counted in it. Also reported: |sampler log-prob - teacher-forced
+log-prob| on sampled completions, float32 and bfloat16.
 """
 
 from __future__ import annotations
@@ -93,43 +96,69 @@ def read_bandwidths(nbytes: int = 1 << 30) -> dict[str, float]:
             "xla_sum": nbytes / best_time(lambda: total(x).block_until_ready(), 5)[0]}
 
 
-def bench_rl_sharpen(params, cfg, ids, batch, new_tokens, repeats):
+def rl_sharpen_runner(params, cfg, ids, batch, new_tokens):
+    """A function timing one `generate` call of `new_tokens` greedy tokens (seconds, tokens)."""
     sc = sampling.SamplingConfig(max_new_tokens=new_tokens, greedy=True, ignore_eos=True)
     rng = jax.random.key(0)
 
     def run():
-        return jax.block_until_ready(sampling.generate(params, cfg, [ids] * batch, rng, sc))
+        t = time.perf_counter()
+        out = jax.block_until_ready(sampling.generate(params, cfg, [ids] * batch, rng, sc))
+        return time.perf_counter() - t, np.asarray(out.tokens)
 
-    t = time.perf_counter()
-    run()
-    first = time.perf_counter() - t
-    total, out = best_time(run, repeats)
-    tokens, segments = sampling.prompts.prepare([ids] * batch, cfg, max_new_tokens=new_tokens, pad_id=0,
-                                                width=None, owner="SamplingConfig")
-
-    def prefill():
-        return jax.block_until_ready(sampling.kv.prefill(params, tokens, segments, cfg=cfg, copies=1,
-                                                         cache_len=tokens.shape[1] + new_tokens,
-                                                         per_layer=sc.fast_decode))
-
-    prefill()
-    pre = best_time(prefill, repeats)[0]
-    return {"tokens_per_s": batch * new_tokens / total, "seconds": total, "compile_seconds": first - total,
-            "prefill_seconds": pre, "decode_step_seconds": (total - pre) / (new_tokens - 1)}, np.asarray(out.tokens)
+    return run
 
 
-def bench_transformers(model, ids, batch, new_tokens, repeats, threads):
-    torch.set_num_threads(threads)
+def transformers_runner(model, ids, batch, new_tokens, threads):
     x = torch.tensor([ids] * batch, dtype=torch.long)
+    config = transformers.GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                                           pad_token_id=0)
 
-    def run(n=new_tokens):
-        config = transformers.GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    def run():
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
         with torch.no_grad():
-            return model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+            out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+        return time.perf_counter() - t, out[:, len(ids):].numpy()
 
-    run(4)
-    total, out = best_time(run, repeats)
-    return {"tokens_per_s": batch * new_tokens / total, "seconds": total, "threads": threads}, out[:, len(ids):].numpy()
+    return run
+
+
+def bench_batch(params, cfg, hf, ids, batch):
+    """Best-of-`repeats` wall time of every contender, their repeats interleaved so that a slow
+    spell of the machine hits all of them alike.
+
+    rl_sharpen's decode step is the marginal cost of a token: (T(N) - T(2)) / (N - 2), T(n) the
+    call generating n tokens (prefill, weight re-layout and the first tokens cancel out).
+    """
+    N = ARGS.new_tokens
+    runners = {"rl_sharpen": rl_sharpen_runner(params, cfg, ids, batch, N),
+               "rl_sharpen_2_tokens": rl_sharpen_runner(params, cfg, ids, batch, 2)}
+    if hf is not None:
+        runners.update({f"transformers_{n}": transformers_runner(hf, ids, batch, N, n)
+                        for n in sorted({ARGS.threads, 1})})
+    compile_seconds = runners["rl_sharpen"]()[0]
+    runners["rl_sharpen_2_tokens"]()
+    if hf is not None:
+        transformers_runner(hf, ids, batch, 4, ARGS.threads)()
+    best, tokens = {name: float("inf") for name in runners}, {}
+    for _ in range(ARGS.repeats):
+        for name, run in runners.items():
+            seconds, tokens[name] = run()
+            best[name] = min(best[name], seconds)
+    step = (best["rl_sharpen"] - best["rl_sharpen_2_tokens"]) / (N - 2)
+    entry = {"batch": batch, "rl_sharpen": {
+        "tokens_per_s": batch * N / best["rl_sharpen"], "seconds": best["rl_sharpen"],
+        "compile_seconds": compile_seconds - best["rl_sharpen"], "two_token_call_seconds": best["rl_sharpen_2_tokens"],
+        "decode_step_seconds": step}}
+    if hf is not None:
+        by_threads = {int(name.split("_")[1]): {"tokens_per_s": batch * N / t, "seconds": t}
+                      for name, t in best.items() if name.startswith("transformers_")}
+        fastest = max(by_threads, key=lambda n: by_threads[n]["tokens_per_s"])
+        entry.update(transformers_by_threads=by_threads, transformers=dict(by_threads[fastest], threads=fastest),
+                     ratio=entry["rl_sharpen"]["tokens_per_s"] / by_threads[fastest]["tokens_per_s"],
+                     same_tokens=bool(np.array_equal(tokens["rl_sharpen"], tokens[f"transformers_{fastest}"])))
+    return entry
 
 
 def logprob_gaps(path, ids, new_tokens, batch=8):
@@ -175,16 +204,8 @@ def main():
     print(f"{'batch':>5} {'rl_sharpen tok/s':>17} {'transformers tok/s':>24} {'ratio':>6} {'compile s':>9} "
           f"{'decode ms/step':>14} {'same tokens':>11}")
     for batch in (int(b) for b in ARGS.batch_sizes.split(",")):
-        ours, our_tokens = bench_rl_sharpen(params, cfg, ids, batch, ARGS.new_tokens, ARGS.repeats)
-        entry = {"batch": batch, "rl_sharpen": ours}
-        if hf is not None:
-            runs = {n: bench_transformers(hf, ids, batch, ARGS.new_tokens, max(1, ARGS.repeats - 1), n)
-                    for n in sorted({ARGS.threads, 1})}
-            entry["transformers_by_threads"] = {n: r[0] for n, r in runs.items()}
-            best = max(runs, key=lambda n: runs[n][0]["tokens_per_s"])
-            entry["transformers"] = runs[best][0]
-            entry["ratio"] = ours["tokens_per_s"] / runs[best][0]["tokens_per_s"]
-            entry["same_tokens"] = bool(np.array_equal(our_tokens, runs[best][1]))
+        entry = bench_batch(params, cfg, hf, ids, batch)
+        ours = entry["rl_sharpen"]
         if batch == 1:
             entry["decode_roofline_fraction"] = roofline_step / ours["decode_step_seconds"]
             result["batch1_decode_roofline_fraction"] = entry["decode_roofline_fraction"]
@@ -193,7 +214,7 @@ def main():
             "transformers_by_threads", {}).items()) or "-"
         print(f"{batch:>5} {ours['tokens_per_s']:>17.1f} {hf_text:>24} {entry.get('ratio', float('nan')):>6.2f} "
               f"{ours['compile_seconds']:>9.1f} {ours['decode_step_seconds'] * 1e3:>14.1f} "
-              f"{str(entry.get('same_tokens', '-')):>11}")
+              f"{str(entry.get('same_tokens', '-')):>11}", flush=True)
     if "batch1_decode_roofline_fraction" in result:
         fraction = result["batch1_decode_roofline_fraction"]
         print(f"batch-1 decode: {roofline_step / fraction * 1e3:.1f} ms/step = {100 * fraction:.0f}% of the roofline")
