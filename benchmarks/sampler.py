@@ -134,9 +134,8 @@ def bench_batch(params, cfg, hf, ids, batch):
     N = ARGS.new_tokens
     runners = {"rl_sharpen": rl_sharpen_runner(params, cfg, ids, batch, N),
                "rl_sharpen_2_tokens": rl_sharpen_runner(params, cfg, ids, batch, 2)}
-    if hf is not None:
-        runners.update({f"transformers_{n}": transformers_runner(hf, ids, batch, N, n)
-                        for n in sorted({ARGS.threads, 1})})
+    hf_threads = sorted({ARGS.threads, 1}) if hf is not None else []
+    runners.update({f"transformers_{n}": transformers_runner(hf, ids, batch, N, n) for n in hf_threads})
     compile_seconds = runners["rl_sharpen"]()[0]
     runners["rl_sharpen_2_tokens"]()
     if hf is not None:
@@ -152,8 +151,8 @@ def bench_batch(params, cfg, hf, ids, batch):
         "compile_seconds": compile_seconds - best["rl_sharpen"], "two_token_call_seconds": best["rl_sharpen_2_tokens"],
         "decode_step_seconds": step}}
     if hf is not None:
-        by_threads = {int(name.split("_")[1]): {"tokens_per_s": batch * N / t, "seconds": t}
-                      for name, t in best.items() if name.startswith("transformers_")}
+        by_threads = {n: {"tokens_per_s": batch * N / best[f"transformers_{n}"], "seconds": best[f"transformers_{n}"]}
+                      for n in hf_threads}
         fastest = max(by_threads, key=lambda n: by_threads[n]["tokens_per_s"])
         entry.update(transformers_by_threads=by_threads, transformers=dict(by_threads[fastest], threads=fastest),
                      ratio=entry["rl_sharpen"]["tokens_per_s"] / by_threads[fastest]["tokens_per_s"],

@@ -128,4 +128,3 @@ def check_fields(config, checks) -> None:
     for field, ok, allowed in checks:
         if not ok:
             raise ValueError(f"{type(config).__name__}.{field}={getattr(config, field)!r}; allowed: {allowed}")
-
