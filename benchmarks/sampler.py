@@ -1,15 +1,19 @@
 """Greedy decoding throughput of `rl_sharpen.sampling.generate` next to transformers `generate`.
 
     python benchmarks/sampler.py --checkpoint /path/to/SmolLM2-135M-Instruct --out sampler.json
+    python benchmarks/sampler.py --preset qwen2.5-0.5b-instruct --dtype bfloat16 --out gpu.json  # GPU
 
-Same checkpoint in float32 on CPU, one chat-formatted prompt of ~64 tokens repeated `batch` times,
-128 new tokens without early stop. tokens/s = batch * new_tokens / wall time of one generate call
-(prefill included, compilation excluded and reported separately), best of --repeats, the repeats of
-all contenders interleaved so that a slow spell of a shared machine does not favour one of them.
-Both sides use --threads CPU threads: torch.set_num_threads, and XLA's CPU client, which sizes its
-thread pool to the cores it may run on (pinned here with os.sched_setaffinity when --threads is
-smaller). transformers is also timed with 1 thread (OpenMP threads that spin at barriers slow down
-badly on a shared machine) and the ratio is taken against its faster setting.
+Same checkpoint on both sides (float32 on CPU by default), one chat-formatted prompt of ~64 tokens
+repeated `batch` times, 128 new tokens without early stop. With --preset instead of --checkpoint the
+weights are random (std 0.02) for a published architecture, written once as a Hugging Face folder so
+that transformers loads the same ones, and the prompt is fixed random token ids. tokens/s = batch *
+new_tokens / wall time of one generate call (prefill included, compilation excluded and reported
+separately), best of --repeats, the repeats of all contenders interleaved so that a slow spell of a
+shared machine does not favour one of them. On CPU both sides use --threads threads:
+torch.set_num_threads, and XLA's CPU client, which sizes its thread pool to the cores it may run on
+(pinned here with os.sched_setaffinity when --threads is smaller). transformers is also timed with 1
+thread (OpenMP threads that spin at barriers slow down badly on a shared machine) and the ratio is
+taken against its faster setting.
 
 Batch-1 decode is compared with the memory-bandwidth roofline: every step reads all weights once,
 
@@ -18,10 +22,11 @@ Batch-1 decode is compared with the memory-bandwidth roofline: every step reads 
 where the read bandwidth is the faster of two rates measured over 1 GiB: a numpy copy (bytes / time,
 the read side of the copy) and an XLA reduction (`jnp.sum`, on the threads XLA decodes with);
 counting a copy's read and write, STREAM-style, would double the numpy figure, and taking the faster
-rate keeps the roofline fraction from being flattered. The decode step is the marginal cost of a
-token, (T(128 tokens) - T(2 tokens)) / 126 for the best times T of whole calls, so prefill and the
-per-call weight re-layout are not counted in it. Also reported: |sampler log-prob - teacher-forced
-log-prob| on sampled completions, float32 and bfloat16.
+rate keeps the roofline fraction from being flattered. On a GPU both rates are taken on the device
+(an XLA copy in place of the numpy one) and transformers runs there too, timed to a synchronize.
+The decode step is the marginal cost of a token, (T(128 tokens) - T(2 tokens)) / 126 for the best
+times T of whole calls, so prefill and the per-call weight re-layout are not counted in it. Also
+reported: |sampler log-prob - teacher-forced log-prob| on sampled completions, float32 and bfloat16.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ import time
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="Hugging Face folder (weights + tokenizer)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="Hugging Face folder (weights + tokenizer)")
+    source.add_argument("--preset", help="random weights of this rl_sharpen.models preset (no tokenizer)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights and matmuls")
     p.add_argument("--out", required=True, help="JSON file for the results")
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--prompt-tokens", type=int, default=64)
@@ -57,6 +65,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from rl_sharpen import models, sampling  # noqa: E402
+
+ON_GPU = jax.default_backend() == "gpu"
 
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
             "How many clips did Natalia sell altogether in April and May? Think step by step.")
@@ -85,15 +95,21 @@ def best_time(fn, repeats: int):
 
 
 def read_bandwidths(nbytes: int = 1 << 30) -> dict[str, float]:
-    """Bytes per second read by a large numpy copy and by an XLA sum (best of 5 each)."""
+    """Bytes per second read by a large copy (numpy on CPU, XLA on a GPU) and by an XLA sum, best of 5."""
     a = np.ones(nbytes // 4, np.float32)
-    b = np.empty_like(a)
-    np.copyto(b, a)
     x = jnp.asarray(a)
     total = jax.jit(jnp.sum)
     total(x).block_until_ready()
-    return {"numpy_copy": nbytes / best_time(lambda: np.copyto(b, a), 5)[0],
-            "xla_sum": nbytes / best_time(lambda: total(x).block_until_ready(), 5)[0]}
+    rates = {"xla_sum": nbytes / best_time(lambda: total(x).block_until_ready(), 5)[0]}
+    if ON_GPU:
+        copy = jax.jit(lambda v: v + 0)  # not elided: a fresh output buffer is written
+        copy(x).block_until_ready()
+        rates["xla_copy"] = nbytes / best_time(lambda: copy(x).block_until_ready(), 5)[0]
+    else:
+        b = np.empty_like(a)
+        np.copyto(b, a)
+        rates["numpy_copy"] = nbytes / best_time(lambda: np.copyto(b, a), 5)[0]
+    return rates
 
 
 def rl_sharpen_runner(params, cfg, ids, batch, new_tokens):
@@ -110,7 +126,7 @@ def rl_sharpen_runner(params, cfg, ids, batch, new_tokens):
 
 
 def transformers_runner(model, ids, batch, new_tokens, threads):
-    x = torch.tensor([ids] * batch, dtype=torch.long)
+    x = torch.tensor([ids] * batch, dtype=torch.long, device=model.device)
     config = transformers.GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                                            pad_token_id=0)
 
@@ -119,7 +135,9 @@ def transformers_runner(model, ids, batch, new_tokens, threads):
         t = time.perf_counter()
         with torch.no_grad():
             out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
-        return time.perf_counter() - t, out[:, len(ids):].numpy()
+        if ON_GPU:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t, out[:, len(ids):].cpu().numpy()
 
     return run
 
@@ -134,7 +152,7 @@ def bench_batch(params, cfg, hf, ids, batch):
     N = ARGS.new_tokens
     runners = {"rl_sharpen": rl_sharpen_runner(params, cfg, ids, batch, N),
                "rl_sharpen_2_tokens": rl_sharpen_runner(params, cfg, ids, batch, 2)}
-    hf_threads = sorted({ARGS.threads, 1}) if hf is not None else []
+    hf_threads = [] if hf is None else [ARGS.threads] if ON_GPU else sorted({ARGS.threads, 1})
     runners.update({f"transformers_{n}": transformers_runner(hf, ids, batch, N, n) for n in hf_threads})
     compile_seconds = runners["rl_sharpen"]()[0]
     runners["rl_sharpen_2_tokens"]()
@@ -179,24 +197,46 @@ def logprob_gaps(path, ids, new_tokens, batch=8):
     return gaps
 
 
-def main():
-    tokenizer = transformers.AutoTokenizer.from_pretrained(ARGS.checkpoint)
-    ids = prompt_ids(tokenizer, ARGS.prompt_tokens)
-    cfg, params = models.load_hf(ARGS.checkpoint, dtype="float32")
+def random_checkpoint(name: str, dtype: str) -> str:
+    """A Hugging Face folder holding random weights of preset `name` (made once, then reused)."""
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"rl_sharpen_bench_{name}_{dtype}")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        cfg = models.preset(name, param_dtype=dtype, compute_dtype=dtype)
+        models.save_hf(models.init_params(cfg, jax.random.key(0)), cfg, path)
+    return path
+
+
+def load_models():
+    """(checkpoint folder, prompt ids, cfg, params, transformers model or None)."""
+    if ARGS.preset:
+        path = random_checkpoint(ARGS.preset, ARGS.dtype)
+        vocab = models.preset(ARGS.preset).vocab_size
+        ids = np.random.default_rng(0).integers(1000, vocab - 1000, ARGS.prompt_tokens).tolist()
+    else:
+        path = ARGS.checkpoint
+        ids = prompt_ids(transformers.AutoTokenizer.from_pretrained(path), ARGS.prompt_tokens)
+    cfg, params = models.load_hf(path, dtype=ARGS.dtype)
     hf = None if ARGS.skip_transformers else transformers.AutoModelForCausalLM.from_pretrained(
-        ARGS.checkpoint, dtype=torch.float32).eval()
+        path, dtype=getattr(torch, ARGS.dtype)).to("cuda" if ON_GPU else "cpu").eval()
+    return path, ids, cfg, params, hf
+
+
+def main():
+    path, ids, cfg, params, hf = load_models()
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     bandwidths = read_bandwidths()
     bandwidth = max(bandwidths.values())
     roofline_step = weight_bytes / bandwidth
     result = {
-        "checkpoint": ARGS.checkpoint, "dtype": "float32", "prompt_tokens": len(ids), "new_tokens": ARGS.new_tokens,
-        "threads": ARGS.threads, "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
+        "checkpoint": ARGS.checkpoint, "preset": ARGS.preset, "dtype": ARGS.dtype, "prompt_tokens": len(ids),
+        "new_tokens": ARGS.new_tokens, "threads": ARGS.threads, "cpu": platform.processor() or platform.machine(),
+        "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
         "torch": torch.__version__, "transformers": transformers.__version__, "load_average": os.getloadavg(),
         "weight_bytes": weight_bytes, "read_bandwidth_bytes_per_s": bandwidths,
         "roofline_decode_step_seconds": roofline_step, "batches": [],
     }
-    print(f"{len(ids)}-token prompt, {ARGS.new_tokens} new tokens, {ARGS.threads} threads, load average "
+    print(f"{result['device']}, {ARGS.dtype}, {len(ids)}-token prompt, {ARGS.new_tokens} new tokens, "
+          f"{ARGS.threads} threads, load average "
           f"{os.getloadavg()[0]:.1f}, weights {weight_bytes / 1e6:.0f} MB, read bandwidth "
           + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bandwidths.items())
           + f" -> roofline {roofline_step * 1e3:.1f} ms/step")
@@ -217,7 +257,7 @@ def main():
     if "batch1_decode_roofline_fraction" in result:
         fraction = result["batch1_decode_roofline_fraction"]
         print(f"batch-1 decode: {roofline_step / fraction * 1e3:.1f} ms/step = {100 * fraction:.0f}% of the roofline")
-    result["logprob_gap"] = logprob_gaps(ARGS.checkpoint, ids, ARGS.new_tokens)
+    result["logprob_gap"] = logprob_gaps(path, ids, ARGS.new_tokens)
     print("max |sampler - teacher-forced| log-prob:", json.dumps(result["logprob_gap"]))
     with open(ARGS.out, "w") as f:
         json.dump(result, f, indent=2)

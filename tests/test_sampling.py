@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import scipy.stats
 
 from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
+from rl_sharpen.sampling import decode
 from tests import hf_models
 
 V, EOS, N = 5, 1, 3  # vocabulary, end-of-sequence id, new tokens per sample
@@ -172,10 +174,14 @@ def test_logprobs_equal_teacher_forcing(family, tmp_path):
     assert np.all(np.asarray(out.tokens)[pad] == 0) and np.all(np.asarray(out.logprobs)[pad] == 0)
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_fast_and_scanned_decode_agree(family, tmp_path):
+@pytest.mark.parametrize("family,cpu_matmuls", [("qwen2", True), ("qwen3", True), ("qwen3", False)])
+def test_fast_and_scanned_decode_agree(family, cpu_matmuls, tmp_path, monkeypatch, request):
     """`decode.step` (per-layer [out, in] weights, heads-first cache) and `models.forward` scanned over
-    the stacked layers are two layouts of one decoder: same tokens, log-probs within float32 noise."""
+    the stacked layers are two layouts of one decoder: same tokens, log-probs within float32 noise.
+    Both matmul orientations of `decode.step` are checked (the second is the one used off CPU)."""
+    monkeypatch.setattr(decode, "_transposed_matmuls", lambda: cpu_matmuls)
+    jax.clear_caches()  # the jit caches do not see the patched orientation
+    request.addfinalizer(jax.clear_caches)
     hf_models.save_tiny_hf_model(family, tie=False, path=str(tmp_path))
     cfg, params = models.load_hf(str(tmp_path))
     fast = sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(5), LOGPROB_CFG)
@@ -305,3 +311,36 @@ def test_prompt_batch_and_lists_agree():
     b = sampling.generate(params, cfg, sampling.left_pad(rows, width=7), jax.random.key(2), sc)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     assert a.prompt_tokens.shape == (4, 16) and sampling.bucket_width(17) == 32 and sampling.bucket_width(3) == 16
+
+
+def _matmul_precisions(jaxpr) -> list:
+    """The `precision` of every dot_general in a jaxpr and the jaxprs nested in it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, (jax_core.Jaxpr, jax_core.ClosedJaxpr)):
+                    found += _matmul_precisions(getattr(sub, "jaxpr", sub))
+    return found
+
+
+@pytest.mark.parametrize("fast_decode", [True, False])
+def test_float32_matmuls_ask_for_full_precision(fast_decode):
+    """Backends may run a default-precision float32 matmul in TF32 (GPU) or one bfloat16 pass (TPU);
+    the float32 log-prob exactness needs every matmul of sampling and teacher forcing at HIGHEST,
+    while bfloat16 models keep the backend default."""
+    for dtype, expected in (("float32", jax.lax.Precision.HIGHEST), ("bfloat16", None)):
+        cfg = models.ModelConfig("qwen3", 64, 16, 32, 2, 2, 1, 8, tie_embeddings=True, param_dtype=dtype,
+                                 compute_dtype=dtype)
+        params = random_params(cfg, 0)
+        sc = sampling.SamplingConfig(max_new_tokens=3, temperature=1.0, num_samples=2, fast_decode=fast_decode)
+        sample = lambda p: sampling.generate(p, cfg, [[5, 6, 7]], jax.random.key(0), sc).logprobs
+        tokens, segments = jnp.ones((2, 6), jnp.int32), jnp.ones((2, 6), jnp.int32)
+        for fn, args in ((sample, (params,)), (models.token_logprobs, (params, cfg, tokens, segments))):
+            jaxpr = jax.make_jaxpr(fn, static_argnums=(1,) if len(args) > 1 else ())(*args).jaxpr
+            precisions = _matmul_precisions(jaxpr)
+            assert len(precisions) >= 9, precisions  # q, k, v, 2 in attention, o, gate, up, down (+ logits)
+            for p in precisions:
+                assert (p is None or p == (None, None)) if expected is None else p == (expected, expected), (dtype, p)

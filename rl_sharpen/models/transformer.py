@@ -45,11 +45,11 @@ def _allowed(q_seg, k_seg, q_slot, k_slot):
 
 def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_v, end):
     """One pre-norm decoder layer. cache_k/v are this layer's [B, S, K, E] slots or None."""
-    dt = cfg.dtype
+    dt, prec = cfg.dtype, layers.precision(cfg.dtype)
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("btd,dhe->bthe", h, p["q"].astype(dt))
-    k = jnp.einsum("btd,dke->btke", h, p["k"].astype(dt))
-    v = jnp.einsum("btd,dke->btke", h, p["v"].astype(dt))
+    q = jnp.einsum("btd,dhe->bthe", h, p["q"].astype(dt), precision=prec)
+    k = jnp.einsum("btd,dke->btke", h, p["k"].astype(dt), precision=prec)
+    v = jnp.einsum("btd,dke->btke", h, p["v"].astype(dt), precision=prec)
     if cfg.qkv_bias:
         q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
     if cfg.qk_norm:
@@ -63,7 +63,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_
         k, v = cache_k.astype(dt), cache_v.astype(dt)
     attn = layers.attention(q, k, v, allowed)
     # contracting (h, e) in storage order: einsum may order them (e, h) and transpose the weight
-    x = x + jax.lax.dot_general(attn, p["o"].astype(dt), (((2, 3), (0, 1)), ((), ())))
+    x = x + jax.lax.dot_general(attn, p["o"].astype(dt), (((2, 3), (0, 1)), ((), ())), precision=prec)
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])
     return x, cache_k, cache_v
@@ -101,9 +101,12 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
 
 def logits_from_hidden(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
     """Float32 logits [..., V] from final hidden states."""
+    prec = layers.precision(h.dtype)
     if cfg.tie_embeddings:
-        return jnp.einsum("...d,vd->...v", h, params["embed"].astype(h.dtype), preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(h.dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,vd->...v", h, params["embed"].astype(h.dtype), preferred_element_type=jnp.float32,
+                          precision=prec)
+    return jnp.einsum("...d,dv->...v", h, params["lm_head"].astype(h.dtype), preferred_element_type=jnp.float32,
+                      precision=prec)
 
 
 def forward(params: Params, cfg: ModelConfig, tokens, positions, segment_ids, cache: Cache | None = None):
