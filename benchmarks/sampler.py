@@ -208,14 +208,12 @@ def random_checkpoint(name: str, dtype: str) -> str:
 
 def load_models():
     """(checkpoint folder, prompt ids, cfg, params, transformers model or None)."""
-    if ARGS.preset:
-        path = random_checkpoint(ARGS.preset, ARGS.dtype)
-        vocab = models.preset(ARGS.preset).vocab_size
-        ids = np.random.default_rng(0).integers(1000, vocab - 1000, ARGS.prompt_tokens).tolist()
-    else:
-        path = ARGS.checkpoint
-        ids = prompt_ids(transformers.AutoTokenizer.from_pretrained(path), ARGS.prompt_tokens)
+    path = random_checkpoint(ARGS.preset, ARGS.dtype) if ARGS.preset else ARGS.checkpoint
     cfg, params = models.load_hf(path, dtype=ARGS.dtype)
+    if ARGS.preset:
+        ids = np.random.default_rng(0).integers(1000, cfg.vocab_size - 1000, ARGS.prompt_tokens).tolist()
+    else:
+        ids = prompt_ids(transformers.AutoTokenizer.from_pretrained(path), ARGS.prompt_tokens)
     hf = None if ARGS.skip_transformers else transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, ARGS.dtype)).to("cuda" if ON_GPU else "cpu").eval()
     return path, ids, cfg, params, hf

@@ -336,11 +336,11 @@ def test_float32_matmuls_ask_for_full_precision(fast_decode):
                                  compute_dtype=dtype)
         params = random_params(cfg, 0)
         sc = sampling.SamplingConfig(max_new_tokens=3, temperature=1.0, num_samples=2, fast_decode=fast_decode)
-        sample = lambda p: sampling.generate(p, cfg, [[5, 6, 7]], jax.random.key(0), sc).logprobs
         tokens, segments = jnp.ones((2, 6), jnp.int32), jnp.ones((2, 6), jnp.int32)
-        for fn, args in ((sample, (params,)), (models.token_logprobs, (params, cfg, tokens, segments))):
-            jaxpr = jax.make_jaxpr(fn, static_argnums=(1,) if len(args) > 1 else ())(*args).jaxpr
-            precisions = _matmul_precisions(jaxpr)
+        sample = lambda p: sampling.generate(p, cfg, [[5, 6, 7]], jax.random.key(0), sc).logprobs
+        teacher_force = lambda p: models.token_logprobs(p, cfg, tokens, segments)
+        for fn in (sample, teacher_force):
+            precisions = _matmul_precisions(jax.make_jaxpr(fn)(params).jaxpr)
             assert len(precisions) >= 9, precisions  # q, k, v, 2 in attention, o, gate, up, down (+ logits)
-            for p in precisions:
-                assert (p is None or p == (None, None)) if expected is None else p == (expected, expected), (dtype, p)
+            for p in precisions:  # None or one entry per operand
+                assert (p if isinstance(p, tuple) else (p, p)) == (expected, expected), (dtype, p)
