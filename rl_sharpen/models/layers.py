@@ -101,15 +101,22 @@ def rope_frequencies(cfg: ModelConfig) -> jax.Array:
     return jnp.where(is_mid, mid, scaled)
 
 
+def rope_angles(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin) of positions * inv_freq, float32 [B, T, 1, E/2] for positions [B, T]."""
+    angles = positions[..., None, None].astype(jnp.float32) * inv_freq
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding in the half-split layout of HF checkpoints: (x1, x2) -> (x1 cos - x2 sin,
+    x2 cos + x1 sin) for x [B, T, N, E] = (x1, x2) and (cos, sin) from `rope_angles`."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotary embedding in the half-split layout of HF checkpoints. x: [B, T, N, E]."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
-    x1, x2 = jnp.split(x32, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    """Rotary embedding of x [B, T, N, E] at positions [B, T]."""
+    return rotate(x, *rope_angles(positions, inv_freq))
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:

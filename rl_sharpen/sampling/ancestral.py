@@ -164,7 +164,7 @@ def _record(state, sc: SamplingConfig):
 @functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache",))
 def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
     R, N = logits.shape[0], sc.max_new_tokens
-    weights, decode_step = decode.decoder(params, cfg, sc.fast_decode)
+    weights, decode_step = decode.decoder(params, cfg, sc.fast_decode, cache)
     zeros = jnp.zeros((R, N), jnp.float32)
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions, rng=rng,
                  token=jnp.zeros((R,), jnp.int32), tokens=jnp.full((R, N), sc.pad_id, jnp.int32), logprobs=zeros,

@@ -118,7 +118,7 @@ def _select(s, bc: BeamConfig, B: int, W: int):
 def _search(params, cache, logits, positions, segments, *, cfg: ModelConfig, bc: BeamConfig, mesh):
     R, N, W = logits.shape[0], bc.max_new_tokens, bc.width
     B = R // W
-    weights, decode_step = decode.decoder(params, cfg, bc.fast_decode)
+    weights, decode_step = decode.decoder(params, cfg, bc.fast_decode, cache)
     # Only beam 0 of each prompt is alive at the start, so the first step does not pick duplicates.
     seq = jnp.where(jnp.arange(W)[None, :] == 0, 0.0, -jnp.inf) * jnp.ones((B, 1))
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions,
