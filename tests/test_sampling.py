@@ -179,7 +179,7 @@ def test_fast_and_scanned_decode_agree(family, cpu_matmuls, tmp_path, monkeypatc
     """`decode.step` (per-layer [out, in] weights, heads-first cache) and `models.forward` scanned over
     the stacked layers are two layouts of one decoder: same tokens, log-probs within float32 noise.
     Both matmul orientations of `decode.step` are checked (the second is the one used off CPU)."""
-    monkeypatch.setattr(decode, "_transposed_matmuls", lambda: cpu_matmuls)
+    monkeypatch.setattr(decode, "_cpu_kernels", lambda: cpu_matmuls)
     jax.clear_caches()  # the jit caches do not see the patched orientation
     request.addfinalizer(jax.clear_caches)
     hf_models.save_tiny_hf_model(family, tie=False, path=str(tmp_path))
@@ -189,6 +189,28 @@ def test_fast_and_scanned_decode_agree(family, cpu_matmuls, tmp_path, monkeypatc
                                 dataclasses.replace(LOGPROB_CFG, fast_decode=False))
     np.testing.assert_array_equal(np.asarray(fast.tokens), np.asarray(scanned.tokens))
     np.testing.assert_allclose(np.asarray(fast.logprobs), np.asarray(scanned.logprobs), atol=1e-5)
+
+
+def test_attention_reads_only_the_filled_cache(tmp_path, monkeypatch, request):
+    """Attention over the filled prefix of the cache (one of `attention_lengths`) equals attention over
+    the whole cache: same tokens, same log-probs to float32 rounding. The prompts (width 16) and 12 new
+    tokens fill slots 16..27 of 28, so the step moves from the 24-slot prefix to the full cache."""
+    assert decode.attention_lengths(28) == (8, 16, 24, 28)
+    assert decode.attention_lengths(192) == (24, 48, 72, 96, 120, 144, 168, 192)
+    assert decode.attention_lengths(5) == (5,)
+    hf_models.save_tiny_hf_model("qwen2", tie=True, path=str(tmp_path))
+    cfg, params = models.load_hf(str(tmp_path))
+    sc = dataclasses.replace(LOGPROB_CFG, ignore_eos=True)
+    request.addfinalizer(jax.clear_caches)
+    outs = []
+    for buckets in (decode.ATTENTION_BUCKETS, 1):
+        monkeypatch.setattr(decode, "ATTENTION_BUCKETS", buckets)
+        jax.clear_caches()
+        outs.append(sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(4), sc))
+    assert outs[0].prompt_tokens.shape[1] == 16
+    np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
+    np.testing.assert_allclose(np.asarray(outs[0].logprobs), np.asarray(outs[1].logprobs), atol=1e-6)
+    assert _teacher_forced_gap(params, cfg, outs[0]) < 1e-5
 
 
 def test_bfloat16_logprob_gap_is_small(tmp_path):

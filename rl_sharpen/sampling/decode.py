@@ -9,7 +9,9 @@ call by `prepare`:
   * every projection stored as W [out, in] and, on CPU, applied as y = (W x^T)^T: XLA's CPU matmul
     runs this orientation 1.5-2.5x faster than x W for a few rows (batch 8-32), and no slower for one;
   * on CPU, attention scores likewise computed as K q^T, the cache as the matmul's left operand
-    (about 2x faster than q K^T at batch 32, where attention is a third of a step).
+    (about 2x faster than q K^T at batch 32, where attention is a third of a step), and attention
+    reads only the filled part of the cache rounded up to one of `ATTENTION_BUCKETS` lengths
+    (a `lax.switch` per layer), so its cost grows with the tokens so far, not the cache size.
 
 The cache is the per-layer layout of `kv.prefill(per_layer=True)`: lists of L arrays [R, K, S, E],
 heads before slots, so attention is two batched matrix-vector products over (R, K) with no copy of
@@ -63,10 +65,23 @@ def decoder(params: dict, cfg: ModelConfig, fast: bool, cache: dict):
     return prepare(params, cfg, num_positions=cache["segment_ids"].shape[1]), step
 
 
-def _transposed_matmuls() -> bool:
-    """Whether projections run as (W x^T)^T and attention scores as K q^T: the fast orientations of
-    XLA's CPU matmul, which streams its left operand and repacks its right one at every call."""
+ATTENTION_BUCKETS = 8  # attention lengths per cache on CPU: S/8, 2S/8, ..., S (rounded up to 8 slots)
+
+
+def _cpu_kernels() -> bool:
+    """Whether the step takes its CPU forms: projections as (W x^T)^T and attention scores as K q^T
+    (XLA's CPU matmul streams its left operand and repacks its right one at every call), and
+    attention over the filled prefix of the cache (a `lax.switch`, cheap on CPU; on a GPU each one
+    would wait for the device)."""
     return jax.default_backend() == "cpu"
+
+
+def attention_lengths(num_slots: int) -> tuple[int, ...]:
+    """The cache prefixes attention may read: ceil(num_slots * b / ATTENTION_BUCKETS) rounded up to
+    a multiple of 8, for b = 1 .. ATTENTION_BUCKETS, the last one num_slots."""
+    n = ATTENTION_BUCKETS
+    lengths = {min(num_slots, (-(-num_slots * b // n) + 7) & ~7) for b in range(1, n)}
+    return tuple(sorted(lengths | {num_slots}))
 
 
 def _linear(w, x, out_dtype=None):
@@ -78,7 +93,7 @@ def _linear(w, x, out_dtype=None):
     kernels per projection (17% of a batch-32 decode step of a Qwen2.5-0.5B-shaped model on an H100).
     """
     precision = layers.precision(x.dtype)
-    if not _transposed_matmuls():
+    if not _cpu_kernels():
         return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), precision=precision,
                                    preferred_element_type=out_dtype)
     y = jnp.matmul(w, jax.lax.optimization_barrier(x.T), preferred_element_type=out_dtype, precision=precision)
@@ -96,7 +111,7 @@ def _attention(q, cache_k, cache_v, allowed):
     R, H, E = q.shape
     K = cache_k.shape[1]
     q = q.reshape(R, K, H // K, E)
-    if _transposed_matmuls():
+    if _cpu_kernels():
         scores_spec, out_spec, slot_axis, mask = "rkse,rkge->rksg", "rksg,rkse->rkge", 2, allowed[:, None, :, None]
     else:
         scores_spec, out_spec, slot_axis, mask = "rkse,rkge->rkgs", "rkgs,rkse->rkge", 3, allowed[:, None, None, :]
@@ -107,6 +122,21 @@ def _attention(q, cache_k, cache_v, allowed):
     out = jnp.einsum(out_spec, probs, cache_v, preferred_element_type=jnp.float32,
                      precision=layers.precision(cache_v.dtype))
     return out.reshape(R, H * E).astype(q.dtype)
+
+
+def _filled_attention(q, cache_k, cache_v, allowed, end):
+    """`_attention` over the shortest of `attention_lengths` slots that holds slot `end` (the new
+    token's; later slots are masked out anyway). Off CPU, over the whole cache."""
+    lengths = attention_lengths(cache_k.shape[2])
+    if not _cpu_kernels() or len(lengths) == 1:
+        return _attention(q, cache_k, cache_v, allowed)
+
+    def prefix(n):  # the full length is not sliced: a slice is a copy
+        return lambda *a: _attention(*a) if n == lengths[-1] else _attention(
+            a[0], a[1][:, :, :n], a[2][:, :, :n], a[3][:, :n])
+
+    bucket = jnp.searchsorted(jnp.asarray(lengths), end, side="right")
+    return jax.lax.switch(bucket, [prefix(n) for n in lengths], q, cache_k, cache_v, allowed)
 
 
 def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
@@ -126,7 +156,7 @@ def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
     q, k = layers.rotate(q, *rope), layers.rotate(k, *rope)
     cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, None].astype(cache_k.dtype), (0, 0, end, 0))
     cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, None].astype(cache_v.dtype), (0, 0, end, 0))
-    attn = _attention(q, cache_k.astype(x.dtype), cache_v.astype(x.dtype), allowed)
+    attn = _filled_attention(q, cache_k.astype(x.dtype), cache_v.astype(x.dtype), allowed, end)
     x = x + _linear(p["o"], attn)
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     return x + _linear(p["down"], jax.nn.silu(_linear(p["gate"], h)) * _linear(p["up"], h)), cache_k, cache_v
