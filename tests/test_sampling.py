@@ -174,13 +174,13 @@ def test_logprobs_equal_teacher_forcing(family, tmp_path):
     assert np.all(np.asarray(out.tokens)[pad] == 0) and np.all(np.asarray(out.logprobs)[pad] == 0)
 
 
-@pytest.mark.parametrize("family,cpu_matmuls", [("qwen2", True), ("qwen3", True), ("qwen3", False)])
-def test_fast_and_scanned_decode_agree(family, cpu_matmuls, tmp_path, monkeypatch, request):
+@pytest.mark.parametrize("family,cpu_kernels", [("qwen2", True), ("qwen3", True), ("qwen3", False)])
+def test_fast_and_scanned_decode_agree(family, cpu_kernels, tmp_path, monkeypatch, request):
     """`decode.step` (per-layer [out, in] weights, heads-first cache) and `models.forward` scanned over
     the stacked layers are two layouts of one decoder: same tokens, log-probs within float32 noise.
-    Both matmul orientations of `decode.step` are checked (the second is the one used off CPU)."""
-    monkeypatch.setattr(decode, "_cpu_kernels", lambda: cpu_matmuls)
-    jax.clear_caches()  # the jit caches do not see the patched orientation
+    Both forms of `decode.step` are checked: its CPU kernels and the ones used elsewhere."""
+    monkeypatch.setattr(decode, "_cpu_kernels", lambda: cpu_kernels)
+    jax.clear_caches()  # the jit caches do not see the patched choice
     request.addfinalizer(jax.clear_caches)
     hf_models.save_tiny_hf_model(family, tie=False, path=str(tmp_path))
     cfg, params = models.load_hf(str(tmp_path))

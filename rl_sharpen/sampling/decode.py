@@ -30,6 +30,8 @@ from rl_sharpen.models import layers
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import kv
 
+ATTENTION_BUCKETS = 8  # attention lengths per cache on CPU: S/8, 2S/8, ..., S (rounded up to 8 slots)
+
 
 def _out_in(w, n_in: int):
     """A stored projection [in..., out...] with `n_in` input dims as a matrix [out, in]."""
@@ -63,9 +65,6 @@ def decoder(params: dict, cfg: ModelConfig, fast: bool, cache: dict):
     if not fast:
         return params, kv.decode_step
     return prepare(params, cfg, num_positions=cache["segment_ids"].shape[1]), step
-
-
-ATTENTION_BUCKETS = 8  # attention lengths per cache on CPU: S/8, 2S/8, ..., S (rounded up to 8 slots)
 
 
 def _cpu_kernels() -> bool:
@@ -127,16 +126,15 @@ def _attention(q, cache_k, cache_v, allowed):
 def _filled_attention(q, cache_k, cache_v, allowed, end):
     """`_attention` over the shortest of `attention_lengths` slots that holds slot `end` (the new
     token's; later slots are masked out anyway). Off CPU, over the whole cache."""
-    lengths = attention_lengths(cache_k.shape[2])
-    if not _cpu_kernels() or len(lengths) == 1:
+    if not _cpu_kernels():
         return _attention(q, cache_k, cache_v, allowed)
+    lengths = attention_lengths(cache_k.shape[2])
 
-    def prefix(n):  # the full length is not sliced: a slice is a copy
-        return lambda *a: _attention(*a) if n == lengths[-1] else _attention(
-            a[0], a[1][:, :, :n], a[2][:, :, :n], a[3][:, :n])
+    def over_prefix(n):  # slicing the whole length is no op; a shorter slice is a copy of n slots
+        return lambda q, k, v, allowed: _attention(q, k[:, :, :n], v[:, :, :n], allowed[:, :n])
 
     bucket = jnp.searchsorted(jnp.asarray(lengths), end, side="right")
-    return jax.lax.switch(bucket, [prefix(n) for n in lengths], q, cache_k, cache_v, allowed)
+    return jax.lax.switch(bucket, [over_prefix(n) for n in lengths], q, cache_k, cache_v, allowed)
 
 
 def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
