@@ -24,6 +24,16 @@ the read side of the copy) and an XLA reduction (`jnp.sum`, on the threads XLA d
 counting a copy's read and write, STREAM-style, would double the numpy figure, and taking the faster
 rate keeps the roofline fraction from being flattered. On a GPU both rates are taken on the device
 (an XLA copy in place of the numpy one) and transformers runs there too, timed to a synchronize.
+Every call is also compared with the compute roofline, the time its matrix products would take at
+the machine's matmul rate (XLA, a square product of the benchmark dtype, best of 5):
+
+    FLOPs = 2 B [P M + U + 2 L H E P(P+1)/2] + 2 B sum_{t=1}^{N-1} [M + U + 2 L H E (P + t)]
+
+for B rows, a P-token prompt, N new tokens, M weights in the layers' projections, U = V D in the
+unembedding and 2 L H E attention multiply-adds per query and key (scores and values; the prompt
+is causal).
+The compute-roofline fraction is floor / wall time, and transformers' time / floor is the highest
+ratio any implementation could reach against it on this machine.
 The decode step is the marginal cost of a token, (T(128 tokens) - T(2 tokens)) / 126 for the best
 times T of whole calls, so prefill and the per-call weight re-layout are not counted in it. Also
 reported: |sampler log-prob - teacher-forced log-prob| on sampled completions, float32 and bfloat16.
@@ -110,6 +120,25 @@ def read_bandwidths(nbytes: int = 1 << 30) -> dict[str, float]:
         np.copyto(b, a)
         rates["numpy_copy"] = nbytes / best_time(lambda: np.copyto(b, a), 5)[0]
     return rates
+
+
+def matmul_rate(dtype: str) -> float:
+    """FLOP/s of an XLA [n, n] x [n, n] product in `dtype` (n = 2048 on CPU, 8192 on a GPU), best of 5."""
+    n = 8192 if ON_GPU else 2048
+    a = jnp.ones((n, n), dtype)
+    product = jax.jit(lambda x: jnp.matmul(x, x, precision=jax.lax.Precision.HIGHEST))
+    product(a).block_until_ready()
+    return 2 * n**3 / best_time(lambda: product(a).block_until_ready(), 5)[0]
+
+
+def call_flops(cfg, params, batch: int, prompt: int, new_tokens: int) -> float:
+    """FLOPs of one generate call's matrix products (the formula in the module docstring)."""
+    projections = sum(params["layers"][name].size for name in ("q", "k", "v", "o", "gate", "up", "down"))
+    unembed = cfg.vocab_size * cfg.hidden_size
+    attention = 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim  # multiply-adds per query per key
+    prefill = prompt * projections + unembed + attention * prompt * (prompt + 1) // 2
+    decode = sum(projections + unembed + attention * (prompt + t) for t in range(1, new_tokens))
+    return 2.0 * batch * (prefill + decode)
 
 
 def rl_sharpen_runner(params, cfg, ids, batch, new_tokens):
@@ -225,24 +254,29 @@ def main():
     bandwidths = read_bandwidths()
     bandwidth = max(bandwidths.values())
     roofline_step = weight_bytes / bandwidth
+    flop_rate = matmul_rate(ARGS.dtype)
     result = {
         "checkpoint": ARGS.checkpoint, "preset": ARGS.preset, "dtype": ARGS.dtype, "prompt_tokens": len(ids),
         "new_tokens": ARGS.new_tokens, "threads": ARGS.threads, "cpu": platform.processor() or platform.machine(),
         "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
         "torch": torch.__version__, "transformers": transformers.__version__, "load_average": os.getloadavg(),
         "weight_bytes": weight_bytes, "read_bandwidth_bytes_per_s": bandwidths,
-        "roofline_decode_step_seconds": roofline_step, "batches": [],
+        "roofline_decode_step_seconds": roofline_step, "matmul_flops_per_s": flop_rate, "batches": [],
     }
     print(f"{result['device']}, {ARGS.dtype}, {len(ids)}-token prompt, {ARGS.new_tokens} new tokens, "
           f"{ARGS.threads} threads, load average "
           f"{os.getloadavg()[0]:.1f}, weights {weight_bytes / 1e6:.0f} MB, read bandwidth "
           + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bandwidths.items())
-          + f" -> roofline {roofline_step * 1e3:.1f} ms/step")
+          + f" -> roofline {roofline_step * 1e3:.1f} ms/step; matmul {flop_rate / 1e9:.0f} GFLOP/s")
     print(f"{'batch':>5} {'rl_sharpen tok/s':>17} {'transformers tok/s':>24} {'ratio':>6} {'compile s':>9} "
-          f"{'decode ms/step':>14} {'same tokens':>11}")
+          f"{'decode ms/step':>14} {'same tokens':>11} {'compute roofline':>16} {'ratio ceiling':>13}")
     for batch in (int(b) for b in ARGS.batch_sizes.split(",")):
         entry = bench_batch(params, cfg, hf, ids, batch)
         ours = entry["rl_sharpen"]
+        floor = call_flops(cfg, params, batch, len(ids), ARGS.new_tokens) / flop_rate
+        entry.update(compute_floor_seconds=floor, compute_roofline_fraction=floor / ours["seconds"])
+        if "transformers" in entry:
+            entry["ratio_ceiling"] = entry["transformers"]["seconds"] / floor
         if batch == 1:
             entry["decode_roofline_fraction"] = roofline_step / ours["decode_step_seconds"]
             result["batch1_decode_roofline_fraction"] = entry["decode_roofline_fraction"]
@@ -251,7 +285,8 @@ def main():
             "transformers_by_threads", {}).items()) or "-"
         print(f"{batch:>5} {ours['tokens_per_s']:>17.1f} {hf_text:>24} {entry.get('ratio', float('nan')):>6.2f} "
               f"{ours['compile_seconds']:>9.1f} {ours['decode_step_seconds'] * 1e3:>14.1f} "
-              f"{str(entry.get('same_tokens', '-')):>11}", flush=True)
+              f"{str(entry.get('same_tokens', '-')):>11} {100 * entry['compute_roofline_fraction']:>15.0f}% "
+              f"{entry.get('ratio_ceiling', float('nan')):>13.2f}", flush=True)
     if "batch1_decode_roofline_fraction" in result:
         fraction = result["batch1_decode_roofline_fraction"]
         print(f"batch-1 decode: {roofline_step / fraction * 1e3:.1f} ms/step = {100 * fraction:.0f}% of the roofline")

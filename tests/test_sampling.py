@@ -101,6 +101,42 @@ def chi_square_pvalue(counts: dict, law: dict) -> float:
 PROMPTS = [[3, 2, 4], [0, 4]]  # different lengths: the second is left-padded
 
 
+def kept_by_sorting(z: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """The documented truncation of float32 z [R, V] through a full sort per row (float64 masses):
+    keep z >= the k-th largest, then z >= the value at which the descending cumulative mass first
+    reaches top_p (ties with a kept value kept)."""
+    keep = np.ones(z.shape, bool)
+    for r, row in enumerate(z):
+        ranked = np.sort(row)[::-1]
+        if 0 < top_k < len(row):
+            keep[r] &= row >= ranked[top_k - 1]
+        if top_p < 1:
+            p = np.where(keep[r], np.exp(row.astype(np.float64) - row.max()), 0.0)
+            p_ranked = np.sort(p)[::-1] / p.sum()
+            kept = int(np.sum(np.cumsum(p_ranked) - p_ranked < top_p))
+            keep[r] &= row >= ranked[kept - 1]
+    return keep
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 5, 1.0), (1.0, 1, 1.0), (0.7, 0, 0.3), (1.0, 0, 0.05),
+                                                     (1.3, 40, 0.9), (1.0, 300, 0.62), (0.5, 2, 0.999)])
+def test_filter_logits_keeps_the_sorted_cutoffs(temperature, top_k, top_p):
+    rng = np.random.default_rng(top_k)
+    logits = np.round(2 * rng.standard_normal((48, 257)).astype(np.float32)) / 2  # many ties
+    logits[:8] *= 8  # peaked rows: top-p keeps one value
+    logits[8:12] = 0.25  # flat rows: everything is tied
+    logits[12:16, ::3] = -np.inf
+    logits[16:20] = -20.0  # below, a cluster of values 1 ulp apart that the cutoffs split
+    logits[16:20, :60] = 1.5 + rng.integers(0, 6, (4, 60)) * np.spacing(np.float32(1.5))
+    truncate = jax.jit(sampling.filter_logits, static_argnums=(1, 2, 3))
+    z = truncate(logits, temperature, top_k, top_p)
+    expected_z = np.asarray(truncate(logits, temperature, 0, 1.0))  # z / T, as XLA rounds it
+    keep = kept_by_sorting(expected_z, top_k, top_p)
+    assert 0 < keep.sum() < np.isfinite(logits).sum()  # the truncation bites
+    np.testing.assert_array_equal(np.isfinite(np.asarray(z)), keep)
+    np.testing.assert_array_equal(np.asarray(z)[keep], expected_z[keep])
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.3, 0, 0.75),
                                                      (0.8, 4, 0.9)])
 def test_sample_law_matches_enumeration(temperature, top_k, top_p):

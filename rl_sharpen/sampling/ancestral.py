@@ -111,22 +111,40 @@ class SampleOutput:
                 jnp.concatenate([self.prompt_segment_ids, segments], axis=1))
 
 
+def _order_keys(z: jax.Array) -> jax.Array:
+    """uint32 keys that order float32 values like the values (-0.0 as +0.0; -inf lowest)."""
+    bits = jax.lax.bitcast_convert_type(z + 0.0, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _threshold(keys: jax.Array, weights: jax.Array, target) -> jax.Array:
+    """Per row of keys [..., V]: the largest key t with sum(weights[keys >= t]) >= target (the row's
+    smallest key if none), by bisection over the 2^32 keys: 32 passes over the row instead of a sort."""
+    lo, hi = keys.min(axis=-1), keys.max(axis=-1)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo + 1) // 2
+        enough = jnp.sum(jnp.where(keys >= mid[..., None], weights, 0), axis=-1) >= target
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+    return jax.lax.fori_loop(0, 32, halve, (lo, hi))[0]
+
+
 def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-    """z / T with top-k then top-p applied (removed entries -inf), float32 [..., V]."""
+    """z / T with top-k then top-p applied (removed entries -inf), float32 [..., V].
+
+    Both keep an upper set {z >= cutoff}, ties with the cutoff included: top-k's cutoff is the k-th
+    largest z; top-p's is the largest c with sum(softmax(z)[z >= c]) >= top_p, z after top-k. Each
+    cutoff is found by bisection on the order of float32 values (`_threshold`), no sort of the vocabulary.
+    """
     z = logits.astype(jnp.float32) / temperature
-    if top_k == 0 and top_p == 1:
-        return z
-    if top_k:
-        ranked = jax.lax.top_k(z, min(top_k, z.shape[-1]))[0]  # descending
-        z = jnp.where(z >= ranked[..., -1:], z, -jnp.inf)
-    else:
-        ranked = -jnp.sort(-z, axis=-1)
+    if 0 < top_k < z.shape[-1]:
+        keys = _order_keys(z)
+        z = jnp.where(keys >= _threshold(keys, jnp.ones_like(z), top_k)[..., None], z, -jnp.inf)
     if top_p < 1:
-        probs = jax.nn.softmax(ranked, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)  # >= 1
-        cutoff = jnp.take_along_axis(ranked, kept - 1, axis=-1)
-        z = jnp.where(z >= cutoff, z, -jnp.inf)
+        keys = _order_keys(z)
+        z = jnp.where(keys >= _threshold(keys, jax.nn.softmax(z, axis=-1), top_p)[..., None], z, -jnp.inf)
     return z
 
 
