@@ -5,8 +5,8 @@
 `filter_logits` finds each cutoff by bisection on the order of float32 values (32 passes over the
 logits, no sort); the reference is the textbook way, a descending sort of each row (`jax.lax.top_k`
 for top-k, a full sort and a cumulative sum for top-p), with the same kept sets. Both are jitted and
-timed on random logits [rows, vocab] (float32, best of --repeats after a warm-up call), for the
-vocabularies of SmolLM2 / Llama-3.2 (49152, 128256) and Qwen2.5 / Qwen3 (151936).
+timed on random logits [rows, vocab] (float32, best of --repeats after a warm-up call), by default
+for the vocabularies of SmolLM2 (49152) and Qwen2.5 / Qwen3 (151936).
 """
 
 from __future__ import annotations

@@ -139,11 +139,10 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     cutoff is found by bisection on the order of float32 values (`_threshold`), no sort of the vocabulary.
     """
     z = logits.astype(jnp.float32) / temperature
+    keys = _order_keys(z)  # entries top-k removes weigh 0 in top-p's sums, and its cutoff is above them
     if 0 < top_k < z.shape[-1]:
-        keys = _order_keys(z)
         z = jnp.where(keys >= _threshold(keys, jnp.ones_like(z), top_k)[..., None], z, -jnp.inf)
     if top_p < 1:
-        keys = _order_keys(z)
         z = jnp.where(keys >= _threshold(keys, jax.nn.softmax(z, axis=-1), top_p)[..., None], z, -jnp.inf)
     return z
 
