@@ -103,22 +103,25 @@ def _attention(q, cache_k, cache_v, allowed):
     """Grouped-query attention of one query per row: q [R, H, E], cache [R, K, S, E], allowed [R, S].
 
     softmax(q k^T / sqrt(E)) v with float32 scores; query head h reads kv head h // (H / K). Same
-    arithmetic as `layers.attention` for T = 1. On CPU the scores are laid out [R, K, S, G] (slots
-    before the G = H / K query heads of a kv head): each (row, kv head) is then one K q^T product
-    that streams the cache instead of repacking it.
+    arithmetic as `layers.attention` for T = 1. On CPU the scores are computed as K q^T, laid out
+    [R, K, S, G] (slots before the G = H / K query heads of a kv head): each (row, kv head) is then
+    one product that streams the cache instead of repacking it. They are then transposed to
+    [R, K, G, S] (a barrier keeps XLA from folding that back into the product), so that the softmax
+    reduces over the minor dimension: 4x faster than over slots in the middle.
     """
     R, H, E = q.shape
     K = cache_k.shape[1]
     q = q.reshape(R, K, H // K, E)
+    precision = layers.precision(q.dtype)
     if _cpu_kernels():
-        scores_spec, out_spec, slot_axis, mask = "rkse,rkge->rksg", "rksg,rkse->rkge", 2, allowed[:, None, :, None]
+        scores = jnp.einsum("rkse,rkge->rksg", cache_k, q, preferred_element_type=jnp.float32, precision=precision)
+        scores = jax.lax.optimization_barrier(scores).transpose(0, 1, 3, 2)
     else:
-        scores_spec, out_spec, slot_axis, mask = "rkse,rkge->rkgs", "rkgs,rkse->rkge", 3, allowed[:, None, None, :]
-    scores = jnp.einsum(scores_spec, cache_k, q, preferred_element_type=jnp.float32,
-                        precision=layers.precision(q.dtype)) / math.sqrt(E)
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jnp.where(mask, jax.nn.softmax(scores, axis=slot_axis), 0.0).astype(cache_v.dtype)
-    out = jnp.einsum(out_spec, probs, cache_v, preferred_element_type=jnp.float32,
+        scores = jnp.einsum("rkse,rkge->rkgs", cache_k, q, preferred_element_type=jnp.float32, precision=precision)
+    mask = allowed[:, None, None, :]
+    scores = jnp.where(mask, scores / math.sqrt(E), jnp.finfo(jnp.float32).min)
+    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(cache_v.dtype)
+    out = jnp.einsum("rkgs,rkse->rkge", probs, cache_v, preferred_element_type=jnp.float32,
                      precision=layers.precision(cache_v.dtype))
     return out.reshape(R, H * E).astype(q.dtype)
 
