@@ -16,7 +16,6 @@ import json
 import os
 
 import jax
-import numpy as np
 from absl import logging
 
 from rl_sharpen import evaluation, models

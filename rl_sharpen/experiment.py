@@ -16,6 +16,7 @@ from absl import logging
 
 from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
+from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
@@ -43,7 +44,7 @@ class DemoConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    mode: Literal["rl", "sft", "eval", "demo"] = "rl"  # what main runs
+    mode: Literal["rl", "sft", "eval", "demo", "binary_rewards"] = "rl"  # what main runs
     seed: int = 0  # model init, data order, sampling
     model: ModelSource = ModelSource()
     mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})  # axis sizes
@@ -58,6 +59,7 @@ class ExperimentConfig:
     sft: SFTConfig = SFTConfig()
     eval: EvalConfig = EvalConfig()
     demo: DemoConfig = DemoConfig()
+    binary_rewards: BinaryRewardsConfig = BinaryRewardsConfig()  # the toy model of mode binary_rewards
 
 
 def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
@@ -116,6 +118,12 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(to_record(exp), f, indent=2)
+    if exp.mode == "binary_rewards":
+        from rl_sharpen import binary_rewards
+
+        result = binary_rewards.run_experiment(exp.binary_rewards, exp.seed, workdir)
+        logging.info("binary rewards on an enumerable toy model:\n%s", binary_rewards.table(result))
+        return result
     mesh = build_mesh(exp)
     task = build_task(exp.data, exp.model, exp.seed, exp.eval.verify_timeout)
     if exp.mode == "demo":

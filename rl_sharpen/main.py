@@ -1,6 +1,6 @@
 """Entry point: python -m rl_sharpen.main --config=configs/demo.py --workdir=/tmp/run [--config.a.b=v]
 
-Modes (config.mode): rl, sft, eval, demo. On TPU pods every host runs this same command and
+Modes (config.mode): rl, sft, eval, demo, binary_rewards. On TPU pods every host runs this same command and
 `--multihost` starts JAX's multi-controller runtime (jax.distributed.initialize) first.
 """
 

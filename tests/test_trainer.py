@@ -1,30 +1,20 @@
 """The RL loop end to end on a tiny model: resumption after a kill reproduces an uninterrupted
 run, a changed config refuses to resume, and config errors name the field."""
 
-import importlib.util
 import json
 import os
 
-import jax
 import pytest
 
 from rl_sharpen import experiment
 from rl_sharpen.checkpoint import CheckpointMismatch
 from rl_sharpen.config import ConfigError
 from rl_sharpen.task_setup import build_task
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(name, arg=""):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from tests.experiment_configs import get_config
 
 
 def _rl_run(workdir, steps, **overrides):
-    c = _config("qwen3_4b_math", "sharpening,tiny")
+    c = get_config("qwen3_4b_math", "sharpening,tiny")
     c.train.steps = steps
     c.train.checkpoint_every = 2
     c.train.eval_every = 0
@@ -67,19 +57,19 @@ def test_changed_config_refuses_to_resume(tmp_path):
 
 
 def test_config_errors_name_the_field_and_allowed_values():
-    c = _config("demo", "tiny")
+    c = get_config("demo", "tiny")
     c.loss.name = "ppo"
     with pytest.raises(ConfigError, match=r"config.loss.*'ppo'.*alpha_dpg.*ppo_clip.*reinforce"):
         experiment.parse(c)
-    d = _config("demo", "tiny").to_dict()  # ConfigDict itself refuses a str for an int field
+    d = get_config("demo", "tiny").to_dict()  # ConfigDict itself refuses a str for an int field
     d["rl"]["prompts_per_step"] = "many"
     with pytest.raises(ConfigError, match=r"config.rl.prompts_per_step='many'; expected an int"):
         experiment.parse(d)
-    c = _config("demo", "tiny")
+    c = get_config("demo", "tiny")
     c.mode = "train"
     with pytest.raises(ConfigError, match=r"config.mode='train'; allowed: 'rl', 'sft', 'eval', 'demo'"):
         experiment.parse(c)
-    d = _config("demo", "tiny").to_dict()
+    d = get_config("demo", "tiny").to_dict()
     d["optim"]["lr"] = 1.0
     with pytest.raises(ConfigError, match=r"config.optim.lr: unknown field of OptimConfig; allowed: .*learning_rate"):
         experiment.parse(d)
@@ -88,7 +78,7 @@ def test_config_errors_name_the_field_and_allowed_values():
 @pytest.mark.parametrize("name", ["demo", "llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math",
                                   "eval_smollm2_gsm8k"])
 def test_every_config_parses(name):
-    exp = experiment.parse(_config(name))
+    exp = experiment.parse(get_config(name))
     assert exp.mode in ("rl", "demo", "eval")
 
 
