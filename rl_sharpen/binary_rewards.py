@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rl_sharpen.evaluation import text_table
+
 Family = Literal["autoregressive", "factorized"]
 
 
@@ -203,7 +205,7 @@ def diagnostics(log_pi: jax.Array, log_star: jax.Array, valid, ks) -> dict:
            "effective_valid_outputs": float(jnp.exp(-kl(log_cond, jnp.zeros_like(log_cond)))),
            "kl_filtered_to_policy": float(kl(log_star, log_pi))}
     for k in ks:
-        out[f"coverage@{k}"] = float(jnp.sum(p_star * -jnp.expm1(k * jnp.log1p(-jnp.minimum(pi, 1 - 1e-7)))))
+        out[f"coverage@{k}"] = float(jnp.sum(p_star * -jnp.expm1(k * jnp.log1p(-pi))))  # 1 - (1 - pi)^k
     return out
 
 
@@ -251,11 +253,9 @@ def table(result: dict) -> str:
     header = ["policy", "family", "validity", "eff. valid outputs"] + [f"cov@{k}" for k in ks]
     rows = [[r["name"], r["family"], f"{100 * r['validity']:.1f}", f"{r['effective_valid_outputs']:.1f}"]
             + [f"{100 * r[f'coverage@{k}']:.1f}" for k in ks] for r in result["runs"]]
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header] + rows]
     title = (f"{result['num_sequences']} sequences, {result['num_valid']} valid, base validity mu = "
              f"{100 * result['mu']:.1f}%")
-    return "\n".join([title, lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    return title + "\n" + text_table(header, rows)
 
 
 def plot(result: dict, path: str) -> None:
@@ -266,18 +266,17 @@ def plot(result: dict, path: str) -> None:
     k = max(result["config"]["ks"])
     panels = (("validity", "validity"), ("effective_valid_outputs", "effective valid outputs"),
               (f"coverage@{k}", f"coverage@{k}"))
-    references = [r for r in result["runs"] if r["family"] in ("exact", "factorized") and "beta" not in r
-                  or r["name"] == "base model"]
+    references = [r for r in result["runs"]
+                  if r["name"] == "base model" or (r["family"] in ("exact", "factorized") and "beta" not in r)]
+    betas = result["config"]["betas"]
     fig = Figure(figsize=(12, 3.6))
     axes = fig.subplots(1, 3)
     for ax, (key, title) in zip(axes, panels):
         for i, family in enumerate(("autoregressive", "factorized")):
-            kl_runs = [r for r in result["runs"] if r["family"] == family and "beta" in r]
-            ax.plot([r["beta"] for r in kl_runs], [r[key] for r in kl_runs], "o-", color=f"C{i}",
-                    label=f"KL control, {family}")
+            values = [r[key] for r in result["runs"] if r["family"] == family and "beta" in r]
+            ax.plot(betas, values, "o-", color=f"C{i}", label=f"KL control, {family}")
         if key == "validity":
-            ax.plot([r["beta"] for r in kl_runs], [r["tilted_validity"] for r in kl_runs], "k:",
-                    label="nu(beta), closed form")
+            ax.plot(betas, [validity_rate(result["mu"], b) for b in betas], "k:", label="nu(beta), closed form")
         for j, r in enumerate(references):
             label = r["name"] + (" (factorized)" if r["family"] == "factorized" else "")
             ax.axhline(r[key], color=f"C{j + 2}", ls="--", lw=1, label=label)

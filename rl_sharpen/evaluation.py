@@ -243,6 +243,11 @@ def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
                     + [f"{100 * majs[k]:.1f}" if k in majs else "-" for k in ks]
                     + [f"{100 * s['greedy_accuracy']:.1f}" if "greedy_accuracy" in s else "-",
                        f"{s['mean_response_tokens']:.0f}", f"{s['mean_distinct_answers']:.2f}"])
+    return text_table(header, rows)
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned plain-text columns with a dashed rule under the header."""
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header] + rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

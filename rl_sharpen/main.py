@@ -1,7 +1,7 @@
 """Entry point: python -m rl_sharpen.main --config=configs/demo.py --workdir=/tmp/run [--config.a.b=v]
 
-Modes (config.mode): rl, sft, eval, demo, binary_rewards. On TPU pods every host runs this same command and
-`--multihost` starts JAX's multi-controller runtime (jax.distributed.initialize) first.
+Modes (config.mode): rl, sft, eval, demo, binary_rewards. On TPU pods every host runs this same
+command and `--multihost` starts JAX's multi-controller runtime (jax.distributed.initialize) first.
 """
 
 import logging as pylogging
