@@ -4,7 +4,8 @@ checkpoint (SmolLM2-135M-Instruct on GSM8K prompts).
   python benchmarks/rl_step.py --out /tmp/rl_step.json [--checkpoint /path/to/SmolLM2-135M-Instruct]
 
 Each setting runs `--steps` RL steps; the first (compilation) is reported separately and the
-rest are averaged.
+rest are averaged. The SmolLM2 setting runs once per `--prompt-padding` mode (`rl.prompt_padding`:
+one width for the whole problem set, or each batch's own power-of-two bucket).
 """
 
 import argparse
@@ -63,6 +64,7 @@ def time_steps(c, steps: int) -> dict:
         "sequences_per_step": exp.rl.prompts_per_step * exp.sampling.num_samples,
         "max_new_tokens": exp.sampling.max_new_tokens,
         "mean_response_tokens": float(np.mean([r["response_length"] for r in rest])),
+        "prompt_padding": exp.rl.prompt_padding,
         "first_step_s (with compilation)": {k: first[k] for k in SPLITS},
         "step_s": {k: float(np.mean([r[k] for r in rest])) for k in SPLITS},
     }
@@ -73,6 +75,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpoint", default="", help="HF folder of SmolLM2-135M-Instruct (skipped if empty)")
+    parser.add_argument("--prompt-padding", default="dataset,batch", help="comma list of rl.prompt_padding modes")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
     args = parser.parse_args()
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -80,9 +83,11 @@ def main():
                "date": time.strftime("%Y-%m-%d")}
     results["demo"] = time_steps(_demo_config(), args.steps)
     print("demo", json.dumps(results["demo"], indent=1))
-    if args.checkpoint:
-        results["smollm2_135m"] = time_steps(_smollm2_config(args.checkpoint, args.data), args.steps)
-        print("smollm2", json.dumps(results["smollm2_135m"], indent=1))
+    for padding in args.prompt_padding.split(",") if args.checkpoint else ():
+        c = _smollm2_config(args.checkpoint, args.data)
+        c.rl.prompt_padding = padding
+        results[f"smollm2_135m_{padding}_padding"] = timed = time_steps(c, args.steps)
+        print(f"smollm2, {padding} padding", json.dumps(timed, indent=1))
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

@@ -103,9 +103,11 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
     train_problems = task.problems("train")
     evaluate = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
+    width = exp.sampling.prompt_width
+    if width is None and exp.rl.prompt_padding == "dataset":
+        width = prompt_width(task, train_problems)
     sampling_cfg = dataclasses.replace(exp.sampling, eos_ids=exp.sampling.eos_ids or tuple(task.eos_ids),
-                                       pad_id=task.pad_id,
-                                       prompt_width=exp.sampling.prompt_width or prompt_width(task, train_problems))
+                                       pad_id=task.pad_id, prompt_width=width)
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
                  train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg or exp.reward, adv_cfg=exp.advantage, loss_cfg=exp.loss,

@@ -9,6 +9,8 @@ import pytest
 from rl_sharpen import experiment
 from rl_sharpen.checkpoint import CheckpointMismatch
 from rl_sharpen.config import ConfigError
+from rl_sharpen.rl.trainer import prompt_order
+from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.task_setup import build_task
 from tests.experiment_configs import get_config
 
@@ -48,6 +50,25 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path):
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
     assert a[4]["update_grad_norm"] > 0
+
+
+def test_batch_prompt_padding_changes_shapes_not_results(tmp_path):
+    """Padding each batch to its own bucket instead of the problem set's width gives the same step."""
+    longer = {"data.synthetic_max_steps": 4, "seed": 4}  # prompts of 41-71 tokens: set width 128, batches 64
+    runs = {mode: _rl_run(tmp_path / mode, 2, **{"rl.prompt_padding": mode}, **longer) for mode in ("dataset", "batch")}
+    assert runs["batch"].sampling_cfg.prompt_width is None
+    dataset_width = runs["dataset"].sampling_cfg.prompt_width
+    run = runs["batch"]
+    B = run.rl_cfg.prompts_per_step
+    batch_widths = [bucket_width(max(len(run.task.prompt_ids(run.train_problems[i]))
+                                     for i in prompt_order(len(run.train_problems), run.seed, step * B, B)))
+                    for step in range(2)]
+    assert max(batch_widths) < dataset_width  # the test would be vacuous otherwise
+    for r in runs.values():
+        r.run()
+    a, b = _rows(tmp_path / "dataset"), _rows(tmp_path / "batch")
+    for step in (1, 2):
+        assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), step
 
 
 def test_changed_config_refuses_to_resume(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,9 @@ class RLConfig:
     minibatches: int = 1  # optimizer steps per epoch
     logprob_chunk: int = 512  # positions per vocabulary-projection chunk in the teacher-forced passes
     remat: bool = True  # rematerialize decoder layers in the backward pass
+    # prompt padding: "dataset" = one width for the whole problem set (one compile of sampler, scorer
+    # and update); "batch" = each batch's power-of-two bucket (fewer padded tokens, a compile per bucket)
+    prompt_padding: Literal["dataset", "batch"] = "dataset"
 
 
 @dataclasses.dataclass(frozen=True)
