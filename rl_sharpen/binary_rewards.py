@@ -75,6 +75,8 @@ class BinaryRewardsConfig:
                   ("betas", len(self.betas) > 0 and all(b > 0 for b in self.betas), "floats > 0"),
                   ("alphas", all(0 < a <= 1 for a in self.alphas), "floats in (0, 1]"),
                   ("steps", self.steps >= 1, "an integer >= 1"),
+                  ("learning_rate", self.learning_rate > 0, "a float > 0"),
+                  ("base_scale", self.base_scale >= 0, "a float >= 0 (0: a uniform base model)"),
                   ("ks", len(self.ks) > 0 and all(k >= 1 for k in self.ks), "integers >= 1")]
         for field, ok, allowed in checks:
             if not ok:

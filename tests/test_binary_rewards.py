@@ -130,6 +130,8 @@ def test_config_errors_name_the_field():
         br.BinaryRewardsConfig(alphas=(1.5,))
     with pytest.raises(ValueError, match="BinaryRewardsConfig.length"):
         br.BinaryRewardsConfig(vocab_size=3, length=20)
+    with pytest.raises(ValueError, match="BinaryRewardsConfig.learning_rate"):
+        br.BinaryRewardsConfig(learning_rate=0.0)
 
 
 def test_main_mode_writes_json_and_plot(tmp_path):
