@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 from rl_sharpen.evaluation import text_table
+from rl_sharpen.sampling.prompts import check_fields
 
 Family = Literal["autoregressive", "factorized"]
 
@@ -78,9 +79,7 @@ class BinaryRewardsConfig:
                   ("learning_rate", self.learning_rate > 0, "a float > 0"),
                   ("base_scale", self.base_scale >= 0, "a float >= 0 (0: a uniform base model)"),
                   ("ks", len(self.ks) > 0 and all(k >= 1 for k in self.ks), "integers >= 1")]
-        for field, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"BinaryRewardsConfig.{field}={getattr(self, field)!r}; allowed: {allowed}")
+        check_fields(self, checks)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,10 +97,10 @@ def test_config_errors_name_the_field_and_allowed_values():
 
 
 @pytest.mark.parametrize("name", ["demo", "llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math",
-                                  "eval_smollm2_gsm8k"])
+                                  "eval_smollm2_gsm8k", "binary_rewards"])
 def test_every_config_parses(name):
     exp = experiment.parse(get_config(name))
-    assert exp.mode in ("rl", "demo", "eval")
+    assert exp.mode in ("rl", "demo", "eval", "binary_rewards")
 
 
 def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data_dir):

@@ -121,8 +121,7 @@ def _attention(q, cache_k, cache_v, allowed):
     mask = allowed[:, None, None, :]
     scores = jnp.where(mask, scores / math.sqrt(E), jnp.finfo(jnp.float32).min)
     probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(cache_v.dtype)
-    out = jnp.einsum("rkgs,rkse->rkge", probs, cache_v, preferred_element_type=jnp.float32,
-                     precision=layers.precision(cache_v.dtype))
+    out = jnp.einsum("rkgs,rkse->rkge", probs, cache_v, preferred_element_type=jnp.float32, precision=precision)
     return out.reshape(R, H * E).astype(q.dtype)
 
 
