@@ -52,6 +52,17 @@ def test_micro_batches_equal_one_big_batch(aggregation, loss):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), s1["params"], s4["params"])
 
 
+@pytest.mark.parametrize("chunk", [3, 512])
+def test_completion_logprobs_are_the_last_columns_of_teacher_forcing(chunk):
+    """Projecting only the completion positions onto the vocabulary changes nothing, chunked or not."""
+    params = models.init_params(CFG, jax.random.key(2))
+    batch = _batch(8, seed=5)
+    full = models.token_logprobs(params, CFG, batch.tokens, batch.segments, chunk=512)
+    got = completion_logprobs(params, CFG, batch.tokens, batch.segments, T, chunk=chunk)
+    assert got.shape == (8, T)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(full)[:, P - 1:], rtol=1e-6, atol=1e-6)
+
+
 def test_reinforce_gradient_is_advantage_weighted_score():
     """On-policy (w = 1), token-mean: grad = -(1/sum m) sum_i A_i sum_t m_it grad log pi(y_it)."""
     params = models.init_params(CFG, jax.random.key(1))

@@ -129,8 +129,10 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
 
 
 def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positions=None, *,
-                   chunk: int = 512, remat: bool = False) -> jax.Array:
-    """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced.
+                   chunk: int = 512, remat: bool = False, last: int | None = None) -> jax.Array:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced; with
+    `last`, only those of the last `last` tokens, [B, last] (the vocabulary projection then skips
+    the positions before them, e.g. a prompt's).
 
     The vocabulary projection and log-softmax run over `chunk` positions at a time so the full
     [B, T, V] logits never exist at once.
@@ -139,7 +141,10 @@ def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positi
         positions = positions_from_segments(segment_ids)
     h, _ = hidden_states(params, cfg, tokens, positions, segment_ids, remat=remat)
     h, targets = h[:, :-1], tokens[:, 1:]
+    if last is not None:
+        h, targets = h[:, h.shape[1] - last:], targets[:, targets.shape[1] - last:]
     B, T1, D = h.shape
+    chunk = min(chunk, T1)  # a shorter sequence is one chunk, not padded to `chunk` positions
     n = -(-T1 // chunk)
     pad = n * chunk - T1
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)

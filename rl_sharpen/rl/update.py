@@ -36,9 +36,7 @@ class TrainBatch:
 def completion_logprobs(params, cfg: ModelConfig, tokens, segments, completion_width: int, *,
                         chunk: int = 512, remat: bool = False) -> jax.Array:
     """log pi(y_j | x, y_<j) for the T completion columns, float32 [N, T]."""
-    lp = token_logprobs(params, cfg, tokens, segments, chunk=chunk, remat=remat)
-    start = tokens.shape[1] - completion_width - 1
-    return lp[:, start:]
+    return token_logprobs(params, cfg, tokens, segments, chunk=chunk, remat=remat, last=completion_width)
 
 
 def loss_denominator(mask: jax.Array, aggregation: str) -> jax.Array:
