@@ -5,7 +5,9 @@ checkpoint (SmolLM2-135M-Instruct on GSM8K prompts).
 
 Each setting runs `--steps` RL steps; the first (compilation) is reported separately and the
 rest are averaged. The SmolLM2 setting runs once per `--prompt-padding` mode (`rl.prompt_padding`:
-one width for the whole problem set, or each batch's own power-of-two bucket).
+one width for the whole problem set, or each batch's own power-of-two bucket), and once per
+`--calibration-layers` depth of a memory network (distribution-level calibration, mu = 0.5), whose
+cost shows in the sample split (a second model in the decode loop) and in its own memory split.
 """
 
 import argparse
@@ -24,7 +26,7 @@ from rl_sharpen.metrics import read_jsonl
 from rl_sharpen.task_setup import build_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = ("time_sample", "time_score", "time_update", "time_step")
+SPLITS = ("time_sample", "time_score", "time_update", "time_memory", "time_step")
 
 
 def _demo_config():
@@ -65,8 +67,9 @@ def time_steps(c, steps: int) -> dict:
         "max_new_tokens": exp.sampling.max_new_tokens,
         "mean_response_tokens": float(np.mean([r["response_length"] for r in rest])),
         "prompt_padding": exp.rl.prompt_padding,
-        "first_step_s (with compilation)": {k: first[k] for k in SPLITS},
-        "step_s": {k: float(np.mean([r[k] for r in rest])) for k in SPLITS},
+        "calibration_memory_layers": exp.calibration.memory_layers if exp.calibration.enabled else None,
+        "first_step_s (with compilation)": {k: first[k] for k in SPLITS if k in first},
+        "step_s": {k: float(np.mean([r[k] for r in rest])) for k in SPLITS if k in first},
     }
 
 
@@ -76,6 +79,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpoint", default="", help="HF folder of SmolLM2-135M-Instruct (skipped if empty)")
     parser.add_argument("--prompt-padding", default="dataset,batch", help="comma list of rl.prompt_padding modes")
+    parser.add_argument("--calibration-layers", default="",
+                        help="comma list of memory-network depths to time with calibration on (SmolLM2)")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
     args = parser.parse_args()
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -88,6 +93,11 @@ def main():
         c.rl.prompt_padding = padding
         results[f"smollm2_135m_{padding}_padding"] = timed = time_steps(c, args.steps)
         print(f"smollm2, {padding} padding", json.dumps(timed, indent=1))
+    for layers in [int(n) for n in args.calibration_layers.split(",") if n] if args.checkpoint else ():
+        c = _smollm2_config(args.checkpoint, args.data)
+        c.calibration.mu, c.calibration.memory_layers = 0.5, layers
+        results[f"smollm2_135m_calibrated_{layers}_layers"] = timed = time_steps(c, args.steps)
+        print(f"smollm2, calibrated, {layers}-layer memory", json.dumps(timed, indent=1))
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

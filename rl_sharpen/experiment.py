@@ -22,6 +22,7 @@ from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
 from rl_sharpen.rl import rewards as rw
+from rl_sharpen.rl.calibration import CalibrationConfig
 from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig
 from rl_sharpen.sft import SFTConfig
 from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width
@@ -52,6 +53,7 @@ class ExperimentConfig:
     sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=1024)
     reward: rw.RewardConfig = rw.RewardConfig()
     advantage: adv.AdvantageConfig = adv.AdvantageConfig()
+    calibration: CalibrationConfig = CalibrationConfig()  # sampling against a memory of past rollouts (mu = 0: off)
     loss: losses.LossConfig = losses.LossConfig()
     optim: OptimConfig = OptimConfig()
     rl: RLConfig = RLConfig()
@@ -112,7 +114,8 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                  train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg or exp.reward, adv_cfg=exp.advantage, loss_cfg=exp.loss,
                  optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
-                 config_record=to_record(exp), evaluate=evaluate, mesh=mesh, name=name)
+                 config_record=to_record(exp), evaluate=evaluate, mesh=mesh, name=name,
+                 calibration_cfg=exp.calibration)
 
 
 def run(config, workdir: str) -> dict:

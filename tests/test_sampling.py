@@ -32,9 +32,9 @@ def random_params(cfg, seed: int, std: float = 0.02, mesh=None):
     return jax.tree.map(jax.device_put, params, shardings)
 
 
-def peaky_model(seed: int = 0):
-    """A 2-layer model over 5 tokens whose next-token law depends on the whole prefix."""
-    cfg = models.ModelConfig("llama", V, 16, 32, 2, 2, 1, 8, max_position_embeddings=64)
+def peaky_model(seed: int = 0, num_layers: int = 2):
+    """A model over 5 tokens whose next-token law depends on the whole prefix."""
+    cfg = models.ModelConfig("llama", V, 16, 32, num_layers, 2, 1, 8, max_position_embeddings=64)
     params = random_params(cfg, seed)
     layers = {k: v * (1.0 if k.endswith("norm") else 20.0) for k, v in params["layers"].items()}
     return cfg, dict(params, layers=layers, lm_head=params["lm_head"] * 8.0)
@@ -60,13 +60,17 @@ def truncated_law(logits: np.ndarray, temperature: float, top_k: int, top_p: flo
     return p
 
 
-def enumerate_law(params, cfg, prompt, temperature=1.0, top_k=0, top_p=1.0, n=N, eos=EOS):
-    """{completion: probability} over every completion of <= n tokens ending at the first EOS."""
+def enumerate_law(params, cfg, prompt, temperature=1.0, top_k=0, top_p=1.0, n=N, eos=EOS, contrast=None):
+    """{completion: probability} over every completion of <= n tokens ending at the first EOS; with a
+    `sampling.Contrast`, of the law of z - mu z_m."""
     seqs = np.array(list(itertools.product(range(cfg.vocab_size), repeat=n)), np.int32)
     tokens = jnp.asarray(np.concatenate([np.tile(prompt, (len(seqs), 1)), seqs], axis=1))
     segments = jnp.ones_like(tokens)
     logits, _ = forward(params, cfg, tokens, models.positions_from_segments(segments), segments)
-    logits = np.asarray(logits)[:, len(prompt) - 1:-1]
+    logits = np.asarray(logits, np.float64)[:, len(prompt) - 1:-1]
+    if contrast is not None:
+        memory, _ = forward(contrast.params, contrast.cfg, tokens, models.positions_from_segments(segments), segments)
+        logits = logits - float(contrast.weight) * np.asarray(memory, np.float64)[:, len(prompt) - 1:-1]
     law = {}
     for seq, steps in zip(seqs, logits):
         prob, out = 1.0, []
@@ -159,6 +163,42 @@ def test_sample_law_matches_enumeration(temperature, top_k, top_p):
         law = laws[r // G]
         np.testing.assert_allclose(float(out.sampled_logprobs[r].sum()), np.log(law[tuple(toks[:n].tolist())]),
                                    atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.8, 3, 0.9)])
+def test_contrast_law_matches_enumeration(temperature, top_k, top_p):
+    """Sampling from z - mu z_m (a second model of another depth) matches the enumerated law of z - mu z_m,
+    sampled_logprobs are log q of that law, and logprobs stay the policy's own."""
+    cfg, params = peaky_model()
+    memory_cfg, memory_params = peaky_model(seed=3, num_layers=1)
+    contrast = sampling.Contrast(memory_params, memory_cfg, 1.0)
+    G = 6000
+    sc = sampling.SamplingConfig(max_new_tokens=N, temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=(EOS,),
+                                 num_samples=G, pad_id=0)
+    out = sampling.generate(params, cfg, PROMPTS, jax.random.key(5), sc, contrast=contrast)
+    for b, prompt in enumerate(PROMPTS):
+        law = enumerate_law(params, cfg, prompt, temperature, top_k, top_p, contrast=contrast)
+        plain = enumerate_law(params, cfg, prompt, temperature, top_k, top_p)
+        assert sum(abs(law.get(k, 0) - plain.get(k, 0)) for k in set(law) | set(plain)) / 2 > 0.1  # it bites
+        pvalue = chi_square_pvalue(empirical(out, slice(b * G, (b + 1) * G)), law)
+        assert pvalue > 1e-3, (prompt, pvalue)
+        for r in range(b * G, (b + 1) * G, 701):
+            toks, n = np.asarray(out.tokens[r]), int(out.lengths[r])
+            np.testing.assert_allclose(float(out.sampled_logprobs[r].sum()), np.log(law[tuple(toks[:n].tolist())]),
+                                       atol=1e-4)
+    assert _teacher_forced_gap(params, cfg, out) < 1e-5
+    unweighted = sampling.generate(params, cfg, PROMPTS, jax.random.key(5), sc,
+                                   contrast=sampling.Contrast(memory_params, memory_cfg, 0.0))
+    plain = sampling.generate(params, cfg, PROMPTS, jax.random.key(5), sc)
+    np.testing.assert_array_equal(np.asarray(unweighted.tokens), np.asarray(plain.tokens))
+
+
+def test_contrast_with_another_vocabulary_is_refused():
+    cfg, params = peaky_model()
+    other = models.ModelConfig("llama", V + 1, 16, 32, 1, 2, 1, 8, max_position_embeddings=64)
+    with pytest.raises(ValueError, match="Contrast.cfg.vocab_size=6"):
+        sampling.generate(params, cfg, PROMPTS, jax.random.key(0), sampling.SamplingConfig(max_new_tokens=N),
+                          contrast=sampling.Contrast(random_params(other, 0), other, 0.5))
 
 
 def test_greedy_takes_the_argmax_path():
@@ -310,6 +350,16 @@ def test_sharded_generation_equals_single_device():
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
     assert len(np.unique(np.asarray(ref.tokens))) > 3
+    # with a sharded contrast model (a 1-layer memory network) in the loop too
+    memory_cfg = cfg.replace(num_layers=1)
+    memory, sharded_memory = random_params(memory_cfg, 2, 0.2), random_params(memory_cfg, 2, 0.2, mesh)
+    ref_c = sampling.generate(params, cfg, prompts, jax.random.key(5), sc,
+                              contrast=sampling.Contrast(memory, memory_cfg, 1.0))
+    out_c = sampling.generate(sharded, cfg, prompts, jax.random.key(5), sc, mesh=mesh,
+                              contrast=sampling.Contrast(sharded_memory, memory_cfg, 1.0))
+    np.testing.assert_array_equal(np.asarray(out_c.tokens), np.asarray(ref_c.tokens))
+    np.testing.assert_allclose(np.asarray(out_c.sampled_logprobs), np.asarray(ref_c.sampled_logprobs), atol=1e-4)
+    assert np.any(np.asarray(ref_c.tokens) != np.asarray(ref.tokens))
 
 
 def test_repeated_calls_do_not_recompile():

@@ -40,16 +40,26 @@ def _rows(workdir):
     return {r["step"]: {k: v for k, v in r.items() if not k.startswith("time")} for r in rows}
 
 
-def test_killed_run_resumes_with_identical_metrics(tmp_path):
+CALIBRATED = {"calibration.mu": 0.5, "calibration.memory_layers": 1, "calibration.learning_rate": 1e-2}
+
+
+@pytest.mark.parametrize("overrides", [{}, CALIBRATED], ids=["plain", "calibrated"])
+def test_killed_run_resumes_with_identical_metrics(tmp_path, overrides):
+    """With calibration the memory network's params and optimizer state are in the checkpoint too."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    _rl_run(full, 4).run()
-    _rl_run(killed, 2).run()  # stops after its step-2 checkpoint, as a kill after that save would
-    _rl_run(killed, 4).run()  # the same command again: resumes at step 2
+    _rl_run(full, 4, **overrides).run()
+    _rl_run(killed, 2, **overrides).run()  # stops after its step-2 checkpoint, as a kill after that save would
+    _rl_run(killed, 4, **overrides).run()  # the same command again: resumes at step 2
     a, b = _rows(full), _rows(killed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
     assert a[4]["update_grad_norm"] > 0
+    if overrides:  # sampling from q != pi: the importance weights pi / q are no longer all 1
+        assert all("memory_nll" in a[s] for s in a)
+        assert abs(a[4]["update_is_weight_mean"] - 1) > 1e-3
+    else:
+        assert a[4]["update_is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_batch_prompt_padding_changes_shapes_not_results(tmp_path):

@@ -1,9 +1,12 @@
 """The RL objective as pure functions over arrays: rewards -> advantages -> per-token loss.
 
   rewards.py     RewardInputs, RewardConfig, compute_rewards, regime_preset (the paper's four regimes)
-  advantages.py  AdvantageConfig, compute_advantages (rloo, grpo, dr_grpo, reinforce_pp, ...)
+  advantages.py  AdvantageConfig, compute_advantages (rloo, grpo, dr_grpo, reinforce_pp, ...), with
+                 inverse-success calibration
   losses.py      LossInputs, LossConfig, policy_loss (reinforce, ppo_clip, alpha_dpg)
   kl.py          k1 / k2 / k3 estimators of KL(pi || p_ref)
+  calibration.py CalibrationConfig, Memory: distribution-level calibration, sampling from
+                 z_pi - mu z_memory with a memory network trained on past rollouts
 """
 
 from rl_sharpen.rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, compute_advantages, register_estimator

@@ -69,13 +69,15 @@ class Scorer:
 
 def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,
             sampling_cfg: "sampling.SamplingConfig", reward_cfg: rw.RewardConfig, adv_cfg: adv.AdvantageConfig,
-            scorer: Scorer, pad_id: int, mesh=None) -> tuple[TrainBatch, dict[str, Any]]:
-    """(TrainBatch of B*G rows, metrics) for prompts `problems` (B of them)."""
+            scorer: Scorer, pad_id: int, mesh=None, contrast: "sampling.Contrast | None" = None
+            ) -> tuple[TrainBatch, dict[str, Any]]:
+    """(TrainBatch of B*G rows, metrics) for prompts `problems` (B of them); a `contrast` samples
+    from the calibrated law (rl/calibration.py)."""
     G = sampling_cfg.num_samples
     timings = {}
     t0 = time.perf_counter()
     prompts = [task.prompt_ids(p) for p in problems]
-    out = sampling.generate(policy_params, cfg, prompts, rng, sampling_cfg, mesh=mesh)
+    out = sampling.generate(policy_params, cfg, prompts, rng, sampling_cfg, mesh=mesh, contrast=contrast)
     tokens = np.asarray(out.tokens)
     lengths = np.asarray(out.lengths)
     timings["time_sample"] = time.perf_counter() - t0
@@ -117,4 +119,6 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
         **{f"verify_{k}": v for k, v in verify_stats.items()},
         **timings,
     }
+    if not sampling_cfg.greedy:  # E_q[log q/pi] per sequence, q the law sampled (temperature, top-k/p, calibration)
+        metrics["kl_sampler_policy"] = (jnp.sum(batch.behaviour_logprobs * mask_j, axis=1) - seq_pi).mean()
     return batch, metrics

@@ -27,6 +27,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, make_optimizer, schedule
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
+from rl_sharpen.rl.calibration import CalibrationConfig, Memory
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.rollout import Scorer, Task, rollout
 from rl_sharpen.rl.update import TrainBatch, make_train_step
@@ -52,6 +53,9 @@ class TrainConfig:
     eval_every: int = 0  # validation every N steps (0: only at the start and the end)
     checkpoint_every: int = 25  # save every N steps
     keep_checkpoints: int = 2  # newest checkpoints kept
+
+
+_MEMORY_STREAM = 0x6D656D  # folded into the seed key for the memory network's initialization
 
 
 def prompt_order(num_problems: int, seed: int, position: int, count: int) -> np.ndarray:
@@ -116,6 +120,7 @@ class RLRun:
     evaluate: Callable[[Any, int], dict] | None = None  # (params, step) -> validation metrics
     mesh: Any = None
     name: str = "train"
+    calibration_cfg: CalibrationConfig = CalibrationConfig()  # distribution-level calibration (off at mu = 0)
 
     def __post_init__(self):
         G = self.sampling_cfg.num_samples
@@ -127,10 +132,15 @@ class RLRun:
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat)
         self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
+        self.memory = Memory(self.model_cfg, self.calibration_cfg) if self.calibration_cfg.enabled else None
 
     def initial_state(self) -> dict:
         opt_state = jax.jit(self.optimizer.init)(self.policy_params)
-        return {"params": self.policy_params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+        state = {"params": self.policy_params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+        if self.memory is not None:
+            key = jax.random.fold_in(jax.random.key(self.seed), _MEMORY_STREAM)
+            state["memory"] = self.memory.initial_state(self.model_cfg, self.ref_params, key, self.mesh)
+        return state
 
     def run(self) -> dict:
         ckpt = Checkpointer(f"{self.workdir}/checkpoints", self.train_cfg.checkpoint_every,
@@ -155,16 +165,23 @@ class RLRun:
             t_step = time.perf_counter()
             idx = prompt_order(len(self.train_problems), self.seed, step * B, B)
             problems = [self.train_problems[i] for i in idx]
+            contrast = self.memory.contrast(state["memory"]) if self.memory is not None else None
             batch, metrics = rollout(state["params"], self.ref_params, self.model_cfg, self.task, problems,
                                      jax.random.fold_in(base_key, step), self.sampling_cfg, self.reward_cfg,
-                                     self.adv_cfg, self.scorer, self.pad_id, self.mesh)
+                                     self.adv_cfg, self.scorer, self.pad_id, self.mesh, contrast=contrast)
             t0 = time.perf_counter()
+            memory = state.pop("memory", None)  # the jitted policy update donates and returns the rest
             shuffle = np.random.default_rng([self.seed, step, 1])
             for _ in range(self.rl_cfg.epochs):
                 for mb in _minibatches(batch, self.rl_cfg.minibatches, G, shuffle):
                     state, update_metrics = self.train_step(state, _place(mb, self.mesh))
             update_metrics = jax.device_get(update_metrics)
             metrics["time_update"] = time.perf_counter() - t0
+            if memory is not None:  # learns this step's rollouts, which the next step's sampling avoids
+                t0 = time.perf_counter()
+                rows = _place((batch.tokens, batch.segments, batch.completion_mask), self.mesh)
+                state["memory"], memory_metrics = self.memory.update(memory, *rows)
+                metrics.update(jax.device_get(memory_metrics), time_memory=time.perf_counter() - t0)
             metrics["time_step"] = time.perf_counter() - t_step
             metrics.update({f"update_{k}": v for k, v in update_metrics.items()})
             metrics["learning_rate"] = float(self._lr(step))

@@ -5,12 +5,16 @@
 Per step, with logits z over the vocabulary (float32):
 
     logprobs          log softmax(z)[y]        the model at temperature 1, what the trainer recomputes
-    sampled_logprobs  log q(y),  q = softmax(top_p(top_k(z / temperature)))   the law y was drawn from
+    sampled_logprobs  log q(y),  q = softmax(top_p(top_k(z' / temperature)))   the law y was drawn from
+
+where z' = z, or z - mu z_m with a `Contrast` (a second model's logits z_m on the same prefix, e.g.
+the memory network of distribution-level calibration, rl/calibration.py), which changes what is
+sampled but not `logprobs`.
 
 top_k keeps logits >= the k-th largest; top_p then keeps, in decreasing order, the fewest tokens
 whose probability under softmax(top_k(z / T)) sums to >= top_p (tokens tied with the last one kept
 are kept too). Removed logits become -inf. Greedy decoding (greedy=True or temperature=0) takes
-argmax z and reports sampled_logprobs = 0.
+argmax z' and reports sampled_logprobs = 0.
 """
 
 from __future__ import annotations
@@ -111,6 +115,17 @@ class SampleOutput:
                 jnp.concatenate([self.prompt_segment_ids, segments], axis=1))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Contrast:
+    """A model whose logits are subtracted before sampling: z' = z - weight * z_m. Its vocabulary
+    must be the policy's; its depth and width may differ."""
+
+    params: dict
+    cfg: ModelConfig = dataclasses.field(metadata=dict(static=True))
+    weight: jax.Array | float  # mu >= 0
+
+
 def _order_keys(z: jax.Array) -> jax.Array:
     """uint32 keys that order float32 values like the values (-0.0 as +0.0; -inf lowest)."""
     bits = jax.lax.bitcast_convert_type(z + 0.0, jnp.uint32)
@@ -147,14 +162,15 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     return z
 
 
-def _pick(logits, key, sc: SamplingConfig):
-    """(token, temperature-1 log-prob, sampled log-prob) for each row of logits [R, V]."""
+def _pick(logits, sample_logits, key, sc: SamplingConfig):
+    """(token, temperature-1 log-prob under `logits`, log-prob under the law sampled from
+    `sample_logits`) for each row of [R, V] logits."""
     logp = jax.nn.log_softmax(logits, axis=-1)
     if sc.greedy:
-        token = jnp.argmax(logits, axis=-1)
+        token = jnp.argmax(sample_logits, axis=-1)
         sampled = jnp.zeros(logits.shape[:1], jnp.float32)
     else:
-        z = filter_logits(logits, sc.temperature, sc.top_k, sc.top_p)
+        z = filter_logits(sample_logits, sc.temperature, sc.top_k, sc.top_p)
         token = jax.random.categorical(key, z, axis=-1)
         sampled = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), token[:, None], axis=-1)[:, 0]
     token = token.astype(jnp.int32)
@@ -164,7 +180,11 @@ def _pick(logits, key, sc: SamplingConfig):
 def _record(state, sc: SamplingConfig):
     """Draws step t's token for every row and writes it (pad after an EOS) into the outputs."""
     t = state["t"]
-    token, logp, sampled = _pick(state["logits"], jax.random.fold_in(state["rng"], t), sc)
+    logits = state["logits"]
+    sample_logits = logits
+    if "contrast_logits" in state:
+        sample_logits = logits - state["contrast_weight"] * state["contrast_logits"]
+    token, logp, sampled = _pick(logits, sample_logits, jax.random.fold_in(state["rng"], t), sc)
     live = ~state["finished"] | sc.ignore_eos
     token = jnp.where(live, token, sc.pad_id)
     eos = jnp.isin(token, jnp.asarray(sc.eos_ids, jnp.int32)) & live if sc.eos_ids else jnp.zeros_like(live)
@@ -178,14 +198,21 @@ def _record(state, sc: SamplingConfig):
                 lengths=state["lengths"] + live, finished=state["finished"] | eos)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache",))
-def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
+@functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh", "contrast_cfg"),
+                   donate_argnames=("cache", "contrast_cache"))
+def _decode(params, cache, logits, positions, segments, rng, contrast_params=None, contrast_cache=None,
+            contrast_logits=None, contrast_weight=None, *, cfg: ModelConfig, sc: SamplingConfig, mesh,
+            contrast_cfg: ModelConfig | None = None):
     R, N = logits.shape[0], sc.max_new_tokens
     weights, decode_step = decode.decoder(params, cfg, sc.fast_decode, cache)
     zeros = jnp.zeros((R, N), jnp.float32)
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions, rng=rng,
                  token=jnp.zeros((R,), jnp.int32), tokens=jnp.full((R, N), sc.pad_id, jnp.int32), logprobs=zeros,
                  sampled_logprobs=zeros, lengths=jnp.zeros((R,), jnp.int32), finished=jnp.zeros((R,), bool))
+    if contrast_cfg is not None:
+        contrast_weights, contrast_step = decode.decoder(contrast_params, contrast_cfg, sc.fast_decode, contrast_cache)
+        state.update(contrast_cache=contrast_cache, contrast_logits=contrast_logits,
+                     contrast_weight=jnp.asarray(contrast_weight, jnp.float32))
 
     def cond(s):
         going = s["t"] < N - 1
@@ -194,27 +221,45 @@ def _decode(params, cache, logits, positions, segments, rng, *, cfg: ModelConfig
     def body(s):
         s = _record(s, sc)
         logits, cache = decode_step(weights, cfg, s["cache"], s["token"], s["positions"], segments, mesh)
+        if contrast_cfg is not None:
+            z, c = contrast_step(contrast_weights, contrast_cfg, s["contrast_cache"], s["token"], s["positions"],
+                                 segments, mesh)
+            s = dict(s, contrast_logits=z, contrast_cache=c)
         return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
 
     state = _record(jax.lax.while_loop(cond, body, state), sc)
-    # The cache is returned so that it aliases the donated input: the loop then updates it in place.
-    return {k: state[k] for k in ("tokens", "logprobs", "sampled_logprobs", "lengths", "finished")}, state["cache"]
+    # The caches are returned so that they alias the donated inputs: the loop then updates them in place.
+    outputs = {k: state[k] for k in ("tokens", "logprobs", "sampled_logprobs", "lengths", "finished")}
+    return outputs, state["cache"], state.get("contrast_cache")
 
 
 def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: SamplingConfig,
-             mesh=None) -> SampleOutput:
+             mesh=None, contrast: Contrast | None = None) -> SampleOutput:
     """Samples `sampling_cfg.num_samples` completions of every prompt; see `SampleOutput`.
 
     prompts: a left-padded `PromptBatch` or a list of token-id lists. params may be sharded over
     `mesh`; rows are then sharded over its data axes and the cache by `models.CACHE_AXES`.
+    contrast: sample from z - mu z_m instead of z (module docstring); `logprobs` stay the policy's.
     """
     sc = sampling_cfg
     prompt_lib.check_token_ids(cfg, "SamplingConfig", sc.pad_id, sc.eos_ids)
+    if contrast is not None and contrast.cfg.vocab_size != cfg.vocab_size:
+        raise ValueError(f"Contrast.cfg.vocab_size={contrast.cfg.vocab_size}; must equal the policy's "
+                         f"vocab_size={cfg.vocab_size}")
     tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=sc.max_new_tokens, pad_id=sc.pad_id,
                                           width=sc.prompt_width, owner="SamplingConfig")
     tokens, segments = kv.place_rows(tokens, mesh), kv.place_rows(segments, mesh)
-    cache, logits, positions, seg, prompt_tokens, prompt_segments = kv.prefill(
-        params, tokens, segments, cfg=cfg, copies=sc.num_samples, cache_len=tokens.shape[1] + sc.max_new_tokens,
-        per_layer=sc.fast_decode, mesh=mesh)
-    out, _ = _decode(params, cache, logits, positions, seg, rng, cfg=cfg, sc=sc, mesh=mesh)
+    cache_len = tokens.shape[1] + sc.max_new_tokens
+
+    def prefill(p, c):
+        return kv.prefill(p, tokens, segments, cfg=c, copies=sc.num_samples, cache_len=cache_len,
+                          per_layer=sc.fast_decode, mesh=mesh)
+
+    cache, logits, positions, seg, prompt_tokens, prompt_segments = prefill(params, cfg)
+    extra = {}
+    if contrast is not None:
+        contrast_cache, contrast_logits = prefill(contrast.params, contrast.cfg)[:2]
+        extra = dict(contrast_params=contrast.params, contrast_cache=contrast_cache, contrast_logits=contrast_logits,
+                     contrast_weight=contrast.weight, contrast_cfg=contrast.cfg)
+    out, _, _ = _decode(params, cache, logits, positions, seg, rng, cfg=cfg, sc=sc, mesh=mesh, **extra)
     return SampleOutput(**out, prompt_tokens=prompt_tokens, prompt_segment_ids=prompt_segments)

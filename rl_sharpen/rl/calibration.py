@@ -1,0 +1,104 @@
+"""Distribution-level calibration (Fan et al. 2026, "When Sharpening Becomes Collapse").
+
+A memory network m, a small language model over the policy's vocabulary, is trained on the
+policy's past rollouts, so it learns what the policy has been producing. Rollouts are then drawn
+from the calibrated law
+
+    q(y_t | x, y_<t) ∝ exp((z_pi - mu z_m) / T)          (then top-k / top-p as usual)
+
+where z_pi and z_m are the policy's and the memory's next-token logits: tokens the policy keeps
+producing are down-weighted, which pushes exploration away from the modes the policy is collapsing
+onto. At mu = 0 this is plain sampling. The trainer still optimises pi: the tokens carry their exact
+log q as behaviour log-probs, so REINFORCE's truncated weight min(pi / q, is_cap) (rl/losses.py)
+corrects for sampling from q instead of pi.
+
+After each rollout the memory takes `updates_per_step` Adam steps on
+
+    L_m = -(1 / sum_t m_t) sum_{i,t} m_it log p_m(y_it | x_i, y_i,<t)       (completion tokens only)
+
+Its value before the update, `memory_nll`, measures how predictable the new rollouts were from the
+old ones: it falls as the policy collapses. With calibration on, the rollout metrics (accuracy,
+s_pi, kl_k1) average over samples of q, not of pi; `kl_sampler_policy` = E_q[log q/pi] per sequence
+says how far apart the two are, and validation samples pi itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+
+from rl_sharpen import models, sampling
+from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.optim import OptimConfig, make_optimizer
+from rl_sharpen.sampling.prompts import check_fields
+from rl_sharpen.sft import make_sft_step
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    mu: float = 0.0  # weight of the memory logits subtracted before sampling, z_pi - mu z_m; 0 disables
+    memory_layers: int = 0  # decoder layers of the memory network (0: as many as the policy)
+    memory_init: Literal["random", "reference"] = "random"  # random: near-uniform logits (an empty memory);
+    # reference: the first `memory_layers` layers of p_ref with its final norm and unembedding
+    learning_rate: float = 1e-4  # Adam step size of the memory network
+    updates_per_step: int = 1  # memory steps on each rollout batch
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("mu", self.mu >= 0, "a float >= 0 (0 disables calibration)"),
+            ("memory_layers", self.memory_layers >= 0, "an integer >= 0 (0: the policy's depth)"),
+            ("learning_rate", self.learning_rate > 0, "a float > 0"),
+            ("updates_per_step", self.updates_per_step >= 1, "an integer >= 1"),
+        ])
+
+    @property
+    def enabled(self) -> bool:
+        return self.mu > 0
+
+
+def memory_config(policy_cfg: ModelConfig, cal: CalibrationConfig) -> ModelConfig:
+    layers = cal.memory_layers or policy_cfg.num_layers
+    if layers > policy_cfg.num_layers and cal.memory_init == "reference":
+        raise ValueError(f"CalibrationConfig.memory_layers={layers}; memory_init='reference' takes at most the "
+                         f"reference's {policy_cfg.num_layers} layers")
+    return policy_cfg.replace(num_layers=layers)
+
+
+def init_memory(policy_cfg: ModelConfig, ref_params: dict, cal: CalibrationConfig, key: jax.Array,
+                mesh=None) -> tuple[ModelConfig, dict]:
+    """(memory ModelConfig, memory params): random, or the reference truncated to its first layers."""
+    cfg = memory_config(policy_cfg, cal)
+    if cal.memory_init == "random":
+        return cfg, models.init_params(cfg, key, mesh=mesh)
+    n = cfg.num_layers
+    params = dict(ref_params, layers={name: w[:n] for name, w in ref_params["layers"].items()})
+    return cfg, jax.tree.map(lambda x: x.copy(), params)
+
+
+class Memory:
+    """The memory network's config, optimizer and jitted update; its params and optimizer state
+    live in the trainer's state (and so in its checkpoints)."""
+
+    def __init__(self, policy_cfg: ModelConfig, cal: CalibrationConfig):
+        self.cal = cal
+        self.cfg = memory_config(policy_cfg, cal)
+        self.optimizer = make_optimizer(OptimConfig(learning_rate=cal.learning_rate))
+        self._step = make_sft_step(self.cfg, self.optimizer)
+
+    def initial_state(self, policy_cfg: ModelConfig, ref_params: dict, key: jax.Array, mesh=None) -> dict:
+        _, params = init_memory(policy_cfg, ref_params, self.cal, key, mesh)
+        return {"params": params, "opt_state": jax.jit(self.optimizer.init)(params)}
+
+    def contrast(self, state: dict) -> sampling.Contrast:
+        return sampling.Contrast(state["params"], self.cfg, self.cal.mu)
+
+    def update(self, state: dict, tokens, segments, completion_mask) -> tuple[dict, dict]:
+        """`updates_per_step` NLL steps on one rollout batch; (state, {"memory_nll": L_m before them})."""
+        params, opt_state = state["params"], state["opt_state"]
+        first = None
+        for _ in range(self.cal.updates_per_step):
+            params, opt_state, nll, _ = self._step(params, opt_state, tokens, segments, completion_mask)
+            first = nll if first is None else first
+        return {"params": params, "opt_state": opt_state}, {"memory_nll": first}

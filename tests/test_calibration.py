@@ -1,0 +1,73 @@
+"""Distribution-level calibration: the memory network's init and NLL updates, and its config errors
+(the calibrated sampling law is checked by enumeration in test_sampling.py, the trainer's resume
+with a memory in test_trainer.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from rl_sharpen import models, sampling
+from rl_sharpen.rl.calibration import CalibrationConfig, Memory, init_memory
+from tests.test_sampling import peaky_model
+
+PROMPTS = [[3, 2, 4], [0, 4]]
+
+
+def _rollouts(cfg, params, n=8):
+    out = sampling.generate(params, cfg, PROMPTS, jax.random.key(1),
+                            sampling.SamplingConfig(max_new_tokens=3, num_samples=n, eos_ids=(1,)))
+    tokens, segments = out.sequences()
+    return tokens, segments, np.asarray(out.completion_mask, np.float32)
+
+
+def test_memory_nll_is_the_completion_token_mean_and_falls_with_updates():
+    cfg, params = peaky_model()
+    cal = CalibrationConfig(mu=0.5, memory_layers=1, learning_rate=1e-2, updates_per_step=3)
+    memory = Memory(cfg, cal)
+    state = memory.initial_state(cfg, params, jax.random.key(0))
+    assert memory.cfg.num_layers == 1 and state["params"]["layers"]["q"].shape[0] == 1
+    tokens, segments, mask = _rollouts(cfg, params)
+    lp = np.asarray(models.token_logprobs(state["params"], memory.cfg, tokens, segments))[:, -mask.shape[1]:]
+    expected = -(lp * mask).sum() / mask.sum()
+    nlls = []
+    for _ in range(4):
+        state, metrics = memory.update(state, tokens, segments, mask)
+        nlls.append(float(metrics["memory_nll"]))
+    np.testing.assert_allclose(nlls[0], expected, rtol=1e-5)
+    assert nlls[-1] < nlls[0] - 0.3, nlls  # 12 Adam steps at lr 1e-2 learn a batch of 16 short rollouts
+
+
+def test_reference_init_is_the_reference_truncated():
+    cfg, params = peaky_model()
+    mcfg, mparams = init_memory(cfg, params, CalibrationConfig(mu=1.0, memory_init="reference"), jax.random.key(0))
+    tokens = np.array([[3, 2, 4, 0, 2]], np.int32)
+    seg = np.ones_like(tokens)
+    pos = models.positions_from_segments(seg)
+    np.testing.assert_array_equal(np.asarray(models.forward(mparams, mcfg, tokens, pos, seg)[0]),
+                                  np.asarray(models.forward(params, cfg, tokens, pos, seg)[0]))
+    mcfg, mparams = init_memory(cfg, params, CalibrationConfig(mu=1.0, memory_init="reference", memory_layers=1),
+                                jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(mparams["layers"]["down"]), np.asarray(params["layers"]["down"][:1]))
+    assert mparams["lm_head"] is not params["lm_head"]  # a copy: training the memory leaves p_ref alone
+
+
+def test_random_memory_starts_near_uniform():
+    """An empty memory: its logits are small, so calibration starts close to plain sampling."""
+    cfg, params = peaky_model()
+    mcfg, mparams = init_memory(cfg, params, CalibrationConfig(mu=1.0), jax.random.key(0))
+    tokens, segments, _ = _rollouts(cfg, params)
+    logits = np.asarray(models.forward(mparams, mcfg, tokens, models.positions_from_segments(segments), segments)[0])
+    assert np.abs(logits).max() < 0.5
+
+
+@pytest.mark.parametrize("field,value,allowed", [("mu", -0.1, ">= 0"), ("memory_layers", -1, ">= 0"),
+                                                 ("learning_rate", 0.0, "> 0"), ("updates_per_step", 0, ">= 1")])
+def test_bad_config_names_the_field(field, value, allowed):
+    with pytest.raises(ValueError, match=f"CalibrationConfig.{field}=.*allowed: .*{allowed}"):
+        CalibrationConfig(**{field: value})
+
+
+def test_reference_memory_deeper_than_the_reference_is_refused():
+    cfg, params = peaky_model()
+    with pytest.raises(ValueError, match="memory_layers=3.*at most the reference's 2 layers"):
+        init_memory(cfg, params, CalibrationConfig(mu=1.0, memory_init="reference", memory_layers=3), jax.random.key(0))
