@@ -61,6 +61,7 @@ def test_random_memory_starts_near_uniform():
 
 
 @pytest.mark.parametrize("field,value,allowed", [("mu", -0.1, ">= 0"), ("memory_layers", -1, ">= 0"),
+                                                 ("memory_init", "policy", "'random' or 'reference'"),
                                                  ("learning_rate", 0.0, "> 0"), ("updates_per_step", 0, ">= 1")])
 def test_bad_config_names_the_field(field, value, allowed):
     with pytest.raises(ValueError, match=f"CalibrationConfig.{field}=.*allowed: .*{allowed}"):

@@ -49,6 +49,7 @@ class CalibrationConfig:
         check_fields(self, [
             ("mu", self.mu >= 0, "a float >= 0 (0 disables calibration)"),
             ("memory_layers", self.memory_layers >= 0, "an integer >= 0 (0: the policy's depth)"),
+            ("memory_init", self.memory_init in ("random", "reference"), "'random' or 'reference'"),
             ("learning_rate", self.learning_rate > 0, "a float > 0"),
             ("updates_per_step", self.updates_per_step >= 1, "an integer >= 1"),
         ])
