@@ -24,7 +24,7 @@ def test_memory_nll_is_the_completion_token_mean_and_falls_with_updates():
     cfg, params = peaky_model()
     cal = CalibrationConfig(mu=0.5, memory_layers=1, learning_rate=1e-2, updates_per_step=3)
     memory = Memory(cfg, cal)
-    state = memory.initial_state(cfg, params, jax.random.key(0))
+    state = memory.initial_state(params, jax.random.key(0))
     assert memory.cfg.num_layers == 1 and state["params"]["layers"]["q"].shape[0] == 1
     tokens, segments, mask = _rollouts(cfg, params)
     lp = np.asarray(models.token_logprobs(state["params"], memory.cfg, tokens, segments))[:, -mask.shape[1]:]

@@ -84,12 +84,13 @@ class Memory:
 
     def __init__(self, policy_cfg: ModelConfig, cal: CalibrationConfig):
         self.cal = cal
+        self.policy_cfg = policy_cfg
         self.cfg = memory_config(policy_cfg, cal)
         self.optimizer = make_optimizer(OptimConfig(learning_rate=cal.learning_rate))
         self._step = make_sft_step(self.cfg, self.optimizer)
 
-    def initial_state(self, policy_cfg: ModelConfig, ref_params: dict, key: jax.Array, mesh=None) -> dict:
-        _, params = init_memory(policy_cfg, ref_params, self.cal, key, mesh)
+    def initial_state(self, ref_params: dict, key: jax.Array, mesh=None) -> dict:
+        _, params = init_memory(self.policy_cfg, ref_params, self.cal, key, mesh)
         return {"params": params, "opt_state": jax.jit(self.optimizer.init)(params)}
 
     def contrast(self, state: dict) -> sampling.Contrast:
@@ -98,8 +99,8 @@ class Memory:
     def update(self, state: dict, tokens, segments, completion_mask) -> tuple[dict, dict]:
         """`updates_per_step` NLL steps on one rollout batch; (state, {"memory_nll": L_m before them})."""
         params, opt_state = state["params"], state["opt_state"]
-        first = None
+        nlls = []
         for _ in range(self.cal.updates_per_step):
             params, opt_state, nll, _ = self._step(params, opt_state, tokens, segments, completion_mask)
-            first = nll if first is None else first
-        return {"params": params, "opt_state": opt_state}, {"memory_nll": first}
+            nlls.append(nll)
+        return {"params": params, "opt_state": opt_state}, {"memory_nll": nlls[0]}

@@ -139,7 +139,7 @@ class RLRun:
         state = {"params": self.policy_params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
         if self.memory is not None:
             key = jax.random.fold_in(jax.random.key(self.seed), _MEMORY_STREAM)
-            state["memory"] = self.memory.initial_state(self.model_cfg, self.ref_params, key, self.mesh)
+            state["memory"] = self.memory.initial_state(self.ref_params, key, self.mesh)
         return state
 
     def run(self) -> dict:

@@ -181,9 +181,7 @@ def _record(state, sc: SamplingConfig):
     """Draws step t's token for every row and writes it (pad after an EOS) into the outputs."""
     t = state["t"]
     logits = state["logits"]
-    sample_logits = logits
-    if "contrast_logits" in state:
-        sample_logits = logits - state["contrast_weight"] * state["contrast_logits"]
+    sample_logits = logits - state["contrast_shift"] if "contrast_shift" in state else logits
     token, logp, sampled = _pick(logits, sample_logits, jax.random.fold_in(state["rng"], t), sc)
     live = ~state["finished"] | sc.ignore_eos
     token = jnp.where(live, token, sc.pad_id)
@@ -198,21 +196,18 @@ def _record(state, sc: SamplingConfig):
                 lengths=state["lengths"] + live, finished=state["finished"] | eos)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh", "contrast_cfg"),
-                   donate_argnames=("cache", "contrast_cache"))
-def _decode(params, cache, logits, positions, segments, rng, contrast_params=None, contrast_cache=None,
-            contrast_logits=None, contrast_weight=None, *, cfg: ModelConfig, sc: SamplingConfig, mesh,
-            contrast_cfg: ModelConfig | None = None):
+@functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache", "contrast_cache"))
+def _decode(params, cache, logits, positions, segments, rng, contrast: Contrast | None = None, contrast_cache=None,
+            contrast_logits=None, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
     R, N = logits.shape[0], sc.max_new_tokens
     weights, decode_step = decode.decoder(params, cfg, sc.fast_decode, cache)
     zeros = jnp.zeros((R, N), jnp.float32)
     state = dict(t=jnp.zeros((), jnp.int32), cache=cache, logits=logits, positions=positions, rng=rng,
                  token=jnp.zeros((R,), jnp.int32), tokens=jnp.full((R, N), sc.pad_id, jnp.int32), logprobs=zeros,
                  sampled_logprobs=zeros, lengths=jnp.zeros((R,), jnp.int32), finished=jnp.zeros((R,), bool))
-    if contrast_cfg is not None:
-        contrast_weights, contrast_step = decode.decoder(contrast_params, contrast_cfg, sc.fast_decode, contrast_cache)
-        state.update(contrast_cache=contrast_cache, contrast_logits=contrast_logits,
-                     contrast_weight=jnp.asarray(contrast_weight, jnp.float32))
+    if contrast is not None:  # state["contrast_shift"] = mu z_m, what _record subtracts
+        contrast_weights, contrast_step = decode.decoder(contrast.params, contrast.cfg, sc.fast_decode, contrast_cache)
+        state.update(contrast_cache=contrast_cache, contrast_shift=contrast.weight * contrast_logits)
 
     def cond(s):
         going = s["t"] < N - 1
@@ -221,10 +216,10 @@ def _decode(params, cache, logits, positions, segments, rng, contrast_params=Non
     def body(s):
         s = _record(s, sc)
         logits, cache = decode_step(weights, cfg, s["cache"], s["token"], s["positions"], segments, mesh)
-        if contrast_cfg is not None:
-            z, c = contrast_step(contrast_weights, contrast_cfg, s["contrast_cache"], s["token"], s["positions"],
+        if contrast is not None:
+            z, c = contrast_step(contrast_weights, contrast.cfg, s["contrast_cache"], s["token"], s["positions"],
                                  segments, mesh)
-            s = dict(s, contrast_logits=z, contrast_cache=c)
+            s = dict(s, contrast_shift=contrast.weight * z, contrast_cache=c)
         return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
 
     state = _record(jax.lax.while_loop(cond, body, state), sc)
@@ -256,10 +251,10 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
                           per_layer=sc.fast_decode, mesh=mesh)
 
     cache, logits, positions, seg, prompt_tokens, prompt_segments = prefill(params, cfg)
-    extra = {}
+    contrast_cache = contrast_logits = None
     if contrast is not None:
+        contrast = dataclasses.replace(contrast, weight=jnp.asarray(contrast.weight, jnp.float32))  # traced
         contrast_cache, contrast_logits = prefill(contrast.params, contrast.cfg)[:2]
-        extra = dict(contrast_params=contrast.params, contrast_cache=contrast_cache, contrast_logits=contrast_logits,
-                     contrast_weight=contrast.weight, contrast_cfg=contrast.cfg)
-    out, _, _ = _decode(params, cache, logits, positions, seg, rng, cfg=cfg, sc=sc, mesh=mesh, **extra)
+    out, _, _ = _decode(params, cache, logits, positions, seg, rng, contrast, contrast_cache, contrast_logits,
+                        cfg=cfg, sc=sc, mesh=mesh)
     return SampleOutput(**out, prompt_tokens=prompt_tokens, prompt_segment_ids=prompt_segments)
