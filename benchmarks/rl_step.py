@@ -11,7 +11,6 @@ cost shows in the sample split (a second model in the decode loop) and in its ow
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 
 from rl_sharpen import experiment
+from rl_sharpen.config import load_config_file
 from rl_sharpen.metrics import read_jsonl
 from rl_sharpen.task_setup import build_task
 
@@ -30,10 +30,7 @@ SPLITS = ("time_sample", "time_score", "time_update", "time_memory", "time_step"
 
 
 def _demo_config():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = load_config_file(os.path.join(ROOT, "configs", "demo.py"))
     c.mode = "rl"
     return c
 

@@ -3,14 +3,20 @@
   python -m rl_sharpen.main --config=configs/eval_smollm2_gsm8k.py:/path/to/smollm2 --workdir=/tmp/eval
 """
 
+import os
+
 from rl_sharpen.experiment import default_config
+
+# GSM8K test as shipped beside the repository (../shared/data), wherever the command is run from
+GSM8K_TEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "gsm8k",
+                          "test.jsonl")
 
 
 def get_config(arg: str = ""):
     c = default_config()
     c.mode = "eval"
     c.model.checkpoint = arg or "HuggingFaceTB/SmolLM2-135M-Instruct"
-    c.data.train = c.data.validation = "../shared/data/gsm8k/test.jsonl"
+    c.data.train = c.data.validation = os.path.normpath(GSM8K_TEST)
     c.eval.num_samples = 4
     c.eval.k_list = (1, 2, 4)
     c.eval.max_new_tokens = 256

@@ -10,6 +10,8 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import types
 import typing
 from typing import Any, Literal, Mapping
@@ -106,3 +108,15 @@ def from_config_dict(cls, cd: Mapping[str, Any] | ml_collections.ConfigDict | No
 def to_config_dict(obj) -> ml_collections.ConfigDict:
     """The ConfigDict that round-trips to `obj` (for defaults in configs/ files)."""
     return ml_collections.ConfigDict(dataclasses.asdict(obj))
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, spelled as on the command line: "configs/demo.py" or
+    "configs/demo.py:tiny" (for notebooks, scripts and tests; `main` reads --config itself)."""
+    file, _, arg = path.partition(":")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"config file {file!r} does not exist")
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(file))[0], file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

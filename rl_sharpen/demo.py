@@ -25,7 +25,7 @@ from rl_sharpen.sft import train_sft
 from rl_sharpen.task_setup import make_generate_fn, prompt_width
 
 
-def _sft_start(exp, workdir, task, mesh):
+def sft_start(exp, workdir, task, mesh):
     """The warm-started model, trained once and reused from `<workdir>/sft_model` afterwards."""
     from rl_sharpen.experiment import build_model
 
@@ -35,8 +35,9 @@ def _sft_start(exp, workdir, task, mesh):
         return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
     cfg, params = build_model(exp, mesh, task.tokenizer)
     sft_cfg = dataclasses.replace(exp.sft, steps=exp.demo.sft_steps)
-    sft_optim = dataclasses.replace(exp.optim, learning_rate=3e-3, warmup_steps=50, schedule="cosine",
-                                    total_steps=exp.demo.sft_steps, min_lr_ratio=0.1, weight_decay=0.0)
+    sft_optim = dataclasses.replace(exp.optim, learning_rate=3e-3, warmup_steps=min(50, exp.demo.sft_steps),
+                                    schedule="cosine", total_steps=max(exp.demo.sft_steps, 1), min_lr_ratio=0.1,
+                                    weight_decay=0.0)
     params = train_sft(params, cfg, task.sft_pairs, sft_cfg, sft_optim, task.pad_id, workdir, exp.seed)
     models.save_hf(params, cfg, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -73,7 +74,7 @@ def _plot_curves(workdir: str, regimes, path: str) -> None:
 def run_demo(exp, workdir: str, task, mesh) -> dict:
     from rl_sharpen.experiment import make_rl_run
 
-    cfg, start = _sft_start(exp, workdir, task, mesh)
+    cfg, start = sft_start(exp, workdir, task, mesh)
     summaries = {}
 
     def evaluate(params, name):

@@ -24,6 +24,7 @@ from rl_sharpen.rl import losses
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.calibration import CalibrationConfig
 from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig
+from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
 from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width
 
@@ -41,6 +42,13 @@ class ModelSource:
 class DemoConfig:
     regimes: tuple[str, ...] = ("task_reward", "sharpening")  # reward presets, each from the SFT start
     sft_steps: int = 600  # warm-start steps
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("regimes", bool(self.regimes) and set(self.regimes) <= set(rw.PRESET_NAMES),
+             f"a non-empty tuple of {list(rw.PRESET_NAMES)}"),
+            ("sft_steps", self.sft_steps >= 0, "an integer >= 0"),
+        ])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +98,7 @@ def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
     if src.arch == "custom":
         fields = dict(src.custom)
         if tokenizer is not None and "vocab_size" not in fields:
-            fields["vocab_size"] = tokenizer.vocab_size
+            fields["vocab_size"] = len(tokenizer)  # HF's .vocab_size leaves out added special tokens
         cfg = models.ModelConfig(**fields, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
     elif src.arch:
         cfg = models.preset(src.arch, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
@@ -103,19 +111,20 @@ def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
 def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, mesh=None, name="train",
                 reward_cfg: rw.RewardConfig | None = None) -> RLRun:
     train_problems = task.problems("train")
-    evaluate = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed)
+    evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":
         width = prompt_width(task, train_problems)
     sampling_cfg = dataclasses.replace(exp.sampling, eos_ids=exp.sampling.eos_ids or tuple(task.eos_ids),
                                        pad_id=task.pad_id, prompt_width=width)
+    reward_cfg = reward_cfg or exp.reward
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
                  train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=sampling_cfg,
-                 reward_cfg=reward_cfg or exp.reward, adv_cfg=exp.advantage, loss_cfg=exp.loss,
+                 reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,
                  optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
-                 config_record=to_record(exp), evaluate=evaluate, mesh=mesh, name=name,
-                 calibration_cfg=exp.calibration)
+                 config_record=to_record(dataclasses.replace(exp, reward=reward_cfg)), evaluate=evaluate,
+                 mesh=mesh, name=name, calibration_cfg=exp.calibration)
 
 
 def run(config, workdir: str) -> dict:
@@ -143,9 +152,9 @@ def run(config, workdir: str) -> dict:
 
         params = train_sft(params, model_cfg, task.sft_pairs, exp.sft, exp.optim, task.pad_id, workdir, exp.seed)
         models.save_hf(params, model_cfg, os.path.join(workdir, "sft_model"))
-        result = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed)(params, 0)
+        result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed)(params, 0)
     else:
-        result = make_evaluator(exp.eval, exp.data, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
+        result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
                                 workdir=workdir)(params, 0)
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(result, f, indent=2, default=float)
@@ -169,6 +178,9 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     parts = [p for p in arg.split(",") if p]
     tiny = "tiny" in parts
     regimes = [p for p in parts if p != "tiny"]
+    if len(regimes) > 1:
+        raise ValueError(f"config argument {arg!r}: one reward preset at most (an RL run has one reward); "
+                         f"allowed: {list(rw.PRESET_NAMES)}, optionally with 'tiny'")
     c = default_config()
     c.mode = "rl"
     c.model.checkpoint = checkpoint

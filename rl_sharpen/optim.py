@@ -7,19 +7,37 @@ from typing import Literal
 
 import optax
 
+from rl_sharpen.sampling.prompts import check_fields
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     learning_rate: float = 1e-6  # peak learning rate
-    warmup_steps: int = 0  # linear warmup from 0 to the peak
+    warmup_steps: int = 0  # linear warmup from 0 to the peak, in optimizer updates
     schedule: Literal["constant", "cosine"] = "constant"  # after warmup
-    total_steps: int = 1000  # horizon of the cosine decay
+    total_steps: int = 1000  # horizon of the cosine decay, in optimizer updates (RL steps x epochs x minibatches)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak
     weight_decay: float = 0.0  # decoupled (AdamW)
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
+    b1: float = 0.9  # Adam decay of the first-moment average
+    b2: float = 0.999  # Adam decay of the second-moment average
+    eps: float = 1e-8  # Adam denominator floor
     clip_norm: float = 1.0  # global gradient-norm clip; 0 disables
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("learning_rate", self.learning_rate > 0, "a float > 0"),
+            ("warmup_steps", 0 <= self.warmup_steps and (self.schedule == "constant"
+                                                         or self.warmup_steps <= self.total_steps),
+             "an integer >= 0, at most total_steps with the cosine schedule"),
+            ("schedule", self.schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+            ("total_steps", self.total_steps >= 1, "an integer >= 1"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a float in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, "a float >= 0"),
+            ("b1", 0 <= self.b1 < 1, "a float in [0, 1)"),
+            ("b2", 0 <= self.b2 < 1, "a float in [0, 1)"),
+            ("eps", self.eps > 0, "a float > 0"),
+            ("clip_norm", self.clip_norm >= 0, "a float >= 0 (0 disables)"),
+        ])
 
 
 def schedule(cfg: OptimConfig) -> optax.Schedule:

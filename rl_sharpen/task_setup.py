@@ -20,7 +20,7 @@ from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
 from rl_sharpen.tasks.datasets import Problem, load_problems
-from rl_sharpen.tasks.verify import canonical_answer, extract_answer, last_boxed, verify_batch
+from rl_sharpen.tasks.verify import canonical_answer, extract_answer, verify_batch
 
 SYNTHETIC = "synthetic"
 
@@ -57,15 +57,25 @@ class EvalConfig:
     greedy: bool = True  # also report greedy accuracy
     batch_size: int = 16  # problems per sampler call
     limit: int = 0  # validation problems used (0: all of data.validation)
-    verify_timeout: float = 5.0  # seconds per verifier call before it counts as wrong
+    verify_timeout: float = 5.0  # seconds per verifier call before it counts as wrong (validation and rollouts)
+
+
+def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float):
+    """(task rewards 1[answer == gold] float32 [N], vote keys (canonical answers, None without one),
+    verifier counters): the verifier of `tasks.verify`, as validation applies it."""
+    correct, stats = verify_batch(list(completions), [p.answer for p in problems], timeout=timeout)
+    answers = [extract_answer(c) for c in completions]
+    keys = [None if a is None else canonical_answer(a) for a in answers]
+    return correct, keys, {"timeouts": stats.num_timeouts, "errors": stats.num_errors}  # time: the rollout's time_score
 
 
 class SyntheticTask:
-    """The arithmetic task of `tasks.synthetic`, exact verification, character tokenizer."""
+    """The arithmetic task of `tasks.synthetic`, character tokenizer."""
 
-    def __init__(self, data: DataConfig, seed: int = 0):
+    def __init__(self, data: DataConfig, seed: int = 0, verify_timeout: float = 5.0):
         self.data = data
         self.seed = seed
+        self.verify_timeout = verify_timeout
         self.tokenizer = synthetic.CharTokenizer()
         self.pad_id = self.tokenizer.pad_id
         self.eos_ids = (self.tokenizer.eos_id,)
@@ -92,9 +102,7 @@ class SyntheticTask:
         return self.tokenizer.decode(ids)
 
     def score(self, completions, problems):
-        answers = [last_boxed(c) for c in completions]
-        correct = np.array([a is not None and a.strip() == p.answer for a, p in zip(answers, problems)], np.float32)
-        return correct, [None if a is None else a.strip() for a in answers], {}
+        return score_completions(completions, problems, self.verify_timeout)
 
     def sft_pairs(self, rng: np.random.Generator, n: int) -> list[tuple[list[int], list[int]]]:
         examples = synthetic.make_examples(n, int(rng.integers(2**31)), self.arith, self.mix)
@@ -136,11 +144,7 @@ class MathTask:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def score(self, completions, problems):
-        correct, stats = verify_batch(list(completions), [p.answer for p in problems], timeout=self.verify_timeout)
-        answers = [extract_answer(c) for c in completions]
-        keys = [None if a is None else canonical_answer(a) for a in answers]
-        return np.asarray(correct, np.float32), keys, {"timeouts": stats.num_timeouts, "errors": stats.num_errors,
-                                                        "seconds": stats.seconds}
+        return score_completions(completions, problems, self.verify_timeout)
 
     def sft_pairs(self, rng, n):
         raise ValueError("mode='sft' needs data.train='synthetic' (real datasets carry no worked solutions here)")
@@ -151,7 +155,7 @@ def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: fl
         if data.train != data.validation:
             raise ValueError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
                              "cannot be mixed with a real dataset (different tokenizers)")
-        return SyntheticTask(data, seed)
+        return SyntheticTask(data, seed, verify_timeout)
     path = data.tokenizer or model_source.checkpoint
     if not path:
         raise ValueError("data.tokenizer: set a tokenizer folder or hub id (or model.checkpoint)")
@@ -164,18 +168,26 @@ def prompt_width(task, problems: Sequence[Problem]) -> int:
     return bucket_width(max(len(task.prompt_ids(p)) for p in problems))
 
 
+EVAL_STREAM = 0x6576616C  # folded into the seed key for validation sampling (rollouts fold in the step alone)
+
+
 def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, base: sampling.SamplingConfig,
                      mesh, seed: int, width: int | None = None):
-    """evaluation.GenerateFn over the sampler; `params_ref["params"]` is read at call time."""
-    calls = [0]
+    """evaluation.GenerateFn over the sampler; `params_ref["params"]` is read at call time.
+
+    Call i (`params_ref["calls"]`, counted from 0) with `params_ref["step"] = s` samples with the key
+    fold_in(fold_in(fold_in(key(seed), EVAL_STREAM), s), i): validation at a given step draws the same
+    samples in a resumed run, and none that a rollout draws.
+    """
 
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
                                    top_p=eval_cfg.top_p, top_k=0, greedy=greedy, num_samples=num_samples,
                                    eos_ids=tuple(task.eos_ids), ignore_eos=False, pad_id=task.pad_id,
                                    prompt_width=width)
-        key = jax.random.fold_in(jax.random.key(seed), calls[0])
-        calls[0] += 1
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), EVAL_STREAM), params_ref.get("step", 0))
+        key = jax.random.fold_in(key, params_ref.get("calls", 0))
+        params_ref["calls"] = params_ref.get("calls", 0) + 1
         out = sampling.generate(params_ref["params"], model_cfg, [task.encode_text(t) for t in prompt_texts],
                                 key, scfg, mesh=mesh)
         return evaluation.generations_from_tokens(np.asarray(out.tokens), np.asarray(out.lengths), task.decode,
@@ -195,7 +207,7 @@ def flat_summary(summary: dict) -> dict:
     return out
 
 
-def make_evaluator(eval_cfg: EvalConfig, data: DataConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
+def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
                    workdir: str | None = None):
     """evaluate(params, step) -> flat metrics; with `workdir`, also JSON, a table and a pass@k plot."""
     problems = task.problems("validation")
@@ -206,7 +218,7 @@ def make_evaluator(eval_cfg: EvalConfig, data: DataConfig, task, model_cfg, samp
                                 prompt_width(task, problems))
 
     def evaluate(params, step: int) -> dict:
-        params_ref["params"] = params
+        params_ref.update(params=params, step=step, calls=0)
         report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
                                      k_list=list(eval_cfg.k_list) or None, batch_size=eval_cfg.batch_size,
                                      greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout, seed=seed)

@@ -51,13 +51,14 @@ def test_reference_init_is_the_reference_truncated():
     assert mparams["lm_head"] is not params["lm_head"]  # a copy: training the memory leaves p_ref alone
 
 
-def test_random_memory_starts_near_uniform():
-    """An empty memory: its logits are small, so calibration starts close to plain sampling."""
+def test_random_memory_starts_empty():
+    """An empty memory: every logit is 0, so calibrated sampling starts as plain sampling."""
     cfg, params = peaky_model()
     mcfg, mparams = init_memory(cfg, params, CalibrationConfig(mu=1.0), jax.random.key(0))
     tokens, segments, _ = _rollouts(cfg, params)
     logits = np.asarray(models.forward(mparams, mcfg, tokens, models.positions_from_segments(segments), segments)[0])
-    assert np.abs(logits).max() < 0.5
+    np.testing.assert_array_equal(logits, 0.0)
+    assert not mcfg.tie_embeddings and np.abs(np.asarray(mparams["embed"])).max() > 0
 
 
 @pytest.mark.parametrize("field,value,allowed", [("mu", -0.1, ">= 0"), ("memory_layers", -1, ">= 0"),

@@ -203,3 +203,16 @@ def test_alpha_dpg_loss_estimates_the_population_direction():
     expected = population_direction(K_THETA, 0.5)
     assert float(jnp.linalg.norm(estimate - expected) / jnp.linalg.norm(expected)) < 0.08
     assert 0.5 < float(loss(K_THETA)[1]["dpg_ess"]) <= 1.0
+
+
+def test_dpg_ess_averages_over_groups_with_a_target():
+    """Group 1 has weights (e^-0.5, e^0.5, 0, e^1); group 2 no correct sample: ESS is group 1's alone."""
+    s_pi = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0])
+    s_ref = jnp.array([-2.0, -1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0])
+    correct = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    b = losses.LossInputs(mask=jnp.ones((8, 1)), behaviour_logprobs=s_pi[:, None], ref_logprobs=s_ref[:, None],
+                          correct=correct, group_size=4)
+    metrics = losses.policy_loss(s_pi[:, None], b, losses.LossConfig("alpha_dpg", dpg_alpha=1.0))[1]
+    w = np.exp([-1.0, 1.0, -np.inf, 2.0])
+    np.testing.assert_allclose(metrics["dpg_ess"], w.sum() ** 2 / (w ** 2).sum() / 4, rtol=1e-5)
+    assert float(metrics["dpg_target_groups"]) == 0.5

@@ -4,6 +4,7 @@ run, a changed config refuses to resume, and config errors name the field."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from rl_sharpen import experiment
@@ -106,6 +107,29 @@ def test_config_errors_name_the_field_and_allowed_values():
         experiment.parse(d)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("rl.epochs", 0, r"RLConfig.epochs=0; allowed: an integer >= 1"),
+    ("rl.minibatches", 0, r"RLConfig.minibatches=0; allowed"),
+    ("train.log_every", 0, r"TrainConfig.log_every=0; allowed"),
+    ("optim.learning_rate", -1.0, r"OptimConfig.learning_rate=-1.0; allowed: a float > 0"),
+    ("optim.b2", 1.0, r"OptimConfig.b2=1.0; allowed: a float in \[0, 1\)"),
+    ("demo.regimes", ("sharpenin",), r"DemoConfig.regimes=\('sharpenin',\); allowed: .*'task_reward'"),
+])
+def test_bad_values_are_refused_before_any_work(field, value, message):
+    c = get_config("demo", "tiny")
+    section, name = field.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        experiment.parse(c)
+
+
+def test_micro_batch_must_hold_whole_groups(tmp_path):
+    with pytest.raises(ValueError, match=r"RLConfig.micro_batch=2; allowed: a multiple of the 4 samples"):
+        _rl_run(tmp_path, 2, **{"rl.micro_batch": 2})
+    with pytest.raises(ValueError, match="one reward preset at most"):
+        get_config("qwen3_4b_math", "sharpening,task_reward")
+
+
 @pytest.mark.parametrize("name", ["demo", "llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math",
                                   "eval_smollm2_gsm8k", "binary_rewards"])
 def test_every_config_parses(name):
@@ -128,3 +152,54 @@ def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data
     assert correct.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert answers[0] == answers[1] and answers[3] is None
     assert stats["timeouts"] == 0 and stats["errors"] == 0
+
+
+def test_rollout_reward_and_validation_grade_alike():
+    """The synthetic task's reward is the validation grader's verdict and vote key, edge cases included."""
+    from rl_sharpen import evaluation
+    from rl_sharpen.task_setup import DataConfig, SyntheticTask
+
+    task = SyntheticTask(DataConfig(synthetic_validation_problems=1))
+    problem = task.problems("validation")[0]
+    gold = problem.answer
+    completions = [f"\\boxed{{{gold}}}", f"\\boxed{{0{gold}}}", f"\\boxed{{{gold}.0}}", f"so it is {gold}",
+                   f"\\boxed{{{int(gold) + 1}}}", "no answer", f"\\boxed{{ {gold} }}", "\\boxed{"]
+    correct, keys, _ = task.score(completions, [problem] * len(completions))
+
+    def generate(prompts, n, greedy):
+        return evaluation.Generations([completions[:n]] * len(prompts), np.ones((len(prompts), n), int))
+
+    report = evaluation.evaluate(generate, [problem], prompt_fn=task.prompt_text, n_samples=len(completions),
+                                 greedy=False)
+    np.testing.assert_array_equal(correct, report.results[0].rewards)
+    assert keys == report.results[0].keys
+    assert correct[:3].tolist() == [1.0, 1.0, 1.0] and correct[4] == 0.0
+
+
+def test_validation_samples_depend_on_the_step_not_on_earlier_evaluations(tmp_path):
+    """A resumed run's evaluator (fresh, first call at step 4) draws what the uninterrupted one does."""
+    from rl_sharpen.task_setup import make_evaluator
+
+    c = get_config("qwen3_4b_math", "sharpening,tiny")
+    c.eval.num_samples, c.eval.limit, c.eval.batch_size, c.eval.max_new_tokens = 4, 4, 2, 12
+    exp = experiment.parse(c)
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+
+    def lengths(workdir, steps):
+        evaluate = make_evaluator(exp.eval, task, cfg, exp.sampling, None, exp.seed, str(workdir))
+        for step in steps:
+            evaluate(params, step)
+        with open(os.path.join(workdir, f"eval_step{steps[-1]}.json")) as f:
+            return [p["num_tokens"] for p in json.load(f)["problems"]]
+
+    uninterrupted = lengths(tmp_path / "a", [2, 4])
+    assert lengths(tmp_path / "b", [4]) == uninterrupted
+    assert lengths(tmp_path / "c", [2]) != uninterrupted  # another step, other samples
+
+
+def test_logged_learning_rate_is_the_optimizer_s_at_the_step_s_last_update(tmp_path):
+    run = _rl_run(tmp_path, 2, **{"optim.warmup_steps": 10, "rl.minibatches": 2, "rl.epochs": 2})
+    peak = run.optim_cfg.learning_rate
+    assert run._lr(0) == pytest.approx(peak * 3 / 10)  # updates 0..3 in step 0; the 4th is at 3/10 of warmup
+    assert run._lr(2) == pytest.approx(peak)

@@ -21,7 +21,8 @@ estimator when `inverse_success_exponent` a != 0: with c_g = sum_{j in g} correc
   A_i <- A_i (G - c_g)^a   if A_i > 0,   A_i unchanged otherwise.
 
 Positive signal from easy prompts (most samples correct) is damped relative to hard ones, which slows
-the collapse of the policy onto the modes that happen to be sampled; a = 0 leaves A unchanged.
+the collapse of the policy onto the modes that happen to be sampled; a = 0 leaves A unchanged. An
+all-correct group (c_g = G) loses its positive advantages entirely (see `inverse_success_scale`).
 """
 
 from __future__ import annotations
@@ -102,7 +103,12 @@ def reinforce_pp_baseline(rewards: jax.Array, group_size: int, cfg: AdvantageCon
 
 def inverse_success_scale(advantages: jax.Array, correct: jax.Array, group_size: int,
                           exponent: float) -> jax.Array:
-    """A_i (G - c_g)^a where A_i > 0 (c_g = number correct in the group), A_i elsewhere."""
+    """A_i (G - c_g)^a where A_i > 0 (c_g = number correct in the group), A_i elsewhere.
+
+    The scale is 0 for a group that is all correct (c_g = G): with a pure task reward its advantages
+    are 0 anyway; with a mixed reward (e.g. sharpening terms) its positive advantages are dropped and
+    only the negative ones remain, so such a group's advantages no longer sum to zero.
+    """
     c = _grouped(correct, group_size)
     scale = jnp.power(group_size - jnp.sum(c, axis=1, keepdims=True), exponent)
     scale = jnp.broadcast_to(scale, c.shape).reshape(-1)

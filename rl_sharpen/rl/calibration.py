@@ -12,7 +12,7 @@ onto. At mu = 0 this is plain sampling. The trainer still optimises pi: the toke
 log q as behaviour log-probs, so REINFORCE's truncated weight min(pi / q, is_cap) (rl/losses.py)
 corrects for sampling from q instead of pi.
 
-After each rollout the memory takes `updates_per_step` Adam steps on
+After each rollout the memory takes `updates_per_step` steps of AdamW (global-norm clip 1) on
 
     L_m = -(1 / sum_t m_t) sum_{i,t} m_it log p_m(y_it | x_i, y_i,<t)       (completion tokens only)
 
@@ -28,6 +28,7 @@ import dataclasses
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 
 from rl_sharpen import models, sampling
 from rl_sharpen.models.config import ModelConfig
@@ -40,8 +41,8 @@ from rl_sharpen.sft import make_sft_step
 class CalibrationConfig:
     mu: float = 0.0  # weight of the memory logits subtracted before sampling, z_pi - mu z_m; 0 disables
     memory_layers: int = 0  # decoder layers of the memory network (0: as many as the policy)
-    memory_init: Literal["random", "reference"] = "random"  # random: near-uniform logits (an empty memory);
-    # reference: the first `memory_layers` layers of p_ref with its final norm and unembedding
+    memory_init: Literal["random", "reference"] = "random"  # random: random layers, a zero (untied)
+    # unembedding, so z_m = 0 (an empty memory); reference: the first `memory_layers` layers of p_ref
     learning_rate: float = 1e-4  # Adam step size of the memory network
     updates_per_step: int = 1  # memory steps on each rollout batch
 
@@ -64,15 +65,19 @@ def memory_config(policy_cfg: ModelConfig, cal: CalibrationConfig) -> ModelConfi
     if layers > policy_cfg.num_layers and cal.memory_init == "reference":
         raise ValueError(f"CalibrationConfig.memory_layers={layers}; memory_init='reference' takes at most the "
                          f"reference's {policy_cfg.num_layers} layers")
+    if cal.memory_init == "random":
+        return policy_cfg.replace(num_layers=layers, tie_embeddings=False)
     return policy_cfg.replace(num_layers=layers)
 
 
 def init_memory(policy_cfg: ModelConfig, ref_params: dict, cal: CalibrationConfig, key: jax.Array,
                 mesh=None) -> tuple[ModelConfig, dict]:
-    """(memory ModelConfig, memory params): random, or the reference truncated to its first layers."""
+    """(memory ModelConfig, memory params): random layers under a zero unembedding (every logit 0:
+    q = pi until the memory has learned something), or the reference truncated to its first layers."""
     cfg = memory_config(policy_cfg, cal)
     if cal.memory_init == "random":
-        return cfg, models.init_params(cfg, key, mesh=mesh)
+        params = models.init_params(cfg, key, mesh=mesh)
+        return cfg, dict(params, lm_head=jnp.zeros_like(params["lm_head"]))
     n = cfg.num_layers
     params = dict(ref_params, layers={name: w[:n] for name, w in ref_params["layers"].items()})
     return cfg, jax.tree.map(lambda x: x.copy(), params)

@@ -58,10 +58,10 @@ class LossConfig:
     aggregation: str = "token-mean"  # one of AGGREGATIONS
     max_len: int = 0  # constant normalizer of seq-mean-token-sum (e.g. the max generation length)
     is_cap: float = 20.0  # truncation of the importance weights (math.inf: untruncated)
-    eps_low: float = 0.2
-    eps_high: float = 0.2  # DAPO clip-higher: 0.28
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
+    eps_low: float = 0.2  # ppo_clip: lower clip of the ratio, 1 - eps_low
+    eps_high: float = 0.2  # ppo_clip: upper clip, 1 + eps_high (DAPO clip-higher: 0.28)
+    kl_coef: float = 0.0  # per-token KL penalty added to the loss, kl_coef * k(lp_t - lp_ref_t)
+    kl_estimator: str = "k3"  # k of that penalty (rl/kl.py); k3: expected gradient of KL(p_ref || pi)
     dpg_alpha: float = 0.5  # alpha of alpha_dpg: 1 forward KL (DPG), -> 0 reverse KL (RL-like)
 
     def __post_init__(self):
@@ -154,7 +154,8 @@ def alpha_dpg_advantages(policy_seq_logprobs: jax.Array, ref_seq_logprobs: jax.A
 
     and E[A grad log pi] -> E_pi[w grad log pi] / E_pi[w] = -alpha Z^alpha grad D_alpha / E_pi[w] as G
     grows (consistent; O(1/G) bias from self-normalization and from the baseline). alpha = 0 gives
-    w^_i = r_i / mean_g(r): REINFORCE on r, scaled by the inverse group success rate; alpha = 1 gives
+    w_i = 1[r_i > 0] (r^0), so w^_i = 1[r_i > 0] / mean_g(1[r > 0]) whatever the reward's scale: for
+    r in {0, 1}, REINFORCE on r scaled by the inverse group success rate; alpha = 1 gives
     DPG's importance weights p_ref(y) / pi(y) on correct samples. A group without a correct sample gets
     A = 0. Large alpha on long sequences concentrates w^ on one sample (watch the 'dpg_ess' metric).
     """
@@ -181,7 +182,10 @@ def alpha_dpg(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
     w = (advantages + 1.0).reshape(-1, batch.group_size)
     ess = jnp.square(jnp.sum(w, axis=1)) / jnp.maximum(jnp.sum(jnp.square(w), axis=1), 1e-30) / batch.group_size
     has_target = jnp.any(correct.reshape(-1, batch.group_size) > 0, axis=1)
-    metrics["dpg_ess"] = jnp.mean(jnp.where(has_target, ess, 0.0))
+    groups_with_target = jnp.sum(has_target)
+    # ESS / G over the groups that have a target (others have no weights), and how many groups do
+    metrics["dpg_ess"] = jnp.sum(jnp.where(has_target, ess, 0.0)) / jnp.maximum(groups_with_target, 1)
+    metrics["dpg_target_groups"] = groups_with_target / has_target.shape[0]
     return token_loss, metrics
 
 

@@ -31,6 +31,7 @@ from rl_sharpen.rl.calibration import CalibrationConfig, Memory
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.rollout import Scorer, Task, rollout
 from rl_sharpen.rl.update import TrainBatch, make_train_step
+from rl_sharpen.sampling.prompts import check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +46,33 @@ class RLConfig:
     # and update); "batch" = each batch's power-of-two bucket (fewer padded tokens, a compile per bucket)
     prompt_padding: Literal["dataset", "batch"] = "dataset"
 
+    def __post_init__(self):
+        check_fields(self, [
+            ("prompts_per_step", self.prompts_per_step >= 1, "an integer >= 1"),
+            ("micro_batch", self.micro_batch >= 0, "an integer >= 0 (0: the whole minibatch)"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("minibatches", self.minibatches >= 1, "an integer >= 1 dividing prompts_per_step"),
+            ("logprob_chunk", self.logprob_chunk >= 1, "an integer >= 1"),
+            ("prompt_padding", self.prompt_padding in ("dataset", "batch"), "'dataset' or 'batch'"),
+        ])
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 100  # RL (or SFT) optimizer steps
+    steps: int = 100  # RL steps (each a rollout batch and rl.epochs x rl.minibatches optimizer updates)
     log_every: int = 1  # write metrics every N steps
     eval_every: int = 0  # validation every N steps (0: only at the start and the end)
     checkpoint_every: int = 25  # save every N steps
     keep_checkpoints: int = 2  # newest checkpoints kept
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("steps", self.steps >= 0, "an integer >= 0"),
+            ("log_every", self.log_every >= 1, "an integer >= 1"),
+            ("eval_every", self.eval_every >= 0, "an integer >= 0 (0: only at the start and the end)"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "an integer >= 1"),
+        ])
 
 
 _MEMORY_STREAM = 0x6D656D  # folded into the seed key for the memory network's initialization
@@ -126,8 +146,9 @@ class RLRun:
         G = self.sampling_cfg.num_samples
         minibatch = self.rl_cfg.prompts_per_step * G // self.rl_cfg.minibatches
         micro = self.rl_cfg.micro_batch or minibatch
-        if minibatch % micro:
-            raise ValueError(f"RLConfig.micro_batch={micro} must divide the minibatch of {minibatch} sequences")
+        if minibatch % micro or micro % G:
+            raise ValueError(f"RLConfig.micro_batch={micro}; allowed: a multiple of the {G} samples per prompt "
+                             f"that divides the minibatch of {minibatch} sequences")
         self.optimizer = make_optimizer(self.optim_cfg)
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat)
@@ -184,7 +205,7 @@ class RLRun:
                 metrics.update(jax.device_get(memory_metrics), time_memory=time.perf_counter() - t0)
             metrics["time_step"] = time.perf_counter() - t_step
             metrics.update({f"update_{k}": v for k, v in update_metrics.items()})
-            metrics["learning_rate"] = float(self._lr(step))
+            metrics["learning_rate"] = float(self._lr(step))  # of the step's last optimizer update
             done = step + 1
             if done % self.train_cfg.log_every == 0 or done == self.train_cfg.steps:
                 row = writer.write(done, metrics)
@@ -203,4 +224,6 @@ class RLRun:
         return last_eval or {}
 
     def _lr(self, step: int) -> float:
-        return schedule(self.optim_cfg)(step)
+        """The learning rate of RL step `step`'s last update; the schedule counts optimizer updates."""
+        updates = self.rl_cfg.epochs * self.rl_cfg.minibatches
+        return schedule(self.optim_cfg)((step + 1) * updates - 1)

@@ -226,6 +226,9 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.alphabet) + 3
 
+    def __len__(self) -> int:  # like a Hugging Face tokenizer's len(): every id, special ones included
+        return self.vocab_size
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         ids = []
         for position, char in enumerate(text):
