@@ -4,14 +4,21 @@
 # coordinator and the process ids from the TPU metadata.
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE configs/qwen25_3b_math.py gs://bucket/runs/qwen25 [--config.x=y ...]
+#
+# Arguments reach the hosts as given, e.g. --config.demo.regimes='("sharpening",)'.
+# DRY_RUN=1 prints the script each host would run instead of running it.
 set -euo pipefail
 TPU_NAME=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
 REPO_URL=${REPO_URL:-$(git config --get remote.origin.url)}
 REV=${REV:-$(git rev-parse HEAD)}
-gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
-  set -e
-  if [ ! -d rl_sharpen ]; then git clone $REPO_URL rl_sharpen; fi
-  cd rl_sharpen && git fetch -q && git checkout -q $REV
-  pip install -q -e . 'jax[tpu]' && \
-  python -m rl_sharpen.main --config=$CONFIG --workdir=$WORKDIR --multihost $*
-"
+quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
+REMOTE="set -e
+if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
+cd rl_sharpen && git fetch -q && git checkout -q $(quoted "$REV")
+pip install -q -e . 'jax[tpu]'
+python -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
+if [ -n "${DRY_RUN:-}" ]; then
+  printf '%s\n' "$REMOTE"
+  exit 0
+fi
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "$REMOTE"

@@ -10,11 +10,12 @@ error naming the fields.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from rl_sharpen.metrics import workdir_path
 
 # Fields that may change between a run and its resumption without changing its results.
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
@@ -35,10 +36,10 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves every `every` steps into `directory`, keeping the newest `keep`."""
+    """Saves every `every` steps into `directory` (local, or a gs:// / s3:// URL), keeping the newest `keep`."""
 
     def __init__(self, directory: str, every: int, keep: int = 2):
-        self.directory = os.path.abspath(directory)
+        self.directory = workdir_path(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every),

@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from rl_sharpen.metrics import workdir_path
 from rl_sharpen.tasks.datasets import Problem
 from rl_sharpen.tasks.verify import VerifyStats, canonical_answer, extract_answer, verify_batch
 
@@ -223,8 +224,8 @@ def save_json(report: EvalReport, path: str) -> None:
     } for r in report.results]
     verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
               for f in dataclasses.fields(VerifyStats)}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"summary": report.summary, "verify": verify, "problems": records}, f, indent=1)
+    workdir_path(path).write_text(json.dumps({"summary": report.summary, "verify": verify, "problems": records},
+                                             indent=1))
 
 
 def _by_k(table: Mapping[Any, float]) -> dict[int, float]:
@@ -274,4 +275,5 @@ def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], path: str, title:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    with workdir_path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=150)

@@ -18,6 +18,7 @@ from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
+from rl_sharpen.metrics import workdir_path
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
@@ -129,9 +130,11 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
 
 def run(config, workdir: str) -> dict:
     exp = parse(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(to_record(exp), f, indent=2)
+    main = jax.process_index() == 0
+    out = workdir_path(workdir)  # local, or gs://... (etils.epath)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_record(exp), indent=2))
     if exp.mode == "binary_rewards":
         from rl_sharpen import binary_rewards
 
@@ -156,8 +159,8 @@ def run(config, workdir: str) -> dict:
     else:
         result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
                                 workdir=workdir)(params, 0)
-    with open(os.path.join(workdir, "result.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    if main:
+        (out / "result.json").write_text(json.dumps(result, indent=2, default=float))
     logging.info("result: %s", result)
     return result
 

@@ -1,4 +1,5 @@
-"""Metrics to TensorBoard, a JSONL file and stdout."""
+"""Metrics to TensorBoard, a JSONL file and stdout, in a workdir that may be local or on an object
+store (gs://, s3://: read and written through `etils.epath`, which needs gcsfs / s3fs there)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,68 @@ import math
 import os
 from typing import Mapping
 
+import jax
 import numpy as np
+from etils import epath
+
+
+def workdir_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath.Path: URLs (gs://bucket/run) as they are, local paths made absolute."""
+    path = os.fspath(path)
+    return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def _can_append(path: epath.Path) -> bool:
+    return "://" not in os.fspath(path)  # object stores (gs://, s3://) hold immutable objects
 
 
 def _scalar(v) -> float:
     return float(np.asarray(v))
 
 
+def _rows_through(text: str, step: int) -> str:
+    """The lines of a JSONL text whose "step" is <= `step`; a line cut off by a kill is dropped."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return "".join(kept)
+
+
 class MetricWriter:
-    """`write(step, metrics)` appends one JSON line to `<workdir>/<name>.jsonl` and logs scalars to
-    TensorBoard under `<workdir>/tb/<name>`. Only process 0 writes."""
+    """`write(step, metrics)` adds one JSON line to `<workdir>/<name>.jsonl` and logs scalars to
+    TensorBoard under `<workdir>/tb/<name>`. Only the main process (default: JAX process 0) writes.
 
-    def __init__(self, workdir: str, name: str = "train", tensorboard: bool = True, is_main: bool = True):
-        self.is_main = is_main
-        self.path = os.path.join(workdir, f"{name}.jsonl")
+    resume_step: None adds to whatever the file holds. An int N keeps only its rows of steps <= N:
+    a run restored from its step-N checkpoint writes the later steps again (N = -1: start empty).
+    Object stores cannot append, so there the whole file is rewritten on each write.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, name: str = "train", tensorboard: bool = True,
+                 is_main: bool | None = None, resume_step: int | None = None):
+        self.is_main = jax.process_index() == 0 if is_main is None else is_main
+        workdir = workdir_path(workdir)
+        self.path = workdir / f"{name}.jsonl"
+        self._appendable = _can_append(workdir)
+        self._text = ""  # the file's content, kept where it cannot be appended to
         self._tb = None
-        if is_main:
-            os.makedirs(workdir, exist_ok=True)
-            if tensorboard:
-                from tensorboardX import SummaryWriter
+        if not self.is_main:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and (resume_step is not None or not self._appendable):
+            self._text = self.path.read_text()
+            if resume_step is not None:
+                self._text = _rows_through(self._text, resume_step)
+                self.path.write_text(self._text)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tb", name))
+            purge = None if resume_step is None else resume_step + 1  # hides the replaced steps' events
+            self._tb = SummaryWriter(os.fspath(workdir / "tb" / name), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, object]) -> dict:
         row = {"step": int(step)}
@@ -37,8 +79,13 @@ class MetricWriter:
             else:
                 row[k] = _scalar(v)
         if self.is_main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            line = json.dumps(row) + "\n"
+            if self._appendable:
+                with self.path.open("a") as f:
+                    f.write(line)
+            else:
+                self._text += line
+                self.path.write_text(self._text)
             if self._tb is not None:
                 for k, v in row.items():
                     if isinstance(v, float) and math.isfinite(v):
@@ -51,9 +98,8 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in workdir_path(path).read_text().splitlines() if line.strip()]
 
 
 def format_row(row: Mapping[str, object], keys: tuple[str, ...]) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -129,3 +129,15 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def host_array(x) -> np.ndarray:
+    """The whole global value of `x` as a numpy array, on every process.
+
+    Under multi-process JAX (a pod, several GPU hosts) an array sharded over devices of other
+    processes cannot be read with np.asarray; it is all-gathered instead. That is a collective:
+    every process must call this on the same array.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

@@ -8,7 +8,6 @@ as text, the verifier, warm-start pairs, and validation with pass@k / maj@k.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import jax
@@ -16,6 +15,8 @@ import numpy as np
 from absl import logging
 
 from rl_sharpen import evaluation, sampling
+from rl_sharpen import sharding as shd
+from rl_sharpen.metrics import workdir_path
 from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
@@ -85,6 +86,8 @@ class SyntheticTask:
 
     def problems(self, split: str) -> list[Problem]:
         count = self.data.synthetic_train_problems if split == "train" else self.data.synthetic_validation_problems
+        limit = self.data.train_limit if split == "train" else self.data.validation_limit
+        count = min(count, limit) if limit else count
         seed = [self.seed, 0 if split == "train" else 1]
         rng = np.random.default_rng(seed)
         return [synthetic.sample_problem(rng, self.arith).to_problem(i) for i in range(count)]
@@ -190,8 +193,8 @@ def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, ba
         params_ref["calls"] = params_ref.get("calls", 0) + 1
         out = sampling.generate(params_ref["params"], model_cfg, [task.encode_text(t) for t in prompt_texts],
                                 key, scfg, mesh=mesh)
-        return evaluation.generations_from_tokens(np.asarray(out.tokens), np.asarray(out.lengths), task.decode,
-                                                  num_samples)
+        return evaluation.generations_from_tokens(shd.host_array(out.tokens), shd.host_array(out.lengths),
+                                                  task.decode, num_samples)
 
     return generate
 
@@ -222,10 +225,11 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
         report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
                                      k_list=list(eval_cfg.k_list) or None, batch_size=eval_cfg.batch_size,
                                      greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout, seed=seed)
-        if workdir is not None:
-            os.makedirs(workdir, exist_ok=True)
-            evaluation.save_json(report, os.path.join(workdir, f"eval_step{step}.json"))
-            evaluation.plot_pass_at_k({f"step {step}": report.summary}, os.path.join(workdir, f"pass_at_k_step{step}.png"))
+        if workdir is not None and jax.process_index() == 0:
+            out = workdir_path(workdir)
+            out.mkdir(parents=True, exist_ok=True)
+            evaluation.save_json(report, out / f"eval_step{step}.json")
+            evaluation.plot_pass_at_k({f"step {step}": report.summary}, out / f"pass_at_k_step{step}.png")
             print(evaluation.format_table({f"step {step}": report.summary}))
         return flat_summary(report.summary)
 

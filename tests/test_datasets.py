@@ -92,9 +92,71 @@ def test_parquet_through_datasets(tmp_path):
 
 
 def test_format_inference():
-    assert infer_format({"question": "q", "answer": "x\n#### 3"}) == "gsm8k"
-    assert infer_format({"problem": "p", "solution": "s"}) == "math"
-    assert infer_format({"question": "q", "answer": r"\frac{1}{2}"}) == "qa"
+    gsm = {"question": "q", "answer": "x\n#### 3"}
+    cut = {"question": "q", "answer": "a solution cut off before its final line"}
+    assert infer_format([gsm]) == infer_format([cut, gsm, gsm]) == infer_format([None, cut, gsm, gsm]) == "gsm8k"
+    assert infer_format([{"problem": "p", "solution": "s"}]) == "math"
+    assert infer_format([{"question": "q", "answer": r"\frac{1}{2}"}]) == infer_format([cut, cut, gsm]) == "qa"
+    assert infer_format([]) == "qa"
+
+
+def test_format_is_inferred_once_and_rows_that_do_not_fit_are_skipped(tmp_path):
+    # The first row lacks its "####" line: it is skipped, not read as `qa` with the solution as gold.
+    path = write_jsonl(tmp_path / "gsm.jsonl", [
+        {"question": "Q0", "answer": "a solution cut off before its final line"},
+        {"question": "Q1", "answer": "3 + 4 = 7\n#### 7"},
+        {"question": "Q2", "answer": "x\n#### 1,080"},
+    ])
+    problems, stats = load_problems(path)
+    assert [(p.problem, p.answer) for p in problems] == [("Q1", "7"), ("Q2", "1080")]
+    assert stats.skipped == {"no '####' in answer": 1}
+
+
+def test_numeric_answers_are_accepted_and_other_types_named(tmp_path):
+    path = write_jsonl(tmp_path / "num.jsonl", [
+        {"problem": "int", "answer": 12}, {"problem": "integral float", "answer": 3.0},
+        {"problem": "float", "answer": 0.5}, {"problem": "tiny", "answer": 1e-7},
+        {"problem": "negative", "answer": -2.25},
+        {"problem": "bool", "answer": True}, {"problem": "list", "answer": [1, 2]}, '{"problem": "nan", "answer": NaN}',
+    ])
+    problems, stats = load_problems(path, format="qa")
+    assert [p.answer for p in problems] == ["12", "3", "0.5", "0.0000001", "-2.25"]
+    assert stats.skipped == {"answer of type bool": 1, "answer of type list": 1, "answer is nan": 1}
+    aime, _ = load_problems(path, format="aime", limit=2)
+    assert [p.answer for p in aime] == ["12", "3"]
+
+
+def test_numeric_answers_from_parquet(tmp_path):
+    import datasets
+
+    path = str(tmp_path / "num.parquet")
+    datasets.Dataset.from_list([{"problem": "P", "answer": 2.0}, {"problem": "Q", "answer": 0.125}]).to_parquet(path)
+    problems, stats = load_problems(path, format="qa")
+    assert [p.answer for p in problems] == ["2", "0.125"] and stats.num_skipped == 0
+
+
+def test_json_array_and_json_lines_under_a_json_name(tmp_path):
+    rows = [{"problem": "p", "answer": "5"}, {"problem": "q", "answer": "6"}]
+    (tmp_path / "array.json").write_text(json.dumps(rows, indent=1))
+    problems, stats = load_problems(str(tmp_path / "array.json"))
+    assert [p.answer for p in problems] == ["5", "6"] and stats.num_rows == 2
+    problems, _ = load_problems(write_jsonl(tmp_path / "lines.json", rows))
+    assert [p.answer for p in problems] == ["5", "6"]
+
+
+def test_unreadable_paths_and_empty_loads_raise(tmp_path):
+    (tmp_path / "x.csv").write_text("question,answer\nq,5\n")
+    with pytest.raises(ValueError, match=r"x\.csv: unsupported file type; allowed extensions: \.jsonl, \.json, \.parq"):
+        load_problems(str(tmp_path / "x.csv"))
+    write_jsonl(tmp_path / "train.jsonl", [{"problem": "p", "answer": "1"}])
+    with pytest.raises(ValueError, match=r"is a directory; pass one file of problems, e.g. one of \['train.jsonl'\]"):
+        load_problems(str(tmp_path))
+    path = write_jsonl(tmp_path / "none.jsonl", [{"problem": "p"}, "garbage"])
+    with pytest.raises(ValueError, match=r"none of its 2 rows loads as format 'qa'; skipped: .*missing answer"):
+        load_problems(path)
+    with pytest.raises(ValueError, match="none of its 0 rows"):
+        load_problems(write_jsonl(tmp_path / "empty.jsonl", []))
+    assert load_problems(path, limit=0)[0] == []
 
 
 def test_registry_and_argument_errors(tmp_path):

@@ -147,3 +147,101 @@ def test_bad_inputs_name_the_file_and_tensor(tmp_path, tiny):
     shutil.copy(f"{path}/model.safetensors", tmp_path / "model.safetensors")
     with pytest.raises(models.CheckpointError, match=r"model\.safetensors.*gate_proj.weight"):
         models.load_hf(str(tmp_path))
+
+
+def _hf_dict(arch, **overrides):
+    base = {"architectures": [arch], "vocab_size": 10, "hidden_size": 64, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 4096}
+    return {**base, **overrides}
+
+
+@pytest.mark.parametrize("arch, key, value, allowed", [
+    ("LlamaForCausalLM", "attention_bias", True, "False"), ("LlamaForCausalLM", "mlp_bias", True, "False"),
+    ("Qwen3ForCausalLM", "attention_bias", True, "False"), ("Qwen2ForCausalLM", "hidden_act", "gelu", "'silu'"),
+    ("LlamaForCausalLM", "hidden_act", "relu", "'silu'"),
+])
+def test_unsupported_hf_settings_name_the_key_value_and_allowed(arch, key, value, allowed):
+    with pytest.raises(ValueError, match=rf"config.json: {key}={value!r} is not supported; allowed: {allowed}"):
+        models.from_hf_config(_hf_dict(arch, **{key: value}))
+
+
+def test_sliding_window_is_refused_only_where_it_changes_attention():
+    qwen = dict(use_sliding_window=True, sliding_window=1024, max_window_layers=0)
+    for arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+        with pytest.raises(ValueError, match=r"use_sliding_window=True with sliding_window=1024 < "
+                                             r"max_position_embeddings=4096 is not supported; allowed: False"):
+            models.from_hf_config(_hf_dict(arch, **qwen))
+        with pytest.raises(ValueError, match="use_sliding_window"):
+            models.from_hf_config(_hf_dict(arch, **dict(qwen, max_window_layers=5),
+                                           layer_types=["full_attention", "sliding_attention"]))
+    # Off, a window as long as the context, or no layer that uses it: plain causal attention.
+    for ok in (dict(qwen, use_sliding_window=False), dict(qwen, sliding_window=4096), dict(qwen, max_window_layers=2)):
+        models.from_hf_config(_hf_dict("Qwen2ForCausalLM", **ok))
+    # Qwen2 always has q/k/v biases; transformers ignores its attention_bias, and so do we.
+    assert models.from_hf_config(_hf_dict("Qwen2ForCausalLM", attention_bias=False)).qkv_bias
+
+
+def test_head_dim_defaults_follow_transformers():
+    import transformers
+
+    no_head_dim = dict(hidden_size=64, num_attention_heads=4)
+    assert transformers.Qwen3Config(**no_head_dim).head_dim == 128
+    assert models.from_hf_config(_hf_dict("Qwen3ForCausalLM")).head_dim == 128
+    llama = transformers.LlamaConfig(**no_head_dim)
+    assert models.from_hf_config(_hf_dict("LlamaForCausalLM")).head_dim == llama.head_dim == 16
+    assert models.from_hf_config(_hf_dict("Qwen2ForCausalLM")).head_dim == 16
+    with pytest.raises(ValueError, match=r"ModelConfig.head_dim=7; allowed: an even integer >= 2"):
+        models.ModelConfig("llama", 50, 28, 64, 1, 4, 2, 7)
+
+
+def test_missing_required_key_names_the_file_and_key(tmp_path):
+    import json
+
+    hf = _hf_dict("LlamaForCausalLM")
+    del hf["intermediate_size"]
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(ValueError, match=rf"{tmp_path}/config.json: missing required key 'intermediate_size'"):
+        models.from_hf_config(str(tmp_path))
+
+
+def test_leftover_checkpoint_tensors_are_an_error(tmp_path):
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    for tie in (False, True):
+        src, dst = tmp_path / f"src{tie}", tmp_path / f"dst{tie}"
+        hf = hf_models.save_tiny_hf_model("llama", tie, str(src))
+        shutil.copytree(src, dst)
+        tensors = load_file(str(dst / "model.safetensors"))
+        assert ("lm_head.weight" in tensors) != tie
+        # A tied lm_head stored anyway (as some exports do) and old rope buffers are not leftovers.
+        tensors["lm_head.weight"] = hf.lm_head.weight.detach().numpy()
+        tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
+        save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+        models.load_hf(str(dst))
+        # A config that drops a setting leaves its tensors unused, e.g. the biases of attention_bias=True.
+        tensors["model.layers.1.self_attn.q_proj.bias"] = np.ones(64, np.float32)
+        save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+        with pytest.raises(models.CheckpointError, match=r"does not use: model\.layers\.1\.self_attn\.q_proj\.bias$"):
+            models.load_hf(str(dst))
+        assert json.loads((dst / "config.json").read_text())["tie_word_embeddings"] == tie
+
+
+def test_cache_overflow_is_an_error_or_nan_never_clamped():
+    cfg = models.ModelConfig("llama", 50, 32, 64, 1, 4, 2, 8)
+    rng = np.random.default_rng(0)  # host random weights: init_params would compile a random generator
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.3, a.shape), a.dtype), models.abstract_params(cfg))
+    tokens = jnp.array([[3, 4, 5]])
+    seg = jnp.ones_like(tokens)
+    with pytest.raises(ValueError, match=r"3 tokens do not fit a cache of 2 slots"):
+        models.forward(params, cfg, tokens, jnp.arange(3)[None], seg, models.init_cache(cfg, 1, 2))
+    step = jax.jit(models.forward, static_argnums=1)
+    _, cache = step(params, cfg, tokens, jnp.arange(3)[None], seg, models.init_cache(cfg, 1, 4))
+    with pytest.raises(ValueError, match=r"3 tokens at cache end=3 overflow its 4 slots; allowed: end \+ T <= 4"):
+        models.forward(params, cfg, tokens, jnp.arange(3, 6)[None], seg, cache)  # eager: `end` is concrete
+    # Under jit `end` is traced: the call that fits is finite, the one that overflows returns NaN.
+    fits, cache = step(params, cfg, tokens[:, :1], jnp.array([[3]]), seg[:, :1], cache)
+    over, cache = step(params, cfg, tokens[:, :1], jnp.array([[4]]), seg[:, :1], cache)
+    assert bool(jnp.isfinite(fits).all()) and bool(jnp.isnan(over).all()) and int(cache["end"]) == 5

@@ -25,7 +25,8 @@ def inputs(**kw):
 @pytest.mark.parametrize("cfg,expected", [
     # optimization, beta_inv = 0: alpha N
     (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0), [-7.0, -1.0]),
-    (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none"), [0.0, 0.0]),
+    (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none", kl_coef=1.0),
+     [-1.75, 0.0]),  # N = 0: only the KL penalty -(S_pi - S_ref)
     # optimization, beta_inv > 0: r + (alpha / beta_inv) N, N = mean
     (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=100.0, normalization="mean"),
      [1.0 + 0.02 * (-3.5 / 3), 0.02 * (-0.25)]),
@@ -171,3 +172,10 @@ def test_errors_name_the_field_and_allowed_values():
     total, _ = rewards.compute_rewards(inputs(ref_logprobs=None, policy_logprobs=None),
                                        rewards.regime_preset("task_reward"))
     np.testing.assert_array_equal(total, CORRECT)
+
+
+def test_a_reward_that_is_zero_for_every_sample_is_refused():
+    with pytest.raises(ValueError, match=r"gives R = 0 for every sample; allowed: a nonzero term"):
+        rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none")
+    with pytest.raises(ValueError, match=r"gives R = 0"):
+        rewards.RewardConfig("optimization", alpha=0.0, beta_inv=0.0)

@@ -384,6 +384,7 @@ def test_repeated_calls_do_not_recompile():
 @pytest.mark.parametrize("field,value,allowed", [
     ("temperature", -0.5, r"float >= 0"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
     ("top_k", -1, ">= 0"), ("num_samples", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("prompt_width", 0, "None"),
+    ("max_new_tokens", None, ">= 1"), ("top_k", 2.5, "integer >= 0"), ("eos_ids", None, "token id"),
 ])
 def test_bad_config_names_the_field(field, value, allowed):
     with pytest.raises(ValueError, match=rf"SamplingConfig\.{field}={value}.*allowed: .*{allowed}"):

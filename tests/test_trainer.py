@@ -203,3 +203,24 @@ def test_logged_learning_rate_is_the_optimizer_s_at_the_step_s_last_update(tmp_p
     peak = run.optim_cfg.learning_rate
     assert run._lr(0) == pytest.approx(peak * 3 / 10)  # updates 0..3 in step 0; the 4th is at 3/10 of warmup
     assert run._lr(2) == pytest.approx(peak)
+
+
+def test_data_limits_keep_the_first_synthetic_problems():
+    from rl_sharpen.task_setup import DataConfig, SyntheticTask
+
+    full = SyntheticTask(DataConfig(synthetic_train_problems=40, synthetic_validation_problems=30))
+    cut = SyntheticTask(DataConfig(synthetic_train_problems=40, synthetic_validation_problems=30, train_limit=7,
+                                   validation_limit=3))
+    assert cut.problems("train") == full.problems("train")[:7]
+    assert cut.problems("validation") == full.problems("validation")[:3]
+
+
+def test_steps_after_the_last_checkpoint_are_logged_once_after_a_resume(tmp_path):
+    """A kill after step 3's metrics but before its checkpoint: the rerun replaces rows 3, not adds them."""
+    import shutil
+
+    _rl_run(tmp_path, 3).run()  # checkpoints at 2 and (final) 3
+    shutil.rmtree(tmp_path / "checkpoints" / "3")
+    _rl_run(tmp_path, 4).run()
+    with open(tmp_path / "train.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]

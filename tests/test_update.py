@@ -63,6 +63,23 @@ def test_completion_logprobs_are_the_last_columns_of_teacher_forcing(chunk):
     np.testing.assert_allclose(np.asarray(got), np.asarray(full)[:, P - 1:], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [4, 512])
+def test_chunked_token_statistics_equal_those_of_the_full_logits(chunk):
+    """The scorer's entropy / logsumexp / mean over completion positions never materializes [N, P+T, V]."""
+    from rl_sharpen.rl import rewards
+    from rl_sharpen.rl.rollout import Scorer
+
+    params = models.init_params(CFG, jax.random.key(3))
+    batch = _batch(8, seed=6)
+    logits = models.forward(params, CFG, batch.tokens, models.positions_from_segments(batch.segments),
+                            batch.segments)[0]
+    expected = rewards.token_statistics(logits[:, P - 1:-1])
+    got = Scorer(CFG, chunk).token_stats(params, batch.tokens, batch.segments, T)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(expected[name]), rtol=1e-5, atol=1e-5)
+
+
 def test_reinforce_gradient_is_advantage_weighted_score():
     """On-policy (w = 1), token-mean: grad = -(1/sum m) sum_i A_i sum_t m_it grad log pi(y_it)."""
     params = models.init_params(CFG, jax.random.key(1))

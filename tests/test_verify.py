@@ -1,5 +1,6 @@
 """Answer extraction, canonical forms, the equivalence table, and hard timeouts of the verifier."""
 
+import importlib
 import time
 from fractions import Fraction
 
@@ -47,6 +48,9 @@ EQUAL = [
     (r"-\infty", r"-\infty"), (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4.0\end{pmatrix}"), (r"\text{(A)}", "A"),
     (r"\text{Devon}", "Devon"),
+    # one-letter constants inside \text / \mathrm are values, not units
+    ("3+2i", r"3+2\mathrm{i}"), (r"e^{2}", r"\mathrm{e}^2"), ("4", "4 square feet"),
+    ("6", r"6\text{ children tickets}"),
 ]
 
 # (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
@@ -71,6 +75,9 @@ UNEQUAL = [
     (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}2\\1\end{pmatrix}"), (r"\text{(A)}", "B"),
     ("7", r"\mathbf{1}"),
     ("12", r"1 \text{ or } 2"), ("12", "1,2"),
+    # value words and constants are not units
+    ("3+2", r"3+2\mathrm{i}"), ("3", r"3\text{e}"), ("10", r"10\text{ million}"), ("1", "1 million"), ("2", "2 pi"),
+    ("5", r"5\text{ hundred}"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -122,6 +129,9 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     ("The answer is: $3.5$.\nDone.", "3.5"),
     (r"the answer is 5 but \boxed{6}", "6"),
     (r"unfinished \boxed{12", None),
+    (r"so \boxed{5}. Check: \boxed{", "5"),  # a box cut off at the end hides no earlier answer
+    (r"\boxed{1} and \fbox{2 \boxed{3}", "3"),
+    (r"\boxed{4} and \boxed", "4"),
     (r"\boxed{}", None),
     ("no final answer here", None),
 ])
@@ -142,6 +152,9 @@ def test_extract_answer_is_linear_on_long_inputs():
     (r"\dfrac12", "1/2"), ("2.50", "5/2"), (r"2\frac12", "5/2"), (r"\left( 1, 2 \right)", "(1,2)"),
     (r"1\,000", "1000"), (r"x = \sqrt2", r"\sqrt{2}"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
     (r"90^\circ", "90"), (r"12\text{ m}^2", "12"), (r"\text{(C)}", "(C)"), ("$-3$", "-3"),
+    (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10million"), (r"10\text{ million dollars}", "10milliondollars"),
+    ("2 pi", "2pi"), ("1 million", "1million"), ("4 sq ft", "4"), ("575 students", "575students"),
+    (r"6\text{ children tickets}\text{ ok}", "6"), (r"144 \mbox{ m}^3", "144"),
 ])
 def test_canonical_answer(answer, canonical):
     assert canonical_answer(answer) == canonical
@@ -158,11 +171,12 @@ def test_exact_value(answer, value):
 
 def test_fast_path_decides_plain_numbers_without_workers():
     pool = VerifierPool(workers=1)  # never used: no pair needs sympy
-    completions = [r"\boxed{0.5}", r"\boxed{3}", "#### 1,000", "nothing"]
-    rewards, stats = verify_batch(completions, [r"\frac12", "4", "1000", "1"], pool=pool)
-    np.testing.assert_array_equal(rewards, [1, 0, 1, 0])
+    completions = [r"\boxed{0.5}", r"\boxed{3}", "#### 1,000", "nothing", r"\boxed{" + "x" * 1001 + "}"]
+    rewards, stats = verify_batch(completions, [r"\frac12", "4", "1000", "1", "y"], pool=pool)
+    np.testing.assert_array_equal(rewards, [1, 0, 1, 0, 0])
     assert rewards.dtype == np.float32
-    assert (stats.num_fast, stats.num_symbolic, stats.num_no_answer) == (4, 0, 1)
+    # no-answer and over-long items score 0 without being counted as decided by the fast path
+    assert (stats.num_fast, stats.num_symbolic, stats.num_no_answer, stats.num_too_long) == (3, 0, 1, 1)
 
 
 def test_verify_single_and_argument_errors(pool):
@@ -174,6 +188,13 @@ def test_verify_single_and_argument_errors(pool):
         pool.run([("1", "1")], timeout=0)
     with pytest.raises(ValueError, match="workers"):
         VerifierPool(workers=0)
+
+
+def test_package_attribute_verify_is_the_module():
+    import rl_sharpen.tasks
+
+    assert rl_sharpen.tasks.verify is importlib.import_module("rl_sharpen.tasks.verify")
+    assert rl_sharpen.tasks.verify.verify is verify
 
 
 def test_memory_limit_applies_in_workers(pool):

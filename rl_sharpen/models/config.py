@@ -5,7 +5,10 @@ A `ModelConfig` is built from a Hugging Face `config.json` (`from_hf_config`), f
 
   llama  LlamaForCausalLM   Llama 3.x (llama3 rope scaling), SmolLM2
   qwen2  Qwen2ForCausalLM   Qwen2.5 (q/k/v projections carry a bias)
-  qwen3  Qwen3ForCausalLM   Qwen3 (per-head RMSNorm on q and k, explicit head_dim)
+  qwen3  Qwen3ForCausalLM   Qwen3 (per-head RMSNorm on q and k, explicit head_dim, default 128)
+
+Settings these decoders do not implement (biases on Llama/Qwen3 projections, activations other than
+SiLU, sliding-window attention) raise ValueError naming the config.json key rather than being ignored.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ class ModelConfig:
         for field in ("param_dtype", "compute_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; allowed: {tuple(DTYPES)}")
+        if self.head_dim < 2 or self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim={self.head_dim}; allowed: an even integer >= 2 "
+                             "(rope rotates pairs of dimensions)")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"ModelConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
@@ -114,8 +120,33 @@ def _ids(value) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
+def _check_supported(hf: Mapping[str, Any], family: str, source: str) -> None:
+    """ValueError for a config.json setting the decoder of `family` does not implement."""
+    checks = [("hidden_act", "silu", ("silu", "swish"))]  # transformers defaults; swish is SiLU
+    if family in ("llama", "qwen3"):  # Qwen2 always has q/k/v biases and ignores attention_bias
+        checks.append(("attention_bias", False, (False,)))
+    if family == "llama":
+        checks.append(("mlp_bias", False, (False,)))
+    for key, default, allowed in checks:
+        value = hf.get(key, default)
+        if value not in allowed:
+            raise ValueError(f"{source}: {key}={value!r} is not supported; allowed: {' or '.join(map(repr, allowed))}")
+    if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+        window, longest = hf.get("sliding_window"), hf.get("max_position_embeddings", 4096)
+        n, first = int(hf.get("num_hidden_layers", 0)), int(hf.get("max_window_layers", 28))
+        kinds = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+        if window is not None and window < longest and "sliding_attention" in kinds:
+            raise ValueError(f"{source}: use_sliding_window=True with sliding_window={window} < "
+                             f"max_position_embeddings={longest} is not supported; allowed: False "
+                             "(or a sliding_window >= max_position_embeddings)")
+
+
 def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", compute_dtype=None) -> ModelConfig:
-    """ModelConfig from a parsed HF config dict, or from the path of a folder / config.json."""
+    """ModelConfig from a parsed HF config dict, or from the path of a folder / config.json.
+
+    Missing keys take transformers' defaults where it has one (head_dim: 128 for Qwen3, else
+    hidden_size / num_attention_heads); a missing required key or an unsupported setting raises
+    ValueError naming the key."""
     source = "config.json"
     if isinstance(hf, (str, os.PathLike)):
         source = os.path.join(hf, "config.json") if os.path.isdir(hf) else str(hf)
@@ -128,18 +159,24 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
     if not known:
         raise ValueError(f"{source}: architectures={archs}; supported: {sorted(ARCHITECTURES)}")
     family = known[0]
+
+    def required(key: str) -> int:
+        if hf.get(key) is None:
+            raise ValueError(f"{source}: missing required key {key!r}")
+        return int(hf[key])
+
+    _check_supported(hf, family, source)
     theta, scaling = _rope_fields(hf)
-    heads = int(hf["num_attention_heads"])
-    hidden = int(hf["hidden_size"])
+    heads, hidden = required("num_attention_heads"), required("hidden_size")
     return ModelConfig(
         family=family,
-        vocab_size=int(hf["vocab_size"]),
+        vocab_size=required("vocab_size"),
         hidden_size=hidden,
-        intermediate_size=int(hf["intermediate_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
+        intermediate_size=required("intermediate_size"),
+        num_layers=required("num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or hidden // heads),
+        head_dim=int(hf.get("head_dim") or (128 if family == "qwen3" else hidden // heads)),
         rope_theta=theta,
         rope_scaling=scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),

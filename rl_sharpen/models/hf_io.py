@@ -2,7 +2,10 @@
 
 `load_hf` reads `config.json` and `model.safetensors` (or the shards of
 `model.safetensors.index.json`) one tensor at a time and places each parameter straight into its
-target sharding, so the whole model never sits on one device. `save_hf` writes a folder that
+target sharding, so the whole model never sits on one device. Every tensor of the checkpoint must be
+one the model of its config.json uses (a stored tied `lm_head.weight` and old `rotary_emb.inv_freq`
+buffers, which rope recomputes, excepted): a leftover tensor means config.json describes another
+model, and raises CheckpointError before anything is read. `save_hf` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained` loads.
 """
 
@@ -83,6 +86,21 @@ def _get(tree: dict, path: str):
     return tree
 
 
+def _check_no_leftovers(path: str, cfg: ModelConfig, names) -> None:
+    """CheckpointError naming the checkpoint tensors that `cfg` has no parameter for."""
+    table = registry.hf_names(cfg)
+    used = set()
+    for p, _ in _flat_specs(cfg):
+        hf_name = table[p][0]
+        used.update([hf_name.format(i) for i in range(cfg.num_layers)] if p.startswith("layers/") else [hf_name])
+    leftover = sorted(n for n in set(names) - used
+                      if not n.endswith("rotary_emb.inv_freq") and not (cfg.tie_embeddings and n == "lm_head.weight"))
+    if leftover:
+        shown = ", ".join(leftover[:8]) + (f", ... ({len(leftover)} in all)" if len(leftover) > 8 else "")
+        raise CheckpointError(f"{path}: the checkpoint has tensors that the {cfg.family} model of its config.json "
+                              f"does not use: {shown}")
+
+
 def _read_param(reader: _Reader, cfg: ModelConfig, path: str, spec, hf_name: str, transform) -> np.ndarray:
     layered = path.startswith("layers/")
     shape = spec.shape[1:] if layered else spec.shape
@@ -105,6 +123,7 @@ def load_hf(path: str, dtype: str = "float32", mesh=None, compute_dtype: str | N
         raise FileNotFoundError(f"{path}: not a directory (expected a Hugging Face checkpoint folder)")
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=compute_dtype)
     reader = _Reader(_tensor_files(path))
+    _check_no_leftovers(path, cfg, reader.files)
     table = registry.hf_names(cfg)
     params: dict = {}
     np_dtype = np.dtype(DTYPES[dtype])
@@ -121,18 +140,23 @@ def load_hf(path: str, dtype: str = "float32", mesh=None, compute_dtype: str | N
 
 
 def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 << 30) -> None:
-    """Writes `config.json` and safetensors shards (with an index when there is more than one)."""
-    os.makedirs(path, exist_ok=True)
+    """Writes `config.json` and safetensors shards (with an index when there is more than one).
+
+    Under multi-process JAX every process must call it (sharded params are all-gathered); process 0
+    writes."""
     table = registry.hf_names(cfg)
     tensors: dict[str, np.ndarray] = {}
     for p, spec in _flat_specs(cfg):
         hf_name, transform = table[p]
-        value = np.asarray(jax.device_get(_get(params, p)))
+        value = shd.host_array(_get(params, p))
         if p.startswith("layers/"):
             for i in range(cfg.num_layers):
                 tensors[hf_name.format(i)] = transform.to_hf(value[i])
         else:
             tensors[hf_name] = transform.to_hf(value)
+    if jax.process_index() != 0:
+        return
+    os.makedirs(path, exist_ok=True)
     shards, current, size = [], {}, 0
     for name, t in tensors.items():
         if current and size + t.nbytes > max_shard_bytes:

@@ -10,6 +10,9 @@ The KV cache is an explicit pytree:
 
 Slots [0, end) are filled; a call writes its T tokens to slots [end, end + T) and returns the cache
 with end += T. Slot order is time order (batches are left-padded), so causality is slot order.
+end + T must not exceed S (XLA would clamp the write over filled slots): T > S is a ValueError; so is
+end + T > S when `end` is concrete (an eager call), and under jit, where `end` is traced, such a call
+returns NaN hidden states and logits.
 """
 
 from __future__ import annotations
@@ -69,6 +72,17 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_
     return x, cache_k, cache_v
 
 
+def _end_that_fits(cache: Cache, T: int):
+    """cache["end"], after checking that T new tokens fit the cache (module docstring)."""
+    S, end = cache["segment_ids"].shape[1], cache["end"]
+    if T > S:
+        raise ValueError(f"{T} tokens do not fit a cache of {S} slots; allowed: at most {S} tokens per call "
+                         "(init_cache max_len)")
+    if not isinstance(end, jax.core.Tracer) and int(end) + T > S:
+        raise ValueError(f"{T} tokens at cache end={int(end)} overflow its {S} slots; allowed: end + T <= {S}")
+    return end
+
+
 def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_ids,
                   cache: Cache | None = None, remat: bool = False):
     """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
@@ -80,7 +94,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
         allowed = _allowed(segment_ids, segment_ids, slots, slots)
         end = None
     else:
-        end = cache["end"]
+        end = _end_that_fits(cache, T)
         key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, end))
         allowed = _allowed(segment_ids, key_segments, end + jnp.arange(T), jnp.arange(key_segments.shape[1]))
 
@@ -95,6 +109,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
     x, (new_k, new_v) = jax.lax.scan(step, x, xs)
     x = layers.rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     if cache is not None:
+        x = jnp.where(end + T <= key_segments.shape[1], x, jnp.nan)  # overflow under jit: NaN, not clamped slots
         cache = {"k": new_k, "v": new_v, "segment_ids": key_segments, "end": end + T}
     return x, cache
 
@@ -128,14 +143,15 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     return (index - starts) * real
 
 
-def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positions=None, *,
-                   chunk: int = 512, remat: bool = False, last: int | None = None) -> jax.Array:
-    """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced; with
-    `last`, only those of the last `last` tokens, [B, last] (the vocabulary projection then skips
-    the positions before them, e.g. a prompt's).
+def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, positions=None, *,
+                   chunk: int = 512, remat: bool = False, last: int | None = None):
+    """fn(logits [B, c, V] f32, next tokens [B, c]) -> pytree of [B, c] arrays, evaluated at every
+    position t < T-1 (the one predicting tokens[:, t+1]) or, with `last`, at the last `last` of them
+    (the vocabulary projection then skips the positions before, e.g. a prompt's); returns that
+    pytree at [B, T-1] (or [B, last]).
 
-    The vocabulary projection and log-softmax run over `chunk` positions at a time so the full
-    [B, T, V] logits never exist at once.
+    The projection onto the vocabulary runs over `chunk` positions at a time (rematerialized in the
+    backward pass), so the full [B, T, V] logits never exist at once.
     """
     if positions is None:
         positions = positions_from_segments(segment_ids)
@@ -149,13 +165,18 @@ def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positi
     pad = n * chunk - T1
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
     targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
+    out = jax.lax.map(jax.checkpoint(lambda args: fn(logits_from_hidden(params, cfg, args[0]), args[1])),
+                      (h, targets))  # [n, B, chunk] leaves
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(B, n * chunk)[:, :T1], out)
 
-    @jax.checkpoint
-    def one(args):
-        hc, tc = args
-        logits = logits_from_hidden(params, cfg, hc)
-        picked = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
 
-    out = jax.lax.map(one, (h, targets))  # [n, B, chunk]
-    return out.swapaxes(0, 1).reshape(B, n * chunk)[:, :T1]
+def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positions=None, *,
+                   chunk: int = 512, remat: bool = False, last: int | None = None) -> jax.Array:
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced; with
+    `last`, only those of the last `last` tokens, [B, last] (`next_token_map`, chunked)."""
+
+    def picked_logprob(logits, targets):
+        return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+
+    return next_token_map(params, cfg, tokens, segment_ids, picked_logprob, positions, chunk=chunk, remat=remat,
+                          last=last)

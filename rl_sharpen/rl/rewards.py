@@ -105,6 +105,14 @@ class RewardConfig:
         for name, _ in self.extra:
             if name not in REWARD_COMPONENTS:
                 raise ValueError(f"RewardConfig.extra names {name!r}; registered: {sorted(REWARD_COMPONENTS)}")
+        weights = mixture_weights(self)
+        if self.normalization == "none":
+            weights.pop("sharpening", None)  # N = 0
+        if not any(weights.values()) and self.kl_coef == 0:
+            raise ValueError(f"RewardConfig(mode={self.mode!r}, alpha={self.alpha}, beta_inv={self.beta_inv}, "
+                             f"normalization={self.normalization!r}, extra={self.extra}, kl_coef=0) gives R = 0 for "
+                             "every sample; allowed: a nonzero term (alpha with a normalization other than 'none', "
+                             "beta_inv > 0, an `extra` weight or kl_coef > 0)")
 
     def replace(self, **kw) -> "RewardConfig":
         return dataclasses.replace(self, **kw)

@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_sharpen import sampling
-from rl_sharpen.models import forward, positions_from_segments
+from rl_sharpen.models import next_token_map
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.update import TrainBatch, completion_logprobs
+from rl_sharpen.sharding import host_array
 
 
 class Task(Protocol):
@@ -63,8 +64,9 @@ class Scorer:
         self.token_stats = jax.jit(self._token_stats, static_argnums=3)
 
     def _token_stats(self, params, tokens, segments, width):
-        logits, _ = forward(params, self.cfg, tokens, positions_from_segments(segments), segments)
-        return rw.token_statistics(logits[:, -width - 1:-1])
+        """`rw.token_statistics` at the `width` completion positions, over `chunk` positions at a time."""
+        return next_token_map(params, self.cfg, tokens, segments, lambda logits, _: rw.token_statistics(logits),
+                              chunk=self.chunk, last=width)
 
 
 def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,
@@ -78,8 +80,7 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     t0 = time.perf_counter()
     prompts = [task.prompt_ids(p) for p in problems]
     out = sampling.generate(policy_params, cfg, prompts, rng, sampling_cfg, mesh=mesh, contrast=contrast)
-    tokens = np.asarray(out.tokens)
-    lengths = np.asarray(out.lengths)
+    tokens, lengths, finished = host_array(out.tokens), host_array(out.lengths), host_array(out.finished)
     timings["time_sample"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -109,7 +110,7 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     seq_pi = jnp.sum(policy_lp * mask_j, axis=1)
     metrics = {
         "reward": rewards.mean(), "accuracy": float(correct.mean()),
-        "response_length": float(lengths.mean()), "finished": float(np.asarray(out.finished).mean()),
+        "response_length": float(lengths.mean()), "finished": float(finished.mean()),
         "s_ref": seq_ref.mean(), "s_pi": seq_pi.mean(),
         "kl_k1": (seq_pi - seq_ref).mean(),  # E_pi[log pi/p_ref], sequence level
         "entropy_estimate": -seq_pi.mean(),  # E_pi[-log pi(y)], sequence level

@@ -167,14 +167,14 @@ class RLRun:
         ckpt = Checkpointer(f"{self.workdir}/checkpoints", self.train_cfg.checkpoint_every,
                             self.train_cfg.keep_checkpoints)
         state = self.initial_state()
-        start = 0
+        start = -1  # metric files start empty in a fresh run; a resumed one keeps its rows up to `start`
         if ckpt.latest_step() is not None:
             state, record = ckpt.restore(state, self.config_record)
             start = int(record["step"])
             logging.info("resumed %s from step %d", self.workdir, start)
-        writer = MetricWriter(self.workdir, self.name, is_main=jax.process_index() == 0)
-        eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", tensorboard=True,
-                                   is_main=jax.process_index() == 0)
+        writer = MetricWriter(self.workdir, self.name, resume_step=start)
+        eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", resume_step=start)
+        start = max(start, 0)
         base_key = jax.random.key(self.seed)
         B, G = self.rl_cfg.prompts_per_step, self.sampling_cfg.num_samples
         last_eval = None
@@ -214,7 +214,7 @@ class RLRun:
                     (self.train_cfg.eval_every and done % self.train_cfg.eval_every == 0)
                     or done == self.train_cfg.steps):
                 last_eval = eval_writer.write(done, self.evaluate(state["params"], done))
-            ckpt.save(done, state, {"step": done, "data_position": done * B, "config": self.config_record},
+            ckpt.save(done, state, {"step": done, "config": self.config_record},
                       force=done == self.train_cfg.steps)
         bar.close()
         ckpt.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -62,17 +63,27 @@ class SamplingConfig:
     fast_decode: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
+        def integer(x):
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+        def real(x):
+            return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+        eos = self.eos_ids
+        eos_ok = integer(eos) or (isinstance(eos, (tuple, list, set, frozenset)) and all(integer(e) for e in eos))
+        prompt_lib.check_fields(self, [("eos_ids", eos_ok, "a token id or a tuple of token ids")])
+        object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(eos))
         if self.temperature == 0:
             object.__setattr__(self, "greedy", True)
         checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
-            ("temperature", self.temperature >= 0, "a float >= 0 (0 means greedy)"),
-            ("top_p", 0 < self.top_p <= 1, "a float in (0, 1]"),
-            ("top_k", self.top_k >= 0, "an integer >= 0 (0 disables top-k)"),
-            ("num_samples", self.num_samples >= 1, "an integer >= 1"),
-            ("pad_id", self.pad_id >= 0, "a token id >= 0"),
-            ("prompt_width", self.prompt_width is None or self.prompt_width >= 1, "None or an integer >= 1"),
+            ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", real(self.temperature) and self.temperature >= 0, "a float >= 0 (0 means greedy)"),
+            ("top_p", real(self.top_p) and 0 < self.top_p <= 1, "a float in (0, 1]"),
+            ("top_k", integer(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 disables top-k)"),
+            ("num_samples", integer(self.num_samples) and self.num_samples >= 1, "an integer >= 1"),
+            ("pad_id", integer(self.pad_id) and self.pad_id >= 0, "a token id >= 0"),
+            ("prompt_width", self.prompt_width is None or integer(self.prompt_width) and self.prompt_width >= 1,
+             "None or an integer >= 1"),
         ]
         prompt_lib.check_fields(self, checks)
 

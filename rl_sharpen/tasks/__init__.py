@@ -1,7 +1,7 @@
 """Math tasks: problem sets, prompts, the answer verifier (task reward), and a synthetic task.
 
-`rl_sharpen.tasks.verify` is the reward function; its module is imported by name, e.g.
-`from rl_sharpen.tasks.verify import VerifierPool`.
+`rl_sharpen.tasks.verify` is the module of the reward function (`verify_batch`; the one-completion
+`verify` is imported from it by name: `from rl_sharpen.tasks.verify import verify`).
 """
 
 from rl_sharpen.tasks.datasets import FORMATS, SOURCES, LoadStats, Problem, load_problems
@@ -11,7 +11,6 @@ from rl_sharpen.tasks.verify import (
     VerifyStats,
     canonical_answer,
     extract_answer,
-    verify,
     verify_batch,
 )
 
@@ -29,6 +28,5 @@ __all__ = [
     "VerifyStats",
     "canonical_answer",
     "extract_answer",
-    "verify",
     "verify_batch",
 ]

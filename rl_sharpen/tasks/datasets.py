@@ -1,8 +1,9 @@
 """Math problem sets as one normalized record type, `Problem`.
 
 `load_problems(name_or_path, split=...)` takes a registered name (loaded from the Hugging Face hub
-through `datasets`) or a local `.jsonl` / `.json` (one object per line) / `.parquet` file. Rows are
-converted by a *format*, which fixes where the problem text and the gold answer live:
+through `datasets`) or a local file: `.jsonl` (one object per line), `.json` (a top-level array of
+objects, or one object per line) or `.parquet`. Rows are converted by a *format*, which fixes where
+the problem text and the gold answer live:
 
   gsm8k  `question`; gold = text after the last `#### ` of `answer`, thousands commas removed
   math   `problem`; gold = `answer` if present, else the last `\\boxed{}` of `solution`;
@@ -10,19 +11,26 @@ converted by a *format*, which fixes where the problem text and the gold answer 
   aime   `problem` or `question`; gold = `answer` as an integer ("025" -> "25")
   qa     `problem` or `question`; gold = `answer` (e.g. Minerva)
 
-A row that is not a JSON object, lacks a field, or has no extractable gold is skipped and
-counted in `LoadStats`; loading never fails on bad rows.
+Text fields are strings; an integer or finite float answer is accepted too (2.0 -> "2", 0.5 -> "0.5").
+A local file's format, unless given, is inferred once from its first rows (`infer_format`) and applies
+to every row: a row that does not fit it (not a JSON object, a missing field, no extractable gold) is
+skipped and counted in `LoadStats`, never read under another format. A file of which no row loads
+raises ValueError.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
+import math
 import os
 import re
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from rl_sharpen.tasks.verify import last_boxed
 
@@ -69,16 +77,40 @@ SOURCES: dict[str, Source] = {
 }
 
 
+LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+_INFER_ROWS = 64  # rows `infer_format` looks at
+
+
 class _SkipRow(Exception):
     """A malformed row; the message is the reason it is counted under."""
 
 
+class _MissingField(_SkipRow):
+    """None of the field's names is present with a non-empty value."""
+
+
+def _field_text(name: str, value: Any) -> str | None:
+    """A field's value as stripped text; None when empty; _SkipRow naming a type that is not text."""
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise _SkipRow(f"{name} is {float(value)}")
+        return np.format_float_positional(float(value), trim="-")  # 2.0 -> "2", 1e-7 -> "0.0000001"
+    raise _SkipRow(f"{name} of type {type(value).__name__}")
+
+
 def _field(row: Mapping[str, Any], *names: str) -> str:
+    """The first of `names` present with a non-empty value, as text."""
     for name in names:
         value = row.get(name)
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value).strip()
-    raise _SkipRow(f"missing {'/'.join(names)}")
+        if value is not None:
+            text = _field_text(name, value)
+            if text is not None:
+                return text
+    raise _MissingField(f"missing {'/'.join(names)}")
 
 
 def _canonical_integer(answer: str) -> str:
@@ -115,7 +147,7 @@ def _from_gsm8k(row, index, source):
 def _from_math(row, index, source):
     try:
         gold = _field(row, "answer")
-    except _SkipRow:
+    except _MissingField:
         gold = last_boxed(_field(row, "solution"))
         if not gold or not gold.strip():
             raise _SkipRow("no \\boxed{} in solution") from None
@@ -145,29 +177,55 @@ FORMATS: dict[str, Callable[[Mapping[str, Any], int, str], Problem]] = {
 }
 
 
-def infer_format(row: Mapping[str, Any]) -> str:
-    """Format of a local file from the fields of its first row."""
-    if "question" in row and "####" in str(row.get("answer", "")):
-        return "gsm8k"
-    if "solution" in row or "level" in row:
+def infer_format(rows: Sequence[Any]) -> str:
+    """Format of a file from its first rows (non-objects ignored): `math` if a row has a `solution`
+    or `level` field; else `gsm8k` if most rows with a `question` have an `answer` containing `####`
+    (so one truncated solution does not turn a GSM8K file into `qa`); else `qa`."""
+    objects = [row for row in rows if isinstance(row, Mapping)]
+    if any("solution" in row or "level" in row for row in objects):
         return "math"
-    return "qa"
+    questions = [row for row in objects if "question" in row]
+    marked = sum("####" in str(row.get("answer", "")) for row in questions)
+    return "gsm8k" if questions and 2 * marked > len(questions) else "qa"
+
+
+def _check_local_path(path: str) -> None:
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith(LOCAL_EXTENSIONS))
+        raise ValueError(f"{path} is a directory; pass one file of problems"
+                         + (f", e.g. one of {files}" if files else f" ({', '.join(LOCAL_EXTENSIONS)})"))
+    if not path.endswith(LOCAL_EXTENSIONS):
+        raise ValueError(f"{path}: unsupported file type; allowed extensions: {', '.join(LOCAL_EXTENSIONS)}")
+
+
+def _json_lines(lines: Iterable[str]) -> Iterable[Any]:
+    """One value per non-blank line; a line that does not parse yields None (counted as skipped)."""
+    for line in lines:
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield None
 
 
 def _read_local(path: str) -> Iterable[Any]:
-    """Rows of a local file; a JSONL line that does not parse yields None (counted as skipped)."""
+    """Rows of a local file (see the module docstring for the file types)."""
     if path.endswith(".parquet"):
         import datasets
 
         yield from datasets.load_dataset("parquet", data_files=path, split="train")
         return
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    yield None
+        if path.endswith(".json"):
+            text = f.read()
+            try:
+                whole = json.loads(text)
+            except json.JSONDecodeError:  # JSON Lines under a .json name
+                yield from _json_lines(text.splitlines())
+                return
+            yield from whole if isinstance(whole, list) else [whole]
+            return
+        yield from _json_lines(f)
 
 
 def _read_hub(source: Source, split: str) -> Iterable[Any]:
@@ -182,16 +240,21 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
 
     split: for a registered name, one of its splits (default: "test" if it has one, else "train");
       ignored for files. limit: keep the first `limit` valid problems. format: one of `FORMATS`;
-      default: the source's format, or inferred from a file's first row.
+      default: the source's format, or `infer_format` of a file's first 64 rows.
+    Raises ValueError when no row loads (unless limit=0).
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if os.path.exists(name_or_path):
+        _check_local_path(name_or_path)
         folder = os.path.basename(os.path.dirname(os.path.abspath(name_or_path)))
         stem = os.path.splitext(os.path.basename(name_or_path))[0]
         rows, source_name = _read_local(name_or_path), f"{folder}/{stem}"
+        if format is None:
+            head = list(itertools.islice(rows, _INFER_ROWS))
+            format, rows = infer_format(head), itertools.chain(head, rows)
     elif name_or_path in SOURCES:
         source = SOURCES[name_or_path]
         split = split or ("test" if "test" in source.splits else "train")
@@ -211,11 +274,13 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         if not isinstance(row, Mapping):
             skipped["not a JSON object"] += 1
             continue
-        format = format or infer_format(row)
         try:
             problems.append(FORMATS[format](row, index, source_name))
         except _SkipRow as reason:
             skipped[str(reason)] += 1
+    if not problems and limit != 0:
+        raise ValueError(f"{name_or_path}: none of its {num_rows} rows loads as format {format!r}"
+                         + (f"; skipped: {dict(skipped)}" if skipped else ""))
     if skipped:
         _LOG.warning("%s: skipped %d malformed rows of %d: %s", name_or_path, sum(skipped.values()),
                      num_rows, dict(skipped))

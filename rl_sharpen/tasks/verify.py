@@ -2,13 +2,15 @@
 
 Pipeline for one (completion, gold) pair:
 
-  1. `extract_answer` takes the model's final answer: the last `\\boxed{...}` / `\\fbox{...}`
-     (nested braces), else the last `#### n` line, else the last "the answer is ...".
+  1. `extract_answer` takes the model's final answer: the last complete `\\boxed{...}` /
+     `\\fbox{...}` (nested braces; one cut off before its closing brace is passed over), else the
+     last `#### n` line, else the last "the answer is ...".
   2. Fast path, in the calling process and linear in the input length: the two answers are
      canonicalized (`canonical_answer`: LaTeX spacing, `\\dfrac`, units, degrees, `\\%`, thousands
-     separators, `x =` prefixes, ...). Equal strings are equal. If both are plain numbers (integer,
-     decimal, `a/b`, `\\frac{a}{b}`, mixed number) they are compared as exact rationals and the
-     verdict is final: 6 != 6.0000001 and 1/3 != 0.333333. `p\\%` also matches p/100.
+     separators, `x =` prefixes, ...; `clean_latex` says which words count as units). Equal strings
+     are equal. If both are plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`, mixed number)
+     they are compared as exact rationals and the verdict is final: 6 != 6.0000001 and
+     1/3 != 0.333333. `p\\%` also matches p/100.
   3. Otherwise math-verify parses both to sympy and compares them (sets, intervals, tuples, matrices,
      `\\pm`, equations, symbolic simplification). Its numeric tolerances (6-digit float rounding,
      `evalf(chop=True)`, which rounds anything below ~1e-15 to 0) accept different numbers such as
@@ -68,19 +70,34 @@ def _braced_group(text: str, start: int) -> tuple[str, int] | None:
     return None
 
 
+def _closing_braces(text: str) -> dict[int, int]:
+    """Index of each '{' that is closed -> index of its matching '}' (one pass, linear time)."""
+    partner, open_at = {}, []
+    for i, c in enumerate(text):
+        if c == "{":
+            open_at.append(i)
+        elif c == "}" and open_at:
+            partner[open_at.pop()] = i
+    return partner
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`); None if absent/unclosed."""
+    """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`) that is complete: a box cut
+    off before its closing brace is passed over for an earlier one. None if there is none."""
     matches = list(_BOX_RE.finditer(text))
-    if not matches:
-        return None
-    i = matches[-1].end()
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i < len(text) and text[i] == "{":
-        group = _braced_group(text, i)
-        return None if group is None else group[0]
-    token = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`
-    return token.group(0) if token and i > matches[-1].end() else None
+    partner = _closing_braces(text) if matches else {}
+    for match in reversed(matches):
+        i = match.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            if i in partner:
+                return text[i + 1 : partner[i]]
+            continue
+        token = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`
+        if token and i > match.end():
+            return token.group(0)
+    return None
 
 
 def extract_answer(text: str) -> str | None:
@@ -108,7 +125,15 @@ _DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
 _UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}"
 _TRAILING_UNITS_RE = re.compile(rf"(?:\s*{_UNIT_MACRO}(?:\^\{{?[23]\}}?)?)+\s*$")
 _UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
-_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+[a-zA-Z]{2,}\.?$")  # "18 dollars"
+# Words that change a number's value, never dropped as units: "10\text{ million}", "2 pi".
+_VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions billion billions trillion
+    trillions dozen dozens pi""".split())
+_ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
+# Units that may follow a plain number without a \text{} ("18 dollars", "4 square feet").
+_UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
+    centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
+    pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s"))
+_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+(?:(?:square|sq\.?|cubic)\s+)?([a-zA-Z]{2,})\.?$")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*[a-zA-Z]\s*=\s*")
@@ -126,8 +151,35 @@ _FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
 _MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
 
 
+def _is_unit(text: str) -> bool:
+    """Whether a trailing `\\text{...}` after a number annotates it (units, counted nouns: "cm",
+    "square feet", "students") rather than changing its value ("million", "i", "e")."""
+    words = [w.strip(".").lower() for w in text.split()]
+    if len(text.strip()) == 1:
+        return text.strip() in _ONE_LETTER_UNITS
+    return not _VALUE_WORDS.intersection(words)
+
+
+def _strip_trailing_units(s: str) -> str:
+    """'5\\text{ cm}^2' -> '5': drops the run of unit macros that ends the answer."""
+    tail = _TRAILING_UNITS_RE.search(s)
+    if tail is None:
+        return s
+    cut = len(s)
+    for macro in reversed(list(_UNIT_MACRO_RE.finditer(s, tail.start()))):
+        if not _is_unit(macro.group(1)):
+            break
+        cut = macro.start()
+    return s[:cut]
+
+
 def clean_latex(answer: str) -> str:
-    """Removes notation that does not change an answer's value; keeps spaces (LaTeX needs them)."""
+    """Removes notation that does not change an answer's value; keeps spaces (LaTeX needs them).
+
+    Units: a run of `\\text{...}`-like macros ending an answer that has a digit before it is dropped
+    unless a macro holds a value word (million, pi, ...) or one letter that is not a unit (i, e);
+    a plain word after a plain number is dropped only if it is a known unit (`_UNIT_WORDS`).
+    """
     s = answer.strip()
     while True:  # "\boxed{\boxed{5}}", "\(5\)"
         boxed = _BOXED_PREFIX_RE.match(s)
@@ -145,11 +197,11 @@ def clean_latex(answer: str) -> str:
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
     s = _DEGREES_RE.sub("", s)
     s = _PERCENT_RE.sub("", s)
-    without_units = _TRAILING_UNITS_RE.sub("", s)
+    without_units = _strip_trailing_units(s)
     if re.search(r"\d", without_units):
         s = without_units  # "5\text{ cm}^2" -> "5"
     s = _UNIT_MACRO_RE.sub(lambda m: m.group(1), s)  # "\text{(A)}" -> "(A)"
-    s = _UNIT_WORD_RE.sub(lambda m: m.group(1), s.strip())
+    s = _UNIT_WORD_RE.sub(lambda m: m.group(1) if m.group(2).lower() in _UNIT_WORDS else m.group(0), s.strip())
     if s.count("=") == 1:
         s = _ASSIGNMENT_RE.sub("", s)
     s = s.strip().rstrip(".").strip()
@@ -230,9 +282,14 @@ def _exact_values(answer: str) -> set[Fraction]:
     return {value, value / 100} if _PERCENT_RE.search(answer) else {value}
 
 
+def _too_long(answer: str, gold: str) -> bool:
+    return len(answer) > max(_MAX_ANSWER_CHARS, 2 * len(gold))
+
+
 def fast_verdict(answer: str | None, gold: str) -> bool | None:
-    """Decides cheaply when possible: string match or exact rational comparison; None = undecided."""
-    if answer is None or len(answer) > max(_MAX_ANSWER_CHARS, 2 * len(gold)):
+    """Decides cheaply when possible: string match or exact rational comparison; None = undecided.
+    No answer, or one longer than max(1000, 2 len(gold)) characters, is False."""
+    if answer is None or _too_long(answer, gold):
         return False
     canonical = canonical_answer(answer)
     if canonical and canonical == canonical_answer(gold):
@@ -547,7 +604,8 @@ def default_pool(workers: int | None = None) -> VerifierPool:
 class VerifyStats:
     num_items: int
     num_no_answer: int  # completions without an extractable final answer (reward 0)
-    num_fast: int  # decided by string / exact rational comparison, without sympy
+    num_too_long: int  # answers over max(1000, 2 len(gold)) characters (reward 0, never parsed)
+    num_fast: int  # other answers decided by string / exact rational comparison, without sympy
     num_symbolic: int  # distinct (answer, gold) pairs sent to the worker pool
     num_timeouts: int
     num_errors: int
@@ -578,7 +636,8 @@ def verify_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: f
     stats = VerifyStats(
         num_items=len(completions),
         num_no_answer=sum(a is None for a in answers),
-        num_fast=sum(v is not None for v in fast),
+        num_too_long=sum(a is not None and _too_long(a, g) for a, g in zip(answers, golds)),
+        num_fast=sum(v is not None and a is not None and not _too_long(a, g) for a, g, v in zip(answers, golds, fast)),
         num_symbolic=len(undecided),
         num_timeouts=timeouts,
         num_errors=errors,

@@ -1,0 +1,214 @@
+"""What runs on a pod need. Multi-process JAX on one machine: two CPU processes under
+`jax.distributed`, two devices each, and a mesh whose data axis spans both. Sampler outputs are
+then sharded over devices of both processes; `sharding.host_array` must give every process the
+whole array, and a rollout must give both the same batch as one process holding all four devices.
+Then the workdir: gs:// URLs stay URLs, only process 0 writes metrics, and a run resumed from a
+checkpoint (after a preemption) replaces the metric rows of the steps it runs again.
+
+The worker is this module run as a script: python -m tests.test_multihost PROCESS_ID PORT OUT_DIR.
+"""
+
+import importlib.util
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from rl_sharpen import metrics, models, sampling
+from rl_sharpen import sharding as shd
+from rl_sharpen.checkpoint import Checkpointer
+from rl_sharpen.metrics import MetricWriter, read_jsonl, workdir_path
+from rl_sharpen.rl import advantages as adv
+from rl_sharpen.rl import rewards as rw
+from rl_sharpen.rl.rollout import Scorer, rollout
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_PROCESSES, DEVICES_PER_PROCESS = 2, 2
+SETUP_FAILED = 3  # worker exit code: this platform cannot run multi-process JAX on CPU
+
+
+class EvenLastTokenTask:
+    """Tokens as text; a completion is correct when its last token is even (a verifier to score)."""
+
+    def prompt_ids(self, problem):
+        return list(problem)
+
+    def decode(self, ids):
+        return " ".join(str(int(i)) for i in ids)
+
+    def score(self, completions, problems):
+        correct = np.array([bool(c) and int(c.split()[-1]) % 2 == 0 for c in completions], np.float32)
+        return correct, [c.split()[-1] if c else None for c in completions], {}
+
+
+PROMPTS = [(3, 2, 4), (0, 4), (5, 6, 2, 3), (4,)]
+
+
+def sample_and_roll_out(mesh) -> dict[str, np.ndarray]:
+    """Sampler tokens and a rollout's batch on a tiny random model whose rows are sharded over `mesh`."""
+    cfg = models.ModelConfig("llama", 7, 16, 32, 1, 2, 1, 8, max_position_embeddings=64)
+    rng = np.random.default_rng(0)  # numpy weights: the same on every process, nothing to compile
+    host = jax.tree.map(lambda s: np.ones(s.shape, np.float32) if s.init == "ones" else
+                        np.zeros(s.shape, np.float32) if s.init == "zeros" else
+                        rng.standard_normal(s.shape).astype(np.float32), models.param_specs(cfg),
+                        is_leaf=lambda x: hasattr(x, "init"))
+    params = jax.tree.map(jax.device_put, host, models.param_shardings(cfg, mesh))
+    sc = sampling.SamplingConfig(max_new_tokens=6, num_samples=2, eos_ids=(1,), pad_id=0)
+    key = jax.random.key(1)
+    out = sampling.generate(params, cfg, [list(p) for p in PROMPTS], key, sc, mesh=mesh)
+    result = {"tokens": shd.host_array(out.tokens), "lengths": shd.host_array(out.lengths)}
+    batch, stats = rollout(params, params, cfg, EvenLastTokenTask(), PROMPTS, key, sc,
+                           rw.RewardConfig(alpha=1.0), adv.AdvantageConfig(), Scorer(cfg), sc.pad_id, mesh)
+    result.update({f"batch_{k}": shd.host_array(v) for k, v in vars(batch).items()})
+    result.update({f"metric_{k}": np.asarray(v) for k, v in stats.items() if not k.startswith("time")})
+    return result
+
+
+def _worker(process_id: int, port: int, out_dir: str) -> None:
+    try:
+        jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
+        jax.distributed.initialize(f"localhost:{port}", num_processes=NUM_PROCESSES, process_id=process_id)
+        assert jax.process_count() == NUM_PROCESSES and jax.device_count() == NUM_PROCESSES * DEVICES_PER_PROCESS
+    except Exception as e:  # reported to the test, which skips
+        print(f"multi-process CPU JAX unavailable: {e!r}", file=sys.stderr)
+        sys.exit(SETUP_FAILED)
+    mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # data = 4 over both processes
+    assert {d.process_index for d in mesh.devices.flat} == set(range(NUM_PROCESSES))
+    np.savez(os.path.join(out_dir, f"process{process_id}.npz"), **sample_and_roll_out(mesh))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _wait_all(procs, timeout: float) -> list[int]:
+    """Exit codes; once one process fails the others are killed (they would wait for it forever)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+        if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.2)
+    return [p.returncode for p in procs]
+
+
+def test_two_processes_fetch_the_same_global_rollout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 8 fake devices
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    port = _free_port()
+    logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(NUM_PROCESSES)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_multihost", str(i), str(port), str(tmp_path)],
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
+    try:
+        reference = sample_and_roll_out(shd.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, jax.devices()[:4]))
+    finally:
+        codes = _wait_all(procs, timeout=240)
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read()[-3000:])
+        log.close()
+    if SETUP_FAILED in codes:
+        pytest.skip("this platform cannot run two-process CPU JAX: " + outputs[codes.index(SETUP_FAILED)][-500:])
+    for i, code in enumerate(codes):
+        assert code == 0, f"process {i} exited with {code}:\n{outputs[i]}"
+    assert reference["tokens"].shape == (len(PROMPTS) * 2, 6)
+    assert len({tuple(row) for row in reference["tokens"]}) > 1  # the samples are not all alike
+    for i in range(NUM_PROCESSES):
+        with np.load(tmp_path / f"process{i}.npz") as got:
+            assert sorted(got.files) == sorted(reference)
+            for name in reference:
+                np.testing.assert_allclose(got[name], reference[name], rtol=1e-5, atol=1e-6,
+                                           err_msg=f"process {i}: {name}")
+
+
+def _write_steps(writer: MetricWriter, steps) -> None:
+    for step in steps:
+        writer.write(step, {"reward": 0.5 * step, "note": "x"})
+
+
+@pytest.mark.parametrize("appendable", [True, False], ids=["local", "object_store"])
+def test_resumed_writer_replaces_the_steps_it_runs_again(tmp_path, monkeypatch, appendable):
+    """Killed after step 23, restored from the step-20 checkpoint: steps 21-23 appear once, as rerun."""
+    monkeypatch.setattr(metrics, "_can_append", lambda path: appendable)  # object stores: rewrite the file
+
+    def writer(resume_step):
+        return MetricWriter(tmp_path, "train", tensorboard=False, is_main=True, resume_step=resume_step)
+
+    _write_steps(writer(-1), range(1, 24))
+    with open(tmp_path / "train.jsonl", "a") as f:
+        f.write('{"step": 24, "rew')  # the kill cut this row off
+    resumed = writer(20)
+    assert [r["step"] for r in read_jsonl(tmp_path / "train.jsonl")] == list(range(1, 21))
+    resumed.write(21, {"reward": -1.0})
+    _write_steps(resumed, range(22, 24))
+    rows = read_jsonl(tmp_path / "train.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 24))
+    assert rows[19] == {"step": 20, "reward": 10.0, "note": "x"} and rows[20] == {"step": 21, "reward": -1.0}
+    _write_steps(writer(None), [24])  # None: keep everything and add
+    assert [r["step"] for r in read_jsonl(tmp_path / "train.jsonl")] == list(range(1, 25))
+    writer(-1)  # a fresh start (no checkpoint to restore) begins an empty file
+    assert read_jsonl(tmp_path / "train.jsonl") == []
+
+
+def _tensorboard_events(folder: Path) -> list:
+    """Every event in the TFRecord files of `folder`: [len u64][crc u32][Event proto][crc u32]."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for file in sorted(folder.iterdir()):
+        data, i = file.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+            i += 12 + n + 4
+    return events
+
+
+def test_resume_tells_tensorboard_to_hide_the_rerun_steps(tmp_path):
+    """TensorBoard drops earlier events at steps >= s when it meets a SessionLog START at step s."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+
+    _write_steps(MetricWriter(tmp_path / "fresh", "train", is_main=True), range(1, 3))
+    w = MetricWriter(tmp_path / "resumed", "train", is_main=True, resume_step=20)
+    _write_steps(w, range(21, 23))
+    w.close()
+    starts = {name: [e.step for e in _tensorboard_events(tmp_path / name / "tb" / "train")
+                     if e.HasField("session_log") and e.session_log.status == SessionLog.START]
+              for name in ("fresh", "resumed")}
+    assert starts == {"fresh": [], "resumed": [21]}
+
+
+def test_only_the_main_process_writes(tmp_path):
+    MetricWriter(tmp_path / "a", "train", is_main=False).write(1, {"reward": 1.0})
+    assert not (tmp_path / "a").exists()
+    MetricWriter(tmp_path / "b", "train", tensorboard=False).write(1, {"reward": 1.0})  # process 0 of 1
+    assert read_jsonl(tmp_path / "b" / "train.jsonl") == [{"step": 1, "reward": 1.0}]
+
+
+def test_object_store_workdirs_stay_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert os.fspath(workdir_path("gs://bucket/runs/a")) == "gs://bucket/runs/a"
+    assert os.fspath(workdir_path("gs://bucket/runs/a") / "train.jsonl") == "gs://bucket/runs/a/train.jsonl"
+    assert os.fspath(workdir_path("runs/a")) == os.path.join(os.path.realpath(tmp_path), "runs", "a")
+    if importlib.util.find_spec("gcsfs") or importlib.util.find_spec("tensorflow"):
+        pytest.skip("a Google Storage client is installed: opening gs://bucket would reach the network")
+    for open_workdir in (lambda: Checkpointer("gs://bucket/runs/a/checkpoints", every=1),
+                         lambda: MetricWriter("gs://bucket/runs/a", "train")):
+        with pytest.raises(ImportError, match="gcsfs"):  # goes to Google Storage, which needs gcsfs here
+            open_workdir()
+    assert list(tmp_path.iterdir()) == []  # and made no local "gs:/bucket" folder
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
