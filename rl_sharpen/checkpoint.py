@@ -1,9 +1,10 @@
 """Resumable training checkpoints with orbax.
 
-A checkpoint holds the train state pytree (params, optimizer state, rng key data, step) and a JSON
-record (data position, step, the config it was made with). Orbax writes each step to a temporary
-directory and renames it when complete, so a run killed mid-save leaves the previous checkpoint
-intact. Restoring into a run whose config differs in a field that changes the math raises an
+A checkpoint holds the train state pytree (params, optimizer state, step, and the calibration memory
+when there is one) and a JSON record (step, the config it was made with); rollout keys and prompt
+order are functions of (seed, step), so nothing else is needed to resume. Orbax writes each step
+to a temporary directory and renames it when complete, so a run killed mid-save leaves the previous
+checkpoint intact. Restoring into a run whose config differs in a field that changes the math raises an
 error naming the fields.
 """
 

@@ -121,7 +121,7 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                                        pad_id=task.pad_id, prompt_width=width)
     reward_cfg = reward_cfg or exp.reward
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
-                 train_problems=train_problems, pad_id=task.pad_id, sampling_cfg=sampling_cfg,
+                 train_problems=train_problems, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,
                  optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
                  config_record=to_record(dataclasses.replace(exp, reward=reward_cfg)), evaluate=evaluate,

@@ -2,8 +2,8 @@
 
 Every parameter and activation names its dimensions with logical axes ("embed", "heads", "batch",
 ...). `LOGICAL_RULES` maps each logical axis to mesh axes; `logical_to_spec` applies it and refuses
-a tensor in which two dimensions would land on the same mesh axis. Shardings of whole pytrees come
-from `jax.eval_shape`, so nothing is materialised to find out where it goes.
+a tensor in which two dimensions would land on the same mesh axis. Parameters declare their shapes
+and axes once (`models.param_specs`), so their shardings are known before anything is materialised.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from absl import logging
 from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-
 # logical axis -> mesh axes (a tuple shards over their product; None replicates).
 LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
-    "sequence": None,
     "layers": None,
     "vocab": ("tensor",),
     "embed": ("fsdp",),
@@ -116,19 +113,9 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] 
     return NamedSharding(mesh, spec)
 
 
-def tree_shardings(abstract_tree, axes_tree, mesh: Mesh, rules: Mapping[str, Any] = LOGICAL_RULES):
-    """NamedShardings for a pytree of ShapeDtypeStructs given a matching pytree of logical axes."""
-    return jax.tree.map(lambda a, ax: named_sharding(mesh, ax, a.shape, rules), abstract_tree, axes_tree,
-                        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(e, (str, type(None))) for e in x))
-
-
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Shards dim 0 over the data axes, replicates the rest."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
 
 
 def host_array(x) -> np.ndarray:

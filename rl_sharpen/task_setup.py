@@ -32,7 +32,7 @@ class DataConfig:
     train_split: str = "train"  # split of a named source
     train_limit: int = 0  # keep the first N training problems (0: all)
     validation: str = SYNTHETIC  # same choices as `train`
-    validation_split: str = "test"
+    validation_split: str = "test"  # split of a named validation source
     validation_limit: int = 0  # keep the first N validation problems (0: all)
     tokenizer: str = ""  # HF folder or hub id; "" uses model.checkpoint; unused for synthetic
     template: str = prompt_lib.DEFAULT_TEMPLATE  # user turn; "{problem}" marks the problem

@@ -65,7 +65,7 @@ def sample_and_roll_out(mesh) -> dict[str, np.ndarray]:
     out = sampling.generate(params, cfg, [list(p) for p in PROMPTS], key, sc, mesh=mesh)
     result = {"tokens": shd.host_array(out.tokens), "lengths": shd.host_array(out.lengths)}
     batch, stats = rollout(params, params, cfg, EvenLastTokenTask(), PROMPTS, key, sc,
-                           rw.RewardConfig(alpha=1.0), adv.AdvantageConfig(), Scorer(cfg), sc.pad_id, mesh)
+                           rw.RewardConfig(alpha=1.0), adv.AdvantageConfig(), Scorer(cfg), mesh)
     result.update({f"batch_{k}": shd.host_array(v) for k, v in vars(batch).items()})
     result.update({f"metric_{k}": np.asarray(v) for k, v in stats.items() if not k.startswith("time")})
     return result

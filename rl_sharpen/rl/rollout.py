@@ -71,7 +71,7 @@ class Scorer:
 
 def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,
             sampling_cfg: "sampling.SamplingConfig", reward_cfg: rw.RewardConfig, adv_cfg: adv.AdvantageConfig,
-            scorer: Scorer, pad_id: int, mesh=None, contrast: "sampling.Contrast | None" = None
+            scorer: Scorer, mesh=None, contrast: "sampling.Contrast | None" = None
             ) -> tuple[TrainBatch, dict[str, Any]]:
     """(TrainBatch of B*G rows, metrics) for prompts `problems` (B of them); a `contrast` samples
     from the calibrated law (rl/calibration.py)."""

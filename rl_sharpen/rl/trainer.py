@@ -126,7 +126,6 @@ class RLRun:
     ref_params: Any
     task: Task
     train_problems: Sequence
-    pad_id: int
     sampling_cfg: sampling.SamplingConfig
     reward_cfg: rw.RewardConfig
     adv_cfg: adv.AdvantageConfig
@@ -167,14 +166,14 @@ class RLRun:
         ckpt = Checkpointer(f"{self.workdir}/checkpoints", self.train_cfg.checkpoint_every,
                             self.train_cfg.keep_checkpoints)
         state = self.initial_state()
-        start = -1  # metric files start empty in a fresh run; a resumed one keeps its rows up to `start`
+        restored = -1  # the checkpoint's step; -1: a fresh run, whose metric files start empty
         if ckpt.latest_step() is not None:
             state, record = ckpt.restore(state, self.config_record)
-            start = int(record["step"])
-            logging.info("resumed %s from step %d", self.workdir, start)
-        writer = MetricWriter(self.workdir, self.name, resume_step=start)
-        eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", resume_step=start)
-        start = max(start, 0)
+            restored = int(record["step"])
+            logging.info("resumed %s from step %d", self.workdir, restored)
+        writer = MetricWriter(self.workdir, self.name, resume_step=restored)  # keeps rows up to `restored`
+        eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", resume_step=restored)
+        start = max(restored, 0)
         base_key = jax.random.key(self.seed)
         B, G = self.rl_cfg.prompts_per_step, self.sampling_cfg.num_samples
         last_eval = None
@@ -189,7 +188,7 @@ class RLRun:
             contrast = self.memory.contrast(state["memory"]) if self.memory is not None else None
             batch, metrics = rollout(state["params"], self.ref_params, self.model_cfg, self.task, problems,
                                      jax.random.fold_in(base_key, step), self.sampling_cfg, self.reward_cfg,
-                                     self.adv_cfg, self.scorer, self.pad_id, self.mesh, contrast=contrast)
+                                     self.adv_cfg, self.scorer, self.mesh, contrast=contrast)
             t0 = time.perf_counter()
             memory = state.pop("memory", None)  # the jitted policy update donates and returns the rest
             shuffle = np.random.default_rng([self.seed, step, 1])
