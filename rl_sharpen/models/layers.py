@@ -83,6 +83,17 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (y * weight.astype(jnp.float32)).astype(x.dtype)
 
 
+def qkv_bias_and_norm(cfg: ModelConfig, p: dict, q: jax.Array, k: jax.Array, v: jax.Array):
+    """The family steps between the q/k/v projections and rotary: biases (Qwen2) and RMS norm of
+    each head's q and k over head_dim (Qwen3). q [..., H, E], k and v [..., K, E]."""
+    if cfg.qkv_bias:
+        q, k, v = (a + p[f"{name}_bias"].astype(a.dtype) for a, name in ((q, "q"), (k, "k"), (v, "v")))
+    if cfg.qk_norm:
+        q = rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    return q, k, v
+
+
 def rope_frequencies(cfg: ModelConfig) -> jax.Array:
     """Inverse frequencies theta^(-2i/E), with Llama-3 scaling applied when configured."""
     E = cfg.head_dim

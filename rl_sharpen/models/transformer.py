@@ -53,11 +53,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_
     q = jnp.einsum("btd,dhe->bthe", h, p["q"].astype(dt), precision=prec)
     k = jnp.einsum("btd,dke->btke", h, p["k"].astype(dt), precision=prec)
     v = jnp.einsum("btd,dke->btke", h, p["v"].astype(dt), precision=prec)
-    if cfg.qkv_bias:
-        q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
-    if cfg.qk_norm:
-        q = layers.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
-        k = layers.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    q, k, v = layers.qkv_bias_and_norm(cfg, p, q, k, v)
     q = layers.apply_rope(q, positions, inv_freq)
     k = layers.apply_rope(k, positions, inv_freq)
     if cache_k is not None:

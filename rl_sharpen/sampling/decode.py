@@ -148,11 +148,7 @@ def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
     q = _linear(p["q"], h).reshape(R, H, E)
     k = _linear(p["k"], h).reshape(R, K, E)
     v = _linear(p["v"], h).reshape(R, K, E)
-    if cfg.qkv_bias:
-        q, k, v = (a + p[f"{n}_bias"].astype(a.dtype) for a, n in ((q, "q"), (k, "k"), (v, "v")))
-    if cfg.qk_norm:
-        q = layers.rms_norm(q, p["q_norm"], cfg.rms_norm_eps)
-        k = layers.rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    q, k, v = layers.qkv_bias_and_norm(cfg, p, q, k, v)
     q, k = layers.rotate(q, *rope), layers.rotate(k, *rope)
     cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, None].astype(cache_k.dtype), (0, 0, end, 0))
     cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, None].astype(cache_v.dtype), (0, 0, end, 0))
