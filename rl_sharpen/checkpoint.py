@@ -18,9 +18,11 @@ import orbax.checkpoint as ocp
 
 from rl_sharpen.metrics import workdir_path
 
-# Fields that may change between a run and its resumption without changing its results.
+# Fields that may change between a run and its resumption without changing its results: the
+# schedule of the loop, and how an update is computed (micro-batches, chunks, rematerialization give
+# the same math up to float summation order), e.g. a smaller rl.micro_batch after running out of memory.
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
-                     "train.keep_checkpoints")
+                     "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat")
 
 
 class CheckpointMismatch(ValueError):
