@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from rl_sharpen.metrics import workdir_path
 from rl_sharpen.tasks.datasets import Problem
-from rl_sharpen.tasks.verify import VerifyStats, canonical_answer, extract_answer, verify_batch
+from rl_sharpen.tasks.answers import canonical_answer
+from rl_sharpen.tasks.verify import VerifyStats, grade_batch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -185,19 +186,18 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
         prompts = [prompt_fn(p) for p in batch]
         sampled = _checked(generate_fn(prompts, n_samples, False), len(batch), n_samples)
         texts = [t for row in sampled.texts for t in row]
-        rewards, stat = verify_batch(texts, [p.answer for p in batch for _ in range(n_samples)],
-                                     timeout=verify_timeout, workers=verify_workers)
+        rewards, answers, stat = grade_batch(texts, [p.answer for p in batch for _ in range(n_samples)],
+                                             timeout=verify_timeout, workers=verify_workers)
         stats.append(stat)
         rewards = rewards.reshape(len(batch), n_samples)
         greedy_answers, greedy_rewards = [None] * len(batch), [None] * len(batch)
         if greedy:
             greedy_texts = [row[0] for row in _checked(generate_fn(prompts, 1, True), len(batch), 1).texts]
-            greedy_scores, stat = verify_batch(greedy_texts, [p.answer for p in batch], timeout=verify_timeout,
-                                               workers=verify_workers)
+            greedy_scores, greedy_answers, stat = grade_batch(greedy_texts, [p.answer for p in batch],
+                                                              timeout=verify_timeout, workers=verify_workers)
             stats.append(stat)
-            greedy_answers = [extract_answer(t) for t in greedy_texts]
             greedy_rewards = [float(r) for r in greedy_scores]
-        results += [ProblemResult(p, [extract_answer(t) for t in sampled.texts[i]], rewards[i],
+        results += [ProblemResult(p, answers[i * n_samples:(i + 1) * n_samples], rewards[i],
                                   np.asarray(sampled.num_tokens[i]), greedy_answers[i], greedy_rewards[i])
                     for i, p in enumerate(batch)]
     return EvalReport(summarize(results, k_list, maj_draws, seed), results, stats)

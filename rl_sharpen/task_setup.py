@@ -21,7 +21,8 @@ from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
 from rl_sharpen.tasks.datasets import Problem, load_problems
-from rl_sharpen.tasks.verify import canonical_answer, extract_answer, verify_batch
+from rl_sharpen.tasks.answers import canonical_answer
+from rl_sharpen.tasks.verify import grade_batch
 
 SYNTHETIC = "synthetic"
 
@@ -64,8 +65,7 @@ class EvalConfig:
 def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float):
     """(task rewards 1[answer == gold] float32 [N], vote keys (canonical answers, None without one),
     verifier counters): the verifier of `tasks.verify`, as validation applies it."""
-    correct, stats = verify_batch(list(completions), [p.answer for p in problems], timeout=timeout)
-    answers = [extract_answer(c) for c in completions]
+    correct, answers, stats = grade_batch(list(completions), [p.answer for p in problems], timeout=timeout)
     keys = [None if a is None else canonical_answer(a) for a in answers]
     return correct, keys, {"timeouts": stats.num_timeouts, "errors": stats.num_errors}  # time: the rollout's time_score
 
@@ -188,9 +188,10 @@ def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, ba
                                    top_p=eval_cfg.top_p, top_k=0, greedy=greedy, num_samples=num_samples,
                                    eos_ids=tuple(task.eos_ids), ignore_eos=False, pad_id=task.pad_id,
                                    prompt_width=width)
+        call = params_ref.get("calls", 0)
+        params_ref["calls"] = call + 1
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), EVAL_STREAM), params_ref.get("step", 0))
-        key = jax.random.fold_in(key, params_ref.get("calls", 0))
-        params_ref["calls"] = params_ref.get("calls", 0) + 1
+        key = jax.random.fold_in(key, call)
         out = sampling.generate(params_ref["params"], model_cfg, [task.encode_text(t) for t in prompt_texts],
                                 key, scfg, mesh=mesh)
         return evaluation.generations_from_tokens(shd.host_array(out.tokens), shd.host_array(out.lengths),

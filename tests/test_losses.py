@@ -153,10 +153,14 @@ def population_direction(theta, alpha):
 population_direction = jax.jit(population_direction)
 
 
+# Two groups of 4 sequences: the first has three correct samples, the second none.
+DPG_S_PI = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0])
+DPG_S_REF = jnp.array([-2.0, -1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0])
+DPG_CORRECT = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+
+
 def test_alpha_dpg_advantages_by_hand():
-    s_pi = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0])
-    s_ref = jnp.array([-2.0, -1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0])
-    correct = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    s_pi, s_ref, correct = DPG_S_PI, DPG_S_REF, DPG_CORRECT
     advantages = jax.jit(losses.alpha_dpg_advantages, static_argnums=(3, 4))
     a = advantages(s_pi, s_ref, correct, 4, 0.5)
     w = np.array([math.exp(-0.5), math.exp(0.5), 0.0, math.exp(1.0)])
@@ -206,10 +210,8 @@ def test_alpha_dpg_loss_estimates_the_population_direction():
 
 
 def test_dpg_ess_averages_over_groups_with_a_target():
-    """Group 1 has weights (e^-0.5, e^0.5, 0, e^1); group 2 no correct sample: ESS is group 1's alone."""
-    s_pi = jnp.array([-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0])
-    s_ref = jnp.array([-2.0, -1.0, -0.5, -1.0, -1.0, -1.0, -1.0, -1.0])
-    correct = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    """Group 1 has weights (e^-1, e^1, 0, e^2) at alpha = 1; group 2 no correct sample: ESS is group 1's alone."""
+    s_pi, s_ref, correct = DPG_S_PI, DPG_S_REF, DPG_CORRECT
     b = losses.LossInputs(mask=jnp.ones((8, 1)), behaviour_logprobs=s_pi[:, None], ref_logprobs=s_ref[:, None],
                           correct=correct, group_size=4)
     metrics = losses.policy_loss(s_pi[:, None], b, losses.LossConfig("alpha_dpg", dpg_alpha=1.0))[1]

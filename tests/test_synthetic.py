@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rl_sharpen.tasks import synthetic as S
-from rl_sharpen.tasks.verify import extract_answer, verify_batch
+from rl_sharpen.tasks.answers import extract_answer
+from rl_sharpen.tasks.verify import verify_batch
 
 CFG = S.ArithmeticConfig()
 

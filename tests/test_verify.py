@@ -7,15 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rl_sharpen.tasks.verify import (
-    VerifierPool,
-    canonical_answer,
-    exact_value,
-    extract_answer,
-    symbolic_equal,
-    verify,
-    verify_batch,
-)
+from rl_sharpen.tasks.answers import canonical_answer, exact_value, extract_answer
+from rl_sharpen.tasks.verify import VerifierPool, symbolic_equal, verify, verify_batch
 
 # (gold, answer) pairs a careful grader accepts.
 EQUAL = [

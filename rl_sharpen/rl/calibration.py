@@ -65,9 +65,8 @@ def memory_config(policy_cfg: ModelConfig, cal: CalibrationConfig) -> ModelConfi
     if layers > policy_cfg.num_layers and cal.memory_init == "reference":
         raise ValueError(f"CalibrationConfig.memory_layers={layers}; memory_init='reference' takes at most the "
                          f"reference's {policy_cfg.num_layers} layers")
-    if cal.memory_init == "random":
-        return policy_cfg.replace(num_layers=layers, tie_embeddings=False)
-    return policy_cfg.replace(num_layers=layers)
+    tied = policy_cfg.tie_embeddings and cal.memory_init == "reference"  # a random memory: its own zero unembedding
+    return policy_cfg.replace(num_layers=layers, tie_embeddings=tied)
 
 
 def init_memory(policy_cfg: ModelConfig, ref_params: dict, cal: CalibrationConfig, key: jax.Array,

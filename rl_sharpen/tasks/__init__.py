@@ -1,18 +1,14 @@
 """Math tasks: problem sets, prompts, the answer verifier (task reward), and a synthetic task.
 
-`rl_sharpen.tasks.verify` is the module of the reward function (`verify_batch`; the one-completion
-`verify` is imported from it by name: `from rl_sharpen.tasks.verify import verify`).
+`rl_sharpen.tasks.answers` extracts and canonicalizes final answers; `rl_sharpen.tasks.verify` is the
+module of the reward function (`grade_batch` / `verify_batch`; the one-completion `verify` is
+imported from it by name: `from rl_sharpen.tasks.verify import verify`).
 """
 
 from rl_sharpen.tasks.datasets import FORMATS, SOURCES, LoadStats, Problem, load_problems
 from rl_sharpen.tasks.prompts import PromptConfig, encode_prompts, load_tokenizer, render_prompt
-from rl_sharpen.tasks.verify import (
-    VerifierPool,
-    VerifyStats,
-    canonical_answer,
-    extract_answer,
-    verify_batch,
-)
+from rl_sharpen.tasks.answers import canonical_answer, extract_answer
+from rl_sharpen.tasks.verify import VerifierPool, VerifyStats, grade_batch, verify_batch
 
 __all__ = [
     "FORMATS",
@@ -28,5 +24,6 @@ __all__ = [
     "VerifyStats",
     "canonical_answer",
     "extract_answer",
+    "grade_batch",
     "verify_batch",
 ]

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rl_sharpen.tasks.verify import last_boxed
+from rl_sharpen.tasks.answers import last_boxed
 
 _LOG = logging.getLogger(__name__)
 

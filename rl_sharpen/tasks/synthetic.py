@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rl_sharpen.tasks.answers import last_boxed
 from rl_sharpen.tasks.datasets import Problem
 
 _NAMES = ("tom", "ana", "bob", "eve", "max", "sam", "lea", "kim")
@@ -194,8 +195,6 @@ def expected_pass_at_1(cfg: ArithmeticConfig = ArithmeticConfig(), mix: Solution
 
 def score(completion: str, problem: ArithmeticProblem) -> float:
     """Exact task reward: 1.0 iff the completion's last \\boxed{} holds the answer's digits."""
-    from rl_sharpen.tasks.verify import last_boxed
-
     boxed = last_boxed(completion)
     return float(boxed is not None and boxed.strip() == str(problem.answer))
 

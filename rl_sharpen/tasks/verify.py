@@ -5,7 +5,8 @@ Pipeline for one (completion, gold) pair:
   1. `extract_answer` takes the model's final answer: the last complete `\\boxed{...}` /
      `\\fbox{...}` (nested braces; one cut off before its closing brace is passed over), else the
      last `#### n` line, else the last "the answer is ...".
-  2. Fast path, in the calling process and linear in the input length: the two answers are
+  2. Fast path, in the calling process and linear in the input length (steps 1 and 2 live in
+     `tasks.answers`): the two answers are
      canonicalized (`canonical_answer`: LaTeX spacing, `\\dfrac`, units, degrees, `\\%`, thousands
      separators, `x =` prefixes, ...; `clean_latex` says which words count as units). Equal strings
      are equal. If both are plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`, mixed number)
@@ -35,270 +36,16 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
 import os
-import re
 import signal
 import time
-from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
 
-_MAX_NUMBER_CHARS = 200  # longer literals are left to the (timed) sympy path
-_MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) score 0 unparsed
+from rl_sharpen.tasks.answers import clean_latex, extract_answer, fast_verdict, too_long
+
 _REL_TOL = 1e-12
 _EVAL_DIGITS = 30
-
-# ---------------------------------------------------------------------------------------------
-# Answer extraction.
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS_RE = re.compile(r"answer is[:\s]*", re.IGNORECASE)
-
-
-def _braced_group(text: str, start: int) -> tuple[str, int] | None:
-    """`text[start]` must be '{'; returns (content, index after the matching '}') or None."""
-    depth = 0
-    for i in range(start, len(text)):
-        c = text[i]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None
-
-
-def _closing_braces(text: str) -> dict[int, int]:
-    """Index of each '{' that is closed -> index of its matching '}' (one pass, linear time)."""
-    partner, open_at = {}, []
-    for i, c in enumerate(text):
-        if c == "{":
-            open_at.append(i)
-        elif c == "}" and open_at:
-            partner[open_at.pop()] = i
-    return partner
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`) that is complete: a box cut
-    off before its closing brace is passed over for an earlier one. None if there is none."""
-    matches = list(_BOX_RE.finditer(text))
-    partner = _closing_braces(text) if matches else {}
-    for match in reversed(matches):
-        i = match.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            if i in partner:
-                return text[i + 1 : partner[i]]
-            continue
-        token = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`
-        if token and i > match.end():
-            return token.group(0)
-    return None
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer in a completion or worked solution, or None if it states none."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip() or None
-    hashes = _HASH_RE.findall(text)
-    if hashes:
-        return hashes[-1].strip() or None
-    said = list(_ANSWER_IS_RE.finditer(text))
-    if said:
-        rest = text[said[-1].end() :].split("\n", 1)[0]
-        rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0].strip()  # end of sentence
-        return rest.strip("$ ").strip() or None
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Canonical strings and exact numbers.
-
-_DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|(?<!\\)\\[!,;:]|\\?\$")
-_SPACE_RE = re.compile(r"(?<!\\)\\ |~")  # "\ " but not the row break "\\" before a space
-_DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
-_UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}"
-_TRAILING_UNITS_RE = re.compile(rf"(?:\s*{_UNIT_MACRO}(?:\^\{{?[23]\}}?)?)+\s*$")
-_UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
-# Words that change a number's value, never dropped as units: "10\text{ million}", "2 pi".
-_VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions billion billions trillion
-    trillions dozen dozens pi""".split())
-_ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
-# Units that may follow a plain number without a \text{} ("18 dollars", "4 square feet").
-_UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
-    centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
-    pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s"))
-_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+(?:(?:square|sq\.?|cubic)\s+)?([a-zA-Z]{2,})\.?$")
-_DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
-_PERCENT_RE = re.compile(r"\\?%")
-_ASSIGNMENT_RE = re.compile(r"^\s*[a-zA-Z]\s*=\s*")
-_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
-_FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
-_BOXED_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox)\s*(?=\{)")
-
-_INT = r"\d+"
-_DEC = r"(?:\d+\.\d*|\.\d+)"
-_NUM = rf"(?:{_DEC}|{_INT})"
-_PLAIN_RE = re.compile(rf"(-?){_NUM}")
-_SLASH_RE = re.compile(rf"(-?)({_NUM})/({_NUM})")
-_FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
-_MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
-
-
-def _is_unit(text: str) -> bool:
-    """Whether a trailing `\\text{...}` after a number annotates it (units, counted nouns: "cm",
-    "square feet", "students") rather than changing its value ("million", "i", "e")."""
-    words = [w.strip(".").lower() for w in text.split()]
-    if len(text.strip()) == 1:
-        return text.strip() in _ONE_LETTER_UNITS
-    return not _VALUE_WORDS.intersection(words)
-
-
-def _strip_trailing_units(s: str) -> str:
-    """'5\\text{ cm}^2' -> '5': drops the run of unit macros that ends the answer."""
-    tail = _TRAILING_UNITS_RE.search(s)
-    if tail is None:
-        return s
-    cut = len(s)
-    for macro in reversed(list(_UNIT_MACRO_RE.finditer(s, tail.start()))):
-        if not _is_unit(macro.group(1)):
-            break
-        cut = macro.start()
-    return s[:cut]
-
-
-def clean_latex(answer: str) -> str:
-    """Removes notation that does not change an answer's value; keeps spaces (LaTeX needs them).
-
-    Units: a run of `\\text{...}`-like macros ending an answer that has a digit before it is dropped
-    unless a macro holds a value word (million, pi, ...) or one letter that is not a unit (i, e);
-    a plain word after a plain number is dropped only if it is a known unit (`_UNIT_WORDS`).
-    """
-    s = answer.strip()
-    while True:  # "\boxed{\boxed{5}}", "\(5\)"
-        boxed = _BOXED_PREFIX_RE.match(s)
-        group = _braced_group(s, boxed.end()) if boxed else None
-        delimited = _DELIMITED_RE.match(s)
-        if group and group[1] == len(s):
-            s = group[0].strip()
-        elif delimited:
-            s = next(g for g in delimited.groups() if g is not None).strip()
-        else:
-            break
-    s = s.replace("{,}", ",")
-    s = _DELETE_RE.sub("", s)
-    s = _SPACE_RE.sub(" ", s)
-    s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
-    s = _DEGREES_RE.sub("", s)
-    s = _PERCENT_RE.sub("", s)
-    without_units = _strip_trailing_units(s)
-    if re.search(r"\d", without_units):
-        s = without_units  # "5\text{ cm}^2" -> "5"
-    s = _UNIT_MACRO_RE.sub(lambda m: m.group(1), s)  # "\text{(A)}" -> "(A)"
-    s = _UNIT_WORD_RE.sub(lambda m: m.group(1) if m.group(2).lower() in _UNIT_WORDS else m.group(0), s.strip())
-    if s.count("=") == 1:
-        s = _ASSIGNMENT_RE.sub("", s)
-    s = s.strip().rstrip(".").strip()
-    if _THOUSANDS_RE.fullmatch(s):
-        s = s.replace(",", "")
-    return s
-
-
-def _strip_outer_braces(s: str) -> str:
-    """'{{5}}' -> '5', but '{1}+{2}' is kept; linear time."""
-    partner, stack = {}, []
-    for i, c in enumerate(s):
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            partner[stack.pop()] = i
-    lo, hi = 0, len(s) - 1
-    while lo < hi and partner.get(lo) == hi:
-        lo, hi = lo + 1, hi - 1
-    return s[lo : hi + 1]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _analyze(answer: str) -> tuple[str, Fraction | None]:
-    """(canonical string, exact rational value or None) of an answer."""
-    if len(answer) > _MAX_ANSWER_CHARS:
-        return answer, None
-    s = re.sub(r"\s+", "", clean_latex(answer))
-    s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
-    s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
-    s = _strip_outer_braces(s)
-    value = _parse_number(s)
-    return (s if value is None else str(value)), value
-
-
-def canonical_answer(answer: str) -> str:
-    """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key).
-
-    Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key.
-    Answers longer than 1000 characters are returned unchanged.
-    """
-    return _analyze(answer)[0]
-
-
-def exact_value(answer: str) -> Fraction | None:
-    """The exact rational an answer denotes if it is a plain number, else None.
-
-    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
-    mixed numbers `2\\frac{1}{2}` = 5/2. Decimals are exact: 0.333333 != 1/3.
-    """
-    return _analyze(answer)[1]
-
-
-def _parse_number(s: str) -> Fraction | None:
-    if not s or len(s) > _MAX_NUMBER_CHARS:
-        return None
-    if _PLAIN_RE.fullmatch(s):
-        return Fraction(s)
-    for pattern in (_SLASH_RE, _FRAC_RE):
-        m = pattern.fullmatch(s)
-        if m:
-            num, den = Fraction(m.group(2)), Fraction(m.group(3))
-            if den == 0:
-                return None
-            return -num / den if m.group(1) else num / den
-    m = _MIXED_RE.fullmatch(s)
-    if m and int(m.group(4)) != 0:
-        value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
-        return -value if m.group(1) else value
-    return None
-
-
-def _exact_values(answer: str) -> set[Fraction]:
-    """Values a plain-number answer may mean: {v}, or {v, v/100} when written as a percentage."""
-    value = exact_value(answer)
-    if value is None:
-        return set()
-    return {value, value / 100} if _PERCENT_RE.search(answer) else {value}
-
-
-def _too_long(answer: str, gold: str) -> bool:
-    return len(answer) > max(_MAX_ANSWER_CHARS, 2 * len(gold))
-
-
-def fast_verdict(answer: str | None, gold: str) -> bool | None:
-    """Decides cheaply when possible: string match or exact rational comparison; None = undecided.
-    No answer, or one longer than max(1000, 2 len(gold)) characters, is False."""
-    if answer is None or _too_long(answer, gold):
-        return False
-    canonical = canonical_answer(answer)
-    if canonical and canonical == canonical_answer(gold):
-        return True
-    answer_values, gold_values = _exact_values(answer), _exact_values(gold)
-    if answer_values and gold_values:
-        return bool(answer_values & gold_values)
-    return None
-
 
 # ---------------------------------------------------------------------------------------------
 # Symbolic comparison (runs inside worker processes).
@@ -612,10 +359,11 @@ class VerifyStats:
     seconds: float
 
 
-def verify_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
-                 workers: int | None = None, pool: VerifierPool | None = None
-                 ) -> tuple[np.ndarray, VerifyStats]:
-    """Task rewards r_i = 1[answer(completion_i) == gold_i] as float32 [N], plus counters.
+def grade_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
+                workers: int | None = None, pool: VerifierPool | None = None
+                ) -> tuple[np.ndarray, list[str | None], VerifyStats]:
+    """Task rewards r_i = 1[answer(completion_i) == gold_i] as float32 [N], the extracted answers
+    (None where there is none), and counters.
 
     Never raises on model output and never blocks longer than about
     ceil(#symbolic pairs / workers) * timeout. `pool` defaults to `default_pool(workers)`.
@@ -633,17 +381,27 @@ def verify_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: f
         equal, timeouts, errors = pool.run(undecided, timeout)
         symbolic = dict(zip(undecided, equal))
     verdicts = [symbolic[(a, g)] if v is None else v for a, g, v in zip(answers, golds, fast)]
+    no_answer = sum(a is None for a in answers)
+    over_long = sum(a is not None and too_long(a, g) for a, g in zip(answers, golds))
     stats = VerifyStats(
         num_items=len(completions),
-        num_no_answer=sum(a is None for a in answers),
-        num_too_long=sum(a is not None and _too_long(a, g) for a, g in zip(answers, golds)),
-        num_fast=sum(v is not None and a is not None and not _too_long(a, g) for a, g, v in zip(answers, golds, fast)),
+        num_no_answer=no_answer,
+        num_too_long=over_long,
+        num_fast=sum(v is not None for v in fast) - no_answer - over_long,  # fast_verdict says False for those
         num_symbolic=len(undecided),
         num_timeouts=timeouts,
         num_errors=errors,
         seconds=time.perf_counter() - start,
     )
-    return np.asarray(verdicts, dtype=np.float32), stats
+    return np.asarray(verdicts, dtype=np.float32), answers, stats
+
+
+def verify_batch(completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
+                 workers: int | None = None, pool: VerifierPool | None = None
+                 ) -> tuple[np.ndarray, VerifyStats]:
+    """(rewards [N] float32, counters) of `grade_batch`, without the answers."""
+    rewards, _, stats = grade_batch(completions, golds, timeout=timeout, workers=workers, pool=pool)
+    return rewards, stats
 
 
 def verify(completion: str, gold: str, *, timeout: float = 5.0) -> float:
