@@ -19,10 +19,20 @@ import orbax.checkpoint as ocp
 from rl_sharpen.metrics import workdir_path
 
 # Fields that may change between a run and its resumption without changing its results: the
-# schedule of the loop, and how an update is computed (micro-batches, chunks, rematerialization give
-# the same math up to float summation order), e.g. a smaller rl.micro_batch after running out of memory.
+# schedule of the loop, how an update is computed (micro-batches, chunks, rematerialization give
+# the same math up to float summation order), e.g. a smaller rl.micro_batch after running out of
+# memory; the device mesh (a preempted job resumed on another slice: the state is resharded on
+# restore, and sampling draws the same tokens on any mesh); and validation, which has its own keys
+# and does not feed training (its verifier timeout does: it also grades the rollouts).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
                      "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat")
+RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation")
+NOT_RESUMABLE = ("eval.verify_timeout",)
+
+
+def resumable_change(field: str) -> bool:
+    """Whether the flattened config `field` ("optim.learning_rate") may differ on resumption."""
+    return field in RESUMABLE_CHANGES or (field.startswith(RESUMABLE_GROUPS) and field not in NOT_RESUMABLE)
 
 
 class CheckpointMismatch(ValueError):
@@ -69,7 +79,7 @@ class Checkpointer:
             raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
         old, new = _flatten(record.get("config", {})), _flatten(json.loads(json.dumps(config)))
         changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+                         if old.get(k) != new.get(k) and not resumable_change(k))
         if changed:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
             raise CheckpointMismatch(f"{self.directory}/{step} was made with another config ({detail}); "

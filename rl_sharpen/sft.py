@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from rl_sharpen.metrics import MetricWriter
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.optim import OptimConfig, make_optimizer
+from rl_sharpen.optim import OptimConfig, init_state, make_optimizer
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, left_pad
 
@@ -62,7 +62,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
               prompt_width: int | None = None):
     """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params."""
     optimizer = make_optimizer(optim_cfg)
-    opt_state = optimizer.init(params)
+    opt_state = init_state(optimizer, params)
     step_fn = make_sft_step(cfg, optimizer)
     rng = np.random.default_rng(seed)
     writer = MetricWriter(workdir, "sft")

@@ -4,6 +4,7 @@ run, a changed config refuses to resume, and config errors name the field."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -16,7 +17,8 @@ from rl_sharpen.task_setup import build_task
 from tests.experiment_configs import get_config
 
 
-def _rl_run(workdir, steps, **overrides):
+def _rl_run(workdir, steps, mesh=None, **overrides):
+    """`mesh`: axis sizes to shard the run over (None: one device)."""
     c = get_config("qwen3_4b_math", "sharpening,tiny")
     c.train.steps = steps
     c.train.checkpoint_every = 2
@@ -27,10 +29,13 @@ def _rl_run(workdir, steps, **overrides):
         for p in parents:
             node = node[p]
         node[leaf] = value
+    if mesh is not None:
+        c.mesh = mesh
     exp = experiment.parse(c)
+    mesh = None if mesh is None else experiment.build_mesh(exp)
     task = build_task(exp.data, exp.model, exp.seed)
-    cfg, params = experiment.build_model(exp, None, task.tokenizer)
-    run = experiment.make_rl_run(exp, str(workdir), cfg, params, task)
+    cfg, params = experiment.build_model(exp, mesh, task.tokenizer)
+    run = experiment.make_rl_run(exp, str(workdir), cfg, params, task, mesh)
     run.evaluate = None
     return run
 
@@ -61,6 +66,23 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path, overrides):
         assert abs(a[4]["update_is_weight_mean"] - 1) > 1e-3
     else:
         assert a[4]["update_is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_run_resumes_on_another_mesh_with_other_validation_settings(tmp_path):
+    """A preempted job restarted on another device layout: the state is resharded on restore and
+    the continuation matches the uninterrupted single-device run (float summation order aside)."""
+    full, moved = tmp_path / "full", tmp_path / "moved"
+    _rl_run(full, 3).run()
+    _rl_run(moved, 2).run()
+    resumed = _rl_run(moved, 3, mesh={"data": 2, "fsdp": 2, "tensor": 2}, **{"eval.num_samples": 2})
+    resumed.run()
+    for leaf in jax.tree.leaves(resumed.final_state):  # params, Adam moments and counters
+        assert len(leaf.sharding.device_set) == 8
+    a, b = _rows(full), _rows(moved)
+    assert sorted(b) == [1, 2, 3]
+    assert a[3] == pytest.approx(b[3], rel=1e-4, abs=1e-5)
+    with pytest.raises(CheckpointMismatch, match="eval.verify_timeout"):  # it grades the rollouts too
+        _rl_run(moved, 4, **{"eval.verify_timeout": 1.0}).run()
 
 
 def test_batch_prompt_padding_changes_shapes_not_results(tmp_path):
@@ -184,7 +206,7 @@ def test_validation_samples_depend_on_the_step_not_on_earlier_evaluations(tmp_pa
     from rl_sharpen.task_setup import make_evaluator
 
     c = get_config("qwen3_4b_math", "sharpening,tiny")
-    c.eval.num_samples, c.eval.limit, c.eval.batch_size, c.eval.max_new_tokens = 4, 4, 2, 12
+    c.eval.num_samples, c.data.validation_limit, c.eval.batch_size, c.eval.max_new_tokens = 4, 4, 2, 12
     exp = experiment.parse(c)
     task = build_task(exp.data, exp.model, exp.seed)
     cfg, params = experiment.build_model(exp, None, task.tokenizer)

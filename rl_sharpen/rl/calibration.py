@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from rl_sharpen import models, sampling
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.optim import OptimConfig, make_optimizer
+from rl_sharpen.optim import OptimConfig, init_state, make_optimizer
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import make_sft_step
 
@@ -95,7 +95,7 @@ class Memory:
 
     def initial_state(self, ref_params: dict, key: jax.Array, mesh=None) -> dict:
         _, params = init_memory(self.policy_cfg, ref_params, self.cal, key, mesh)
-        return {"params": params, "opt_state": jax.jit(self.optimizer.init)(params)}
+        return {"params": params, "opt_state": init_state(self.optimizer, params)}
 
     def contrast(self, state: dict) -> sampling.Contrast:
         return sampling.Contrast(state["params"], self.cfg, self.cal.mu)

@@ -24,7 +24,7 @@ from rl_sharpen import sharding as shd
 from rl_sharpen.checkpoint import Checkpointer
 from rl_sharpen.metrics import MetricWriter, format_row
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.optim import OptimConfig, make_optimizer, schedule
+from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, schedule
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
 from rl_sharpen.rl.calibration import CalibrationConfig, Memory
@@ -155,8 +155,11 @@ class RLRun:
         self.memory = Memory(self.model_cfg, self.calibration_cfg) if self.calibration_cfg.enabled else None
 
     def initial_state(self) -> dict:
-        opt_state = jax.jit(self.optimizer.init)(self.policy_params)
-        state = {"params": self.policy_params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+        step = jnp.zeros((), jnp.int32)
+        if self.mesh is not None:
+            step = jax.device_put(step, shd.named_sharding(self.mesh, ()))
+        state = {"params": self.policy_params, "opt_state": init_state(self.optimizer, self.policy_params),
+                 "step": step}
         if self.memory is not None:
             key = jax.random.fold_in(jax.random.key(self.seed), _MEMORY_STREAM)
             state["memory"] = self.memory.initial_state(self.ref_params, key, self.mesh)
