@@ -27,6 +27,7 @@ def get_config(arg: str = ""):
     c.data.synthetic_max_value = 12  # small numbers: a 0.15M-parameter model learns the arithmetic in minutes
     c.data.synthetic_max_operand = 5
     c.data.sft_correct, c.data.sft_guess, c.data.sft_wrong_step = 0.3, 0.4, 0.3  # measured base pass@1 ~ 0.19
+    c.data.validation_limit = 4 if tiny else 100  # held-out problems evaluated
 
     c.demo.sft_steps = 10 if tiny else 600
     c.demo.regimes = ("task_reward", "sharpening")
@@ -50,7 +51,6 @@ def get_config(arg: str = ""):
     c.train.eval_every = 0
 
     c.eval.num_samples = 4 if tiny else 8
-    c.eval.limit = 4 if tiny else 100
     c.eval.max_new_tokens = 16 if tiny else 40
     c.eval.batch_size = 4 if tiny else 50
     return c

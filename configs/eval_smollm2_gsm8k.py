@@ -20,7 +20,7 @@ def get_config(arg: str = ""):
     c.eval.num_samples = 4
     c.eval.k_list = (1, 2, 4)
     c.eval.max_new_tokens = 256
-    c.eval.limit = 100
+    c.data.validation_limit = 100
     c.eval.batch_size = 25
     c.eval.temperature = 1.0
     return c

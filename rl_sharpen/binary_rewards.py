@@ -39,7 +39,6 @@ that k samples of pi contain an output drawn from p*.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Literal
@@ -50,6 +49,7 @@ import numpy as np
 import optax
 
 from rl_sharpen.evaluation import text_table
+from rl_sharpen.metrics import save_png, workdir_path, write_json
 from rl_sharpen.sampling.prompts import check_fields
 
 Family = Literal["autoregressive", "factorized"]
@@ -240,10 +240,9 @@ def run_experiment(cfg: BinaryRewardsConfig, seed: int = 0, workdir: str | None 
             runs.append(record(f"alpha-DPG alpha={alpha:g}", family, logits, alpha=alpha))
     result = {"config": dataclasses.asdict(cfg), "seed": seed, "num_sequences": len(valid),
               "num_valid": int(valid.sum()), "mu": mu, "runs": runs}
-    if workdir:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "binary_rewards.json"), "w") as f:
-            json.dump(result, f, indent=2)
+    if workdir and jax.process_index() == 0:
+        workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+        write_json(result, os.path.join(workdir, "binary_rewards.json"))
         plot(result, os.path.join(workdir, "binary_rewards.png"))
     return result
 
@@ -288,4 +287,4 @@ def plot(result: dict, path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    save_png(fig, path)

@@ -3,8 +3,8 @@ more than distribution sharpening?
 
 1. Warm-start (SFT) a small Llama-architecture model on synthetic arithmetic whose worked
    solutions mix correct chains, guesses and chains with a wrong step (tunable base pass@1).
-2. From that same start, run each reward regime (`demo.regimes`, presets of rl/rewards.py)
-   with the same budget.
+2. From that same start, run each reward regime (`demo.regimes`, presets of rl/rewards.py, with the
+   normalization, extra components and KL penalty of `reward`) with the same budget.
 3. Report pass@1, pass@k, maj@k and mean length before and after each regime (table, JSON),
    and learning curves (PNG).
 """
@@ -12,14 +12,13 @@ more than distribution sharpening?
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 from absl import logging
 
 from rl_sharpen import evaluation, models
-from rl_sharpen.metrics import read_jsonl
+from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
 from rl_sharpen.task_setup import make_generate_fn, prompt_width
@@ -52,12 +51,10 @@ def _headline(summary: dict) -> dict:
 
 
 def _plot_curves(workdir: str, regimes, path: str) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     for regime in regimes:
         rows = read_jsonl(os.path.join(workdir, regime, f"{regime}.jsonl"))
         steps = [r["step"] for r in rows]
@@ -67,8 +64,7 @@ def _plot_curves(workdir: str, regimes, path: str) -> None:
             ax.set_xlabel("RL step")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
 
 
 def run_demo(exp, workdir: str, task, mesh) -> dict:
@@ -77,23 +73,26 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
     cfg, start = sft_start(exp, workdir, task, mesh)
     summaries = {}
 
+    problems = task.problems("validation")
+    write = jax.process_index() == 0
+
     def evaluate(params, name):
-        report_dir = os.path.join(workdir, "eval", name)
-        os.makedirs(report_dir, exist_ok=True)
-        problems = task.problems("validation")[:exp.eval.limit or None]
         report = evaluation.evaluate(
             make_generate_fn(task, {"params": params}, cfg, exp.eval, exp.sampling, mesh, exp.seed,
                              prompt_width(task, problems)),
             problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
             k_list=list(exp.eval.k_list) or None, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
             seed=exp.seed)
-        evaluation.save_json(report, os.path.join(report_dir, "eval.json"))
+        if write:
+            report_dir = workdir_path(workdir) / "eval" / name
+            report_dir.mkdir(parents=True, exist_ok=True)
+            evaluation.save_json(report, report_dir / "eval.json")
         summaries[name] = report.summary
         return report.summary
 
     evaluate(start, "sft_start")
     for regime in exp.demo.regimes:
-        reward_cfg = rw.regime_preset(regime)
+        reward_cfg = rw.with_regime(exp.reward, regime)
         run = make_rl_run(exp, os.path.join(workdir, regime), cfg, jax.tree.map(lambda x: x.copy(), start), task,
                           mesh, name=regime, reward_cfg=reward_cfg)
         run.evaluate = None  # the demo evaluates once at the end, on the same problems for every regime
@@ -103,10 +102,10 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
     table = {name: _headline(s) for name, s in summaries.items()}
     print("\n" + evaluation.format_table(summaries))
     print(_format_headlines(table))
-    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-        json.dump({"headline": table, "summaries": summaries}, f, indent=1, default=float)
-    evaluation.plot_pass_at_k(summaries, os.path.join(workdir, "pass_at_k.png"), "synthetic arithmetic")
-    _plot_curves(workdir, exp.demo.regimes, os.path.join(workdir, "learning_curves.png"))
+    if write:
+        write_json({"headline": table, "summaries": summaries}, os.path.join(workdir, "demo_results.json"))
+        evaluation.plot_pass_at_k(summaries, os.path.join(workdir, "pass_at_k.png"), "synthetic arithmetic")
+        _plot_curves(workdir, exp.demo.regimes, os.path.join(workdir, "learning_curves.png"))
     return table
 
 

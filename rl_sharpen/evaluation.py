@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from rl_sharpen.metrics import workdir_path
+from rl_sharpen.metrics import save_png, write_json
 from rl_sharpen.tasks.datasets import Problem
 from rl_sharpen.tasks.answers import canonical_answer
 from rl_sharpen.tasks.verify import VerifyStats, grade_batch
@@ -224,8 +223,7 @@ def save_json(report: EvalReport, path: str) -> None:
     } for r in report.results]
     verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
               for f in dataclasses.fields(VerifyStats)}
-    workdir_path(path).write_text(json.dumps({"summary": report.summary, "verify": verify, "problems": records},
-                                             indent=1))
+    write_json({"summary": report.summary, "verify": verify, "problems": records}, path)
 
 
 def _by_k(table: Mapping[Any, float]) -> dict[int, float]:
@@ -275,5 +273,4 @@ def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], path: str, title:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with workdir_path(path).open("wb") as f:
-        fig.savefig(f, format="png", dpi=150)
+    save_png(fig, path)

@@ -41,7 +41,7 @@ class ModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # reward presets, each from the SFT start
+    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # reward presets run from the SFT start; reward.normalization, .extra, .kl_coef kept
     sft_steps: int = 600  # warm-start steps
 
     def __post_init__(self):
@@ -220,5 +220,5 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
         c.rl.prompts_per_step, c.rl.micro_batch = 4, 8
         c.optim.learning_rate = 1e-4
         c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
-        c.eval.num_samples, c.eval.limit, c.eval.batch_size = 4, 8, 8
+        c.eval.num_samples, c.data.validation_limit, c.eval.batch_size = 4, 8, 8
     return c

@@ -102,6 +102,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in workdir_path(path).read_text().splitlines() if line.strip()]
 
 
+def write_json(obj, path: str | os.PathLike) -> None:
+    """`obj` as indented JSON at `path` (local or a gs:// / s3:// URL); numpy scalars as floats."""
+    workdir_path(path).write_text(json.dumps(obj, indent=1, default=float))
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 150) -> None:
+    """A matplotlib figure as PNG at `path` (local or a URL)."""
+    with workdir_path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
 def format_row(row: Mapping[str, object], keys: tuple[str, ...]) -> str:
     parts = []
     for k in keys:

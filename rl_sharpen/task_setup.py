@@ -58,7 +58,6 @@ class EvalConfig:
     top_p: float = 1.0  # nucleus mass at validation
     greedy: bool = True  # also report greedy accuracy
     batch_size: int = 16  # problems per sampler call
-    limit: int = 0  # validation problems used (0: all of data.validation)
     verify_timeout: float = 5.0  # seconds per verifier call before it counts as wrong (validation and rollouts)
 
 
@@ -215,8 +214,6 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
                    workdir: str | None = None):
     """evaluate(params, step) -> flat metrics; with `workdir`, also JSON, a table and a pass@k plot."""
     problems = task.problems("validation")
-    if eval_cfg.limit:
-        problems = problems[:eval_cfg.limit]
     params_ref: dict = {}
     generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed,
                                 prompt_width(task, problems))

@@ -151,11 +151,24 @@ def test_registered_component_and_extra_weights_add_up():
         del rewards.REWARD_COMPONENTS["length_bonus_test"]
 
 
+def test_with_regime_keeps_normalization_components_and_kl():
+    base = rewards.RewardConfig(normalization="weighted_mean", length_exponent=0.5, extra={"format": 0.2},
+                                kl_coef=0.1, kl_estimator="k3")
+    tempered = rewards.with_regime(base, "tempered_a4")
+    assert (tempered.mode, tempered.alpha, tempered.beta_inv) == ("sampling", 4.0, 0.0)
+    assert tempered.replace(mode=base.mode, alpha=base.alpha, beta_inv=base.beta_inv) == base
+    assert rewards.with_regime(rewards.RewardConfig(), "sharpening") == rewards.regime_preset("sharpening")
+    with pytest.raises(ValueError, match="reward preset 'tempered'"):
+        rewards.with_regime(base, "tempered")
+
+
 def test_errors_name_the_field_and_allowed_values():
     with pytest.raises(ValueError, match="mode='sample'.*optimization"):
         rewards.RewardConfig(mode="sample")
     with pytest.raises(ValueError, match="normalization='avg'.*weighted_mean"):
         rewards.RewardConfig(normalization="avg")
+    with pytest.raises(ValueError, match="length_exponent=0.5 is used only with normalization='weighted_mean'"):
+        rewards.RewardConfig(normalization="mean", length_exponent=0.5)
     with pytest.raises(ValueError, match="extra names 'bogus'.*majority_vote"):
         rewards.RewardConfig(extra={"bogus": 1.0})
     with pytest.raises(ValueError, match="kl_estimator='k4'"):

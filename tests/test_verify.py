@@ -23,6 +23,8 @@ EQUAL = [
     ("1000", "1,000"), ("1000", "1{,}000"), ("1000", r"1\,000"), ("1234567", "1,234,567"),
     (r"30^\circ", "30"), ("30", r"30^{\circ}"), ("45", "45°"), (r"10\%", "10"), (r"10\%", "0.1"), ("25", r"25\%"),
     (r"\frac{1}{4}", r"25\%"), (r"50\%", r"\frac{1}{2}"), (r"5\text{ cm}", "5"), ("5", r"5 \text{ cm}^2"),
+    ("10000000", r"10\text{ million}"), ("2500000", "2.5 million"), (r"\$1.5\text{ billion}", "1500000000"),
+    ("36", "3 dozen"), ("-2000", r"-2\text{ thousand}"),
     (r"4\text{ inches}", "4"), ("18", "18 dollars"), (r"\$18", "18"), (r"\$1.50", "1.5"), ("3", "x=3"), ("3", "x = 3"),
     ("x=5", "5"), ("12", "12."), ("5", r"\boxed{5}"), ("2", "{2}"), ("-2", "- 2"), ("7", r"\mathbf{7}"),
     # radicals, constants, expressions
@@ -150,8 +152,8 @@ def test_extract_answer_is_linear_on_long_inputs():
     (r"\dfrac12", "1/2"), ("2.50", "5/2"), (r"2\frac12", "5/2"), (r"\left( 1, 2 \right)", "(1,2)"),
     (r"1\,000", "1000"), (r"x = \sqrt2", r"\sqrt{2}"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
     (r"90^\circ", "90"), (r"12\text{ m}^2", "12"), (r"\text{(C)}", "(C)"), ("$-3$", "-3"),
-    (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10million"), (r"10\text{ million dollars}", "10milliondollars"),
-    ("2 pi", "2pi"), ("1 million", "1million"), ("4 sq ft", "4"), ("575 students", "575students"),
+    (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10000000"), (r"10\text{ million dollars}", "10milliondollars"),
+    ("2 pi", "2pi"), ("1 million", "1000000"), ("4 sq ft", "4"), ("575 students", "575students"),
     (r"6\text{ children tickets}\text{ ok}", "6"), (r"144 \mbox{ m}^3", "144"),
 ])
 def test_canonical_answer(answer, canonical):
@@ -161,7 +163,8 @@ def test_canonical_answer(answer, canonical):
 @pytest.mark.parametrize("answer, value", [
     ("-12", Fraction(-12)), ("0.75", Fraction(3, 4)), (".5", Fraction(1, 2)), ("3/4", Fraction(3, 4)),
     (r"\frac{-3}{4.5}", Fraction(-2, 3)), (r"-2\frac{1}{2}", Fraction(-5, 2)), ("1,234", Fraction(1234)),
-    (r"\frac{1}{0}", None), ("x", None), (r"\sqrt{2}", None), ("9" * 300, None),
+    ("2.5 million", Fraction(2500000)), (r"\frac{1}{2}\text{ million}", Fraction(500000)), ("million", None),
+    ("x million", None), (r"\frac{1}{0}", None), ("x", None), (r"\sqrt{2}", None), ("9" * 300, None),
 ])
 def test_exact_value(answer, value):
     assert exact_value(answer) == value

@@ -96,6 +96,10 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.mode={self.mode!r}; allowed: {MODES}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"RewardConfig.normalization={self.normalization!r}; allowed: {NORMALIZATIONS}")
+        if self.length_exponent != 1.0 and self.normalization != "weighted_mean":
+            raise ValueError(f"RewardConfig.length_exponent={self.length_exponent} is used only with "
+                             f"normalization='weighted_mean' (got {self.normalization!r}); allowed: "
+                             "normalization='weighted_mean', or length_exponent=1.0")
         if self.beta_inv < 0:
             raise ValueError(f"RewardConfig.beta_inv={self.beta_inv}; must be >= 0")
         if self.kl_coef < 0:
@@ -316,3 +320,10 @@ def regime_preset(name: str, **overrides) -> RewardConfig:
     if name not in REGIME_PRESETS:
         raise ValueError(f"reward preset {name!r}; allowed: {list(PRESET_NAMES)}")
     return REGIME_PRESETS[name].replace(**overrides)
+
+
+def with_regime(cfg: RewardConfig, name: str) -> RewardConfig:
+    """`cfg` moved to the regime `name`: the preset's (mode, alpha, beta_inv); the normalization N,
+    `extra` components and KL penalty of `cfg` kept (e.g. every regime of a demo with N = S_ref / L)."""
+    preset = regime_preset(name)
+    return cfg.replace(mode=preset.mode, alpha=preset.alpha, beta_inv=preset.beta_inv)

@@ -117,6 +117,8 @@ _PLAIN_RE = re.compile(rf"(-?){_NUM}")
 _SLASH_RE = re.compile(rf"(-?)({_NUM})/({_NUM})")
 _FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
 _MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
+_SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
+_SCALED_RE = re.compile(rf"(.+?)({'|'.join(_SCALES)})s?")  # "2.5million" (spaces removed), "3dozen"
 
 
 def _is_unit(text: str) -> bool:
@@ -218,7 +220,8 @@ def exact_value(answer: str) -> Fraction | None:
     """The exact rational an answer denotes if it is a plain number, else None.
 
     Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
-    mixed numbers `2\\frac{1}{2}` = 5/2. Decimals are exact: 0.333333 != 1/3.
+    mixed numbers `2\\frac{1}{2}` = 5/2, and any of these times a scale word: `2.5 million`,
+    `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
     """
     return _analyze(answer)[1]
 
@@ -239,6 +242,10 @@ def _parse_number(s: str) -> Fraction | None:
     if m and int(m.group(4)) != 0:
         value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
         return -value if m.group(1) else value
+    m = _SCALED_RE.fullmatch(s)
+    if m:
+        value = _parse_number(m.group(1))
+        return None if value is None else value * _SCALES[m.group(2)]
     return None
 
 
