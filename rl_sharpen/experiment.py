@@ -41,7 +41,7 @@ class ModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # reward presets run from the SFT start; reward.normalization, .extra, .kl_coef kept
+    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # presets from the SFT start; keep reward.normalization
     sft_steps: int = 600  # warm-start steps
 
     def __post_init__(self):

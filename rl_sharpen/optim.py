@@ -10,6 +10,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rl_sharpen.sampling.prompts import check_fields
+from rl_sharpen.sharding import mesh_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +61,22 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return adamw
 
 
+def place(optimizer: optax.GradientTransformation, params, opt_state, param_shardings):
+    """(params, opt_state) inside jit, constrained to `param_shardings` (NamedShardings of one mesh):
+    each parameter-shaped leaf of the state (Adam's moments) sharded as its parameter, counters
+    replicated. Left to itself, XLA may hand a step's outputs back in other layouts than its inputs
+    (then the next call compiles again) or put a freshly initialized state on one device (24 GB of
+    moments on one chip for a 3B model)."""
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+    replicated = NamedSharding(mesh, PartitionSpec())
+    constrain = jax.lax.with_sharding_constraint
+    return constrain(params, param_shardings), optax.tree_map_params(
+        optimizer, constrain, opt_state, param_shardings, transform_non_params=lambda x: constrain(x, replicated))
+
+
 def init_state(optimizer: optax.GradientTransformation, params):
-    """`optimizer.init(params)` placed like `params`: each parameter-shaped leaf of the state (Adam's
-    moments) sharded as its parameter, counters replicated over the params' mesh. (A plain jitted
-    init leaves them all on one device: 24 GB of moments on one chip for a 3B model.)"""
-    shardings = jax.tree.map(lambda p: p.sharding, params)
-    mesh = next((s.mesh for s in jax.tree.leaves(shardings) if isinstance(s, NamedSharding)), None)
-    if mesh is None:
+    """`optimizer.init(params)`, placed by `place` when `params` are sharded over a mesh."""
+    if mesh_of(params) is None:
         return jax.jit(optimizer.init)(params)
-    placement = optax.tree_map_params(optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, params),
-                                      shardings, transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()))
-    return jax.jit(optimizer.init, out_shardings=placement)(params)
+    shardings = jax.tree.map(lambda p: p.sharding, params)
+    return jax.jit(lambda p: place(optimizer, p, optimizer.init(p), shardings)[1])(params)

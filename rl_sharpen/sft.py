@@ -16,10 +16,12 @@ import optax
 from tqdm import tqdm
 
 from rl_sharpen.metrics import MetricWriter
+from rl_sharpen.models import param_shardings
 from rl_sharpen.models.config import ModelConfig
-from rl_sharpen.optim import OptimConfig, init_state, make_optimizer
+from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, left_pad
+from rl_sharpen.sharding import mesh_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,11 @@ def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
             np.concatenate([prompts.segment_ids, mask.astype(np.int32)], 1), mask)
 
 
-def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
+def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh=None):
+    """step(params, opt_state, tokens, segments, mask) -> (params, opt_state, NLL, grad norm); with a
+    `mesh`, params and state keep the rules' placement (`optim.place`)."""
+    placement = None if mesh is None else param_shardings(cfg, mesh)
+
     def loss_fn(params, tokens, segments, mask):
         lp = completion_logprobs(params, cfg, tokens, segments, mask.shape[1])
         return -jnp.sum(lp * mask) / jnp.maximum(mask.sum(), 1.0)
@@ -52,7 +58,10 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation):
     def step(params, opt_state, tokens, segments, mask):
         loss, grads = jax.value_and_grad(loss_fn)(params, tokens, segments, mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
+        params = optax.apply_updates(params, updates)
+        if placement is not None:
+            params, opt_state = place(optimizer, params, opt_state, placement)
+        return params, opt_state, loss, optax.tree.norm(grads)
 
     return jax.jit(step, donate_argnums=(0, 1))
 
@@ -63,7 +72,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params."""
     optimizer = make_optimizer(optim_cfg)
     opt_state = init_state(optimizer, params)
-    step_fn = make_sft_step(cfg, optimizer)
+    step_fn = make_sft_step(cfg, optimizer, mesh_of(params))
     rng = np.random.default_rng(seed)
     writer = MetricWriter(workdir, "sft")
     bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True)

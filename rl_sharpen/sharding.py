@@ -113,6 +113,14 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] 
     return NamedSharding(mesh, spec)
 
 
+def mesh_of(tree) -> Mesh | None:
+    """The mesh every array of `tree` is sharded over; None when they are not all NamedSharding."""
+    shardings = [x.sharding for x in jax.tree.leaves(tree)]
+    if shardings and all(isinstance(s, NamedSharding) for s in shardings):
+        return shardings[0].mesh
+    return None
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Shards dim 0 over the data axes, replicates the rest."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))

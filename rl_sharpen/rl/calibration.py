@@ -86,15 +86,16 @@ class Memory:
     """The memory network's config, optimizer and jitted update; its params and optimizer state
     live in the trainer's state (and so in its checkpoints)."""
 
-    def __init__(self, policy_cfg: ModelConfig, cal: CalibrationConfig):
+    def __init__(self, policy_cfg: ModelConfig, cal: CalibrationConfig, mesh=None):
         self.cal = cal
         self.policy_cfg = policy_cfg
+        self.mesh = mesh
         self.cfg = memory_config(policy_cfg, cal)
         self.optimizer = make_optimizer(OptimConfig(learning_rate=cal.learning_rate))
-        self._step = make_sft_step(self.cfg, self.optimizer)
+        self._step = make_sft_step(self.cfg, self.optimizer, mesh)
 
-    def initial_state(self, ref_params: dict, key: jax.Array, mesh=None) -> dict:
-        _, params = init_memory(self.policy_cfg, ref_params, self.cal, key, mesh)
+    def initial_state(self, ref_params: dict, key: jax.Array) -> dict:
+        _, params = init_memory(self.policy_cfg, ref_params, self.cal, key, self.mesh)
         return {"params": params, "opt_state": init_state(self.optimizer, params)}
 
     def contrast(self, state: dict) -> sampling.Contrast:

@@ -105,10 +105,10 @@ def _minibatches(batch: TrainBatch, count: int, group_size: int, rng: np.random.
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_train_step(model_cfg, loss_cfg, optim_cfg, num_micro, group_size, chunk, remat):
+def _jitted_train_step(model_cfg, loss_cfg, optim_cfg, num_micro, group_size, chunk, remat, mesh):
     """One compiled update per distinct setting, shared by runs in a process (e.g. demo regimes)."""
     step = make_train_step(model_cfg, loss_cfg, make_optimizer(optim_cfg), num_micro=num_micro,
-                           group_size=group_size, chunk=chunk, remat=remat)
+                           group_size=group_size, chunk=chunk, remat=remat, mesh=mesh)
     return jax.jit(step, donate_argnums=0)
 
 
@@ -150,9 +150,9 @@ class RLRun:
                              f"that divides the minibatch of {minibatch} sequences")
         self.optimizer = make_optimizer(self.optim_cfg)
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
-                                             self.rl_cfg.logprob_chunk, self.rl_cfg.remat)
+                                             self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
         self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
-        self.memory = Memory(self.model_cfg, self.calibration_cfg) if self.calibration_cfg.enabled else None
+        self.memory = Memory(self.model_cfg, self.calibration_cfg, self.mesh) if self.calibration_cfg.enabled else None
 
     def initial_state(self) -> dict:
         step = jnp.zeros((), jnp.int32)
@@ -162,7 +162,7 @@ class RLRun:
                  "step": step}
         if self.memory is not None:
             key = jax.random.fold_in(jax.random.key(self.seed), _MEMORY_STREAM)
-            state["memory"] = self.memory.initial_state(self.ref_params, key, self.mesh)
+            state["memory"] = self.memory.initial_state(self.ref_params, key)
         return state
 
     def run(self) -> dict:

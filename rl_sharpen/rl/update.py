@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rl_sharpen.models import token_logprobs
+from rl_sharpen import sharding as shd
+from rl_sharpen.models import param_shardings, token_logprobs
+from rl_sharpen.optim import place
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.rl import losses
 
@@ -51,13 +53,15 @@ def loss_denominator(mask: jax.Array, aggregation: str) -> jax.Array:
 
 
 def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: optax.GradientTransformation, *,
-                    num_micro: int, group_size: int, chunk: int = 512, remat: bool = True):
+                    num_micro: int, group_size: int, chunk: int = 512, remat: bool = True, mesh=None):
     """train_step(state, batch) -> (state, metrics); state = {"params", "opt_state", "step"}.
 
     The batch is cut into `num_micro` micro-batches of whole groups; their gradients are summed in
     float32 inside one `lax.scan`, each micro-batch loss divided by the global `loss_denominator`,
-    so the step equals one step on the whole batch.
+    so the step equals one step on the whole batch. With a `mesh`, every micro-batch is spread over
+    its data axes and the new state keeps the rules' placement (`optim.place`).
     """
+    placement = None if mesh is None else param_shardings(cfg, mesh)
 
     def loss_fn(params, mb: TrainBatch, denominator):
         width = mb.completion_mask.shape[1]
@@ -77,6 +81,9 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
         denominator = loss_denominator(batch.completion_mask, loss_cfg.aggregation)
         token_share = batch.completion_mask.reshape(num_micro, -1).sum(1) / jnp.maximum(batch.completion_mask.sum(), 1)
         micro = jax.tree.map(lambda x: x.reshape(num_micro, n // num_micro, *x.shape[1:]), batch)
+        if mesh is not None:  # the reshape moved the row split onto the micro-batch index
+            micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+                x, shd.named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2), x.shape)), micro)
 
         def accumulate(grads, xs):
             mb, share = xs
@@ -91,6 +98,8 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(lambda p, u: (p.astype(jnp.float32) + u).astype(p.dtype), state["params"], updates)
+        if placement is not None:
+            params, opt_state = place(optimizer, params, opt_state, placement)
         metrics.update(loss=micro_losses.sum(), grad_norm=grad_norm)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
