@@ -169,7 +169,7 @@ def test_rollout_caches_samples_and_scores_are_sharded(run, state, monkeypatch):
     row_sharded = shd.batch_sharding(run.mesh, 2)
     for name in ("tokens", "logprobs", "sampled_logprobs"):
         assert outputs[name].sharding.is_equivalent_to(row_sharded, 2), name
-    for name in ("tokens", "segments", "behaviour_logprobs", "old_logprobs", "ref_logprobs"):
+    for name in ("tokens", "segments", "completion_mask", "behaviour_logprobs", "old_logprobs", "ref_logprobs"):
         x = getattr(batch, name)
         assert x.shape[0] == rows and x.sharding.is_equivalent_to(row_sharded, 2), (name, x.sharding)
     ref_scoring = run.scorer.logprobs.lower(run.ref_params, batch.tokens, batch.segments, sampling_cfg.max_new_tokens)

@@ -88,11 +88,10 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     expanded = [p for p in problems for _ in range(G)]
     correct, answers, verify_stats = task.score(texts, expanded)
     T = tokens.shape[1]
-    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32)
     full_tokens, full_segments = out.sequences()
     ref_lp = scorer.logprobs(ref_params, full_tokens, full_segments, T)
     policy_lp = jnp.asarray(out.logprobs, jnp.float32)
-    mask_j = jnp.asarray(mask)
+    mask_j = out.completion_mask.astype(jnp.float32)  # placed like the samples (rows over the data axes)
     stats = {}
     if any(name in _STAT_COMPONENTS for name in rw.mixture_weights(reward_cfg)):
         stats = scorer.token_stats(policy_params, full_tokens, full_segments, T)
