@@ -17,8 +17,8 @@ import optax
 
 from rl_sharpen import sharding as shd
 from rl_sharpen.models import param_shardings, token_logprobs
-from rl_sharpen.optim import place
 from rl_sharpen.models.config import ModelConfig
+from rl_sharpen.optim import place
 from rl_sharpen.rl import losses
 
 
