@@ -24,20 +24,6 @@ _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS_RE = re.compile(r"answer is[:\s]*", re.IGNORECASE)
 
 
-def _braced_group(text: str, start: int) -> tuple[str, int] | None:
-    """`text[start]` must be '{'; returns (content, index after the matching '}') or None."""
-    depth = 0
-    for i in range(start, len(text)):
-        c = text[i]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None
-
-
 def _closing_braces(text: str) -> dict[int, int]:
     """Index of each '{' that is closed -> index of its matching '}' (one pass, linear time)."""
     partner, open_at = {}, []
@@ -152,11 +138,10 @@ def clean_latex(answer: str) -> str:
     """
     s = answer.strip()
     while True:  # "\boxed{\boxed{5}}", "\(5\)"
-        boxed = _BOXED_PREFIX_RE.match(s)
-        group = _braced_group(s, boxed.end()) if boxed else None
+        boxed = _BOXED_PREFIX_RE.match(s)  # ends at the '{' of the box
         delimited = _DELIMITED_RE.match(s)
-        if group and group[1] == len(s):
-            s = group[0].strip()
+        if boxed and _closing_braces(s).get(boxed.end()) == len(s) - 1:  # the box is the whole answer
+            s = s[boxed.end() + 1 : -1].strip()
         elif delimited:
             s = next(g for g in delimited.groups() if g is not None).strip()
         else:
@@ -182,12 +167,7 @@ def clean_latex(answer: str) -> str:
 
 def _strip_outer_braces(s: str) -> str:
     """'{{5}}' -> '5', but '{1}+{2}' is kept; linear time."""
-    partner, stack = {}, []
-    for i, c in enumerate(s):
-        if c == "{":
-            stack.append(i)
-        elif c == "}" and stack:
-            partner[stack.pop()] = i
+    partner = _closing_braces(s)
     lo, hi = 0, len(s) - 1
     while lo < hi and partner.get(lo) == hi:
         lo, hi = lo + 1, hi - 1
