@@ -97,6 +97,18 @@ def test_train_state_is_sharded_by_the_rules(run, state):
     assert _bytes_on_one_device(state) < 0.3 * _nbytes(state)
 
 
+@pytest.mark.parametrize("clip_norm", [1.0, 0.0])
+def test_optimizer_init_places_moments_as_their_parameters(run, clip_norm):
+    """`optim.init_state` with and without the clipping stage (another state layout)."""
+    from rl_sharpen import optim
+
+    optimizer = optim.make_optimizer(optim.OptimConfig(clip_norm=clip_norm, weight_decay=0.1))
+    rules = models.param_shardings(run.model_cfg, run.mesh)
+    state = optim.init_state(optimizer, run.policy_params)
+    assert _moment_mismatches(optimizer, state, rules, run.mesh) == []
+    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(rules))  # not vacuous
+
+
 def test_restored_checkpoint_keeps_every_sharding(run, state, tmp_path):
     ckpt = Checkpointer(str(tmp_path / "checkpoints"), every=1)
     ckpt.save(1, state, {"step": 1, "config": run.config_record}, force=True)
