@@ -5,6 +5,7 @@ command and `--multihost` starts JAX's multi-controller runtime (jax.distributed
 """
 
 import logging as pylogging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -33,9 +34,13 @@ def main(argv):
     if FLAGS.multihost:
         jax.distributed.initialize()
     from rl_sharpen import experiment
+    from rl_sharpen.config import ConfigError
 
     logging.info("JAX process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
-    experiment.run(FLAGS.config, FLAGS.workdir)
+    try:
+        experiment.run(FLAGS.config, FLAGS.workdir)
+    except ConfigError as e:  # a wrong config value: its message (field and allowed values), not a traceback
+        sys.exit(f"config error: {e}")
 
 
 if __name__ == "__main__":

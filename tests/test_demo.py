@@ -2,11 +2,17 @@
 evaluations, and the files a user reads afterwards (on the suite's 8 fake devices, data-sharded)."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import orbax.checkpoint as ocp
 
 from rl_sharpen import experiment
 from tests.experiment_configs import get_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _reward_record(run_dir) -> dict:
@@ -40,3 +46,15 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     assert (task["alpha"], task["beta_inv"]) == (0.0, 1.0)
     rows = [json.loads(line) for line in (tmp_path / "sharpening" / "sharpening.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, c.train.steps + 1))
+
+
+def test_main_reports_a_wrong_config_value_in_one_line(tmp_path):
+    """`python -m rl_sharpen.main` with a bad --config value exits non-zero with the field and the
+    allowed values, not a traceback."""
+    command = [sys.executable, "-m", "rl_sharpen.main", "--config=configs/demo.py:tiny", f"--workdir={tmp_path}",
+               "--config.rl.prompt_padding=wrong"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[-1] == "config error: config.rl.prompt_padding='wrong'; allowed: 'dataset', 'batch'"
+    assert "Traceback" not in done.stderr
