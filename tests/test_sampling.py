@@ -268,19 +268,20 @@ def test_fast_and_scanned_decode_agree(family, cpu_kernels, tmp_path, monkeypatc
 
 
 def test_attention_reads_only_the_filled_cache(tmp_path, monkeypatch, request):
-    """Attention over the filled prefix of the cache (one of `attention_lengths`) equals attention over
-    the whole cache: same tokens, same log-probs to float32 rounding. The prompts (width 16) and 12 new
-    tokens fill slots 16..27 of 28, so the step moves from the 24-slot prefix to the full cache."""
-    assert decode.attention_lengths(28) == (8, 16, 24, 28)
-    assert decode.attention_lengths(192) == (24, 48, 72, 96, 120, 144, 168, 192)
+    """Attention over a prefix of the cache (one of `attention_lengths`) equals attention over the
+    whole cache: same tokens, same log-probs to float32 rounding. The prompts (width 16) and 112 new
+    tokens fill slots 16..127 of 128, so the step moves from the 32-slot prefix to the full cache."""
+    assert decode.attention_lengths(128) == (16, 32, 128)
+    assert decode.attention_lengths(192) == (24, 48, 192)
+    assert decode.attention_lengths(28) == (8, 28)
     assert decode.attention_lengths(5) == (5,)
     hf_models.save_tiny_hf_model("qwen2", tie=True, path=str(tmp_path))
     cfg, params = models.load_hf(str(tmp_path))
-    sc = dataclasses.replace(LOGPROB_CFG, ignore_eos=True)
+    sc = dataclasses.replace(LOGPROB_CFG, max_new_tokens=112, ignore_eos=True)
     request.addfinalizer(jax.clear_caches)
     outs = []
-    for buckets in (decode.ATTENTION_BUCKETS, 1):
-        monkeypatch.setattr(decode, "ATTENTION_BUCKETS", buckets)
+    for divisors in (decode.PREFIX_DIVISORS, ()):
+        monkeypatch.setattr(decode, "PREFIX_DIVISORS", divisors)
         jax.clear_caches()
         outs.append(sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(4), sc))
     assert outs[0].prompt_tokens.shape[1] == 16

@@ -150,9 +150,10 @@ class _Spy:
 def _assert_cache_sharded(cache, rows: int, mesh):
     """k/v over rows ("batch" -> data x fsdp) and kv heads ("kv_heads" -> tensor), as the rules say:
     each device holds 1/8 of every layer's cache."""
-    layers = cache["k"] + cache["v"] if isinstance(cache["k"], list) else [cache["k"], cache["v"]]
-    axes = kv.PER_LAYER_CACHE_AXES if isinstance(cache["k"], list) else models.CACHE_AXES["k"]
-    for x in layers:
+    per_layer = isinstance(cache["k"], list)
+    layers = [(name, x) for name in ("k", "v") for x in (cache[name] if per_layer else [cache[name]])]
+    for name, x in layers:
+        axes = kv.PER_LAYER_CACHE_AXES[name] if per_layer else models.CACHE_AXES[name]
         assert x.shape[axes.index("batch")] == rows
         want = shd.named_sharding(mesh, axes, x.shape)
         assert x.sharding.is_equivalent_to(want, x.ndim), (x.shape, x.sharding, want)

@@ -8,15 +8,14 @@ call by `prepare`:
     which copies every layer's weight slice out of the stack at every step;
   * every projection stored as W [out, in] and, on CPU, applied as y = (W x^T)^T: XLA's CPU matmul
     runs this orientation 1.5-2.5x faster than x W for a few rows (batch 8-32), and no slower for one;
-  * on CPU, attention scores likewise computed as K q^T, the cache as the matmul's left operand
-    (about 2x faster than q K^T at batch 32, where attention is a third of a step), and attention
-    reads only the filled part of the cache rounded up to one of `ATTENTION_BUCKETS` lengths
-    (a `lax.switch` per layer), so its cost grows with the tokens so far, not the cache size.
+  * on CPU, attention scores computed as one fused multiply-reduce over the head dim along the
+    contiguous slots of the keys, and attention over a short prefix of the cache (S/8 or S/4 slots,
+    a `lax.switch` per layer) while the filled part fits in one (`attention_lengths`).
 
-The cache is the per-layer layout of `kv.prefill(per_layer=True)`: lists of L arrays [R, K, S, E],
-heads before slots, so attention is two batched matrix-vector products over (R, K) with no copy of
-the cache (the [R, S, K, E] layout of `models.forward` costs a transpose of every layer's cache per
-token, which dominates decoding at batch 32).
+The cache is the per-layer layout of `kv.prefill(per_layer=True)`: lists of L arrays, keys
+[R, K, E, S] and values [R, K, S, E], heads before slots, so attention reads it with no copy (the
+[R, S, K, E] layout of `models.forward` costs a transpose of every layer's cache per token, which
+dominates decoding at batch 32).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from rl_sharpen.models import layers
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import kv
 
-ATTENTION_BUCKETS = 8  # attention lengths per cache on CPU: S/8, 2S/8, ..., S (rounded up to 8 slots)
+PREFIX_DIVISORS = (8, 4)  # on CPU, attention over an S-slot cache may read its first S/8 or S/4 slots
 
 
 def _out_in(w, n_in: int):
@@ -68,18 +67,21 @@ def decoder(params: dict, cfg: ModelConfig, fast: bool, cache: dict):
 
 
 def _cpu_kernels() -> bool:
-    """Whether the step takes its CPU forms: projections as (W x^T)^T and attention scores as K q^T
-    (XLA's CPU matmul streams its left operand and repacks its right one at every call), and
-    attention over the filled prefix of the cache (a `lax.switch`, cheap on CPU; on a GPU each one
-    would wait for the device)."""
+    """Whether the step takes its CPU forms: projections as (W x^T)^T (XLA's CPU matmul streams its
+    left operand and repacks its right one at every call), attention scores as a multiply-reduce
+    (XLA runs a batched matmul as one small product per (row, kv head)), and attention over a
+    prefix of the cache (a `lax.switch`, cheap on CPU; on a GPU each one would wait for the device)."""
     return jax.default_backend() == "cpu"
 
 
 def attention_lengths(num_slots: int) -> tuple[int, ...]:
-    """The cache prefixes attention may read: ceil(num_slots * b / ATTENTION_BUCKETS) rounded up to
-    a multiple of 8, for b = 1 .. ATTENTION_BUCKETS, the last one num_slots."""
-    n = ATTENTION_BUCKETS
-    lengths = {min(num_slots, (-(-num_slots * b // n) + 7) & ~7) for b in range(1, n)}
+    """The cache prefixes attention may read on CPU: num_slots / d for d in PREFIX_DIVISORS, rounded
+    up to a multiple of 8 slots, and the whole cache.
+
+    Reading a prefix of n slots copies it first (XLA materializes the slice): n slots read and
+    written, then read again by attention, about 3n slot reads against num_slots for the whole
+    cache, so only prefixes under a third of the cache are worth a branch."""
+    lengths = {min(num_slots, (-(-num_slots // d) + 7) & ~7) for d in PREFIX_DIVISORS}
     return tuple(sorted(lengths | {num_slots}))
 
 
@@ -99,49 +101,48 @@ def _linear(w, x, out_dtype=None):
     return jax.lax.optimization_barrier(y).T
 
 
-def _attention(q, cache_k, cache_v, allowed):
-    """Grouped-query attention of one query per row: q [R, H, E], cache [R, K, S, E], allowed [R, S].
+def _attention(q, keys, values, allowed):
+    """Grouped-query attention of one query per row: q [R, H, E], keys [R, K, E, S], values
+    [R, K, S, E], allowed [R, S].
 
     softmax(q k^T / sqrt(E)) v with float32 scores; query head h reads kv head h // (H / K). Same
-    arithmetic as `layers.attention` for T = 1. On CPU the scores are computed as K q^T, laid out
-    [R, K, S, G] (slots before the G = H / K query heads of a kv head): each (row, kv head) is then
-    one product that streams the cache instead of repacking it. They are then transposed to
-    [R, K, G, S] (a barrier keeps XLA from folding that back into the product), so that the softmax
-    reduces over the minor dimension: 4x faster than over slots in the middle.
+    arithmetic as `layers.attention` for T = 1. On CPU the scores [R, K, G, S] (G = H / K query
+    heads per kv head) are sum_e q[r, k, g, e] keys[r, k, e, s] as one fused loop vectorized along
+    the slots, which reads the keys once at memory speed; elsewhere a batched matmul.
     """
     R, H, E = q.shape
-    K = cache_k.shape[1]
+    K = keys.shape[1]
     q = q.reshape(R, K, H // K, E)
     precision = layers.precision(q.dtype)
     if _cpu_kernels():
-        scores = jnp.einsum("rkse,rkge->rksg", cache_k, q, preferred_element_type=jnp.float32, precision=precision)
-        scores = jax.lax.optimization_barrier(scores).transpose(0, 1, 3, 2)
+        f32 = jnp.float32
+        scores = jnp.sum(q[..., None].astype(f32) * keys[:, :, None].astype(f32), axis=3)
     else:
-        scores = jnp.einsum("rkse,rkge->rkgs", cache_k, q, preferred_element_type=jnp.float32, precision=precision)
+        scores = jnp.einsum("rkge,rkes->rkgs", q, keys, preferred_element_type=jnp.float32, precision=precision)
     mask = allowed[:, None, None, :]
     scores = jnp.where(mask, scores / math.sqrt(E), jnp.finfo(jnp.float32).min)
-    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(cache_v.dtype)
-    out = jnp.einsum("rkgs,rkse->rkge", probs, cache_v, preferred_element_type=jnp.float32, precision=precision)
+    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(values.dtype)
+    out = jnp.einsum("rkgs,rkse->rkge", probs, values, preferred_element_type=jnp.float32, precision=precision)
     return out.reshape(R, H * E).astype(q.dtype)
 
 
-def _filled_attention(q, cache_k, cache_v, allowed, end):
+def _filled_attention(q, keys, values, allowed, end):
     """`_attention` over the shortest of `attention_lengths` slots that holds slot `end` (the new
     token's; later slots are masked out anyway). Off CPU, over the whole cache."""
     if not _cpu_kernels():
-        return _attention(q, cache_k, cache_v, allowed)
-    lengths = attention_lengths(cache_k.shape[2])
+        return _attention(q, keys, values, allowed)
+    lengths = attention_lengths(values.shape[2])
 
     def over_prefix(n):  # slicing the whole length is no op; a shorter slice is a copy of n slots
-        return lambda q, k, v, allowed: _attention(q, k[:, :, :n], v[:, :, :n], allowed[:, :n])
+        return lambda q, k, v, allowed: _attention(q, k[..., :n], v[:, :, :n], allowed[:, :n])
 
     bucket = jnp.searchsorted(jnp.asarray(lengths), end, side="right")
-    return jax.lax.switch(bucket, [over_prefix(n) for n in lengths], q, cache_k, cache_v, allowed)
+    return jax.lax.switch(bucket, [over_prefix(n) for n in lengths], q, keys, values, allowed)
 
 
 def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
-    """One pre-norm decoder layer for x [R, D] (one token per row); cache_k/v [R, K, S, E]; rope =
-    (cos, sin) [R, 1, E/2] of the rows' positions."""
+    """One pre-norm decoder layer for x [R, D] (one token per row); cache_k [R, K, E, S], cache_v
+    [R, K, S, E]; rope = (cos, sin) [R, 1, E/2] of the rows' positions."""
     R = x.shape[0]
     H, K, E = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
@@ -150,7 +151,7 @@ def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
     v = _linear(p["v"], h).reshape(R, K, E)
     q, k, v = layers.qkv_bias_and_norm(cfg, p, q, k, v)
     q, k = layers.rotate(q, *rope), layers.rotate(k, *rope)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k[:, :, None].astype(cache_k.dtype), (0, 0, end, 0))
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[..., None].astype(cache_k.dtype), (0, 0, 0, end))
     cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, None].astype(cache_v.dtype), (0, 0, end, 0))
     attn = _filled_attention(q, cache_k.astype(x.dtype), cache_v.astype(x.dtype), allowed, end)
     x = x + _linear(p["o"], attn)

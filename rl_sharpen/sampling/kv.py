@@ -3,9 +3,10 @@
 Cache after `prefill` for B prompts padded to width P, `copies` rows per prompt and `cache_len`
 slots: row b * copies + c holds prompt b; slots [0, P) hold the left-padded prompt, slots
 [P, cache_len) the generated tokens, one per decode step (`end` = next slot). With
-`per_layer=True` the cache's "k" / "v" are lists of L arrays [R, K, S, E], heads before slots (for
-`decode.step`): every layer's cache is updated in place and attention reads it without a transpose;
-otherwise they are stacked [L, R, S, K, E] as `models.forward` takes them (`decode_step`).
+`per_layer=True` the cache's "k" / "v" are lists of L arrays, keys [R, K, E, S] (slots last) and
+values [R, K, S, E] (for `decode.step`): every layer's cache is updated in place, and attention reads
+it without a transpose, its scores q.k summed over E along contiguous slots; otherwise they are
+stacked [L, R, S, K, E] as `models.forward` takes them (`decode_step`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ def constrain(x, mesh, axes):
     return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, axes, x.shape))
 
 
-PER_LAYER_CACHE_AXES = ("batch", "kv_heads", "cache_sequence", "head_dim")
+PER_LAYER_CACHE_AXES = {"k": ("batch", "kv_heads", "head_dim", "cache_sequence"),
+                        "v": ("batch", "kv_heads", "cache_sequence", "head_dim")}
 
 
 def constrain_cache(cache: dict, mesh) -> dict:
     if mesh is None:
         return cache
-    return {name: [constrain(v, mesh, PER_LAYER_CACHE_AXES) for v in value] if isinstance(value, list)
+    return {name: [constrain(v, mesh, PER_LAYER_CACHE_AXES[name]) for v in value] if isinstance(value, list)
             else constrain(value, mesh, transformer.CACHE_AXES[name]) for name, value in cache.items()}
 
 
@@ -73,8 +75,9 @@ def prefill(params, tokens, segment_ids, *, cfg: ModelConfig, copies: int, cache
         pad[batch_axis + 1] = (0, cache_len - P)
         return jnp.pad(x, pad)
 
-    if per_layer:
-        k, v = ([slots(c[i], 0).transpose(0, 2, 1, 3) for i in range(cfg.num_layers)] for c in (cache["k"], cache["v"]))
+    if per_layer:  # [R, S, K, E] -> keys [R, K, E, S], values [R, K, S, E]
+        k = [slots(cache["k"][i], 0).transpose(0, 2, 3, 1) for i in range(cfg.num_layers)]
+        v = [slots(cache["v"][i], 0).transpose(0, 2, 1, 3) for i in range(cfg.num_layers)]
     else:
         k, v = slots(cache["k"], 1), slots(cache["v"], 1)
     cache = {"k": k, "v": v, "segment_ids": slots(cache["segment_ids"], 0), "end": cache["end"]}
