@@ -79,7 +79,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     width = prompt_width or 0
     for step in bar:
         pairs = sample_pairs(rng, sft_cfg.batch_size)
-        # the padded width only grows (in powers of two), so a run compiles the step a few times at most
+        # the padded width only grows (by bucket widths), so a run compiles the step a few times at most
         width = max(width, bucket_width(max(len(p) for p, _ in pairs)))
         tokens, segments, mask = make_batch(pairs, pad_id, width, sft_cfg.max_completion_tokens)
         params, opt_state, loss, gnorm = step_fn(params, opt_state, tokens, segments, mask)

@@ -166,7 +166,7 @@ def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: fl
 
 def prompt_width(task, problems: Sequence[Problem]) -> int:
     """One padded prompt width for a whole problem set, so every batch has the same shapes (one
-    compile of the sampler, scorer and update) instead of one per power-of-two bucket."""
+    compile of the sampler, scorer and update) instead of one per bucket width."""
     return bucket_width(max(len(task.prompt_ids(p)) for p in problems))
 
 

@@ -43,7 +43,7 @@ class RLConfig:
     logprob_chunk: int = 512  # positions per vocabulary-projection chunk in the teacher-forced passes
     remat: bool = True  # rematerialize decoder layers in the backward pass
     # prompt padding: "dataset" = one width for the whole problem set (one compile of sampler, scorer
-    # and update); "batch" = each batch's power-of-two bucket (fewer padded tokens, a compile per bucket)
+    # and update); "batch" = each batch's bucket width (fewer padded tokens, a compile per bucket)
     prompt_padding: Literal["dataset", "batch"] = "dataset"
 
     def __post_init__(self):

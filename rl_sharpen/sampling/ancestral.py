@@ -44,7 +44,7 @@ class SamplingConfig:
     num_samples     G samples per prompt, drawn from one shared prefill.
     pad_id          fills prompt padding and the positions after a sample's EOS.
     prompt_width    fixed padded prompt width (one compile for every batch); None pads the batch
-                    to max(16, next power of two >= its longest prompt).
+                    to the bucket width of its longest prompt (`prompts.bucket_width`: 16, 24, 32, 48, ...).
     fast_decode     decode with `decode.step` (per-layer weights laid out [out, in], unrolled):
                     2-4x faster on CPU, for a copy of the weights during the call and a compile time
                     that grows with depth. False decodes with `models.forward` scanned over layers.

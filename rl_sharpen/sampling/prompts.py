@@ -45,8 +45,13 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int = 0, width: int | None =
 
 
 def bucket_width(n: int) -> int:
-    """The padded prompt width used for a longest prompt of n tokens: max(16, 2^ceil(log2 n))."""
-    return max(MIN_WIDTH, 1 << (int(n) - 1).bit_length())
+    """The padded prompt width used for a longest prompt of n tokens: the smallest of 16, 24, 32, 48,
+    64, 96, ... (2^k and 3 * 2^(k-1)) that is >= n. Padding is then at most a third of the width
+    (half with powers of two alone), for two compiled widths per doubling of the prompt length."""
+    width = MIN_WIDTH
+    while width < n:
+        width = width * 3 // 2 if width & (width - 1) == 0 else width * 4 // 3
+    return width
 
 
 def prepare(prompts, cfg: ModelConfig, *, max_new_tokens: int, pad_id: int, width: int | None,
