@@ -5,7 +5,7 @@ checkpoint (SmolLM2-135M-Instruct on GSM8K prompts).
 
 Each setting runs `--steps` RL steps; the first (compilation) is reported separately and the
 rest are averaged. The SmolLM2 setting runs once per `--prompt-padding` mode (`rl.prompt_padding`:
-one width for the whole problem set, or each batch's own power-of-two bucket), and once per
+one width for the whole problem set, or each batch's own bucket width), and once per
 `--calibration-layers` depth of a memory network (distribution-level calibration, mu = 0.5), whose
 cost shows in the sample split (a second model in the decode loop) and in its own memory split.
 """
