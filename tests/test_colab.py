@@ -9,8 +9,6 @@ import pathlib
 import sys
 import types
 
-import pytest
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab" / "rl_sharpen.ipynb"
 
