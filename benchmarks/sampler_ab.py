@@ -1,4 +1,4 @@
-"""Whole-call greedy throughput of this checkout's sampler against another git revision's, in one process.
+"""Whole-call throughput of this checkout's sampler against another git revision's, in one process.
 
     python benchmarks/sampler_ab.py --checkpoint /path/to/SmolLM2-135M-Instruct --base HEAD~1 \
         --batch 100 --prompt-tokens 256 --new-tokens 128 --repeats 3 --out ab.json
@@ -6,7 +6,8 @@
 The base revision's `rl_sharpen` package is extracted with `git archive` into a temporary folder and
 imported under another name (`rl_sharpen_base`), so both samplers run on the same weights in the
 same process, their calls interleaved (a slow spell of a shared machine hits both alike). Each row
-gets its own prompt of --prompt-tokens ids; both sides must produce the same tokens. Reported: the
+gets its own prompt of --prompt-tokens ids; decoding is greedy, or sampled at --temperature with the
+same rng on both sides; both must produce the same tokens. Reported: the
 best and median wall time of a `generate` call (prefill included, compilation excluded), tokens/s,
 and new / base time ratios.
 """
@@ -38,6 +39,7 @@ def parse_args():
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: sampled at this temperature")
     p.add_argument("--out", help="JSON file for the results")
     return p.parse_args()
 
@@ -66,7 +68,7 @@ def main():
         prompts = [list(range(1000 + i, 1000 + i + args.prompt_tokens)) for i in range(args.batch)]
 
         def runner(module):
-            sc = module.SamplingConfig(max_new_tokens=args.new_tokens, greedy=True, ignore_eos=True)
+            sc = module.SamplingConfig(max_new_tokens=args.new_tokens, temperature=args.temperature, ignore_eos=True)
 
             def run():
                 t = time.perf_counter()
@@ -84,7 +86,7 @@ def main():
 
     n = args.batch * args.new_tokens
     result = {"base_revision": args.base, "batch": args.batch, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-              "dtype": args.dtype, "same_tokens": bool(np.array_equal(tokens["base"], tokens["new"])),
+              "temperature": args.temperature, "dtype": args.dtype, "same_tokens": bool(np.array_equal(tokens["base"], tokens["new"])),
               **{name: {"best_seconds": min(t), "median_seconds": float(np.median(t)), "tokens_per_s": n / min(t),
                         "seconds": t} for name, t in times.items()},
               "ratio_best": min(times["new"]) / min(times["base"]),

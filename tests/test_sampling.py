@@ -13,7 +13,7 @@ import scipy.stats
 
 from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
-from rl_sharpen.sampling import decode
+from rl_sharpen.sampling import ancestral, decode
 from tests import hf_models
 
 V, EOS, N = 5, 1, 3  # vocabulary, end-of-sequence id, new tokens per sample
@@ -217,6 +217,28 @@ def test_greedy_takes_the_argmax_path():
         n = int(out.lengths[b])
         assert np.asarray(out.tokens[b, :n]).tolist() == seq[len(prompt):]
         assert np.all(np.asarray(out.tokens[b, n:]) == 0) and np.all(np.asarray(out.sampled_logprobs[b]) == 0)
+
+
+def test_vocabulary_reductions_match_jax():
+    """The per-step reductions: `argmax` is jnp.argmax (first maximal index, NaN counting as maximal),
+    `token_logprob` the chosen entry of jax.nn.log_softmax, and a sampled token the draw of
+    jax.random.categorical with the same key."""
+    rng = np.random.default_rng(0)
+    z = np.round(4 * rng.standard_normal((64, 300))).astype(np.float32)  # many ties at the top
+    z[1, [7, 200]], z[2, [3, 9]], z[3], z[4, ::2], z[5] = np.nan, np.inf, -np.inf, -np.inf, 0.0
+    np.testing.assert_array_equal(jax.jit(ancestral.argmax)(z), jnp.argmax(z, axis=-1))
+    finite = z[6:]
+    token = jnp.asarray(rng.integers(0, 300, len(finite)), jnp.int32)
+    expected = jnp.take_along_axis(jax.nn.log_softmax(finite, axis=-1), token[:, None], axis=-1)[:, 0]
+    np.testing.assert_allclose(jax.jit(ancestral.token_logprob)(finite, token), expected, rtol=0, atol=1e-6)
+    sc = sampling.SamplingConfig(max_new_tokens=1)
+    pick = jax.jit(lambda z, key: ancestral._pick(z, z, key, sc))
+    logits = np.where(rng.random((16, 300)) < 0.3, -np.inf, 3 * rng.standard_normal((16, 300))).astype(np.float32)
+    for seed in range(10):
+        key = jax.random.key(seed)
+        token, logp, sampled = pick(logits, key)
+        np.testing.assert_array_equal(token, jax.random.categorical(key, logits, axis=-1))
+        np.testing.assert_allclose(sampled, logp, atol=1e-6)  # T = 1, nothing truncated: the same law
 
 
 token_logprobs = jax.jit(models.token_logprobs, static_argnums=1)

@@ -173,19 +173,36 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     return z
 
 
+def argmax(z: jax.Array) -> jax.Array:
+    """`jnp.argmax(z, axis=-1)` (the first maximal index, NaN counting as maximal), int32, as a max and
+    then a min over the indices that reach it. XLA's CPU backend runs argmax as one (value, index)
+    reduction that does not vectorize: over [32, 49152] float32, 3.7 ms against 1.1 ms for this, and
+    17.6 against 5.9 ms for Gumbel-max sampling, where it is fused with the noise."""
+    top = jnp.max(z, axis=-1, keepdims=True)
+    hit = (z == top) | jnp.isnan(z)
+    return jnp.min(jnp.where(hit, jnp.arange(z.shape[-1], dtype=jnp.int32), z.shape[-1]), axis=-1)
+
+
+def token_logprob(z: jax.Array, token: jax.Array) -> jax.Array:
+    """log softmax(z)[r, token[r]] for z [R, V], token [R]: the arithmetic of `jax.nn.log_softmax`,
+    (z_y - max z) - log sum_v exp(z_v - max z), without writing the [R, V] log-softmax."""
+    shifted = z - jnp.max(z, axis=-1, keepdims=True)
+    return (jnp.take_along_axis(shifted, token[:, None], axis=-1)[:, 0]
+            - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1)))
+
+
 def _pick(logits, sample_logits, key, sc: SamplingConfig):
     """(token, temperature-1 log-prob under `logits`, log-prob under the law sampled from
-    `sample_logits`) for each row of [R, V] logits."""
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    `sample_logits`) for each row of [R, V] logits. Sampling is Gumbel-max, the draw of
+    `jax.random.categorical(key, z)`: argmax(z + g), g ~ Gumbel(0, 1) i.i.d."""
     if sc.greedy:
-        token = jnp.argmax(sample_logits, axis=-1)
+        token = argmax(sample_logits)
         sampled = jnp.zeros(logits.shape[:1], jnp.float32)
     else:
         z = filter_logits(sample_logits, sc.temperature, sc.top_k, sc.top_p)
-        token = jax.random.categorical(key, z, axis=-1)
-        sampled = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), token[:, None], axis=-1)[:, 0]
-    token = token.astype(jnp.int32)
-    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], sampled
+        token = argmax(z + jax.random.gumbel(key, z.shape, z.dtype))
+        sampled = token_logprob(z, token)
+    return token, token_logprob(logits.astype(jnp.float32), token), sampled
 
 
 def _record(state, sc: SamplingConfig):
