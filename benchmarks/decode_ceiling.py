@@ -15,10 +15,12 @@ jitted on its own, best of --repeats, their repeats interleaved:
 
 FLOP/s of the projections = 2 R (M + V D) / time, M the layers' projection weights; their GB/s =
 weight bytes / time. Attention's GB/s counts its keys and values once. The rest of the step (norms,
-rotary, cache writes, residuals) is step - projections - attention. The step cannot go below
-projections + attention unless the matmul kernels themselves get faster: this is the floor quoted
-against the sampler's targets in BENCHMARKS.md. --threads pins the process to that many cores, to
-see how the kernels scale with them.
+rotary, cache writes, residuals) is step - projections - attention; every timing holds one dispatch
+of a jitted call (a fraction of a millisecond), so at one row the rest can come out below 0. The
+decode loop's work on the vocabulary (choosing the token, its log-probs) is not in the step. The
+step cannot go below projections + attention unless the matmul kernels themselves get faster: this
+is the floor quoted against the sampler's targets in BENCHMARKS.md. --threads pins the process to
+that many cores, to see how the kernels scale with them.
 """
 
 from __future__ import annotations

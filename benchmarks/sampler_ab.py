@@ -7,9 +7,10 @@ The base revision's `rl_sharpen` package is extracted with `git archive` into a 
 imported under another name (`rl_sharpen_base`), so both samplers run on the same weights in the
 same process, their calls interleaved (a slow spell of a shared machine hits both alike). Each row
 gets its own prompt of --prompt-tokens ids; decoding is greedy, or sampled at --temperature with the
-same rng on both sides; both must produce the same tokens. Reported: the
-best and median wall time of a `generate` call (prefill included, compilation excluded), tokens/s,
-and new / base time ratios.
+same rng on both sides. Reported: whether both produced the same tokens (they must when greedy; sampled
+tokens differ where the two revisions draw differently from the same law), the best and median wall
+time of a `generate` call (prefill included, compilation excluded), tokens/s, and new / base time
+ratios.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def main():
                 times[name].append(run()[0])
 
     n = args.batch * args.new_tokens
-    result = {"base_revision": args.base, "batch": args.batch, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-              "temperature": args.temperature, "dtype": args.dtype, "same_tokens": bool(np.array_equal(tokens["base"], tokens["new"])),
+    result = {"base_revision": args.base, "batch": args.batch, "prompt_tokens": args.prompt_tokens,
+              "new_tokens": args.new_tokens, "temperature": args.temperature, "dtype": args.dtype,
+              "same_tokens": bool(np.array_equal(tokens["base"], tokens["new"])),
               **{name: {"best_seconds": min(t), "median_seconds": float(np.median(t)), "tokens_per_s": n / min(t),
                         "seconds": t} for name, t in times.items()},
               "ratio_best": min(times["new"]) / min(times["base"]),

@@ -34,7 +34,8 @@ def test_memory_nll_is_the_completion_token_mean_and_falls_with_updates():
         state, metrics = memory.update(state, tokens, segments, mask)
         nlls.append(float(metrics["memory_nll"]))
     np.testing.assert_allclose(nlls[0], expected, rtol=1e-5)
-    assert nlls[-1] < nlls[0] - 0.3, nlls  # 12 Adam steps at lr 1e-2 learn a batch of 16 short rollouts
+    # 12 Adam steps at lr 1e-2 learn a batch of 16 short rollouts: 0.19-0.48 nats over 16 sampling seeds
+    assert nlls[-1] < nlls[0] - 0.1, nlls
 
 
 def test_reference_init_is_the_reference_truncated():

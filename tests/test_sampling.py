@@ -220,9 +220,8 @@ def test_greedy_takes_the_argmax_path():
 
 
 def test_vocabulary_reductions_match_jax():
-    """The per-step reductions: `argmax` is jnp.argmax (first maximal index, NaN counting as maximal),
-    `token_logprob` the chosen entry of jax.nn.log_softmax, and a sampled token the draw of
-    jax.random.categorical with the same key."""
+    """The per-step reductions: `argmax` is jnp.argmax (first maximal index, NaN counting as maximal)
+    and `token_logprob` the chosen entry of jax.nn.log_softmax."""
     rng = np.random.default_rng(0)
     z = np.round(4 * rng.standard_normal((64, 300))).astype(np.float32)  # many ties at the top
     z[1, [7, 200]], z[2, [3, 9]], z[3], z[4, ::2], z[5] = np.nan, np.inf, -np.inf, -np.inf, 0.0
@@ -231,14 +230,32 @@ def test_vocabulary_reductions_match_jax():
     token = jnp.asarray(rng.integers(0, 300, len(finite)), jnp.int32)
     expected = jnp.take_along_axis(jax.nn.log_softmax(finite, axis=-1), token[:, None], axis=-1)[:, 0]
     np.testing.assert_allclose(jax.jit(ancestral.token_logprob)(finite, token), expected, rtol=0, atol=1e-6)
-    sc = sampling.SamplingConfig(max_new_tokens=1)
-    pick = jax.jit(lambda z, key: ancestral._pick(z, z, key, sc))
-    logits = np.where(rng.random((16, 300)) < 0.3, -np.inf, 3 * rng.standard_normal((16, 300))).astype(np.float32)
-    for seed in range(10):
-        key = jax.random.key(seed)
-        token, logp, sampled = pick(logits, key)
-        np.testing.assert_array_equal(token, jax.random.categorical(key, logits, axis=-1))
-        np.testing.assert_allclose(sampled, logp, atol=1e-6)  # T = 1, nothing truncated: the same law
+
+
+@pytest.mark.parametrize("vocab,blocks", [(12, 4), (29, 5), (49152, 256)])
+def test_two_stage_gumbel_max_draws_softmax(vocab, blocks):
+    """Blocks of a divisor (12 = 4 x 3), padded blocks (29 -> 5 x 6) and the SmolLM2 vocabulary; the
+    first block of each law and a few entries are -inf (truncated) and must never be drawn."""
+    B = ancestral._block_size(vocab)
+    assert -(-vocab // B) == blocks
+    rng = np.random.default_rng(vocab)
+    logits = 1.5 * rng.standard_normal(vocab)
+    logits[:B] = -np.inf
+    logits[rng.choice(np.arange(B, vocab), 2, replace=False)] = -np.inf
+    if vocab > 100:  # a law that chi-square can check with 2 x 10^4 draws: a few likely tokens
+        logits[B:] -= 6.0
+        logits[rng.choice(np.arange(B, vocab), 6, replace=False)] = rng.standard_normal(6)
+    draws = 100_000 if vocab < 100 else 20_000
+    draw = jax.jit(lambda keys, z: jax.lax.map(lambda key: ancestral.gumbel_max(key, z[None])[0], keys))
+    tokens = np.asarray(draw(jax.random.split(jax.random.key(vocab), draws), logits.astype(np.float32)))
+    p = np.exp(logits - np.logaddexp.reduce(logits))
+    counts = np.bincount(tokens, minlength=vocab)
+    assert counts[p == 0].sum() == 0
+    likely = p * draws >= 5  # the rest pooled into one cell
+    observed = np.append(counts[likely], counts[~likely].sum())
+    expected = np.append(p[likely], p[~likely].sum()) * draws
+    pvalue = scipy.stats.chisquare(observed[expected > 0], expected[expected > 0]).pvalue
+    assert pvalue > 1e-3, pvalue
 
 
 token_logprobs = jax.jit(models.token_logprobs, static_argnums=1)
