@@ -12,20 +12,22 @@ jitted on its own, best of --repeats, their repeats interleaved:
                  unembedding, chained as in the step through the same `decode._linear`
     attention    the step's attention only (`decode._filled_attention`), every layer's cache
     weight read  an XLA sum over the same weights: the rate they can stream in at
+    pick         the loop's work on the vocabulary after the step, over [R, V] float32 logits: the
+                 token (greedy argmax, or a draw at temperature 1) and its log-prob(s)
 
 FLOP/s of the projections = 2 R (M + V D) / time, M the layers' projection weights; their GB/s =
 weight bytes / time. Attention's GB/s counts its keys and values once. The rest of the step (norms,
 rotary, cache writes, residuals) is step - projections - attention; every timing holds one dispatch
-of a jitted call (a fraction of a millisecond), so at one row the rest can come out below 0. The
-decode loop's work on the vocabulary (choosing the token, its log-probs) is not in the step. The
-step cannot go below projections + attention unless the matmul kernels themselves get faster: this
-is the floor quoted against the sampler's targets in BENCHMARKS.md. --threads pins the process to
-that many cores, to see how the kernels scale with them.
+of a jitted call (a fraction of a millisecond), so at one row the rest can come out below 0. A
+token of the decode loop costs step + pick. The step cannot go below projections + attention unless
+the matmul kernels themselves get faster: this is the floor quoted against the sampler's targets in
+BENCHMARKS.md. --threads pins the process to that many cores, to see how the kernels scale with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -53,7 +55,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rl_sharpen import models  # noqa: E402
-from rl_sharpen.sampling import decode, kv  # noqa: E402
+from rl_sharpen.sampling import ancestral, decode, kv  # noqa: E402
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -91,6 +93,10 @@ def measure(cfg, params, rows: int) -> dict:
     projections = jax.jit(projections_only, static_argnums=1)
     attention = jax.jit(attention_only, static_argnums=0)
     weight_read = jax.jit(lambda ws: sum(jnp.sum(w) for w in ws))
+    logits = jnp.asarray(np.random.default_rng(3).standard_normal((rows, cfg.vocab_size)), jnp.float32)
+    pick = {name: jax.jit(lambda z, key, sc=sampling_cfg: ancestral._pick(z, z, key, sc))
+            for name, sampling_cfg in (("pick_greedy", ancestral.SamplingConfig(1, greedy=True)),
+                                       ("pick_sampled", ancestral.SamplingConfig(1, temperature=1.0)))}
     state = {"cache": cache}
 
     def run_step():
@@ -101,7 +107,8 @@ def measure(cfg, params, rows: int) -> dict:
     calls = {"step": run_step,
              "projections": lambda: projections(weights, cfg, x),
              "attention": lambda: attention(cfg, state["cache"], q, allowed),
-             "weight_read": lambda: weight_read(layer_weights)}
+             "weight_read": lambda: weight_read(layer_weights),
+             **{name: functools.partial(fn, logits, jax.random.key(0)) for name, fn in pick.items()}}
     best = {name: float("inf") for name in calls}
     for name, call in calls.items():
         jax.block_until_ready(call())
@@ -133,7 +140,7 @@ def main():
               "jax": jax.__version__, "load_average": os.getloadavg(), "rows": []}
     print(f"{ARGS.preset}, float32, {ARGS.threads} threads, {result['device']}, XLA_FLAGS={result['xla_flags']!r}")
     print(f"{'rows':>4} {'step ms':>8} {'projections ms':>14} {'GFLOP/s':>7} {'GB/s':>5} {'attention ms':>12} "
-          f"{'GB/s':>5} {'rest ms':>7} {'floor ms':>8} {'weight read GB/s':>16}")
+          f"{'GB/s':>5} {'rest ms':>7} {'floor ms':>8} {'weight read GB/s':>16} {'pick ms greedy / T=1':>20}")
     for rows in (int(r) for r in ARGS.rows.split(",")):
         r = measure(cfg, params, rows)
         s = r["seconds"]
@@ -141,7 +148,8 @@ def main():
               f"{r['projections_flops_per_s'] / 1e9:>7.0f} {r['projections_bytes_per_s'] / 1e9:>5.1f} "
               f"{s['attention'] * 1e3:>12.1f} {r['attention_bytes_per_s'] / 1e9:>5.1f} "
               f"{r['rest_seconds'] * 1e3:>7.1f} {r['floor_seconds'] * 1e3:>8.1f} "
-              f"{r['weight_read_bytes_per_s'] / 1e9:>16.1f}", flush=True)
+              f"{r['weight_read_bytes_per_s'] / 1e9:>16.1f} "
+              f"{s['pick_greedy'] * 1e3:>11.2f} / {s['pick_sampled'] * 1e3:>5.2f}", flush=True)
         result["rows"].append(r)
     with open(ARGS.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -214,8 +214,9 @@ def gumbel_max(key: jax.Array, z: jax.Array) -> jax.Array:
         P(v) = exp(lse_b) / sum_b' exp(lse_b') * exp(z_v - lse_b) = softmax(z)_v.
 
     It draws V / B + B Gumbel variates per row instead of V: the random bits dominate sampling on
-    CPU (float32 [32, 49152]: 4.9 ms for argmax(z + g) over the whole vocabulary, 0.6 ms for this).
-    Blocks that are entirely -inf (truncated) are never drawn."""
+    CPU (float32 [32, 49152]: 16.8 ms for `jax.random.categorical`, 8.0 ms for `argmax` of z + g over
+    the whole vocabulary, 0.6 ms for this; [32, 151936]: 85, 52 and 3.3 ms). Blocks that are
+    entirely -inf (truncated) are never drawn."""
     R, V = z.shape
     B = _block_size(V)
     num_blocks = -(-V // B)
