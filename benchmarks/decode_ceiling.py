@@ -71,7 +71,7 @@ def projections_only(weights, cfg, x):
     return decode._linear(weights["unembed"], x, jnp.float32), kv_out
 
 
-def attention_only(cfg, cache, q, allowed):
+def attention_only(cache, q, allowed):
     end = cache["end"]
     return [decode._filled_attention(q, k, v, allowed, end) for k, v in zip(cache["k"], cache["v"])]
 
@@ -91,7 +91,7 @@ def measure(cfg, params, rows: int) -> dict:
     layer_weights = [w for p in weights["layers"] for w in p.values()] + [weights["unembed"]]
     step = jax.jit(decode.step, static_argnums=1, donate_argnums=2)  # the cache updated in place, as in the loop
     projections = jax.jit(projections_only, static_argnums=1)
-    attention = jax.jit(attention_only, static_argnums=0)
+    attention = jax.jit(attention_only)
     weight_read = jax.jit(lambda ws: sum(jnp.sum(w) for w in ws))
     logits = jnp.asarray(np.random.default_rng(3).standard_normal((rows, cfg.vocab_size)), jnp.float32)
     pick = {name: jax.jit(lambda z, key, sc=sampling_cfg: ancestral._pick(z, z, key, sc))
@@ -106,7 +106,7 @@ def measure(cfg, params, rows: int) -> dict:
 
     calls = {"step": run_step,
              "projections": lambda: projections(weights, cfg, x),
-             "attention": lambda: attention(cfg, state["cache"], q, allowed),
+             "attention": lambda: attention(state["cache"], q, allowed),
              "weight_read": lambda: weight_read(layer_weights),
              **{name: functools.partial(fn, logits, jax.random.key(0)) for name, fn in pick.items()}}
     best = {name: float("inf") for name in calls}

@@ -11,11 +11,12 @@ from rl_sharpen.models.hf_io import CheckpointError, load_hf, save_hf
 from rl_sharpen.models.registry import (abstract_params, count_params, init_params, param_axes, param_shardings,
                                         param_specs)
 from rl_sharpen.models.transformer import (CACHE_AXES, forward, hidden_states, init_cache, logits_from_hidden,
-                                           next_token_map, positions_from_segments, token_logprobs)
+                                           next_token_map, picked_logprob, positions_from_segments,
+                                           token_logprobs)
 
 __all__ = [
     "FAMILIES", "PRESETS", "ModelConfig", "RopeScaling", "from_hf_config", "preset", "to_hf_config",
     "CheckpointError", "load_hf", "save_hf", "abstract_params", "count_params", "init_params", "param_axes",
     "param_shardings", "param_specs", "CACHE_AXES", "forward", "hidden_states", "init_cache",
-    "logits_from_hidden", "next_token_map", "positions_from_segments", "token_logprobs",
+    "logits_from_hidden", "next_token_map", "picked_logprob", "positions_from_segments", "token_logprobs",
 ]

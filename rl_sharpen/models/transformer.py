@@ -166,13 +166,15 @@ def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, po
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(B, n * chunk)[:, :T1], out)
 
 
+def picked_logprob(logits, targets) -> jax.Array:
+    """log softmax(logits)[..., targets] = z_y - logsumexp(z) for logits [..., V], targets [...], without
+    the [..., V] log-softmax. Teacher forcing and the sampler both use it, so their log-probs agree."""
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+
+
 def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positions=None, *,
                    chunk: int = 512, remat: bool = False, last: int | None = None) -> jax.Array:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced; with
     `last`, only those of the last `last` tokens, [B, last] (`next_token_map`, chunked)."""
-
-    def picked_logprob(logits, targets):
-        return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-
     return next_token_map(params, cfg, tokens, segment_ids, picked_logprob, positions, chunk=chunk, remat=remat,
                           last=last)
