@@ -96,8 +96,11 @@ def busy_masks(events, threads, t0, t1):
 
 def analyse(trace: dict, kinds: dict[str, str], tokens: int) -> dict:
     events = sorted((e for e in trace["traceEvents"] if e.get("ph") == "X"), key=lambda e: e["ts"])
-    loop = max((e for e in events if e["name"] == "ThunkExecutor::Execute (wait for completion)"),
-               key=lambda e: e["dur"])
+    executions = [e for e in events if e["name"] == "ThunkExecutor::Execute (wait for completion)"]
+    if not executions:
+        raise SystemExit("no XLA CPU executions in the trace: this script reads the CPU runtime's event "
+                         "names of jaxlib 0.10 (run it on a CPU backend)")
+    loop = max(executions, key=lambda e: e["dur"])
     t0, t1 = loop["ts"] + 0.25 * loop["dur"], loop["ts"] + 0.75 * loop["dur"]
     window = [e for e in events if t0 <= e["ts"] < t1]
     by_thread = collections.defaultdict(list)
