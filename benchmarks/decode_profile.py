@@ -60,12 +60,17 @@ from rl_sharpen.sampling import ancestral, kv, prompts as prompt_lib  # noqa: E4
 SKIP = ("$", "end:", "ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool", "Wait for")
 
 
+def is_thunk(event) -> bool:
+    """An event of one thunk's own work (a conditional's time is that of the thunks nested in it)."""
+    return event["dur"] > 0 and not event["name"].startswith(SKIP + ("cond",))
+
+
 def op_kinds(hlo_text: str, vocab: int) -> dict[str, str]:
     """HLO instruction name -> projection / attention / vocabulary / other, from its op_name metadata."""
     kinds = {}
     for m in re.finditer(r'^\s*(?:ROOT )?%(\S+) = (\S+) .*?op_name="([^"]*)"', hlo_text, re.M):
         name, shape, op = m.groups()
-        if "/cond/" in op or "dynamic_update_slice" in op and shape.count(",") >= 3:
+        if "/cond/" in op or ("dynamic_update_slice" in op and shape.count(",") >= 3):
             kinds[name] = "attention"
         elif "dot_general" in op:
             kinds[name] = "projection"
@@ -76,22 +81,20 @@ def op_kinds(hlo_text: str, vocab: int) -> dict[str, str]:
     return kinds
 
 
-def busy_masks(events, threads, t0, t1):
-    """Per thread, a boolean per microsecond of [t0, t1): inside a thunk or helping one."""
-    masks = {}
-    for tid in threads:
-        mask, start = np.zeros(int(t1 - t0) + 1, bool), None
-        for e in events[tid]:
-            name = e["name"]
-            if name == "ThreadpoolListener::StartRegion":
-                start = e["ts"]
-            elif name == "ThreadpoolListener::StopRegion" and start is not None:
-                mask[int(start - t0):int(e["ts"] - t0)] = True
-                start = None
-            elif e["dur"] > 0 and not name.startswith(SKIP) and not name.startswith("cond"):
-                mask[int(e["ts"] - t0):int(e["ts"] + e["dur"] - t0)] = True
-        masks[tid] = mask
-    return masks
+def timeline(events, t0, t1, kinds):
+    """One thread's (busy, label), one entry per microsecond of [t0, t1): busy inside a thunk or helping
+    one; label the kind of the thunk running ("" while helping)."""
+    busy, label, start = np.zeros(int(t1 - t0) + 1, bool), np.full(int(t1 - t0) + 1, "", object), None
+    for e in events:
+        if e["name"] == "ThreadpoolListener::StartRegion":
+            start = e["ts"]
+        elif e["name"] == "ThreadpoolListener::StopRegion" and start is not None:
+            busy[int(start - t0):int(e["ts"] - t0)] = True
+            start = None
+        elif is_thunk(e):
+            span = slice(int(e["ts"] - t0), int(e["ts"] + e["dur"] - t0))
+            busy[span], label[span] = True, kinds.get(e["name"], "other")
+    return busy, label
 
 
 def analyse(trace: dict, kinds: dict[str, str], tokens: int) -> dict:
@@ -107,15 +110,12 @@ def analyse(trace: dict, kinds: dict[str, str], tokens: int) -> dict:
     for e in window:
         by_thread[e["tid"]].append(e)
     threads = [t for t in by_thread if any(not e["name"].startswith(SKIP) for e in by_thread[t])]
-    masks = busy_masks(by_thread, threads, t0, t1)
+    lines = {tid: timeline(by_thread[tid], t0, t1, kinds) for tid in threads}
+    masks = {tid: busy for tid, (busy, _) in lines.items()}
     count = sum(m.astype(int) for m in masks.values())
     single = collections.Counter()
-    for tid in threads:
-        label = np.full(len(count), "", object)
-        for e in by_thread[tid]:
-            if e["dur"] > 0 and not e["name"].startswith(SKIP) and not e["name"].startswith("cond"):
-                label[int(e["ts"] - t0):int(e["ts"] + e["dur"] - t0)] = kinds.get(e["name"], "other")
-        alone = masks[tid] & (count == 1)
+    for tid, (busy, label) in lines.items():
+        alone = busy & (count == 1)
         for kind, n in zip(*np.unique(label[alone], return_counts=True)):
             single[kind or "worker task"] += int(n)
     starts = {t: np.array([e["ts"] for e in by_thread[t] if e["name"] == "ThreadpoolListener::StartRegion"])
@@ -124,7 +124,7 @@ def analyse(trace: dict, kinds: dict[str, str], tokens: int) -> dict:
     for tid in threads:
         others = [t for t in threads if t != tid]
         for e in by_thread[tid]:
-            if e["dur"] < 50 or e["name"].startswith(SKIP) or e["name"].startswith("cond") or not others:
+            if e["dur"] < 50 or not is_thunk(e) or not others:
                 continue
             i = int(e["ts"] - t0)
             idle = [t for t in others if not masks[t][i:i + 5].any()]
