@@ -5,7 +5,8 @@ checkpoint (SmolLM2-135M-Instruct on GSM8K prompts).
 
 Each setting runs `--steps` RL steps; the first (compilation) is reported separately and the
 rest are averaged. The SmolLM2 setting runs once per `--prompt-padding` mode (`rl.prompt_padding`:
-one width for the whole problem set, or each batch's own bucket width), and once per
+one width for the whole problem set, or each batch's own bucket width) and `--remat` choice
+(`rl.remat`: recompute each decoder layer's activations in the backward pass, or keep them), and once per
 `--calibration-layers` depth of a memory network (distribution-level calibration, mu = 0.5), whose
 cost shows in the sample split (a second model in the decode loop) and in its own memory split.
 """
@@ -64,6 +65,7 @@ def time_steps(c, steps: int) -> dict:
         "max_new_tokens": exp.sampling.max_new_tokens,
         "mean_response_tokens": float(np.mean([r["response_length"] for r in rest])),
         "prompt_padding": exp.rl.prompt_padding,
+        "remat": exp.rl.remat,
         "calibration_memory_layers": exp.calibration.memory_layers if exp.calibration.enabled else None,
         "first_step_s (with compilation)": {k: first[k] for k in SPLITS if k in first},
         "step_s": {k: float(np.mean([r[k] for r in rest])) for k in SPLITS if k in first},
@@ -76,6 +78,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpoint", default="", help="HF folder of SmolLM2-135M-Instruct (skipped if empty)")
     parser.add_argument("--prompt-padding", default="dataset,batch", help="comma list of rl.prompt_padding modes")
+    parser.add_argument("--remat", default="true", help="comma list of rl.remat values (true, false) for SmolLM2")
     parser.add_argument("--calibration-layers", default="",
                         help="comma list of memory-network depths to time with calibration on (SmolLM2)")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
@@ -85,11 +88,17 @@ def main():
                "date": time.strftime("%Y-%m-%d")}
     results["demo"] = time_steps(_demo_config(), args.steps)
     print("demo", json.dumps(results["demo"], indent=1))
+    remats = {"true": True, "false": False}
+    for value in args.remat.split(","):
+        if value not in remats:
+            parser.error(f"--remat: {value!r}; allowed: a comma list of {sorted(remats)}")
     for padding in args.prompt_padding.split(",") if args.checkpoint else ():
-        c = _smollm2_config(args.checkpoint, args.data)
-        c.rl.prompt_padding = padding
-        results[f"smollm2_135m_{padding}_padding"] = timed = time_steps(c, args.steps)
-        print(f"smollm2, {padding} padding", json.dumps(timed, indent=1))
+        for remat in (remats[v] for v in args.remat.split(",")):
+            c = _smollm2_config(args.checkpoint, args.data)
+            c.rl.prompt_padding, c.rl.remat = padding, remat
+            name = f"smollm2_135m_{padding}_padding" + ("" if remat else "_no_remat")
+            results[name] = timed = time_steps(c, args.steps)
+            print(f"smollm2, {padding} padding, remat={remat}", json.dumps(timed, indent=1))
     for layers in [int(n) for n in args.calibration_layers.split(",") if n] if args.checkpoint else ():
         c = _smollm2_config(args.checkpoint, args.data)
         c.calibration.mu, c.calibration.memory_layers = 0.5, layers
