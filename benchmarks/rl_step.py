@@ -83,15 +83,15 @@ def main():
                         help="comma list of memory-network depths to time with calibration on (SmolLM2)")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
     args = parser.parse_args()
+    remats = {"true": True, "false": False}
+    for value in args.remat.split(","):
+        if value not in remats:
+            parser.error(f"--remat: {value!r}; allowed: a comma list of {sorted(remats)}")
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "device": str(jax.devices()[0]),
                "date": time.strftime("%Y-%m-%d")}
     results["demo"] = time_steps(_demo_config(), args.steps)
     print("demo", json.dumps(results["demo"], indent=1))
-    remats = {"true": True, "false": False}
-    for value in args.remat.split(","):
-        if value not in remats:
-            parser.error(f"--remat: {value!r}; allowed: a comma list of {sorted(remats)}")
     for padding in args.prompt_padding.split(",") if args.checkpoint else ():
         for remat in (remats[v] for v in args.remat.split(",")):
             c = _smollm2_config(args.checkpoint, args.data)
