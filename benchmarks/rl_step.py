@@ -87,13 +87,14 @@ def main():
     for value in args.remat.split(","):
         if value not in remats:
             parser.error(f"--remat: {value!r}; allowed: a comma list of {sorted(remats)}")
+    remat_values = [remats[v] for v in args.remat.split(",")]
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "device": str(jax.devices()[0]),
                "date": time.strftime("%Y-%m-%d")}
     results["demo"] = time_steps(_demo_config(), args.steps)
     print("demo", json.dumps(results["demo"], indent=1))
     for padding in args.prompt_padding.split(",") if args.checkpoint else ():
-        for remat in (remats[v] for v in args.remat.split(",")):
+        for remat in remat_values:
             c = _smollm2_config(args.checkpoint, args.data)
             c.rl.prompt_padding, c.rl.remat = padding, remat
             name = f"smollm2_135m_{padding}_padding" + ("" if remat else "_no_remat")
