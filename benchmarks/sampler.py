@@ -19,10 +19,13 @@ Batch-1 decode is compared with the memory-bandwidth roofline: every step reads 
 
     roofline step time = weight bytes / read bandwidth,
 
-where the read bandwidth is the faster of two rates measured over 1 GiB: a numpy copy (bytes / time,
-the read side of the copy) and an XLA reduction (`jnp.sum`, on the threads XLA decodes with);
-counting a copy's read and write, STREAM-style, would double the numpy figure, and taking the faster
-rate keeps the roofline fraction from being flattered. On a GPU both rates are taken on the device
+where the read bandwidth is the fastest of the rates measured over 1 GiB: a numpy copy (bytes / time,
+the read side of the copy) and an XLA reduction (`jnp.sum`, on the threads XLA decodes with),
+each sampled at the start and again after every round of repeats, since a shared machine's
+memory bandwidth drifts within minutes (the XLA sum read at 30 and at 48 GB/s within one run on a 2-core VM)
+and a roofline taken in a slow moment flatters the fraction. Counting a copy's read and write,
+STREAM-style, would double the numpy figure; taking the fastest rate seen keeps the roofline
+fraction from being flattered. On a GPU both rates are taken on the device
 (an XLA copy in place of the numpy one) and transformers runs there too, timed to a synchronize.
 Every call is also compared with the compute roofline, the time its matrix products would take at
 the machine's matmul rate (XLA, a square product of the benchmark dtype, best of 5):
@@ -104,22 +107,22 @@ def best_time(fn, repeats: int):
     return min(times), out
 
 
-def read_bandwidths(nbytes: int = 1 << 30) -> dict[str, float]:
-    """Bytes per second read by a large copy (numpy on CPU, XLA on a GPU) and by an XLA sum, best of 5."""
+def read_bandwidth_sampler(nbytes: int = 1 << 30):
+    """A function returning one sample of {rate name: bytes per second}, each the best of 5, over
+    buffers allocated once: a large copy (numpy on CPU, XLA on a GPU) and an XLA sum."""
     a = np.ones(nbytes // 4, np.float32)
     x = jnp.asarray(a)
     total = jax.jit(jnp.sum)
-    total(x).block_until_ready()
-    rates = {"xla_sum": nbytes / best_time(lambda: total(x).block_until_ready(), 5)[0]}
+    timed = {"xla_sum": lambda: total(x).block_until_ready()}
     if ON_GPU:
         copy = jax.jit(lambda v: v + 0)  # not elided: a fresh output buffer is written
-        copy(x).block_until_ready()
-        rates["xla_copy"] = nbytes / best_time(lambda: copy(x).block_until_ready(), 5)[0]
+        timed["xla_copy"] = lambda: copy(x).block_until_ready()
     else:
         b = np.empty_like(a)
-        np.copyto(b, a)
-        rates["numpy_copy"] = nbytes / best_time(lambda: np.copyto(b, a), 5)[0]
-    return rates
+        timed["numpy_copy"] = lambda: np.copyto(b, a)
+    for run in timed.values():
+        run()
+    return lambda: {name: nbytes / best_time(run, 5)[0] for name, run in timed.items()}
 
 
 def matmul_rate(dtype: str) -> float:
@@ -171,9 +174,9 @@ def transformers_runner(model, ids, batch, new_tokens, threads):
     return run
 
 
-def bench_batch(params, cfg, hf, ids, batch):
+def bench_batch(params, cfg, hf, ids, batch, after_round):
     """Best-of-`repeats` wall time of every contender, their repeats interleaved so that a slow
-    spell of the machine hits all of them alike.
+    spell of the machine hits all of them alike; `after_round()` runs after each round of repeats.
 
     rl_sharpen's decode step is the marginal cost of a token: (T(N) - T(2)) / (N - 2), T(n) the
     call generating n tokens (prefill, weight re-layout and the first tokens cancel out).
@@ -192,6 +195,7 @@ def bench_batch(params, cfg, hf, ids, batch):
         for name, run in runners.items():
             seconds, tokens[name] = run()
             best[name] = min(best[name], seconds)
+        after_round()
     step = (best["rl_sharpen"] - best["rl_sharpen_2_tokens"]) / (N - 2)
     entry = {"batch": batch, "rl_sharpen": {
         "tokens_per_s": batch * N / best["rl_sharpen"], "seconds": best["rl_sharpen"],
@@ -251,35 +255,28 @@ def load_models():
 def main():
     path, ids, cfg, params, hf = load_models()
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    bandwidths = read_bandwidths()
-    bandwidth = max(bandwidths.values())
-    roofline_step = weight_bytes / bandwidth
+    sample_read_rates = read_bandwidth_sampler()
+    rate_samples = [sample_read_rates()]
     flop_rate = matmul_rate(ARGS.dtype)
     result = {
         "checkpoint": ARGS.checkpoint, "preset": ARGS.preset, "dtype": ARGS.dtype, "prompt_tokens": len(ids),
         "new_tokens": ARGS.new_tokens, "threads": ARGS.threads, "cpu": platform.processor() or platform.machine(),
         "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
         "torch": torch.__version__, "transformers": transformers.__version__, "load_average": os.getloadavg(),
-        "weight_bytes": weight_bytes, "read_bandwidth_bytes_per_s": bandwidths,
-        "roofline_decode_step_seconds": roofline_step, "matmul_flops_per_s": flop_rate, "batches": [],
+        "weight_bytes": weight_bytes, "matmul_flops_per_s": flop_rate, "batches": [],
     }
     print(f"{result['device']}, {ARGS.dtype}, {len(ids)}-token prompt, {ARGS.new_tokens} new tokens, "
-          f"{ARGS.threads} threads, load average "
-          f"{os.getloadavg()[0]:.1f}, weights {weight_bytes / 1e6:.0f} MB, read bandwidth "
-          + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bandwidths.items())
-          + f" -> roofline {roofline_step * 1e3:.1f} ms/step; matmul {flop_rate / 1e9:.0f} GFLOP/s")
+          f"{ARGS.threads} threads, load average {os.getloadavg()[0]:.1f}, weights {weight_bytes / 1e6:.0f} MB, "
+          f"matmul {flop_rate / 1e9:.0f} GFLOP/s")
     print(f"{'batch':>5} {'rl_sharpen tok/s':>17} {'transformers tok/s':>24} {'ratio':>6} {'compile s':>9} "
           f"{'decode ms/step':>14} {'same tokens':>11} {'compute roofline':>16} {'ratio ceiling':>13}")
     for batch in (int(b) for b in ARGS.batch_sizes.split(",")):
-        entry = bench_batch(params, cfg, hf, ids, batch)
+        entry = bench_batch(params, cfg, hf, ids, batch, lambda: rate_samples.append(sample_read_rates()))
         ours = entry["rl_sharpen"]
         floor = call_flops(cfg, params, batch, len(ids), ARGS.new_tokens) / flop_rate
         entry.update(compute_floor_seconds=floor, compute_roofline_fraction=floor / ours["seconds"])
         if "transformers" in entry:
             entry["ratio_ceiling"] = entry["transformers"]["seconds"] / floor
-        if batch == 1:
-            entry["decode_roofline_fraction"] = roofline_step / ours["decode_step_seconds"]
-            result["batch1_decode_roofline_fraction"] = entry["decode_roofline_fraction"]
         result["batches"].append(entry)
         hf_text = " / ".join(f"{r['tokens_per_s']:.1f} ({n} thr)" for n, r in entry.get(
             "transformers_by_threads", {}).items()) or "-"
@@ -287,9 +284,18 @@ def main():
               f"{ours['compile_seconds']:>9.1f} {ours['decode_step_seconds'] * 1e3:>14.1f} "
               f"{str(entry.get('same_tokens', '-')):>11} {100 * entry['compute_roofline_fraction']:>15.0f}% "
               f"{entry.get('ratio_ceiling', float('nan')):>13.2f}", flush=True)
-    if "batch1_decode_roofline_fraction" in result:
-        fraction = result["batch1_decode_roofline_fraction"]
-        print(f"batch-1 decode: {roofline_step / fraction * 1e3:.1f} ms/step = {100 * fraction:.0f}% of the roofline")
+    bandwidths = {name: max(sample[name] for sample in rate_samples) for name in rate_samples[0]}
+    roofline_step = weight_bytes / max(bandwidths.values())
+    result.update(read_bandwidth_bytes_per_s=bandwidths, read_bandwidth_samples=rate_samples,
+                  roofline_decode_step_seconds=roofline_step)
+    print(f"read bandwidth, fastest (slowest) of {len(rate_samples)} samples: " + ", ".join(
+        f"{name} {rate / 1e9:.1f} ({min(sample[name] for sample in rate_samples) / 1e9:.1f}) GB/s"
+        for name, rate in bandwidths.items()) + f" -> roofline {roofline_step * 1e3:.1f} ms/step")
+    for entry in result["batches"]:
+        if entry["batch"] == 1:
+            step = entry["rl_sharpen"]["decode_step_seconds"]
+            entry["decode_roofline_fraction"] = result["batch1_decode_roofline_fraction"] = roofline_step / step
+            print(f"batch-1 decode: {step * 1e3:.1f} ms/step = {100 * roofline_step / step:.0f}% of the roofline")
     result["logprob_gap"] = logprob_gaps(path, ids, ARGS.new_tokens)
     print("max |sampler - teacher-forced| log-prob:", json.dumps(result["logprob_gap"]))
     with open(ARGS.out, "w") as f:
