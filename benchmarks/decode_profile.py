@@ -50,12 +50,16 @@ def parse_args():
 
 
 ARGS = parse_args()
+# XLA writes the optimized HLO of every decode loop it compiles here; its instruction names are the
+# thunk names of the trace, and its op_name metadata says what each one computes.
+HLO_DUMP = tempfile.mkdtemp(prefix="decode_profile_hlo_")
+os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={HLO_DUMP} --xla_dump_hlo_as_text "
+                           "--xla_dump_hlo_module_re=_decode").strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rl_sharpen import models, sampling  # noqa: E402
-from rl_sharpen.sampling import ancestral, kv, prompts as prompt_lib  # noqa: E402
 
 SKIP = ("$", "end:", "ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool", "Wait for")
 
@@ -160,16 +164,17 @@ def profile(cfg, params, rows: int) -> dict:
     def call():
         return jax.block_until_ready(sampling.generate(params, cfg, prompts, jax.random.key(0), sc).tokens)
 
-    call()
+    def dumped():
+        return set(glob.glob(os.path.join(HLO_DUMP, "*_decode*after_optimizations.txt")))
+
+    before = dumped()
+    call()  # compiles this row count's decode loop, whose HLO XLA dumps
+    (hlo_file,) = dumped() - before
+    with open(hlo_file) as f:
+        hlo = f.read()
     start = time.perf_counter()
     call()
     seconds = time.perf_counter() - start
-    tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=sc.max_new_tokens, pad_id=0, width=None,
-                                          owner="decode_profile")
-    cache, logits, positions, seg = kv.prefill(params, tokens, segments, cfg=cfg, copies=1,
-                                               cache_len=tokens.shape[1] + sc.max_new_tokens, per_layer=True)[:4]
-    hlo = ancestral._decode.lower(params, cache, logits, positions, seg, jax.random.key(0), cfg=cfg, sc=sc,
-                                  mesh=None).compile().as_text()
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
             call()
@@ -188,7 +193,7 @@ def main():
         cfg, params = models.load_hf(ARGS.checkpoint, dtype="float32")
     result = {"checkpoint": ARGS.checkpoint, "preset": ARGS.preset, "jax": jax.__version__,
               "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(), "rows": []}
-    for rows in (int(r) for r in ARGS.rows.split(",")):
+    for rows in dict.fromkeys(int(r) for r in ARGS.rows.split(",")):  # each once: one compile, one HLO dump
         r = profile(cfg, params, rows)
         result["rows"].append(r)
         single = ", ".join(f"{k} {v:.1f}" for k, v in r["single_thread_ms_per_token"].items())

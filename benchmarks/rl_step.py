@@ -83,11 +83,11 @@ def main():
                         help="comma list of memory-network depths to time with calibration on (SmolLM2)")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
     args = parser.parse_args()
-    remats = {"true": True, "false": False}
+    remats, remat_values = {"true": True, "false": False}, []
     for value in args.remat.split(","):
         if value not in remats:
             parser.error(f"--remat: {value!r}; allowed: a comma list of {sorted(remats)}")
-    remat_values = [remats[v] for v in args.remat.split(",")]
+        remat_values.append(remats[value])
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                "jax": jax.__version__, "device": str(jax.devices()[0]),
                "date": time.strftime("%Y-%m-%d")}
