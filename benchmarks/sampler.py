@@ -39,7 +39,8 @@ The compute-roofline fraction is floor / wall time, and transformers' time / flo
 ratio any implementation could reach against it on this machine.
 The decode step is the marginal cost of a token, (T(128 tokens) - T(2 tokens)) / 126 for the best
 times T of whole calls, so prefill and the per-call weight re-layout are not counted in it. Also
-reported: |sampler log-prob - teacher-forced log-prob| on sampled completions, float32 and bfloat16.
+reported: |sampler log-prob - teacher-forced log-prob| on sampled completions, float32 and bfloat16,
+next to float32 teacher forcing against itself on a shifted padding (the float32 rounding floor).
 """
 
 from __future__ import annotations
@@ -211,9 +212,11 @@ def bench_batch(params, cfg, hf, ids, batch, after_round):
     return entry
 
 
-def logprob_gaps(path, ids, new_tokens, batch=8):
+def logprob_gaps(path, ids, new_tokens, batch=8, shift=16):
     """|sampler log-prob - teacher-forced log-prob| (max, mean) over temperature-1 samples: float32,
-    bfloat16 against bfloat16 teacher forcing (what a trainer recomputes), and bfloat16 against float32."""
+    bfloat16 against bfloat16 teacher forcing (what a trainer recomputes), and bfloat16 against float32.
+    Also float32 teacher forcing against itself on the same sequences with `shift` more pad columns on
+    the left: the same function on another shape, the rounding floor any two float32 paths share."""
     sc = sampling.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True, num_samples=batch)
     token_logprobs = jax.jit(models.token_logprobs, static_argnums=1)
     models32 = models.load_hf(path, dtype="float32")
@@ -225,9 +228,18 @@ def logprob_gaps(path, ids, new_tokens, batch=8):
         P = out.prompt_tokens.shape[1]
         for name, (c, p) in {dtype: (cfg, params), f"{dtype}_vs_float32_model": models32}.items():
             if name != "float32_vs_float32_model":
-                diff = np.abs(np.asarray(token_logprobs(p, c, seq, seg)[:, P - 1:] - out.logprobs))
-                gaps[name] = {"max": float(diff.max()), "mean": float(diff.mean())}
+                teacher_forced = token_logprobs(p, c, seq, seg)[:, P - 1:]
+                gaps[name] = max_mean(teacher_forced - out.logprobs)
+        if dtype == "float32":
+            padded = [jnp.pad(x, ((0, 0), (shift, 0))) for x in (seq, seg)]
+            gaps["float32_teacher_forcing_shifted"] = max_mean(
+                token_logprobs(params, cfg, *padded)[:, P - 1 + shift:] - teacher_forced)
     return gaps
+
+
+def max_mean(diff) -> dict:
+    diff = np.abs(np.asarray(diff))
+    return {"max": float(diff.max()), "mean": float(diff.mean())}
 
 
 def random_checkpoint(name: str, dtype: str) -> str:

@@ -1,6 +1,7 @@
 """The sampler against brute force: sequence laws by enumeration, log-probs by teacher forcing,
 greedy decoding by transformers, sharded runs by single-device runs, and its error messages."""
 
+import collections
 import dataclasses
 import itertools
 
@@ -442,6 +443,11 @@ def test_bad_prompts_are_refused_clearly():
         sampling.generate(params, cfg, [[1, 2], []], rng, sc)
     with pytest.raises(ValueError, match="prompts is empty"):
         sampling.generate(params, cfg, [], rng, sc)
+    encoded = collections.UserDict({"input_ids": [1, 2], "attention_mask": [1, 1]})  # what tokenizers return
+    with pytest.raises(ValueError, match="prompt 0 is a UserDict, not a list of integer token ids"):
+        sampling.generate(params, cfg, [encoded], rng, sc)
+    with pytest.raises(ValueError, match="prompt 1 is a list, not a list of integer token ids"):
+        sampling.generate(params, cfg, [[1, 2], [[1, 2]]], rng, sc)
     with pytest.raises(ValueError, match=r"prompt 0 has 125 tokens.*133 positions > ModelConfig.max_position_embeddings=128"):
         sampling.generate(params, cfg, [[1] * 125], rng, sc)
     with pytest.raises(ValueError, match=r"prompt 0 has 20 tokens > SamplingConfig.prompt_width=16"):

@@ -70,8 +70,11 @@ def prepare(prompts, cfg: ModelConfig, *, max_new_tokens: int, pad_id: int, widt
         if not prompts:
             raise ValueError("prompts is empty; pass at least one prompt")
         rows = [np.asarray(r) for r in prompts]
-        if any(r.ndim != 1 for r in rows):
-            raise ValueError("prompts must be a PromptBatch or a list of token-id lists")
+        for i, row in enumerate(rows):
+            if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
+                raise ValueError(f"prompt {i} is a {type(prompts[i]).__name__}, not a list of integer token ids; "
+                                 "prompts must be a PromptBatch or a list of token-id lists (from a tokenizer's "
+                                 "dict output, take its input_ids)")
         batch = left_pad([r.tolist() for r in rows], pad_id)
         tokens, segments = batch.tokens, batch.segment_ids
     else:
