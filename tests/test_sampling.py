@@ -375,6 +375,32 @@ def test_matches_transformers_greedy_on_smollm2():
         assert n == 64 or ref[n - 1] in cfg.eos_token_ids
 
 
+def test_smollm2_logprobs_are_at_the_float32_floor():
+    """On real weights (logits up to ~40) the sampler's float32 log-probs differ from teacher forcing
+    by rounding alone: no more than teacher forcing differs from itself when the same sequences are
+    shifted by 16 pad columns (the same function on another shape)."""
+    try:
+        path = hf_models.smollm2_folder()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    cfg, params = models.load_hf(path)
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 times 7? Think step by step."}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    sc = sampling.SamplingConfig(max_new_tokens=32, temperature=1.0, ignore_eos=True, num_samples=4)
+    out = sampling.generate(params, cfg, [prompt], jax.random.key(1), sc)
+    seq, seg = out.sequences()
+    P = out.prompt_tokens.shape[1]
+    forced = np.asarray(token_logprobs(params, cfg, seq, seg)[:, P - 1:])
+    shifted = np.asarray(token_logprobs(params, cfg, *(jnp.pad(x, ((0, 0), (16, 0))) for x in (seq, seg)))[:, P + 15:])
+    gap, floor = np.abs(forced - np.asarray(out.logprobs)), np.abs(forced - shifted)
+    print(f"sampler vs teacher forcing {gap.max():.1e} max / {gap.mean():.1e} mean; "
+          f"teacher forcing shifted {floor.max():.1e} / {floor.mean():.1e}")
+    assert gap.mean() <= 2 * floor.mean() + 1e-6 and gap.max() <= 1e-4
+
+
 def _tiny(mesh=None, std=0.02):
     cfg = models.ModelConfig("qwen2", 64, 32, 64, 2, 4, 2, 8, max_position_embeddings=128)
     return cfg, random_params(cfg, 1, std, mesh)
