@@ -227,13 +227,14 @@ def logprob_gaps(path, ids, new_tokens, batch=8, shift=16):
         seq, seg = out.sequences()
         P = out.prompt_tokens.shape[1]
         for name, (c, p) in {dtype: (cfg, params), f"{dtype}_vs_float32_model": models32}.items():
-            if name != "float32_vs_float32_model":
-                teacher_forced = token_logprobs(p, c, seq, seg)[:, P - 1:]
-                gaps[name] = max_mean(teacher_forced - out.logprobs)
-        if dtype == "float32":
-            padded = [jnp.pad(x, ((0, 0), (shift, 0))) for x in (seq, seg)]
-            gaps["float32_teacher_forcing_shifted"] = max_mean(
-                token_logprobs(params, cfg, *padded)[:, P - 1 + shift:] - teacher_forced)
+            if name == "float32_vs_float32_model":
+                continue
+            teacher_forced = token_logprobs(p, c, seq, seg)[:, P - 1:]
+            gaps[name] = max_mean(teacher_forced - out.logprobs)
+            if name == "float32":
+                padded = [jnp.pad(x, ((0, 0), (shift, 0))) for x in (seq, seg)]
+                gaps["float32_teacher_forcing_shifted"] = max_mean(
+                    token_logprobs(p, c, *padded)[:, P - 1 + shift:] - teacher_forced)
     return gaps
 
 

@@ -383,9 +383,9 @@ def test_smollm2_logprobs_are_at_the_float32_floor():
         path = hf_models.smollm2_folder()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    cfg, params = models.load_hf(path)
     import transformers
 
+    cfg, params = models.load_hf(path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 12 times 7? Think step by step."}],
                                            add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
@@ -394,7 +394,9 @@ def test_smollm2_logprobs_are_at_the_float32_floor():
     seq, seg = out.sequences()
     P = out.prompt_tokens.shape[1]
     forced = np.asarray(token_logprobs(params, cfg, seq, seg)[:, P - 1:])
-    shifted = np.asarray(token_logprobs(params, cfg, *(jnp.pad(x, ((0, 0), (16, 0))) for x in (seq, seg)))[:, P + 15:])
+    shift = 16
+    padded = [jnp.pad(x, ((0, 0), (shift, 0))) for x in (seq, seg)]
+    shifted = np.asarray(token_logprobs(params, cfg, *padded)[:, P - 1 + shift:])
     gap, floor = np.abs(forced - np.asarray(out.logprobs)), np.abs(forced - shifted)
     print(f"sampler vs teacher forcing {gap.max():.1e} max / {gap.mean():.1e} mean; "
           f"teacher forcing shifted {floor.max():.1e} / {floor.mean():.1e}")
