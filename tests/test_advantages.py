@@ -36,6 +36,30 @@ def test_grpo_and_dr_grpo_brute_force():
     np.testing.assert_array_equal(compute("grpo")[12:], 0.0)
 
 
+@pytest.mark.parametrize("name", sorted(adv.ADVANTAGE_ESTIMATORS))
+def test_equal_rewards_give_exactly_zero_advantages(name):
+    """A collapsed policy's group (G identical completions, bit-identical rewards) carries no signal.
+
+    The float32 mean of G copies of these values is off by an ulp (e.g. 12 x -147.28), which grpo
+    would blow up to advantages of about +-0.9 without the shift by a group member.
+    """
+    for v in (-147.28, -123.29):  # one group: reinforce_pp's batch sees a single value too
+        np.testing.assert_array_equal(compute(name, np.full(12, v, np.float32), 12), 0.0)
+    if name == "reinforce_pp":  # whitens over the batch, not per group
+        return
+    values = np.float32(-np.random.default_rng(0).uniform(5.0, 200.0, 40))
+    for group_size in (2, 3, 5, 6, 7, 8, 12, 16):
+        rewards = np.repeat(values, group_size)
+        np.testing.assert_array_equal(compute(name, rewards, group_size), 0.0,
+                                      err_msg=f"{name}, G = {group_size}")
+
+
+@pytest.mark.parametrize("name", ["reinforce_pp", "reinforce_pp_baseline"])
+def test_batch_whitening_refuses_a_single_sample(name):
+    with pytest.raises(ValueError, match=f"{name} needs at least 2 samples"):
+        compute(name, np.array([0.7], np.float32), 1)
+
+
 def test_reinforce_pp_normalizes_over_the_whole_batch():
     r = REWARDS.astype(np.float64)
     np.testing.assert_allclose(compute("reinforce_pp", eps=0.0), (r - r.mean()) / r.std(ddof=1), rtol=1e-5)

@@ -15,6 +15,12 @@ std with ddof = 1):
 mean_g inside the baseline makes grpo / dr_grpo estimate (G-1)/G grad E_pi[R] (dr_grpo exactly,
 grpo up to the std factor).
 
+Every estimator works on rewards shifted by one member of their group (or batch), R_i - R_first,
+which changes no formula above but makes a group of equal rewards give A = 0 exactly. Without the
+shift, a float32 mean of G equal rewards is often one ulp off them (e.g. G = 12 copies of -147.28),
+and grpo would divide that rounding error by a std of the same size, giving the whole group
+advantages of about +-0.9: the case of a collapsed policy whose G completions are identical.
+
 Inverse-success calibration (Fan et al. 2026, "When Sharpening Becomes Collapse"), applied after any
 estimator when `inverse_success_exponent` a != 0: with c_g = sum_{j in g} correct_j,
 
@@ -63,11 +69,17 @@ def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
     return rewards.astype(jnp.float32).reshape(-1, group_size)
 
 
+def _shifted_groups(rewards: jax.Array, group_size: int) -> jax.Array:
+    """Rewards [N] as [N/G, G] minus each group's first reward (see the module docstring)."""
+    r = _grouped(rewards, group_size)
+    return r - r[:, :1]
+
+
 @register_estimator("rloo")
 def rloo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     if group_size < 2:
         raise ValueError(f"rloo needs group_size >= 2, got {group_size}")
-    r = _grouped(rewards, group_size)
+    r = _shifted_groups(rewards, group_size)
     loo_mean = (jnp.sum(r, axis=1, keepdims=True) - r) / (group_size - 1)
     return (r - loo_mean).reshape(-1)
 
@@ -76,29 +88,33 @@ def rloo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array
 def grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     if group_size < 2:
         raise ValueError(f"grpo needs group_size >= 2 (std over the group), got {group_size}")
-    r = _grouped(rewards, group_size)
+    r = _shifted_groups(rewards, group_size)
     centered = r - jnp.mean(r, axis=1, keepdims=True)
     return (centered / (jnp.std(r, axis=1, keepdims=True, ddof=1) + cfg.eps)).reshape(-1)
 
 
 @register_estimator("dr_grpo")
 def dr_grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    r = _grouped(rewards, group_size)
+    r = _shifted_groups(rewards, group_size)
     return (r - jnp.mean(r, axis=1, keepdims=True)).reshape(-1)
 
 
-def _batch_whiten(values: jax.Array, eps: float) -> jax.Array:
-    return (values - jnp.mean(values)) / (jnp.std(values, ddof=1) + eps)
+def _batch_whiten(values: jax.Array, eps: float, estimator: str) -> jax.Array:
+    if values.shape[0] < 2:
+        raise ValueError(f"{estimator} needs at least 2 samples per rollout batch (std over the batch), "
+                         f"got {values.shape[0]}")
+    v = values - values[:1]
+    return (v - jnp.mean(v)) / (jnp.std(v, ddof=1) + eps)
 
 
 @register_estimator("reinforce_pp")
 def reinforce_pp(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    return _batch_whiten(rewards.astype(jnp.float32), cfg.eps)
+    return _batch_whiten(rewards.astype(jnp.float32), cfg.eps, "reinforce_pp")
 
 
 @register_estimator("reinforce_pp_baseline")
 def reinforce_pp_baseline(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    return _batch_whiten(dr_grpo(rewards, group_size, cfg), cfg.eps)
+    return _batch_whiten(dr_grpo(rewards, group_size, cfg), cfg.eps, "reinforce_pp_baseline")
 
 
 def inverse_success_scale(advantages: jax.Array, correct: jax.Array, group_size: int,
