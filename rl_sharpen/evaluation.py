@@ -6,9 +6,10 @@ For a problem with n samples of which c are correct:
 
 (the unbiased estimator of P[at least one of k samples is correct]; the product avoids huge
 binomials). maj@k is the probability that a majority vote over k samples drawn without
-replacement picks a correct answer. Answers vote by `canonical_answer` (so "0.5" and "\\frac12"
-vote together); samples without a final answer do not vote; a tie between the top answers
-counts as the fraction of tied answers that are correct (the expectation of a uniformly random
+replacement picks a correct answer. Answers vote by `canonical_answer`: "0.5" and "\\frac12" vote
+together, "25" and "25\\%" or "x = 1" and "y = 1" apart, since one of each pair may be right and
+the other wrong. Samples without a final answer do not vote; a tie between the top answers counts
+as the fraction of tied answers that are correct (the expectation of a uniformly random
 tie-break). It is averaged over all C(n, k) subsets when there are at most `maj_draws` of them,
 else over `maj_draws` subsets drawn with a fixed seed.
 
@@ -66,7 +67,8 @@ def _vote_scores(labels: np.ndarray, label_correct: np.ndarray) -> np.ndarray:
 def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int, maj_draws: int = 1000,
              seed: int = 0) -> float:
     """maj@k for one problem: keys[i] is sample i's answer key (None: no answer), correct[i] its
-    reward. An answer key is correct if its first sample is."""
+    reward. An answer key is correct if its first sample is (`canonical_answer` keys are built so
+    that the answers sharing one are graded alike)."""
     n = len(keys)
     if len(correct) != n or not 1 <= k <= n:
         raise ValueError(f"need len(correct) == len(keys) = n and 1 <= k <= n, got {len(correct)}, {n}, k={k}")

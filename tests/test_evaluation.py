@@ -79,6 +79,27 @@ def test_maj_at_k_monte_carlo_is_close_and_seeded():
     assert E.maj_at_k(keys, correct, 5, maj_draws=5000) == pytest.approx(exact, abs=1e-12)  # enumerated
 
 
+@pytest.mark.parametrize("gold, answers", [
+    (r"\frac14", ["25", r"25\%", r"25\%"]),  # 25% is right, 25 is not: they must not share a vote
+    (r"x = \frac{3}{2}", [r"y = \frac32", r"x = 1.5", r"\frac{3}{2}"]),  # another line, the same value
+    (r"\text{east}", [r"\text{seat}", r"\text{East}", "east"]),
+])
+def test_answers_sharing_a_vote_key_share_a_verdict(gold, answers):
+    """maj@k scores a key by its first sample, so keys must never join answers graded differently;
+    then maj@k does not depend on the order of the samples."""
+    from rl_sharpen.tasks.answers import canonical_answer
+    from rl_sharpen.tasks.verify import verify
+
+    verdict_of = {}
+    for answer in answers:
+        verdict_of.setdefault(canonical_answer(answer), set()).add(verify(rf"\boxed{{{answer}}}", gold))
+    assert all(len(v) == 1 for v in verdict_of.values()), verdict_of
+    scores = {order: [E.maj_at_k([canonical_answer(answers[i]) for i in order],
+                                 [verify(rf"\boxed{{{answers[i]}}}", gold) > 0 for i in order], k) for k in (1, 2, 3)]
+              for order in itertools.permutations(range(len(answers)))}
+    assert len(set(map(tuple, scores.values()))) == 1, scores
+
+
 def test_default_k_list():
     assert E.default_k_list(1) == [1]
     assert E.default_k_list(8) == [1, 2, 4, 8]

@@ -43,7 +43,9 @@ EQUAL = [
     (r"\{3\}", "3"), (r"\pm 2", "2,-2"), (r"1 \pm \sqrt{2}", r"1+\sqrt{2}, 1-\sqrt{2}"), (r"\infty", r"\infty"),
     (r"-\infty", r"-\infty"), (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4.0\end{pmatrix}"), (r"\text{(A)}", "A"),
-    (r"\text{Devon}", "Devon"),
+    (r"\text{Devon}", "Devon"), (r"\text{east}", r"\text{East}"), (r"\text{even}", "Even"),
+    (r"\text{ellipse}", r"\text{Ellipse}"), (r"\mbox{Saturday}", "saturday"), (r"x = \frac{3}{2}", r"x=\frac32"),
+    (r"25\%", r"25 \%"), (r"0.5\%", "0.005"),
     # one-letter constants inside \text / \mathrm are values, not units
     ("3+2i", r"3+2\mathrm{i}"), (r"e^{2}", r"\mathrm{e}^2"), ("4", "4 square feet"),
     ("6", r"6\text{ children tickets}"),
@@ -74,6 +76,10 @@ UNEQUAL = [
     # value words and constants are not units
     ("3+2", r"3+2\mathrm{i}"), ("3", r"3\text{e}"), ("10", r"10\text{ million}"), ("1", "1 million"), ("2", "2 pi"),
     ("5", r"5\text{ hundred}"),
+    # the letter of an assignment, percent on both sides, words (sympy reads them as products of letters)
+    (r"y = -\frac{1}{4}", r"x = -\frac14"), (r"x = \frac{3}{2}", r"y = \frac32"), (r"y = \sqrt{2}", r"x = \sqrt2"),
+    (r"25\%", r"0.25\%"), (r"50\%", r"0.5\%"), (r"25\%", r"2500\%"), (r"25\%", "2500"), ("2500", r"25\%"),
+    (r"\text{east}", r"\text{seat}"), (r"\text{evil}", r"\text{vile}"), (r"\text{ACF}", r"\text{CFA}"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -123,6 +129,9 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     ("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,080", "1,080"),
     ("We get 6. Therefore, the answer is 42.", "42"),
     ("The answer is: $3.5$.\nDone.", "3.5"),
+    ("The answer is: **42**", "42"), ("#### **17**", "17"),
+    ("#### Step 1: Add\n2+3=5\n#### Conclusion\nThe answer is 5.", "5"),  # markdown headings are not answers
+    ("#### 5\nOn second thought, the answer is 6.", "6"), ("The answer is 6.\n#### 7", "7"),  # the last one
     (r"the answer is 5 but \boxed{6}", "6"),
     (r"unfinished \boxed{12", None),
     (r"so \boxed{5}. Check: \boxed{", "5"),  # a box cut off at the end hides no earlier answer
@@ -150,7 +159,7 @@ def test_extract_answer_is_linear_on_long_inputs():
 
 @pytest.mark.parametrize("answer, canonical", [
     (r"\dfrac12", "1/2"), ("2.50", "5/2"), (r"2\frac12", "5/2"), (r"\left( 1, 2 \right)", "(1,2)"),
-    (r"1\,000", "1000"), (r"x = \sqrt2", r"\sqrt{2}"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
+    (r"1\,000", "1000"), (r"x = \sqrt2", r"x=\sqrt{2}"), (r"25\%", "25%"), (r"\text{ East}", "east"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
     (r"90^\circ", "90"), (r"12\text{ m}^2", "12"), (r"\text{(C)}", "(C)"), ("$-3$", "-3"),
     (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10000000"), (r"10\text{ million dollars}", "10milliondollars"),
     ("2 pi", "2pi"), ("1 million", "1000000"), ("4 sq ft", "4"), ("575 students", "575students"),

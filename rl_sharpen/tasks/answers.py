@@ -1,8 +1,9 @@
 """Final answers as text: extraction from a completion, canonical forms and the exact fast path of
 `tasks.verify` (steps 1 and 2 of its pipeline), all in the calling process and linear in the input.
 
-  extract_answer    the last complete `\\boxed{...}` / `\\fbox{...}`, else `#### n`, else "the answer is ..."
-  canonical_answer  the string equal answers share (LaTeX spacing, `\\dfrac`, units, degrees, `\\%`, ...);
+  extract_answer    the last complete `\\boxed{...}` / `\\fbox{...}`, else the last `#### n` or
+                    "the answer is ..."
+  canonical_answer  the string equal answers share (LaTeX spacing, `\\dfrac`, units, degrees, ...);
                     it is also the majority-vote key of maj@k
   fast_verdict      True / False when a string match or exact rational comparison decides, else None
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from fractions import Fraction
+from typing import NamedTuple
 
 _MAX_NUMBER_CHARS = 200  # longer literals are left to the (timed) sympy path
 _MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) score 0 unparsed
@@ -20,7 +22,8 @@ _MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) sc
 # Answer extraction.
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+# "#### 72" (GSM8K's format), not a markdown heading such as "#### Step 2: ...".
+_HASH_RE = re.compile(r"####[ \t]*([^\sA-Za-z#][^\n]*)")
 _ANSWER_IS_RE = re.compile(r"answer is[:\s]*", re.IGNORECASE)
 
 
@@ -55,19 +58,22 @@ def last_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer in a completion or worked solution, or None if it states none."""
+    """The final answer in a completion or worked solution, or None if it states none: the last
+    complete box, else whichever of `#### n` and "the answer is ..." comes last (markdown bold and
+    `$` around the answer are dropped)."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip() or None
-    hashes = _HASH_RE.findall(text)
-    if hashes:
-        return hashes[-1].strip() or None
+    hashes = list(_HASH_RE.finditer(text))
     said = list(_ANSWER_IS_RE.finditer(text))
-    if said:
-        rest = text[said[-1].end() :].split("\n", 1)[0]
-        rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0].strip()  # end of sentence
-        return rest.strip("$ ").strip() or None
-    return None
+    if hashes and (not said or hashes[-1].start() > said[-1].start()):
+        answer = hashes[-1].group(1)
+    elif said:
+        answer = text[said[-1].end() :].split("\n", 1)[0]
+        answer = re.split(r"\.(?:\s|$)", answer, maxsplit=1)[0]  # end of sentence
+    else:
+        return None
+    return answer.strip().strip("*$ ").strip() or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +96,9 @@ _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inc
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+(?:(?:square|sq\.?|cubic)\s+)?([a-zA-Z]{2,})\.?$")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
-_ASSIGNMENT_RE = re.compile(r"^\s*[a-zA-Z]\s*=\s*")
+_ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
+# Letters only, with a word of two or more ("east", "Navin", "neither"); a lone letter is a variable.
+_WORDS_RE = re.compile(r"(?=[A-Za-z\s]*[A-Za-z]{2})[A-Za-z]+(?:\s+[A-Za-z]+)*")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
 _FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
@@ -136,6 +144,11 @@ def clean_latex(answer: str) -> str:
     unless a macro holds a value word (million, pi, ...) or one letter that is not a unit (i, e);
     a plain word after a plain number is dropped only if it is a known unit (`_UNIT_WORDS`).
     """
+    return _clean(answer)[0]
+
+
+def _clean(answer: str) -> tuple[str, str]:
+    """`clean_latex`'s string, and the letter of an `x = ...` answer it drops (else "")."""
     s = answer.strip()
     while True:  # "\boxed{\boxed{5}}", "\(5\)"
         boxed = _BOXED_PREFIX_RE.match(s)  # ends at the '{' of the box
@@ -157,12 +170,14 @@ def clean_latex(answer: str) -> str:
         s = without_units  # "5\text{ cm}^2" -> "5"
     s = _UNIT_MACRO_RE.sub(lambda m: m.group(1), s)  # "\text{(A)}" -> "(A)"
     s = _UNIT_WORD_RE.sub(lambda m: m.group(1) if m.group(2).lower() in _UNIT_WORDS else m.group(0), s.strip())
-    if s.count("=") == 1:
-        s = _ASSIGNMENT_RE.sub("", s)
+    variable = ""
+    assignment = _ASSIGNMENT_RE.match(s) if s.count("=") == 1 else None
+    if assignment:
+        variable, s = assignment.group(1), s[assignment.end() :]
     s = s.strip().rstrip(".").strip()
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
-    return s
+    return s, variable
 
 
 def _strip_outer_braces(s: str) -> str:
@@ -174,26 +189,44 @@ def _strip_outer_braces(s: str) -> str:
     return s[lo : hi + 1]
 
 
+class _Analysis(NamedTuple):
+    core: str  # canonical form without the `x =` prefix and the percent sign
+    value: Fraction | None  # exact rational value of the core, if it is a plain number
+    variable: str  # the letter of an `x = ...` answer, else ""
+    percent: bool  # written with a percent sign
+    word: bool  # a plain word or phrase ("east", "\\text{Evelyn}"): compared as text, never by sympy
+
+    @property
+    def canonical(self) -> str:
+        return f"{self.variable}{'=' if self.variable else ''}{self.core}{'%' if self.percent else ''}"
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _analyze(answer: str) -> tuple[str, Fraction | None]:
-    """(canonical string, exact rational value or None) of an answer."""
+def _analyze(answer: str) -> _Analysis:
     if len(answer) > _MAX_ANSWER_CHARS:
-        return answer, None
-    s = re.sub(r"\s+", "", clean_latex(answer))
+        return _Analysis(answer, None, "", False, False)
+    s, variable = _clean(answer)
+    if _WORDS_RE.fullmatch(s):
+        return _Analysis(re.sub(r"\s+", "", s).lower(), None, variable, False, True)
+    s = re.sub(r"\s+", "", s)
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
     s = _strip_outer_braces(s)
     value = _parse_number(s)
-    return (s if value is None else str(value)), value
+    percent = bool(_PERCENT_RE.search(answer))
+    return _Analysis(s if value is None else str(value), value, variable, percent, False)
 
 
 def canonical_answer(answer: str) -> str:
     """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key).
 
-    Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key.
+    Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key;
+    words are lower-cased. The letter of an `x =` answer and a percent sign are kept ("x=3/2",
+    "25%"), so that answers sharing a key always get the same verdict against a gold answer (`y = 3/2`
+    is not `x = 3/2`, and `25%` is not `25` against a gold 1/4), which maj@k relies on.
     Answers longer than 1000 characters are returned unchanged.
     """
-    return _analyze(answer)[0]
+    return _analyze(answer).canonical
 
 
 def exact_value(answer: str) -> Fraction | None:
@@ -203,7 +236,7 @@ def exact_value(answer: str) -> Fraction | None:
     mixed numbers `2\\frac{1}{2}` = 5/2, and any of these times a scale word: `2.5 million`,
     `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
     """
-    return _analyze(answer)[1]
+    return _analyze(answer).value
 
 
 def _parse_number(s: str) -> Fraction | None:
@@ -229,28 +262,32 @@ def _parse_number(s: str) -> Fraction | None:
     return None
 
 
-def _exact_values(answer: str) -> set[Fraction]:
-    """Values a plain-number answer may mean: {v}, or {v, v/100} when written as a percentage."""
-    value = exact_value(answer)
-    if value is None:
-        return set()
-    return {value, value / 100} if _PERCENT_RE.search(answer) else {value}
-
-
 def too_long(answer: str, gold: str) -> bool:
     """Whether an answer is over max(1000, 2 len(gold)) characters: it scores 0, never parsed."""
     return len(answer) > max(_MAX_ANSWER_CHARS, 2 * len(gold))
 
 
 def fast_verdict(answer: str | None, gold: str) -> bool | None:
-    """Decides cheaply when possible: string match or exact rational comparison; None = undecided.
-    No answer, or one longer than max(1000, 2 len(gold)) characters, is False."""
+    """Decides cheaply when possible; None = undecided (left to sympy).
+
+    False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
+    `y = ...`, or two different words. True: equal canonical forms (up to an `x =` on one side).
+    Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
+    sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
+    matches nothing else ("0.25\\%" != "25\\%").
+    """
     if answer is None or too_long(answer, gold):
         return False
-    canonical = canonical_answer(answer)
-    if canonical and canonical == canonical_answer(gold):
+    a, g = _analyze(answer), _analyze(gold)
+    if a.variable and g.variable and a.variable != g.variable:
+        return False
+    if a.core and a.core == g.core and a.percent == g.percent:
         return True
-    answer_values, gold_values = _exact_values(answer), _exact_values(gold)
-    if answer_values and gold_values:
-        return bool(answer_values & gold_values)
+    if a.word and g.word:
+        return False
+    if a.value is not None and g.value is not None:
+        if a.percent == g.percent:
+            return a.value == g.value
+        percentage, plain = (a, g) if a.percent else (g, a)
+        return plain.value in (percentage.value, percentage.value / 100)
     return None

@@ -4,14 +4,16 @@ Pipeline for one (completion, gold) pair:
 
   1. `extract_answer` takes the model's final answer: the last complete `\\boxed{...}` /
      `\\fbox{...}` (nested braces; one cut off before its closing brace is passed over), else the
-     last `#### n` line, else the last "the answer is ...".
+     last of a `#### n` line and "the answer is ...".
   2. Fast path, in the calling process and linear in the input length (steps 1 and 2 live in
      `tasks.answers`): the two answers are
-     canonicalized (`canonical_answer`: LaTeX spacing, `\\dfrac`, units, degrees, `\\%`, thousands
-     separators, `x =` prefixes, ...; `clean_latex` says which words count as units). Equal strings
-     are equal. If both are plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`, mixed number)
-     they are compared as exact rationals and the verdict is final: 6 != 6.0000001 and
-     1/3 != 0.333333. `p\\%` also matches p/100.
+     canonicalized (`canonical_answer`: LaTeX spacing, `\\dfrac`, units, degrees, thousands
+     separators, ...; `clean_latex` says which words count as units). Equal strings are equal; an
+     `x =` prefix on one side is ignored, different letters on both sides (`x = 1` against `y = 1`)
+     are unequal. Words ("east", `\\text{Evelyn}`) are compared as case-insensitive text. If both are
+     plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`, mixed number) they are compared as exact
+     rationals and the verdict is final: 6 != 6.0000001 and 1/3 != 0.333333. `p\\%` against a number
+     without `%` also matches p/100; two percentages match only as equal numbers.
   3. Otherwise math-verify parses both to sympy and compares them (sets, intervals, tuples, matrices,
      `\\pm`, equations, symbolic simplification). Its numeric tolerances (6-digit float rounding,
      `evalf(chop=True)`, which rounds anything below ~1e-15 to 0) accept different numbers such as
