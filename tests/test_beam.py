@@ -100,8 +100,11 @@ def test_width_one_is_greedy():
     np.testing.assert_allclose(np.asarray(beam.seq_logprobs[:, 0]), np.asarray(greedy.logprobs).sum(-1), atol=1e-5)
 
 
-@pytest.mark.parametrize("field,value,allowed", [("width", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"),
-                                                 ("length_penalty", float("nan"), "finite")])
+@pytest.mark.parametrize("field,value,allowed", [
+    ("width", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("length_penalty", float("nan"), "finite"),
+    ("width", 2.5, "integer"), ("width", True, "integer"), ("max_new_tokens", 2.0, "integer"),
+    ("eos_ids", None, "token id"), ("pad_id", 2.5, "token id"), ("length_penalty", "1", "finite float"),
+])
 def test_bad_beam_config_names_the_field(field, value, allowed):
     kwargs = {"width": 2, "max_new_tokens": 4, field: value}
     with pytest.raises(ValueError, match=rf"BeamConfig\.{field}=.*allowed: .*{allowed}"):

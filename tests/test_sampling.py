@@ -135,7 +135,7 @@ def test_filter_logits_keeps_the_sorted_cutoffs(temperature, top_k, top_p):
     logits[16:20, :60] = 1.5 + rng.integers(0, 6, (4, 60)) * np.spacing(np.float32(1.5))
     truncate = jax.jit(sampling.filter_logits, static_argnums=(1, 2, 3))
     z = truncate(logits, temperature, top_k, top_p)
-    expected_z = np.asarray(truncate(logits, temperature, 0, 1.0))  # z / T, as XLA rounds it
+    expected_z = np.asarray(truncate(logits, temperature, 0, 1.0))  # (l - max l) / T, as XLA rounds it
     keep = kept_by_sorting(expected_z, top_k, top_p)
     assert 0 < keep.sum() < np.isfinite(logits).sum()  # the truncation bites
     np.testing.assert_array_equal(np.isfinite(np.asarray(z)), keep)
@@ -218,6 +218,30 @@ def test_greedy_takes_the_argmax_path():
         n = int(out.lengths[b])
         assert np.asarray(out.tokens[b, :n]).tolist() == seq[len(prompt):]
         assert np.all(np.asarray(out.tokens[b, n:]) == 0) and np.all(np.asarray(out.sampled_logprobs[b]) == 0)
+
+
+@pytest.mark.parametrize("temperature", [1e-9, 1e-20, 1e-37])
+def test_tiny_temperatures_sample_the_argmax(temperature):
+    """T -> 0 is greedy: logits / T near float32's largest values must not turn the draw or its
+    log-prob into +-inf or NaN (`filter_logits` subtracts the row's maximum first)."""
+    cfg, params = peaky_model()
+    greedy = sampling.generate(params, cfg, PROMPTS, jax.random.key(0),
+                               sampling.SamplingConfig(max_new_tokens=N, greedy=True, eos_ids=(EOS,)))
+    cold = sampling.generate(params, cfg, PROMPTS * 8, jax.random.key(1),
+                             sampling.SamplingConfig(max_new_tokens=N, temperature=temperature, eos_ids=(EOS,)))
+    np.testing.assert_array_equal(np.asarray(cold.tokens), np.tile(np.asarray(greedy.tokens), (8, 1)))
+    np.testing.assert_array_equal(np.asarray(cold.sampled_logprobs), 0.0)
+    with pytest.raises(ValueError, match=r"SamplingConfig\.temperature=1e-40; allowed: 0 \(greedy\) or a float >= 1.18e-38"):
+        sampling.SamplingConfig(max_new_tokens=N, temperature=1e-40)
+
+
+def test_signed_zeros_are_one_value_under_jit():
+    """-0.0 ties with +0.0 at a cutoff (XLA folds away the `z + 0.0` that would merge them)."""
+    z = jnp.asarray([[-0.0, 0.0, -1.0, -2.0], [-1.0, -0.0, 0.0, -0.0]])
+    keys = np.asarray(jax.jit(ancestral._order_keys)(z))
+    assert keys[0, 0] == keys[0, 1] and keys[1, 1] == keys[1, 2] == keys[1, 3]
+    kept = jax.jit(sampling.filter_logits, static_argnums=(1, 2, 3))(z, 1.0, 1, 1.0)
+    assert np.isfinite(np.asarray(kept)).tolist() == [[True, True, False, False], [False, True, True, True]]
 
 
 def test_vocabulary_reductions_match_jax():
@@ -454,7 +478,7 @@ def test_repeated_calls_do_not_recompile():
 
 
 @pytest.mark.parametrize("field,value,allowed", [
-    ("temperature", -0.5, r"float >= 0"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
+    ("temperature", -0.5, r"0 \(greedy\) or a float"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
     ("top_k", -1, ">= 0"), ("num_samples", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("prompt_width", 0, "None"),
     ("max_new_tokens", None, ">= 1"), ("top_k", 2.5, "integer >= 0"), ("eos_ids", None, "token id"),
 ])

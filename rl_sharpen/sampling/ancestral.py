@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -32,13 +31,16 @@ from rl_sharpen.models import transformer
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
 
+_MIN_TEMPERATURE = float(jnp.finfo(jnp.float32).tiny)  # below it, T is 0 or subnormal in float32
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """What to sample. Hashable: each distinct config compiles its own decode loop.
 
     max_new_tokens  N, tokens generated per sample (the last one may be an EOS).
-    temperature     T >= 0; logits are divided by T before top-k / top-p. T = 0 means greedy.
+    temperature     T >= 0; logits are divided by T before top-k / top-p. T = 0 means greedy;
+                    a T > 0 must be a normal float32 (>= 1.2e-38).
     top_p           nucleus mass in (0, 1]; 1 disables.
     top_k           keep the k most likely tokens; 0 disables.
     greedy          argmax decoding (sampled_logprobs are then 0).
@@ -66,21 +68,16 @@ class SamplingConfig:
     fast_decode: bool = True
 
     def __post_init__(self):
-        def integer(x):
-            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-        def real(x):
-            return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-        eos = self.eos_ids
-        eos_ok = integer(eos) or (isinstance(eos, (tuple, list, set, frozenset)) and all(integer(e) for e in eos))
-        prompt_lib.check_fields(self, [("eos_ids", eos_ok, "a token id or a tuple of token ids")])
-        object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(eos))
+        integer, real = prompt_lib.is_integer, prompt_lib.is_real
+        prompt_lib.check_fields(self, [("eos_ids", prompt_lib.is_eos_ids(self.eos_ids),
+                                        "a token id or a tuple of token ids")])
+        object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
         if self.temperature == 0:
             object.__setattr__(self, "greedy", True)
         checks = [
             ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
-            ("temperature", real(self.temperature) and self.temperature >= 0, "a float >= 0 (0 means greedy)"),
+            ("temperature", real(self.temperature) and (self.temperature == 0 or self.temperature >= _MIN_TEMPERATURE),
+             f"0 (greedy) or a float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"),
             ("top_p", real(self.top_p) and 0 < self.top_p <= 1, "a float in (0, 1]"),
             ("top_k", integer(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 disables top-k)"),
             ("num_samples", integer(self.num_samples) and self.num_samples >= 1, "an integer >= 1"),
@@ -142,7 +139,7 @@ class Contrast:
 
 def _order_keys(z: jax.Array) -> jax.Array:
     """uint32 keys that order float32 values like the values (-0.0 as +0.0; -inf lowest)."""
-    bits = jax.lax.bitcast_convert_type(z + 0.0, jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(jnp.where(z == 0, 0.0, z), jnp.uint32)  # XLA drops a `z + 0.0`
     return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
 
 
@@ -161,13 +158,20 @@ def _threshold(keys: jax.Array, weights: jax.Array, target) -> jax.Array:
 
 
 def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
-    """z / T with top-k then top-p applied (removed entries -inf), float32 [..., V].
+    """z = (l - max l) / T with top-k then top-p applied (removed entries -inf), float32 [..., V].
+
+    The shift by the row's maximum changes no softmax and keeps the order of the entries; it keeps
+    z's maximum at exactly 0 at any temperature. Without it, l / T near float32's largest values
+    (T = 1e-9 with logits of 3) rounds differently in the max and in exp(z - max) of a fused
+    program, and the draw and its log-prob are wrong (+-inf).
 
     Both keep an upper set {z >= cutoff}, ties with the cutoff included: top-k's cutoff is the k-th
     largest z; top-p's is the largest c with sum(softmax(z)[z >= c]) >= top_p, z after top-k. Each
     cutoff is found by bisection on the order of float32 values (`_threshold`), no sort of the vocabulary.
     """
-    z = logits.astype(jnp.float32) / temperature
+    logits = logits.astype(jnp.float32)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    z = jnp.where(logits == top, 0.0, logits - top) / temperature
     keys = _order_keys(z)  # entries top-k removes weigh 0 in top-p's sums, and its cutoff is above them
     if 0 < top_k < z.shape[-1]:
         z = jnp.where(keys >= _threshold(keys, jnp.ones_like(z), top_k)[..., None], z, -jnp.inf)

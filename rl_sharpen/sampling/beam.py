@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
@@ -44,13 +44,18 @@ class BeamConfig:
     fast_decode: bool = True
 
     def __post_init__(self):
+        integer, real = prompt_lib.is_integer, prompt_lib.is_real
+        prompt_lib.check_fields(self, [("eos_ids", prompt_lib.is_eos_ids(self.eos_ids),
+                                        "a token id or a tuple of token ids")])
         object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
         checks = [
-            ("width", self.width >= 1, "an integer >= 1"),
-            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
-            ("length_penalty", np.isfinite(self.length_penalty), "a finite float (0 disables)"),
-            ("pad_id", self.pad_id >= 0, "a token id >= 0"),
-            ("prompt_width", self.prompt_width is None or self.prompt_width >= 1, "None or an integer >= 1"),
+            ("width", integer(self.width) and self.width >= 1, "an integer >= 1"),
+            ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
+            ("length_penalty", real(self.length_penalty) and math.isfinite(self.length_penalty),
+             "a finite float (0 disables)"),
+            ("pad_id", integer(self.pad_id) and self.pad_id >= 0, "a token id >= 0"),
+            ("prompt_width", self.prompt_width is None or integer(self.prompt_width) and self.prompt_width >= 1,
+             "None or an integer >= 1"),
         ]
         prompt_lib.check_fields(self, checks)
 

@@ -8,6 +8,7 @@ a new length reuse an already compiled program.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Sequence
 
 import jax
@@ -123,6 +124,21 @@ def check_token_ids(cfg: ModelConfig, owner: str, pad_id: int, eos_ids: tuple[in
     for e in eos_ids:
         if not 0 <= e < cfg.vocab_size:
             raise ValueError(f"{owner}.eos_ids contains {e}; allowed: ids in [0, vocab_size={cfg.vocab_size})")
+
+
+def is_integer(x) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x) -> bool:
+    """An int, float or numpy number, not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def is_eos_ids(x) -> bool:
+    """A token id or a collection of token ids."""
+    return is_integer(x) or (isinstance(x, (tuple, list, set, frozenset)) and all(is_integer(e) for e in x))
 
 
 def eos_tuple(eos_ids) -> tuple[int, ...]:
