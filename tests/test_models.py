@@ -221,6 +221,11 @@ def test_leftover_checkpoint_tensors_are_an_error(tmp_path):
         tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
         save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
         models.load_hf(str(dst))
+        if tie:  # a tied config with a stored head of other values: transformers would use that head
+            different = dict(tensors, **{"lm_head.weight": tensors["lm_head.weight"] + 1.0})
+            save_file(different, str(dst / "model.safetensors"), metadata={"format": "pt"})
+            with pytest.raises(models.CheckpointError, match=r"tie_word_embeddings: true, but the stored lm_head"):
+                models.load_hf(str(dst))
         # A config that drops a setting leaves its tensors unused, e.g. the biases of attention_bias=True.
         tensors["model.layers.1.self_attn.q_proj.bias"] = np.ones(64, np.float32)
         save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})

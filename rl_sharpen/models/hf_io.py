@@ -101,6 +101,18 @@ def _check_no_leftovers(path: str, cfg: ModelConfig, names) -> None:
                               f"does not use: {shown}")
 
 
+def _check_tied_head(reader: _Reader, cfg: ModelConfig, embed_name: str) -> None:
+    """A tied config whose checkpoint also stores a different lm_head.weight is an error: ours would
+    tie the head to the embedding, transformers would use the stored head, and logits would differ."""
+    if not (cfg.tie_embeddings and "lm_head.weight" in reader.files):
+        return
+    head, embed = reader.get("lm_head.weight"), reader.get(embed_name)
+    if head.shape != embed.shape or not np.array_equal(head, embed):
+        raise CheckpointError(f"{reader.files['lm_head.weight']}: config.json says tie_word_embeddings: true, "
+                              f"but the stored lm_head.weight differs from {embed_name}; set "
+                              f"tie_word_embeddings to false to use the stored head")
+
+
 def _read_param(reader: _Reader, cfg: ModelConfig, path: str, spec, hf_name: str, transform) -> np.ndarray:
     layered = path.startswith("layers/")
     shape = spec.shape[1:] if layered else spec.shape
@@ -125,6 +137,7 @@ def load_hf(path: str, dtype: str = "float32", mesh=None, compute_dtype: str | N
     reader = _Reader(_tensor_files(path))
     _check_no_leftovers(path, cfg, reader.files)
     table = registry.hf_names(cfg)
+    _check_tied_head(reader, cfg, table["embed"][0])
     params: dict = {}
     np_dtype = np.dtype(DTYPES[dtype])
     for p, spec in _flat_specs(cfg):
