@@ -15,7 +15,7 @@ quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
 REMOTE="set -e
 if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
 cd rl_sharpen && git fetch -q && git checkout -q $(quoted "$REV")
-pip install -q -e . 'jax[tpu]'
+pip install -q -e '.[gcs]' 'jax[tpu]'
 python -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
 if [ -n "${DRY_RUN:-}" ]; then
   printf '%s\n' "$REMOTE"

@@ -25,7 +25,8 @@ from rl_sharpen.metrics import workdir_path
 # restore, and sampling draws the same tokens on any mesh); and validation, which has its own keys
 # and does not feed training (its verifier timeout does: it also grades the rollouts).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
-                     "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat")
+                     "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat",
+                     "demo.regimes")  # a demo's regime runs each record their own reward
 RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation")
 NOT_RESUMABLE = ("eval.verify_timeout",)
 
@@ -53,9 +54,12 @@ class Checkpointer:
 
     def __init__(self, directory: str, every: int, keep: int = 2):
         self.directory = workdir_path(directory)
+        policies = ocp.checkpoint_managers  # orbax's default also saves a run's first step: not wanted
+        save_when = policies.AnySavePolicy([policies.FixedIntervalPolicy(max(1, every)),
+                                            policies.PreemptionCheckpointingPolicy()])
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_decision_policy=save_when,
                                                  create=True, enable_async_checkpointing=False),
         )
 

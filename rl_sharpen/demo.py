@@ -12,10 +12,12 @@ more than distribution sharpening?
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rl_sharpen import evaluation, models
 from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
@@ -24,22 +26,48 @@ from rl_sharpen.sft import train_sft
 from rl_sharpen.task_setup import make_generate_fn, prompt_width
 
 
+_WARM_START_RECORD = "warm_start.json"  # in sft_model/: the settings it was trained with
+
+
+def _check_warm_start(path: str, record: dict) -> None:
+    saved = os.path.join(path, _WARM_START_RECORD)
+    if not os.path.exists(saved):
+        raise ValueError(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; use a new --workdir")
+    with open(saved) as f:
+        old = json.load(f)
+    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    if changed:
+        raise ValueError(f"{path} was trained with other settings (they differ in {', '.join(changed)}); "
+                         "use a new --workdir, or delete sft_model and the regime folders to start over")
+
+
 def sft_start(exp, workdir, task, mesh):
-    """The warm-started model, trained once and reused from `<workdir>/sft_model` afterwards."""
+    """The warm-started model, trained once and reused from `<workdir>/sft_model` afterwards, as long
+    as the settings it was trained with (model, seed, training data, SFT and its optimizer) hold."""
     from rl_sharpen.experiment import build_model
 
     path = os.path.join(workdir, "sft_model")
-    if os.path.exists(os.path.join(path, "config.json")):
-        logging.info("reusing the warm start in %s", path)
-        return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
-    cfg, params = build_model(exp, mesh, task.tokenizer)
     sft_cfg = dataclasses.replace(exp.sft, steps=exp.demo.sft_steps)
     sft_optim = dataclasses.replace(exp.optim, learning_rate=3e-3, warmup_steps=min(50, exp.demo.sft_steps),
                                     schedule="cosine", total_steps=max(exp.demo.sft_steps, 1), min_lr_ratio=0.1,
                                     weight_decay=0.0)
+    record = json.loads(json.dumps({
+        "seed": exp.seed, "model": dataclasses.asdict(exp.model), "sft": dataclasses.asdict(sft_cfg),
+        "optim": dataclasses.asdict(sft_optim),
+        "data": {k: v for k, v in dataclasses.asdict(exp.data).items() if not k.startswith("validation")}}))
+    if multihost_utils.broadcast_one_to_all(os.path.exists(path)):  # process 0's disk decides
+        if jax.process_index() == 0:
+            _check_warm_start(path, record)
+        logging.info("reusing the warm start in %s", path)
+        return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
+    cfg, params = build_model(exp, mesh, task.tokenizer)
     params = train_sft(params, cfg, task.sft_pairs, sft_cfg, sft_optim, task.pad_id, workdir, exp.seed)
     models.save_hf(params, cfg, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    if jax.process_index() == 0:
+        with open(os.path.join(path + ".tmp", _WARM_START_RECORD), "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
+    multihost_utils.sync_global_devices("rl_sharpen.demo.sft_start")
     return cfg, params
 
 

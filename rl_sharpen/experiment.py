@@ -72,6 +72,9 @@ class ExperimentConfig:
     demo: DemoConfig = DemoConfig()
     binary_rewards: BinaryRewardsConfig = BinaryRewardsConfig()  # the toy model of mode binary_rewards
 
+    def __post_init__(self):
+        check_fields(self, [("seed", self.seed >= 0, "an integer >= 0")])
+
 
 def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
     return from_config_dict(ExperimentConfig, config)

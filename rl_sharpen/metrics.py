@@ -93,6 +93,13 @@ class MetricWriter:
                 self._tb.flush()
         return row
 
+    def last_row(self) -> dict | None:
+        """The last row the file holds (None if none, and on processes other than the main one)."""
+        if not self.is_main or not self.path.exists():
+            return None
+        rows = read_jsonl(self.path)
+        return rows[-1] if rows else None
+
     def close(self):
         if self._tb is not None:
             self._tb.close()

@@ -20,7 +20,7 @@ from rl_sharpen.models import param_shardings
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
-from rl_sharpen.sampling.prompts import bucket_width, left_pad
+from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
 from rl_sharpen.sharding import mesh_of
 
 
@@ -30,6 +30,14 @@ class SFTConfig:
     batch_size: int = 64  # (prompt, completion) pairs per step
     max_completion_tokens: int = 128  # completions are cut (and their EOS lost) beyond this
     log_every: int = 50  # write metrics every N steps
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("steps", self.steps >= 0, "an integer >= 0"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("max_completion_tokens", self.max_completion_tokens >= 1, "an integer >= 1"),
+            ("log_every", self.log_every >= 1, "an integer >= 1"),
+        ])
 
 
 def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, prompt_width: int,
@@ -74,7 +82,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     opt_state = init_state(optimizer, params)
     step_fn = make_sft_step(cfg, optimizer, mesh_of(params))
     rng = np.random.default_rng(seed)
-    writer = MetricWriter(workdir, "sft")
+    writer = MetricWriter(workdir, "sft", resume_step=-1)  # SFT always starts over: so does its log
     bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True)
     width = prompt_width or 0
     for step in bar:

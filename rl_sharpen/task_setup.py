@@ -17,7 +17,7 @@ from absl import logging
 from rl_sharpen import evaluation, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.metrics import workdir_path
-from rl_sharpen.sampling.prompts import bucket_width
+from rl_sharpen.sampling.prompts import bucket_width, check_fields
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
 from rl_sharpen.tasks.datasets import Problem, load_problems
@@ -48,6 +48,14 @@ class DataConfig:
     sft_guess: float = 0.4  # ... of bare guesses
     sft_wrong_step: float = 0.3  # ... of chains with one wrong step
 
+    def __post_init__(self):
+        check_fields(self, [
+            ("train_limit", self.train_limit >= 0, "an integer >= 0 (0: all)"),
+            ("validation_limit", self.validation_limit >= 0, "an integer >= 0 (0: all)"),
+            ("synthetic_train_problems", self.synthetic_train_problems >= 1, "an integer >= 1"),
+            ("synthetic_validation_problems", self.synthetic_validation_problems >= 1, "an integer >= 1"),
+        ])
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -59,6 +67,18 @@ class EvalConfig:
     greedy: bool = True  # also report greedy accuracy
     batch_size: int = 16  # problems per sampler call
     verify_timeout: float = 5.0  # seconds per verifier call before it counts as wrong (validation and rollouts)
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("num_samples", self.num_samples >= 1, "an integer >= 1"),
+            ("k_list", all(1 <= k <= self.num_samples for k in self.k_list),
+             f"() or integers in [1, num_samples={self.num_samples}]"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", self.temperature >= 0, "a float >= 0 (0: greedy samples)"),
+            ("top_p", 0 < self.top_p <= 1, "a float in (0, 1]"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("verify_timeout", self.verify_timeout > 0, "a float > 0 (seconds)"),
+        ])
 
 
 def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float):

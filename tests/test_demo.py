@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import orbax.checkpoint as ocp
+import pytest
 
 from rl_sharpen import experiment
 from tests.experiment_configs import get_config
@@ -47,6 +48,16 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     rows = [json.loads(line) for line in (tmp_path / "sharpening" / "sharpening.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, c.train.steps + 1))
 
+    # Run again with fewer regimes: the warm start and the finished regimes are reused, not retrained.
+    c.demo.regimes = ("sharpening",)
+    again = experiment.run(c, str(tmp_path))
+    assert list(again) == ["sft_start", "sharpening"] and again["sharpening"] == table["sharpening"]
+    assert (tmp_path / "sharpening" / "sharpening.jsonl").read_text().splitlines() == [json.dumps(r) for r in rows]
+    # A warm start trained with other settings is never reused silently.
+    c.demo.sft_steps += 1
+    with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(they differ in optim, sft\)"):
+        experiment.run(c, str(tmp_path))
+
 
 def test_main_reports_a_wrong_config_value_in_one_line(tmp_path):
     """`python -m rl_sharpen.main` with a bad --config value exits non-zero with the field and the
@@ -58,3 +69,20 @@ def test_main_reports_a_wrong_config_value_in_one_line(tmp_path):
     assert done.returncode != 0
     assert done.stderr.splitlines()[-1] == "config error: config.rl.prompt_padding='wrong'; allowed: 'dataset', 'batch'"
     assert "Traceback" not in done.stderr
+
+
+def test_a_host_other_than_process_0_neither_writes_nor_moves_the_warm_start(tmp_path, monkeypatch):
+    """Only process 0 saves the warm start and renames it into place; the others train alongside."""
+    import jax
+
+    from rl_sharpen.demo import sft_start
+    from rl_sharpen.task_setup import build_task
+
+    c = get_config("demo", "tiny")
+    c.demo.sft_steps = 2
+    exp = experiment.parse(c)
+    task = build_task(exp.data, exp.model, exp.seed)
+    monkeypatch.setattr(jax, "process_index", lambda *a: 1)
+    cfg, params = sft_start(exp, str(tmp_path), task, None)
+    assert cfg.num_layers == 1 and params["embed"].shape == (52, 32)
+    assert not (tmp_path / "sft_model").exists() and not (tmp_path / "sft_model.tmp").exists()

@@ -96,6 +96,21 @@ def test_save_round_trip_loads_in_transformers(tiny, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, params, params2)
 
 
+def test_save_to_an_object_store_url_writes_there(tiny, tmp_path, monkeypatch):
+    """A gs:// destination is written locally, then copied through etils.epath (here onto a folder)."""
+    from etils import epath
+
+    _, cfg, params, _ = tiny
+    local_path = epath.Path
+    monkeypatch.setattr(epath, "Path", lambda p, *rest: local_path(str(p).replace("gs://", f"{tmp_path}/"), *rest))
+    monkeypatch.chdir(tmp_path)
+    models.save_hf(params, cfg, "gs://bucket/run/sft_model")
+    assert not (tmp_path / "gs:").exists()  # not a local folder named after the URL
+    cfg2, params2 = models.load_hf(str(tmp_path / "bucket" / "run" / "sft_model"))
+    assert cfg2 == cfg
+    jax.tree.map(np.testing.assert_array_equal, params, params2)
+
+
 def test_causality_gradient_is_exactly_zero():
     cfg = models.ModelConfig("qwen3", 50, 32, 48, 2, 4, 2, 8)
     params = models.init_params(cfg, jax.random.key(0))

@@ -1,10 +1,12 @@
 """The RL loop end to end on a tiny model: resumption after a kill reproduces an uninterrupted
 run, a changed config refuses to resume, and config errors name the field."""
 
+import dataclasses
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -139,11 +141,18 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("optim.learning_rate", -1.0, r"OptimConfig.learning_rate=-1.0; allowed: a float > 0"),
     ("optim.b2", 1.0, r"OptimConfig.b2=1.0; allowed: a float in \[0, 1\)"),
     ("demo.regimes", ("sharpenin",), r"DemoConfig.regimes=\('sharpenin',\); allowed: .*'task_reward'"),
+    ("rl.minibatches", 3, r"RLConfig.minibatches=3; allowed: an integer >= 1 dividing prompts_per_step=2"),
+    ("sft.log_every", 0, r"SFTConfig.log_every=0; allowed: an integer >= 1"),
+    ("sft.steps", -1, r"SFTConfig.steps=-1; allowed: an integer >= 0"),
+    ("data.train_limit", -1, r"DataConfig.train_limit=-1; allowed: an integer >= 0"),
+    ("eval.k_list", (0, 2), r"EvalConfig.k_list=\(0, 2\); allowed: \(\) or integers in \[1, num_samples=4\]"),
+    ("eval.batch_size", 0, r"EvalConfig.batch_size=0; allowed: an integer >= 1"),
+    ("seed", -1, r"ExperimentConfig.seed=-1; allowed: an integer >= 0"),
 ])
 def test_bad_values_are_refused_before_any_work(field, value, message):
     c = get_config("demo", "tiny")
-    section, name = field.split(".")
-    c[section][name] = value
+    *section, name = field.split(".")
+    (c[section[0]] if section else c)[name] = value
     with pytest.raises(ConfigError, match=message):
         experiment.parse(c)
 
@@ -238,6 +247,39 @@ def test_data_limits_keep_the_first_synthetic_problems():
                                    validation_limit=3))
     assert cut.problems("train") == full.problems("train")[:7]
     assert cut.problems("validation") == full.problems("validation")[:3]
+
+
+def test_checkpoints_are_saved_every_n_steps_and_at_the_end_only(tmp_path):
+    """Not also at a run's first step (orbax's default policy adds that save)."""
+    from rl_sharpen.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), every=3, keep=10)
+    state = {"x": np.zeros(2, np.float32)}
+    for step in range(1, 6):
+        ckpt.save(step, state, {"step": step}, force=step == 5)
+    assert ckpt.manager.all_steps() == [3, 5]
+    ckpt.close()
+
+
+def test_a_finished_run_started_again_returns_its_last_validation(tmp_path):
+    runs = [_rl_run(tmp_path, 2) for _ in range(2)]
+    for run in runs:
+        run.evaluate = lambda params, step: {"accuracy": 0.25 * step}
+    assert runs[0].run() == {"step": 2, "accuracy": 0.5}
+    assert runs[1].run() == {"step": 2, "accuracy": 0.5}  # nothing left to train: the logged result
+
+
+def test_sft_started_again_logs_each_step_once(tmp_path):
+    from rl_sharpen.sft import train_sft
+
+    exp = experiment.parse(get_config("demo", "tiny"))
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    sft_cfg = dataclasses.replace(exp.sft, steps=2, log_every=1)
+    for _ in range(2):
+        train_sft(jax.tree.map(jnp.copy, params), cfg, task.sft_pairs, sft_cfg, exp.optim, task.pad_id, str(tmp_path))
+    with open(tmp_path / "sft.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2]
 
 
 def test_steps_after_the_last_checkpoint_are_logged_once_after_a_resume(tmp_path):

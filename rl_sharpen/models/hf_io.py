@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Iterator
 
 import jax
@@ -153,7 +154,8 @@ def load_hf(path: str, dtype: str = "float32", mesh=None, compute_dtype: str | N
 
 
 def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 << 30) -> None:
-    """Writes `config.json` and safetensors shards (with an index when there is more than one).
+    """Writes `config.json` and safetensors shards (with an index when there is more than one) to a
+    local folder or a gs:// / s3:// URL (written locally first, then copied).
 
     Under multi-process JAX every process must call it (sharded params are all-gathered); process 0
     writes."""
@@ -169,6 +171,20 @@ def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 
             tensors[hf_name] = transform.to_hf(value)
     if jax.process_index() != 0:
         return
+    if "://" not in path:
+        _write(tensors, cfg, path, max_shard_bytes)
+        return
+    from etils import epath
+
+    with tempfile.TemporaryDirectory() as local:
+        _write(tensors, cfg, local, max_shard_bytes)
+        remote = epath.Path(path)
+        remote.mkdir(parents=True, exist_ok=True)
+        for name in sorted(os.listdir(local)):
+            epath.Path(local, name).copy(remote / name, overwrite=True)
+
+
+def _write(tensors: dict[str, np.ndarray], cfg: ModelConfig, path: str, max_shard_bytes: int) -> None:
     os.makedirs(path, exist_ok=True)
     shards, current, size = [], {}, 0
     for name, t in tensors.items():

@@ -51,7 +51,8 @@ class RLConfig:
             ("prompts_per_step", self.prompts_per_step >= 1, "an integer >= 1"),
             ("micro_batch", self.micro_batch >= 0, "an integer >= 0 (0: the whole minibatch)"),
             ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("minibatches", self.minibatches >= 1, "an integer >= 1 dividing prompts_per_step"),
+            ("minibatches", self.minibatches >= 1 and self.prompts_per_step % self.minibatches == 0,
+             f"an integer >= 1 dividing prompts_per_step={self.prompts_per_step}"),
             ("logprob_chunk", self.logprob_chunk >= 1, "an integer >= 1"),
             ("prompt_padding", self.prompt_padding in ("dataset", "batch"), "'dataset' or 'batch'"),
         ])
@@ -182,6 +183,8 @@ class RLRun:
         last_eval = None
         if start == 0 and self.evaluate is not None:
             last_eval = eval_writer.write(0, self.evaluate(state["params"], 0))
+        elif start >= self.train_cfg.steps and self.evaluate is not None:  # a finished run started again
+            last_eval = eval_writer.last_row()
         bar = tqdm(range(start, self.train_cfg.steps), initial=start, total=self.train_cfg.steps,
                    desc=self.name, disable=jax.process_index() != 0, dynamic_ncols=True)
         for step in bar:
