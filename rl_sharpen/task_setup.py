@@ -135,11 +135,12 @@ class SyntheticTask:
 class MathTask:
     """Real math problems: chat-formatted prompts, the sympy/math-verify verifier in a worker pool."""
 
-    def __init__(self, data: DataConfig, tokenizer_path: str, verify_timeout: float = 5.0):
+    def __init__(self, data: DataConfig, tokenizer_path: str, verify_timeout: float = 5.0,
+                 checkpoint: str = ""):
         self.data = data
         self.tokenizer = prompt_lib.load_tokenizer(tokenizer_path)
         self.pad_id = prompt_lib.pad_id(self.tokenizer)
-        self.eos_ids = tuple(sorted({i for i in (self.tokenizer.eos_token_id,) if i is not None}))
+        self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in (tokenizer_path, checkpoint) if p])
         self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template)
         self.verify_timeout = verify_timeout
 
@@ -163,7 +164,10 @@ class MathTask:
         return self.encode_text(self.prompt_text(problem))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+        """The completion's text up to its first stop token (special tokens dropped)."""
+        ids = [int(i) for i in ids]
+        end = next((n for n, i in enumerate(ids) if i in self.eos_ids), len(ids))
+        return self.tokenizer.decode(ids[:end], skip_special_tokens=True)
 
     def score(self, completions, problems):
         return score_completions(completions, problems, self.verify_timeout)
@@ -181,7 +185,7 @@ def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: fl
     path = data.tokenizer or model_source.checkpoint
     if not path:
         raise ValueError("data.tokenizer: set a tokenizer folder or hub id (or model.checkpoint)")
-    return MathTask(data, path, verify_timeout)
+    return MathTask(data, path, verify_timeout, checkpoint=model_source.checkpoint)
 
 
 def prompt_width(task, problems: Sequence[Problem]) -> int:
@@ -205,7 +209,7 @@ def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, ba
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
                                    top_p=eval_cfg.top_p, top_k=0, greedy=greedy, num_samples=num_samples,
-                                   eos_ids=tuple(task.eos_ids), ignore_eos=False, pad_id=task.pad_id,
+                                   eos_ids=base.eos_ids or tuple(task.eos_ids), ignore_eos=False, pad_id=task.pad_id,
                                    prompt_width=width)
         call = params_ref.get("calls", 0)
         params_ref["calls"] = call + 1

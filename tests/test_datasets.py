@@ -1,5 +1,6 @@
 """Problem loading: formats, gold extraction, malformed rows, the registry, and the real files."""
 
+import codecs
 import collections
 import json
 
@@ -68,7 +69,31 @@ def test_malformed_rows_are_skipped_and_counted_never_raised(tmp_path):
     problems, stats = load_problems(path, format="qa")
     assert [p.answer for p in problems] == ["1", "3"]
     assert stats.num_rows == 7 and stats.num_skipped == 5
-    assert stats.skipped == {"not a JSON object": 2, "missing problem/question": 1, "missing answer": 2}
+    assert stats.skipped == {"invalid JSON": 1, "not a JSON object": 1, "missing problem/question": 1,
+                             "missing answer": 2}
+
+
+def test_byte_order_marks_and_bad_bytes_lose_one_row_at_most(tmp_path):
+    rows = [{"problem": "p0", "answer": "0"}, {"problem": "p1", "answer": "1"}]
+    lines = b"\n".join(json.dumps(r).encode() for r in rows)
+    (tmp_path / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + lines + b'\n{"problem": "caf\xe9", "answer": "2"}\n')
+    problems, stats = load_problems(str(tmp_path / "bom.jsonl"), format="qa")
+    assert [p.answer for p in problems] == ["0", "1"] and stats.skipped == {"invalid UTF-8": 1}
+    (tmp_path / "bom.json").write_bytes(codecs.BOM_UTF8 + json.dumps(rows).encode())
+    problems, stats = load_problems(str(tmp_path / "bom.json"), format="qa")
+    assert [p.answer for p in problems] == ["0", "1"] and stats.num_skipped == 0
+
+
+def test_an_unreachable_hub_names_the_source_and_the_local_way(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match=r"problem source 'gsm8k' \(split 'test'\) could not be loaded .*"
+                                         r"ConnectionError.*pass a local .*jsonl.* file"):
+        load_problems("gsm8k", "test")
 
 
 def test_limit_counts_valid_problems(tmp_path):

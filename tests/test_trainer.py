@@ -16,6 +16,7 @@ from rl_sharpen.config import ConfigError
 from rl_sharpen.rl.trainer import prompt_order
 from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.task_setup import build_task
+from rl_sharpen.tasks import prompts as prompt_lib
 from tests.experiment_configs import get_config
 
 
@@ -180,7 +181,14 @@ def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data
     problems = task.problems("train")
     assert len(problems) == 3 and problems[0].answer == "18"
     ids = task.prompt_ids(problems[0])
-    assert task.decode(ids).count("Janet") == 1 and ids[-1] != task.pad_id
+    assert task.tokenizer.decode(ids).count("Janet") == 1 and ids[-1] != task.pad_id
+    # A completion is read up to the end of its turn, not into turns the model goes on to invent.
+    turn = task.tokenizer("so \\boxed{18}.<|im_end|>\n<|im_start|>user\nAnd 3+4?<|im_end|>\n<|im_start|>assistant\n"
+                          "\\boxed{7}", add_special_tokens=False)["input_ids"]
+    assert task.decode(turn) == "so \\boxed{18}."
+    with_eos = MathTask(data, smollm2_tokenizer_dir, checkpoint=smollm2_tokenizer_dir)
+    with_eos.tokenizer.eos_token = "<|endoftext|>"  # as in base-model tokenizers of chat checkpoints
+    assert task.eos_ids == (2,) and set(prompt_lib.stop_token_ids(with_eos.tokenizer)) == {0, 2}
     completions = ["so she makes \\boxed{18} dollars", "The answer is 18.", "\\boxed{17}", "no idea"]
     correct, answers, stats = task.score(completions, [problems[0]] * 4)
     assert correct.tolist() == [1.0, 1.0, 0.0, 0.0]
@@ -208,6 +216,25 @@ def test_rollout_reward_and_validation_grade_alike():
     np.testing.assert_array_equal(correct, report.results[0].rewards)
     assert keys == report.results[0].keys
     assert correct[:3].tolist() == [1.0, 1.0, 1.0] and correct[4] == 0.0
+
+
+def test_validation_stops_on_the_configured_eos_ids_as_rollouts_do(monkeypatch):
+    from rl_sharpen import sampling
+    from rl_sharpen.task_setup import DataConfig, EvalConfig, SyntheticTask, make_generate_fn
+
+    task = SyntheticTask(DataConfig(synthetic_validation_problems=1))
+    seen = []
+
+    def fake_generate(params, cfg, prompts, key, scfg, mesh=None):
+        seen.append(scfg.eos_ids)
+        return sampling.SampleOutput(*[np.zeros((1, 4), np.int32)] * 3, np.ones(1, np.int32), np.ones(1, bool),
+                                     np.zeros((1, 16), np.int32), np.ones((1, 16), np.int32))
+
+    monkeypatch.setattr(sampling, "generate", fake_generate)
+    for eos, expected in [((), tuple(task.eos_ids)), ((5, 7), (5, 7))]:
+        base = sampling.SamplingConfig(max_new_tokens=4, eos_ids=eos)
+        make_generate_fn(task, {"params": None}, None, EvalConfig(max_new_tokens=4), base, None, 0)(["1+1="], 1, False)
+        assert seen[-1] == expected
 
 
 def test_validation_samples_depend_on_the_step_not_on_earlier_evaluations(tmp_path):

@@ -30,7 +30,9 @@ class Task(Protocol):
 
     def prompt_ids(self, problem) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int]) -> str:
+        """A completion's text, up to its first stop token."""
+        ...
 
     def score(self, completions: Sequence[str], problems: Sequence) -> tuple[np.ndarray, list[str | None], dict]:
         """(correct [N] float32, extracted answers, verifier counters such as timeouts)."""

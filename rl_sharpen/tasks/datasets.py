@@ -13,13 +13,14 @@ the problem text and the gold answer live:
 
 Text fields are strings; an integer or finite float answer is accepted too (2.0 -> "2", 0.5 -> "0.5").
 A local file's format, unless given, is inferred once from its first rows (`infer_format`) and applies
-to every row: a row that does not fit it (not a JSON object, a missing field, no extractable gold) is
-skipped and counted in `LoadStats`, never read under another format. A file of which no row loads
-raises ValueError.
+to every row: a row that does not fit it (invalid JSON or UTF-8, not a JSON object, a missing field,
+no extractable gold) is skipped and counted in `LoadStats`, never read under another format. A UTF-8
+byte order mark is ignored. A file of which no row loads raises ValueError.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import itertools
@@ -198,14 +199,26 @@ def _check_local_path(path: str) -> None:
         raise ValueError(f"{path}: unsupported file type; allowed extensions: {', '.join(LOCAL_EXTENSIONS)}")
 
 
-def _json_lines(lines: Iterable[str]) -> Iterable[Any]:
-    """One value per non-blank line; a line that does not parse yields None (counted as skipped)."""
+class _BadLine:
+    """A line of a local file that is not valid JSON (or not UTF-8): skipped and counted."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _json_lines(lines: Iterable[bytes]) -> Iterable[Any]:
+    """One value per non-blank line; a line that does not parse is a `_BadLine`."""
     for line in lines:
-        if line.strip():
+        try:
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+        except UnicodeDecodeError:
+            yield _BadLine("invalid UTF-8")
+            continue
+        if text.strip():
             try:
-                yield json.loads(line)
+                yield json.loads(text)
             except json.JSONDecodeError:
-                yield None
+                yield _BadLine("invalid JSON")
 
 
 def _read_local(path: str) -> Iterable[Any]:
@@ -215,23 +228,30 @@ def _read_local(path: str) -> Iterable[Any]:
 
         yield from datasets.load_dataset("parquet", data_files=path, split="train")
         return
-    with open(path, encoding="utf-8") as f:
-        if path.endswith(".json"):
-            text = f.read()
-            try:
-                whole = json.loads(text)
-            except json.JSONDecodeError:  # JSON Lines under a .json name
-                yield from _json_lines(text.splitlines())
-                return
-            yield from whole if isinstance(whole, list) else [whole]
+    with open(path, "rb") as f:
+        data = f.read()
+    data = data.removeprefix(codecs.BOM_UTF8)
+    if path.endswith(".json"):
+        try:
+            whole = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines under a .json name
+            yield from _json_lines(data.splitlines())
             return
-        yield from _json_lines(f)
+        yield from whole if isinstance(whole, list) else [whole]
+        return
+    yield from _json_lines(data.splitlines())
 
 
-def _read_hub(source: Source, split: str) -> Iterable[Any]:
+def _read_hub(source: Source, name: str, split: str) -> Iterable[Any]:
     import datasets
 
-    return datasets.load_dataset(source.hub_name, source.config, split=source.splits[split])
+    try:
+        return datasets.load_dataset(source.hub_name, source.config, split=source.splits[split])
+    except Exception as e:  # offline, unreachable, or not authorized: say how to go on without the hub
+        raise ValueError(f"problem source {name!r} (split {split!r}) could not be loaded from the Hugging Face "
+                         f"hub dataset {source.hub_name!r}: {type(e).__name__}: {e}. Without the hub, pass a "
+                         f"local {' / '.join(LOCAL_EXTENSIONS)} file of its rows as data.train / data.validation"
+                         ) from e
 
 
 def load_problems(name_or_path: str, split: str | None = None, limit: int | None = None,
@@ -260,7 +280,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         split = split or ("test" if "test" in source.splits else "train")
         if split not in source.splits:
             raise ValueError(f"split of {name_or_path!r} must be one of {sorted(source.splits)}, got {split!r}")
-        rows, source_name, format = _read_hub(source, split), f"{name_or_path}/{split}", format or source.format
+        rows, source_name, format = (_read_hub(source, name_or_path, split), f"{name_or_path}/{split}",
+                                     format or source.format)
     else:
         raise ValueError(f"unknown problem source {name_or_path!r}: not a file, and not one of {sorted(SOURCES)}")
 
@@ -271,8 +292,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         if limit is not None and len(problems) >= limit:
             break
         num_rows += 1
-        if not isinstance(row, Mapping):
-            skipped["not a JSON object"] += 1
+        if isinstance(row, _BadLine) or not isinstance(row, Mapping):
+            skipped[row.reason if isinstance(row, _BadLine) else "not a JSON object"] += 1
             continue
         try:
             problems.append(FORMATS[format](row, index, source_name))

@@ -15,6 +15,8 @@ is at column T - 1 and generation appends at the same position for all rows.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Sequence
 
 from rl_sharpen.sampling.prompts import PromptBatch, left_pad
@@ -68,6 +70,38 @@ def pad_id(tokenizer) -> int:
         if token_id is not None:
             return int(token_id)
     return 0
+
+
+def stop_token_ids(tokenizer, folders: Sequence[str] = ()) -> tuple[int, ...]:
+    """Ids that end a completion: the tokenizer's EOS, the `eos_token_id`s of `generation_config.json` /
+    `config.json` in local checkpoint `folders`, and the token a chat template writes after an assistant
+    turn (e.g. <|im_end|> where the tokenizer's EOS is <|endoftext|>), so that a sample stops where its
+    turn ends instead of running into turns it invents."""
+    ids = {tokenizer.eos_token_id}
+    for folder in folders:
+        for name in ("generation_config.json", "config.json"):
+            file = os.path.join(folder, name)
+            if os.path.isfile(file):
+                with open(file) as f:
+                    eos = json.load(f).get("eos_token_id")
+                ids.update(eos if isinstance(eos, list) else [eos])
+    ids.add(_end_of_turn_id(tokenizer))
+    return tuple(sorted(int(i) for i in ids if i is not None))
+
+
+def _end_of_turn_id(tokenizer) -> int | None:
+    """The special token a chat template writes right after an assistant message, if any."""
+    if not _has_chat_template(tokenizer):
+        return None
+    marker = "rl_sharpen end of turn marker"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # templates that refuse this conversation: no end-of-turn token to learn
+        return None
+    after = tokenizer(text[text.rindex(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return after[0] if after and after[0] in special else None
 
 
 def encode_prompts(tokenizer, problems: Sequence[str], cfg: PromptConfig = PromptConfig(),
