@@ -175,7 +175,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.ConfigDict:
     """The setting of Mittal, Gagnon, Lajoie 2026: MATH-lighteval train, MATH-500 validation, 32 prompts
-    x 8 samples, lr 1e-6, 2048 new tokens, RLOO advantages, REINFORCE with truncated importance weights.
+    x 8 samples, lr 1e-6, 2048 new tokens, RLOO advantages, REINFORCE with truncated importance weights,
+    and the loss summed over tokens / max_new_tokens, so that the update follows the objective's gradient.
 
     `arg` is a comma list: a reward preset name (rl/rewards.py, default task_reward) and/or "tiny",
     which keeps the algorithm but swaps in a random 2-layer model of the same family and the synthetic
@@ -204,6 +205,7 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     c.advantage.estimator = "rloo"
     c.loss.name = "reinforce"
     c.loss.is_cap = 20.0
+    c.loss.aggregation = "seq-mean-token-sum"  # a constant normalizer: the update follows grad E_pi[R]
     c.optim.learning_rate = 1e-6
     c.optim.warmup_steps = 10
     c.train.steps = 500
@@ -224,4 +226,5 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
         c.optim.learning_rate = 1e-4
         c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
         c.eval.num_samples, c.data.validation_limit, c.eval.batch_size = 4, 8, 8
+    c.loss.max_len = c.sampling.max_new_tokens
     return c

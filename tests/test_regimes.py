@@ -166,3 +166,40 @@ def test_mean_normalized_sharpening_converges_to_best_mean_logprob():
 def test_task_reward_moves_all_mass_to_correct_answers():
     pi = ascend(rewards.regime_preset("task_reward"))
     assert float(jnp.sum(jnp.where(CORRECT > 0, pi, 0.0))) > 0.999
+
+
+def expected_update(table, reward_cfg, aggregation, group_size=2):
+    """E over every group of G on-policy samples of -grad policy_loss, with rewards, RLOO advantages and
+    the REINFORCE loss computed as the trainer does (one prompt per batch)."""
+    from rl_sharpen.rl import advantages, losses
+
+    groups = np.array(np.meshgrid(*[np.arange(len(SEQS))] * group_size, indexing="ij")).reshape(group_size, -1).T
+    lp = jax.lax.stop_gradient(token_logprobs(table))
+    loss_cfg = losses.LossConfig(aggregation=aggregation, max_len=T)
+
+    def update(rows):
+        inputs = rewards.RewardInputs(completion_mask=jnp.asarray(MASK)[rows], correct=jnp.asarray(CORRECT)[rows],
+                                      answer_ids=jnp.full(group_size, -1), ref_logprobs=REF_TOK[rows],
+                                      policy_logprobs=lp[rows], group_size=group_size)
+        r = rewards.compute_rewards(inputs, reward_cfg)[0]
+        a = advantages.compute_advantages(r, group_size, advantages.AdvantageConfig("rloo"))
+        batch = losses.LossInputs(mask=jnp.asarray(MASK)[rows], behaviour_logprobs=lp[rows], advantages=a)
+        return -jax.grad(lambda th: losses.policy_loss(token_logprobs(th)[rows], batch, loss_cfg)[0])(table)
+
+    prob = jnp.exp(seq_logprobs(table))[groups].prod(1)
+    return jnp.einsum("n,nij->ij", prob, jax.lax.map(update, jnp.asarray(groups)))
+
+
+@pytest.mark.parametrize("cfg", [rewards.regime_preset("task_reward"), rewards.regime_preset("sharpening", normalization="mean"),
+                                 rewards.regime_preset("tempered_a2"), rewards.regime_preset("tilted_a2_b100")],
+                         ids=lambda c: f"{c.mode}-a{c.alpha:g}-b{c.beta_inv:g}-{c.normalization}")
+def test_trainer_update_follows_the_objective_gradient_under_a_constant_normalizer(cfg):
+    """RLOO + REINFORCE + seq-mean-token-sum: E[update] = (1/max_len) grad E_pi[R] exactly, E_pi[R] in
+    closed form. token-mean divides by sampled lengths and leaves that direction."""
+    table = jnp.asarray(np.random.default_rng(1).normal(size=REF_TABLE.shape), jnp.float32)
+    expected = jax.grad(closed_form_objective)(table, cfg) / T
+    got = expected_update(table, cfg, "seq-mean-token-sum")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
+    biased = np.asarray(expected_update(table, cfg, "token-mean")).ravel()
+    cosine = biased @ np.asarray(expected).ravel() / np.linalg.norm(biased) / np.linalg.norm(expected)
+    assert cosine < 0.9995

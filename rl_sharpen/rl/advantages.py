@@ -5,7 +5,8 @@ std with ddof = 1):
 
   rloo                   A_i = R_i - 1/(G-1) sum_{j in g(i), j != i} R_j = G/(G-1) (R_i - mean_g)
                          the baseline does not depend on y_i, so E[A_i grad log pi(y_i)] = grad E_pi[R]
-                         exactly (the paper's default; no std normalization)
+                         exactly (the paper's default; no std normalization); the update follows it
+                         only under a constant loss normalizer (losses.py, seq-mean-token-sum)
   grpo                   A_i = (R_i - mean_g) / (std_g + eps)                    Shao et al. 2024
   dr_grpo                A_i = R_i - mean_g; pair it with a constant loss normalizer
                          (aggregation 'seq-mean-token-sum', losses.py)           Liu et al. 2025

@@ -5,7 +5,9 @@ advantage of sequence i. lp_mu are the log-probs of the distribution the tokens 
 from (sampler temperature / top-p applied), lp_old those of the policy that anchors the PPO ratio.
 
   reinforce   l_t = -sg(w_t) A_i lp_t,   w_t = min(pi_theta / mu, is_cap) = min(exp(lp_t - lp_mu_t), is_cap)
-              grad = -w A grad log pi: the truncated importance-sampled policy gradient; w = 1 on-policy
+              grad = -w A grad log pi: the policy gradient on-policy (w = 1); off-policy (temperature,
+              top-p / top-k, calibration) per-token weights are the usual approximation of the
+              sequence-level ratio prod_t pi / mu, not the exact importance-sampled gradient
   ppo_clip    rho_t = exp(lp_t - lp_old_t)
               l_t = -sg(u_t) min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
               u_t = min(exp(lp_old_t - lp_mu_t), is_cap) corrects the sampler/trainer mismatch;
@@ -13,13 +15,22 @@ from (sampler temperature / top-p applied), lp_old those of the policy that anch
   alpha_dpg   reinforce with A_i = `alpha_dpg_advantages` (Kruszewski et al. 2026, below), recomputed from
               the current sg(lp) at every step; batch.advantages is ignored
 
-Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py; with y ~ pi the expected
-gradient of k3 is grad KL(p_ref || pi), of k2 grad KL(pi || p_ref)).
+Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py). Its expected gradient is
+that of a per-position KL at the prefixes the policy visits, with their visit probabilities held fixed
+(k2: sum_u P_pi(u) KL(pi(.|u) || p_ref(.|u)); k3 the same with KL(p_ref(.|u) || pi(.|u))), not the
+gradient of the sequence-level KL(pi || p_ref). For the objective's sequence-level KL, and its optimum
+p_ref e^{r / beta} / Z, put it in the reward instead: `RewardConfig.kl_coef` with k1.
 
 Aggregation over generated tokens (mask m, L_i = sum_t m_it, N' = number of rows with L_i > 0):
   token-mean            sum_{i,t} m l / sum_{i,t} m
   seq-mean-token-sum    (1/N') sum_i sum_t m l / max_len      constant normalizer (pair with dr_grpo)
   seq-mean-token-mean   (1/N') sum_i (1/L_i) sum_t m l
+Only the constant normalizer makes the expected update (1/max_len) grad E_pi[R] for an unbiased
+advantage (rloo): the other two divide by sampled lengths, so they reweight samples by length
+(short ones weigh more) and follow another direction when lengths vary (on the 3-token enumerable
+model of tests/test_regimes.py, groups of 2-3: cosine 0.986-0.998 to the gradient for token-mean,
+0.955-0.993 for seq-mean-token-mean, which drives mean-normalized sharpening to another completion
+than its optimum).
 `denominator` replaces sum m (token-mean) or N' (seq-*) by the count over the whole global batch, so
 that the sum of micro-batch losses equals the loss of the full batch.
 """
@@ -61,7 +72,7 @@ class LossConfig:
     eps_low: float = 0.2  # ppo_clip: lower clip of the ratio, 1 - eps_low
     eps_high: float = 0.2  # ppo_clip: upper clip, 1 + eps_high (DAPO clip-higher: 0.28)
     kl_coef: float = 0.0  # per-token KL penalty added to the loss, kl_coef * k(lp_t - lp_ref_t)
-    kl_estimator: str = "k3"  # k of that penalty (rl/kl.py); k3: expected gradient of KL(p_ref || pi)
+    kl_estimator: str = "k3"  # k of that penalty (rl/kl.py): a per-position KL, see the module docstring
     dpg_alpha: float = 0.5  # alpha of alpha_dpg: 1 forward KL (DPG), -> 0 reverse KL (RL-like)
 
     def __post_init__(self):

@@ -17,7 +17,8 @@ The 'paper' mixture (`paper_weights`), with r in {0, 1} the verified correctness
 
 Optimization mode has no entropy term: E_pi[R] is linear in pi and is maximized by a point mass on
 argmax R. Sampling mode carries the KL inside the reward: S_ref - S_pi is a one-sample (k1) estimate
-of -KL(pi || p_ref), and with R treated as a constant its policy gradient is exact, so (s = beta_inv,
+of -KL(pi || p_ref), and with R treated as a constant its policy gradient is exact (with an unbiased
+advantage and a constant loss normalizer, `LossConfig.aggregation="seq-mean-token-sum"`), so (s = beta_inv,
 or 1 when beta_inv = 0)
   s E_pi[R] = E_pi[beta_inv r + (alpha - 1) N] - KL(pi || p_ref) = log Z - KL(pi || pi*),
   pi* = p_ref e^{(alpha - 1) N + beta_inv r} / Z,   = p_ref^alpha e^{beta_inv r} / Z for N = S_ref.
