@@ -35,7 +35,7 @@ def _check_warm_start(path: str, record: dict) -> None:
         raise ValueError(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; use a new --workdir")
     with open(saved) as f:
         old = json.load(f)
-    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    changed = sorted(k for k in set(old) | set(record) if k != "seed" and old.get(k) != record.get(k))
     if changed:
         raise ValueError(f"{path} was trained with other settings (they differ in {', '.join(changed)}); "
                          "use a new --workdir, or delete sft_model and the regime folders to start over")
@@ -43,7 +43,8 @@ def _check_warm_start(path: str, record: dict) -> None:
 
 def sft_start(exp, workdir, task, mesh):
     """The warm-started model, trained once and reused from `<workdir>/sft_model` afterwards, as long
-    as the settings it was trained with (model, seed, training data, SFT and its optimizer) hold."""
+    as the settings it was trained with (model, training data, SFT and its optimizer) hold; runs with
+    other seeds may share it (one warm start, several RL seeds)."""
     from rl_sharpen.experiment import build_model
 
     path = os.path.join(workdir, "sft_model")
@@ -58,7 +59,7 @@ def sft_start(exp, workdir, task, mesh):
     if multihost_utils.broadcast_one_to_all(os.path.exists(path)):  # process 0's disk decides
         if jax.process_index() == 0:
             _check_warm_start(path, record)
-        logging.info("reusing the warm start in %s", path)
+        logging.info("reusing the warm start in %s (an RL seed may differ from the one it was trained with)", path)
         return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
     cfg, params = build_model(exp, mesh, task.tokenizer)
     params = train_sft(params, cfg, task.sft_pairs, sft_cfg, sft_optim, task.pad_id, workdir, exp.seed)
@@ -98,6 +99,8 @@ def _plot_curves(workdir: str, regimes, path: str) -> None:
 def run_demo(exp, workdir: str, task, mesh) -> dict:
     from rl_sharpen.experiment import make_rl_run
 
+    if "://" in workdir:
+        raise ValueError(f"--workdir={workdir}: the demo needs a local workdir (RL, SFT and eval runs take gs:// URLs)")
     cfg, start = sft_start(exp, workdir, task, mesh)
     summaries = {}
 

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
@@ -53,7 +55,15 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     again = experiment.run(c, str(tmp_path))
     assert list(again) == ["sft_start", "sharpening"] and again["sharpening"] == table["sharpening"]
     assert (tmp_path / "sharpening" / "sharpening.jsonl").read_text().splitlines() == [json.dumps(r) for r in rows]
-    # A warm start trained with other settings is never reused silently.
+    # Another seed shares the warm start (one warm start, several RL seeds), other SFT settings do not.
+    from rl_sharpen import models
+    from rl_sharpen.demo import sft_start
+    from rl_sharpen.task_setup import build_task
+
+    c.seed = 1
+    exp = experiment.parse(c)
+    _, reused = sft_start(exp, str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
+    jax.tree.map(np.testing.assert_array_equal, reused, models.load_hf(str(tmp_path / "sft_model"))[1])
     c.demo.sft_steps += 1
     with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(they differ in optim, sft\)"):
         experiment.run(c, str(tmp_path))

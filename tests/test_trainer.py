@@ -172,6 +172,14 @@ def test_every_config_parses(name):
     assert exp.mode in ("rl", "demo", "eval", "binary_rewards")
 
 
+def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, tmp_path):
+    result = experiment.run(get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny"), str(tmp_path))
+    assert set(result) >= {"pass@1", "pass@2", "maj@2", "greedy_accuracy"}
+    assert json.loads((tmp_path / "result.json").read_text()) == pytest.approx(result)
+    with pytest.raises(ValueError, match="'<checkpoint folder>,tiny'"):
+        get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},small")
+
+
 def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data_dir):
     from rl_sharpen.task_setup import DataConfig, MathTask
 
