@@ -212,6 +212,7 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     c.train.eval_every = 50
     c.train.checkpoint_every = 25
     c.eval.num_samples = 16
+    c.eval.k_list = tuple(range(1, 17))  # pass@k and maj@k at every k = 1..16, as the paper reports them
     c.eval.max_new_tokens = 2048
     if tiny:
         c.model.checkpoint = ""
@@ -226,5 +227,6 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
         c.optim.learning_rate = 1e-4
         c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
         c.eval.num_samples, c.data.validation_limit, c.eval.batch_size = 4, 8, 8
+        c.eval.k_list = (1, 2, 3, 4)
     c.loss.max_len = c.sampling.max_new_tokens
     return c

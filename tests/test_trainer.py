@@ -172,6 +172,14 @@ def test_every_config_parses(name):
     assert exp.mode in ("rl", "demo", "eval", "binary_rewards")
 
 
+@pytest.mark.parametrize("name", ["llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math"])
+def test_paper_configs_follow_the_gradient_and_report_every_k(name):
+    exp = experiment.parse(get_config(name))
+    assert (exp.advantage.estimator, exp.loss.name, exp.loss.aggregation) == ("rloo", "reinforce", "seq-mean-token-sum")
+    assert exp.loss.max_len == exp.sampling.max_new_tokens == 2048
+    assert exp.eval.k_list == tuple(range(1, 17)) and exp.eval.num_samples == 16
+
+
 def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, tmp_path):
     result = experiment.run(get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny"), str(tmp_path))
     assert set(result) >= {"pass@1", "pass@2", "maj@2", "greedy_accuracy"}
