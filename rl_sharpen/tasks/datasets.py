@@ -229,17 +229,18 @@ def _read_local(path: str) -> Iterable[Any]:
         yield from datasets.load_dataset("parquet", data_files=path, split="train")
         return
     with open(path, "rb") as f:
-        data = f.read()
-    data = data.removeprefix(codecs.BOM_UTF8)
-    if path.endswith(".json"):
-        try:
-            whole = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines under a .json name
-            yield from _json_lines(data.splitlines())
+        if path.endswith(".json"):
+            data = f.read().removeprefix(codecs.BOM_UTF8)
+            try:
+                whole = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines under a .json name
+                yield from _json_lines(data.splitlines())
+                return
+            yield from whole if isinstance(whole, list) else [whole]
             return
-        yield from whole if isinstance(whole, list) else [whole]
-        return
-    yield from _json_lines(data.splitlines())
+        lines = iter(f)  # streamed: a large JSONL file is never held whole
+        first = next(lines, b"").removeprefix(codecs.BOM_UTF8)
+        yield from _json_lines(itertools.chain([first], lines))
 
 
 def _read_hub(source: Source, name: str, split: str) -> Iterable[Any]:
