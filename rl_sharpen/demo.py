@@ -43,8 +43,8 @@ def _check_warm_start(path: str, record: dict) -> None:
 
 def sft_start(exp, workdir, task, mesh):
     """The warm-started model, trained once and reused from `<workdir>/sft_model` afterwards, as long
-    as the settings it was trained with (model, training data, SFT and its optimizer) hold; runs with
-    other seeds may share it (one warm start, several RL seeds)."""
+    as the settings it was trained with (model, training data, SFT and its optimizer) hold; a copy of
+    it in another workdir may serve runs with other seeds (one warm start, several RL seeds)."""
     from rl_sharpen.experiment import build_model
 
     path = os.path.join(workdir, "sft_model")
@@ -112,7 +112,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
             make_generate_fn(task, {"params": params}, cfg, exp.eval, exp.sampling, mesh, exp.seed,
                              prompt_width(task, problems)),
             problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
-            k_list=list(exp.eval.k_list) or None, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
+            k_list=exp.eval.ks, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
             seed=exp.seed)
         if write:
             report_dir = workdir_path(workdir) / "eval" / name

@@ -60,7 +60,7 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     num_samples: int = 16  # n samples per problem for pass@k / maj@k
-    k_list: tuple[int, ...] = ()  # () gives 1, 2, 4, ..., n
+    k_list: tuple[int, ...] = ()  # () gives 1, 2, 4, ..., n; k above num_samples are left out
     max_new_tokens: int = 1024  # completion budget at validation
     temperature: float = 1.0  # sampling temperature at validation
     top_p: float = 1.0  # nucleus mass at validation
@@ -71,14 +71,20 @@ class EvalConfig:
     def __post_init__(self):
         check_fields(self, [
             ("num_samples", self.num_samples >= 1, "an integer >= 1"),
-            ("k_list", all(1 <= k <= self.num_samples for k in self.k_list),
-             f"() or integers in [1, num_samples={self.num_samples}]"),
+            ("k_list", all(k >= 1 for k in self.k_list), "() or integers >= 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
             ("temperature", self.temperature >= 0, "a float >= 0 (0: greedy samples)"),
             ("top_p", 0 < self.top_p <= 1, "a float in (0, 1]"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("verify_timeout", self.verify_timeout > 0, "a float > 0 (seconds)"),
         ])
+        if any(k > self.num_samples for k in self.k_list):
+            logging.warning("eval.k_list=%s: k above eval.num_samples=%d are left out", self.k_list, self.num_samples)
+
+    @property
+    def ks(self) -> list[int] | None:
+        """The k of pass@k / maj@k that n = num_samples samples allow (None: the default list)."""
+        return [k for k in self.k_list if k <= self.num_samples] or None
 
 
 def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float):
@@ -245,7 +251,7 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
     def evaluate(params, step: int) -> dict:
         params_ref.update(params=params, step=step, calls=0)
         report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
-                                     k_list=list(eval_cfg.k_list) or None, batch_size=eval_cfg.batch_size,
+                                     k_list=eval_cfg.ks, batch_size=eval_cfg.batch_size,
                                      greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout, seed=seed)
         if workdir is not None and jax.process_index() == 0:
             out = workdir_path(workdir)

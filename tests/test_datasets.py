@@ -79,6 +79,8 @@ def test_byte_order_marks_and_bad_bytes_lose_one_row_at_most(tmp_path):
     (tmp_path / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + lines + b'\n{"problem": "caf\xe9", "answer": "2"}\n')
     problems, stats = load_problems(str(tmp_path / "bom.jsonl"), format="qa")
     assert [p.answer for p in problems] == ["0", "1"] and stats.skipped == {"invalid UTF-8": 1}
+    (tmp_path / "cr.jsonl").write_bytes(lines.replace(b"\n", b"\r"))  # old-Mac line ends
+    assert [p.answer for p in load_problems(str(tmp_path / "cr.jsonl"), format="qa")[0]] == ["0", "1"]
     (tmp_path / "bom.json").write_bytes(codecs.BOM_UTF8 + json.dumps(rows).encode())
     problems, stats = load_problems(str(tmp_path / "bom.json"), format="qa")
     assert [p.answer for p in problems] == ["0", "1"] and stats.num_skipped == 0

@@ -45,7 +45,7 @@ EQUAL = [
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4.0\end{pmatrix}"), (r"\text{(A)}", "A"),
     (r"\text{Devon}", "Devon"), (r"\text{east}", r"\text{East}"), (r"\text{even}", "Even"),
     (r"\text{ellipse}", r"\text{Ellipse}"), (r"\mbox{Saturday}", "saturday"), (r"x = \frac{3}{2}", r"x=\frac32"),
-    (r"25\%", r"25 \%"), (r"0.5\%", "0.005"),
+    (r"25\%", r"25 \%"), (r"0.5\%", "0.005"), ("x = 5", "X = 5"), ("ab", "ba"), (r"\text{odd}", "Odd"),
     # one-letter constants inside \text / \mathrm are values, not units
     ("3+2i", r"3+2\mathrm{i}"), (r"e^{2}", r"\mathrm{e}^2"), ("4", "4 square feet"),
     ("6", r"6\text{ children tickets}"),
@@ -132,6 +132,7 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     ("The answer is: **42**", "42"), ("#### **17**", "17"),
     ("#### Step 1: Add\n2+3=5\n#### Conclusion\nThe answer is 5.", "5"),  # markdown headings are not answers
     ("#### 5\nOn second thought, the answer is 6.", "6"), ("The answer is 6.\n#### 7", "7"),  # the last one
+    ("#### x = 5", "x = 5"), ("#### Yes", "Yes"),
     (r"the answer is 5 but \boxed{6}", "6"),
     (r"unfinished \boxed{12", None),
     (r"so \boxed{5}. Check: \boxed{", "5"),  # a box cut off at the end hides no earlier answer
@@ -159,7 +160,7 @@ def test_extract_answer_is_linear_on_long_inputs():
 
 @pytest.mark.parametrize("answer, canonical", [
     (r"\dfrac12", "1/2"), ("2.50", "5/2"), (r"2\frac12", "5/2"), (r"\left( 1, 2 \right)", "(1,2)"),
-    (r"1\,000", "1000"), (r"x = \sqrt2", r"x=\sqrt{2}"), (r"25\%", "25%"), (r"\text{ East}", "east"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
+    (r"1\,000", "1000"), (r"x = \sqrt2", r"x=\sqrt{2}"), (r"25\%", "25%"), (r"\text{ East}", "East"), (r"{{\frac{a}{b}}}", r"\frac{a}{b}"), ("{1}+{2}", "{1}+{2}"),
     (r"90^\circ", "90"), (r"12\text{ m}^2", "12"), (r"\text{(C)}", "(C)"), ("$-3$", "-3"),
     (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10000000"), (r"10\text{ million dollars}", "10milliondollars"),
     ("2 pi", "2pi"), ("1 million", "1000000"), ("4 sq ft", "4"), ("575 students", "575students"),

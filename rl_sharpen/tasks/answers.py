@@ -22,8 +22,8 @@ _MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) sc
 # Answer extraction.
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-# "#### 72" (GSM8K's format), not a markdown heading such as "#### Step 2: ...".
-_HASH_RE = re.compile(r"####[ \t]*([^\sA-Za-z#][^\n]*)")
+# "#### 72" (GSM8K's format), "#### x = 5", "#### Yes"; not a markdown heading such as "#### Step 2: ...".
+_HASH_RE = re.compile(r"####[ \t]*(?![A-Za-z]{2,}[ \t:]+\S)([^\s#][^\n]*)")
 _ANSWER_IS_RE = re.compile(r"answer is[:\s]*", re.IGNORECASE)
 
 
@@ -97,8 +97,9 @@ _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+(?:(?:square|sq\.?|cubic)\s+)?([a
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
-# Letters only, with a word of two or more ("east", "Navin", "neither"); a lone letter is a variable.
-_WORDS_RE = re.compile(r"(?=[A-Za-z\s]*[A-Za-z]{2})[A-Za-z]+(?:\s+[A-Za-z]+)*")
+# Letters only, with two or more in a row ("east", "Navin", "neither", but also "ab": a product?).
+_LETTERS_RE = re.compile(r"(?=[A-Za-z\s]*[A-Za-z]{2})[A-Za-z]+(?:\s+[A-Za-z]+)*")
+_TEXT_MACRO_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
 _FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
@@ -194,7 +195,9 @@ class _Analysis(NamedTuple):
     value: Fraction | None  # exact rational value of the core, if it is a plain number
     variable: str  # the letter of an `x = ...` answer, else ""
     percent: bool  # written with a percent sign
-    word: bool  # a plain word or phrase ("east", "\\text{Evelyn}"): compared as text, never by sympy
+    letters: bool  # letters only, two or more in a row ("east", "ab")
+    word: bool  # letters written in a text macro or with a run of 4+ ("\\text{odd}", "Evelyn"): a word,
+    #             not a product of variables; compared as case-insensitive text, never by sympy
 
     @property
     def canonical(self) -> str:
@@ -204,24 +207,25 @@ class _Analysis(NamedTuple):
 @functools.lru_cache(maxsize=1 << 16)
 def _analyze(answer: str) -> _Analysis:
     if len(answer) > _MAX_ANSWER_CHARS:
-        return _Analysis(answer, None, "", False, False)
+        return _Analysis(answer, None, "", False, False, False)
     s, variable = _clean(answer)
-    if _WORDS_RE.fullmatch(s):
-        return _Analysis(re.sub(r"\s+", "", s).lower(), None, variable, False, True)
+    if _LETTERS_RE.fullmatch(s):
+        word = bool(_TEXT_MACRO_RE.search(answer) or re.search(r"[A-Za-z]{4}", s))
+        return _Analysis(re.sub(r"\s+", "", s), None, variable, False, True, word)
     s = re.sub(r"\s+", "", s)
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
     s = _strip_outer_braces(s)
     value = _parse_number(s)
     percent = bool(_PERCENT_RE.search(answer))
-    return _Analysis(s if value is None else str(value), value, variable, percent, False)
+    return _Analysis(s if value is None else str(value), value, variable, percent, False, False)
 
 
 def canonical_answer(answer: str) -> str:
     """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key).
 
-    Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key;
-    words are lower-cased. The letter of an `x =` answer and a percent sign are kept ("x=3/2",
+    Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key.
+    The letter of an `x =` answer and a percent sign are kept ("x=3/2",
     "25%"), so that answers sharing a key always get the same verdict against a gold answer (`y = 3/2`
     is not `x = 3/2`, and `25%` is not `25` against a gold 1/4), which maj@k relies on.
     Answers longer than 1000 characters are returned unchanged.
@@ -271,7 +275,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible; None = undecided (left to sympy).
 
     False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
-    `y = ...`, or two different words. True: equal canonical forms (up to an `x =` on one side).
+    `y = ...`, or two different words. True: equal canonical forms (up to an `x =` on one side), or
+    a word against the same letters in any case ("East" = "\\text{east}"; "ab" alone may be a product).
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
     sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
     matches nothing else ("0.25\\%" != "25\\%").
@@ -279,12 +284,12 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     if answer is None or too_long(answer, gold):
         return False
     a, g = _analyze(answer), _analyze(gold)
-    if a.variable and g.variable and a.variable != g.variable:
+    if a.variable and g.variable and a.variable.lower() != g.variable.lower():
         return False
     if a.core and a.core == g.core and a.percent == g.percent:
         return True
-    if a.word and g.word:
-        return False
+    if (a.word or g.word) and a.letters and g.letters:
+        return a.core.lower() == g.core.lower()
     if a.value is not None and g.value is not None:
         if a.percent == g.percent:
             return a.value == g.value

@@ -208,7 +208,7 @@ class _BadLine:
 
 def _json_lines(lines: Iterable[bytes]) -> Iterable[Any]:
     """One value per non-blank line; a line that does not parse is a `_BadLine`."""
-    for line in lines:
+    for line in (part for chunk in lines for part in chunk.splitlines()):  # \n, \r\n and old-Mac \r
         try:
             text = line.decode("utf-8") if isinstance(line, bytes) else line
         except UnicodeDecodeError:

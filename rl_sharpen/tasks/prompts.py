@@ -99,7 +99,10 @@ def _end_of_turn_id(tokenizer) -> int | None:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
     except Exception:  # templates that refuse this conversation: no end-of-turn token to learn
         return None
-    after = tokenizer(text[text.rindex(marker) + len(marker):], add_special_tokens=False)["input_ids"]
+    at = text.rfind(marker)
+    if at < 0:  # the template does not render assistant turns
+        return None
+    after = tokenizer(text[at + len(marker):], add_special_tokens=False)["input_ids"]
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     return after[0] if after and after[0] in special else None
 
