@@ -84,6 +84,7 @@ def test_maj_at_k_monte_carlo_is_close_and_seeded():
     (r"x = \frac{3}{2}", [r"y = \frac32", r"x = 1.5", r"\frac{3}{2}"]),  # another line, the same value
     (r"\text{east}", [r"\text{seat}", r"\text{East}", "east"]),
     (r"\infty", ["infinity", "Infinity", r"\text{Infinity}"]),
+    ("ba", [r"\text{ab}", "ab", "ba"]),  # a gold product of letters: the macro on one side changes nothing
 ])
 def test_answers_sharing_a_vote_key_share_a_verdict(gold, answers):
     """maj@k scores a key by its first sample, so keys must never join answers graded differently;

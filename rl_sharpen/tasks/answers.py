@@ -275,8 +275,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible; None = undecided (left to sympy).
 
     False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
-    `y = ...`, or two different words. True: equal canonical forms (up to an `x =` on one side), or
-    a word against the same letters in any case ("East" = "\\text{east}"; "ab" alone may be a product).
+    `y = ...`, or letters other than a gold word's. True: equal canonical forms (up to an `x =` on one
+    side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may be a product).
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
     sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
     matches nothing else ("0.25\\%" != "25\\%").
@@ -288,7 +288,7 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
         return False
     if a.core and a.core == g.core and a.percent == g.percent:
         return True
-    if (a.word or g.word) and a.letters and g.letters:
+    if g.word and a.letters:  # the gold alone decides, so that answers sharing a vote key share a verdict
         return a.core.lower() == g.core.lower()
     if a.value is not None and g.value is not None:
         if a.percent == g.percent:
