@@ -35,7 +35,7 @@ def _check_warm_start(path: str, record: dict) -> None:
         raise ValueError(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; use a new --workdir")
     with open(saved) as f:
         old = json.load(f)
-    changed = sorted(k for k in set(old) | set(record) if k != "seed" and old.get(k) != record.get(k))
+    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
     if changed:
         raise ValueError(f"{path} was trained with other settings (they differ in {', '.join(changed)}); "
                          "use a new --workdir, or delete sft_model and the regime folders to start over")
@@ -53,7 +53,7 @@ def sft_start(exp, workdir, task, mesh):
                                     schedule="cosine", total_steps=max(exp.demo.sft_steps, 1), min_lr_ratio=0.1,
                                     weight_decay=0.0)
     record = json.loads(json.dumps({
-        "seed": exp.seed, "model": dataclasses.asdict(exp.model), "sft": dataclasses.asdict(sft_cfg),
+        "model": dataclasses.asdict(exp.model), "sft": dataclasses.asdict(sft_cfg),
         "optim": dataclasses.asdict(sft_optim),
         "data": {k: v for k, v in dataclasses.asdict(exp.data).items() if not k.startswith("validation")}}))
     if multihost_utils.broadcast_one_to_all(os.path.exists(path)):  # process 0's disk decides

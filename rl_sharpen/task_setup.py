@@ -146,7 +146,7 @@ class MathTask:
         self.data = data
         self.tokenizer = prompt_lib.load_tokenizer(tokenizer_path)
         self.pad_id = prompt_lib.pad_id(self.tokenizer)
-        self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in (tokenizer_path, checkpoint) if p])
+        self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in {tokenizer_path, checkpoint} if p])
         self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template)
         self.verify_timeout = verify_timeout
 

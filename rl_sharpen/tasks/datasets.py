@@ -210,7 +210,7 @@ def _json_lines(lines: Iterable[bytes]) -> Iterable[Any]:
     """One value per non-blank line; a line that does not parse is a `_BadLine`."""
     for line in (part for chunk in lines for part in chunk.splitlines()):  # \n, \r\n and old-Mac \r
         try:
-            text = line.decode("utf-8") if isinstance(line, bytes) else line
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
             yield _BadLine("invalid UTF-8")
             continue
@@ -234,7 +234,7 @@ def _read_local(path: str) -> Iterable[Any]:
             try:
                 whole = json.loads(data.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines under a .json name
-                yield from _json_lines(data.splitlines())
+                yield from _json_lines([data])
                 return
             yield from whole if isinstance(whole, list) else [whole]
             return

@@ -10,7 +10,7 @@ Pipeline for one (completion, gold) pair:
      canonicalized (`canonical_answer`: LaTeX spacing, `\\dfrac`, units, degrees, thousands
      separators, ...; `clean_latex` says which words count as units). Equal strings are equal; an
      `x =` prefix on one side is ignored, different letters on both sides (`x = 1` against `y = 1`)
-     are unequal. Words ("east", `\\text{Evelyn}`) are compared as case-insensitive text. If both are
+     are unequal. A gold word ("east", `\\text{Evelyn}`) is compared as case-insensitive text. If both are
      plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`, mixed number) they are compared as exact
      rationals and the verdict is final: 6 != 6.0000001 and 1/3 != 0.333333. `p\\%` against a number
      without `%` also matches p/100; two percentages match only as equal numbers.
