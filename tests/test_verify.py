@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from rl_sharpen.tasks.answers import canonical_answer, exact_value, extract_answer
+from rl_sharpen.tasks.answers import canonical_answer, exact_value, expand_plus_minus, extract_answer
 from rl_sharpen.tasks.verify import VerifierPool, symbolic_equal, verify, verify_batch
 
 # (gold, answer) pairs a careful grader accepts.
@@ -49,6 +49,11 @@ EQUAL = [
     # one-letter constants inside \text / \mathrm are values, not units
     ("3+2i", r"3+2\mathrm{i}"), (r"e^{2}", r"\mathrm{e}^2"), ("4", "4 square feet"),
     ("6", r"6\text{ children tickets}"),
+    # a plus-minus inside a fraction, repeating decimals
+    (r"\frac{1+\sqrt{5}}{2}, \frac{1-\sqrt{5}}{2}", r"\frac{1 \pm \sqrt{5}}{2}"),
+    (r"\frac{3 \pm \sqrt{5}}{2}", r"\frac{3-\sqrt5}{2}, \frac{3+\sqrt5}{2}"), (r"3 \pm 2 \sqrt{2}", r"\frac{6 \pm 4\sqrt{2}}{2}"),
+    (r"\{1\pm\sqrt{5},-2\}", r"\{\frac{4 \mp 4\sqrt{5}}{4}, -2\}"), (r"\frac{1}{3}", r"0.\overline{3}"),
+    (r"\frac{1}{6}", r"0.1\overline{6}"), (r"\frac{4}{33}", r"0.\overline{12}"), ("1", r"0.\overline{9}"),
 ]
 
 # (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
@@ -80,6 +85,9 @@ UNEQUAL = [
     (r"y = -\frac{1}{4}", r"x = -\frac14"), (r"x = \frac{3}{2}", r"y = \frac32"), (r"y = \sqrt{2}", r"x = \sqrt2"),
     (r"25\%", r"0.25\%"), (r"50\%", r"0.5\%"), (r"25\%", r"2500\%"), (r"25\%", "2500"), ("2500", r"25\%"),
     (r"\text{east}", r"\text{seat}"), (r"\text{evil}", r"\text{vile}"), (r"\text{ACF}", r"\text{CFA}"),
+    (r"\frac{1+\sqrt{5}}{2}, \frac{1-\sqrt{5}}{2}", r"\frac{-1 \pm \sqrt{5}}{2}"),
+    (r"\frac{1+\sqrt{5}}{2}", r"\frac{1 \pm \sqrt{5}}{2}"), (r"\frac{1}{3}", r"0.\overline{6}"),
+    (r"\frac{1}{3}", r"0.3\overline{4}"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -175,9 +183,23 @@ def test_canonical_answer(answer, canonical):
     (r"\frac{-3}{4.5}", Fraction(-2, 3)), (r"-2\frac{1}{2}", Fraction(-5, 2)), ("1,234", Fraction(1234)),
     ("2.5 million", Fraction(2500000)), (r"\frac{1}{2}\text{ million}", Fraction(500000)), ("million", None),
     ("x million", None), (r"\frac{1}{0}", None), ("x", None), (r"\sqrt{2}", None), ("9" * 300, None),
+    (r"0.\overline{3}", Fraction(1, 3)), (r"-1.2\overline{45}", -(1 + Fraction(2, 10) + Fraction(45, 990))),
+    (r".\bar{7}", Fraction(7, 9)), (r"2.\overline{142857}", Fraction(15, 7)), (r"\overline{3}", None),
 ])
 def test_exact_value(answer, value):
     assert exact_value(answer) == value
+
+
+@pytest.mark.parametrize("answer, expanded", [
+    (r"\frac{1 \pm \sqrt{5}}{2}", r"\frac{1 + \sqrt{5}}{2},\frac{1 - \sqrt{5}}{2}"),
+    (r"\frac{3 \mp x}{2}, 7", r"\frac{3 - x}{2},\frac{3 + x}{2}, 7"),
+    (r"\{\frac{1\pm\sqrt5}{2},-2\}", r"\{\frac{1+\sqrt5}{2},\frac{1-\sqrt5}{2},-2\}"),
+    (r"1 \pm \sqrt{19}", r"1 \pm \sqrt{19}"),  # outside braces: math-verify reads it
+    (r"\frac{\pm 1 \pm \sqrt{5}}{2}", r"\frac{\pm 1 \pm \sqrt{5}}{2}"),  # two signs: tied or free?
+    (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"), ("(1, 2)", "(1, 2)"),
+])
+def test_expand_plus_minus(answer, expanded):
+    assert expand_plus_minus(answer) == expanded
 
 
 def test_fast_path_decides_plain_numbers_without_workers():

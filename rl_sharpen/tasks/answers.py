@@ -112,6 +112,7 @@ _PLAIN_RE = re.compile(rf"(-?){_NUM}")
 _SLASH_RE = re.compile(rf"(-?)({_NUM})/({_NUM})")
 _FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
 _MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
+_REPEATING_RE = re.compile(r"(-?)(\d*)\.(\d*)\\(?:overline|bar)\{(\d+)\}")  # 0.1\overline{6} = 1/6
 _SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
 _SCALED_RE = re.compile(rf"(.+?)({'|'.join(_SCALES)})s?")  # "2.5million" (spaces removed), "3dozen"
 
@@ -237,8 +238,8 @@ def exact_value(answer: str) -> Fraction | None:
     """The exact rational an answer denotes if it is a plain number, else None.
 
     Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
-    mixed numbers `2\\frac{1}{2}` = 5/2, and any of these times a scale word: `2.5 million`,
-    `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
+    mixed numbers `2\\frac{1}{2}` = 5/2, repeating decimals `0.1\\overline{6}` = 1/6, and any of these
+    times a scale word: `2.5 million`, `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
     """
     return _analyze(answer).value
 
@@ -255,6 +256,12 @@ def _parse_number(s: str) -> Fraction | None:
             if den == 0:
                 return None
             return -num / den if m.group(1) else num / den
+    m = _REPEATING_RE.fullmatch(s)
+    if m:  # I.A(R)(R)... = I + (A + R / (10^|R| - 1)) / 10^|A|
+        whole, head, period = m.group(2), m.group(3), m.group(4)
+        repeating = Fraction(int(period), 10 ** len(period) - 1)
+        value = int(whole or 0) + (int(head or 0) + repeating) / 10 ** len(head)
+        return -value if m.group(1) else value
     m = _MIXED_RE.fullmatch(s)
     if m and int(m.group(4)) != 0:
         value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
@@ -264,6 +271,49 @@ def _parse_number(s: str) -> Fraction | None:
         value = _parse_number(m.group(1))
         return None if value is None else value * _SCALES[m.group(2)]
     return None
+
+
+_PLUS_MINUS_RE = re.compile(r"\\(pm|mp)(?![a-zA-Z])")
+
+
+def _split_top_level(s: str) -> list[str]:
+    """Splits at commas outside every bracket: '1, (2, 3), \\frac{a,b}{2}' -> 3 items."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(s):
+        if c in "{([":
+            depth += 1
+        elif c in "})]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            items.append(s[start:i])
+            start = i + 1
+    return items + [s[start:]]
+
+
+def expand_plus_minus(answer: str) -> str:
+    """Writes an item with one `\\pm` / `\\mp` inside braces as its two values:
+    '\\frac{1 \\pm \\sqrt{5}}{2}' -> '\\frac{1 + \\sqrt{5}}{2},\\frac{1 - \\sqrt{5}}{2}'.
+
+    Items are the top-level comma-separated parts of the answer, or of the set `\\{...\\}` that is the
+    whole answer. A `\\pm` outside braces ('1 \\pm \\sqrt{19}') is left to the parser, which reads it;
+    an item with two or more is left as it is (their signs may be tied or free).
+    """
+    if not _PLUS_MINUS_RE.search(answer):
+        return answer
+    body, opening, closing = answer.strip(), "", ""
+    if body.startswith("\\{") and body.endswith("\\}") and _closing_braces(body).get(1) == len(body) - 1:
+        body, opening, closing = body[2:-2], "\\{", "\\}"
+    items = []
+    for item in _split_top_level(body):
+        signs = list(_PLUS_MINUS_RE.finditer(item))
+        before = item[: signs[0].start()] if len(signs) == 1 else ""
+        if before.count("{") > before.count("}"):  # the sign is inside braces
+            first, second = ("+", "-") if signs[0].group(1) == "pm" else ("-", "+")
+            after = item[signs[0].end() :]
+            items += [f"{before}{first}{after}", f"{before}{second}{after}"]
+        else:
+            items.append(item)
+    return opening + ",".join(items) + closing
 
 
 def too_long(answer: str, gold: str) -> bool:

@@ -15,7 +15,8 @@ Pipeline for one (completion, gold) pair:
      rationals and the verdict is final: 6 != 6.0000001 and 1/3 != 0.333333. `p\\%` against a number
      without `%` also matches p/100; two percentages match only as equal numbers.
   3. Otherwise math-verify parses both to sympy and compares them (sets, intervals, tuples, matrices,
-     `\\pm`, equations, symbolic simplification). Its numeric tolerances (6-digit float rounding,
+     `\\pm`, equations, symbolic simplification; a `\\pm` inside braces is first written as its two
+     values by `expand_plus_minus`). Its numeric tolerances (6-digit float rounding,
      `evalf(chop=True)`, which rounds anything below ~1e-15 to 0) accept different numbers such as
      1/2^{99} = 1/2^{98} and 1/2004! = 1/2006!, so a match is vetoed when the two objects contain
      numbers that differ: exactly when their difference is rational, else when
@@ -44,7 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rl_sharpen.tasks.answers import clean_latex, extract_answer, fast_verdict, too_long
+from rl_sharpen.tasks.answers import clean_latex, expand_plus_minus, extract_answer, fast_verdict, too_long
 
 _REL_TOL = 1e-12
 _EVAL_DIGITS = 30
@@ -129,7 +130,7 @@ def _parse(answer: str) -> list:
     import math_verify
 
     configs = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
-    return math_verify.parse(f"${clean_latex(answer)}$", configs, parsing_timeout=None)
+    return math_verify.parse(f"${expand_plus_minus(clean_latex(answer))}$", configs, parsing_timeout=None)
 
 
 def symbolic_equal(answer: str, gold: str) -> bool:
