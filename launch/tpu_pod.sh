@@ -8,15 +8,23 @@
 # Arguments reach the hosts as given, e.g. --config.demo.regimes='("sharpening",)'.
 # DRY_RUN=1 prints the script each host would run instead of running it.
 set -euo pipefail
+if [ $# -lt 4 ]; then
+  echo "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]" >&2
+  exit 2
+fi
 TPU_NAME=$1; ZONE=$2; CONFIG=$3; WORKDIR=$4; shift 4
-REPO_URL=${REPO_URL:-$(git config --get remote.origin.url)}
+REPO_URL=${REPO_URL:-$(git config --get remote.origin.url || true)}
+if [ -z "$REPO_URL" ]; then
+  echo "tpu_pod.sh: this checkout has no remote 'origin'; set REPO_URL to a repository the hosts can clone" >&2
+  exit 2
+fi
 REV=${REV:-$(git rev-parse HEAD)}
 quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
 REMOTE="set -e
 if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
 cd rl_sharpen && git fetch -q && git checkout -q $(quoted "$REV")
-pip install -q -e '.[gcs]' 'jax[tpu]'
-python -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
+python3 -m pip install -q -e '.[gcs]' 'jax[tpu]'
+python3 -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
 if [ -n "${DRY_RUN:-}" ]; then
   printf '%s\n' "$REMOTE"
   exit 0

@@ -56,9 +56,8 @@ def sft_start(exp, workdir, task, mesh):
         "model": dataclasses.asdict(exp.model), "sft": dataclasses.asdict(sft_cfg),
         "optim": dataclasses.asdict(sft_optim),
         "data": {k: v for k, v in dataclasses.asdict(exp.data).items() if not k.startswith("validation")}}))
-    if multihost_utils.broadcast_one_to_all(os.path.exists(path)):  # process 0's disk decides
-        if jax.process_index() == 0:
-            _check_warm_start(path, record)
+    if multihost_utils.broadcast_one_to_all(os.path.exists(path)):  # one folder all hosts see (experiment.run)
+        _check_warm_start(path, record)  # on every process, so that all of them raise alike
         logging.info("reusing the warm start in %s (an RL seed may differ from the one it was trained with)", path)
         return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
     cfg, params = build_model(exp, mesh, task.tokenizer)
@@ -73,10 +72,15 @@ def sft_start(exp, workdir, task, mesh):
 
 
 def _headline(summary: dict) -> dict:
-    n = max(summary["pass@k"])
-    return {"pass@1": summary["pass@k"][1], f"pass@{n}": summary["pass@k"][n], f"maj@{n}": summary["maj@k"][n],
-            "greedy": summary.get("greedy_accuracy", float("nan")), "length": summary["mean_response_tokens"],
+    """pass@ and maj@ at the smallest and largest k evaluated; greedy accuracy is None when not run."""
+    lo, n = min(summary["pass@k"]), max(summary["pass@k"])
+    return {f"pass@{lo}": summary["pass@k"][lo], f"pass@{n}": summary["pass@k"][n], f"maj@{n}": summary["maj@k"][n],
+            "greedy": summary.get("greedy_accuracy"), "length": summary["mean_response_tokens"],
             "distinct": summary["mean_distinct_answers"]}
+
+
+_CURVES = (("accuracy", "task reward, mean over samples"), ("s_ref", "log p_ref(y), nats per sample"),
+           ("response_length", "tokens per sample"))
 
 
 def _plot_curves(workdir: str, regimes, path: str) -> None:
@@ -87,21 +91,24 @@ def _plot_curves(workdir: str, regimes, path: str) -> None:
     for regime in regimes:
         rows = read_jsonl(os.path.join(workdir, regime, f"{regime}.jsonl"))
         steps = [r["step"] for r in rows]
-        for ax, key in zip(axes, ("accuracy", "s_ref", "response_length")):
+        for ax, (key, label) in zip(axes, _CURVES):
             ax.plot(steps, [r[key] for r in rows], label=regime)
             ax.set_title(f"rollout {key}")
-            ax.set_xlabel("RL step")
+            ax.set_xlabel("RL step (samples drawn before its update)")
+            ax.set_ylabel(label)
     axes[0].legend()
     fig.tight_layout()
     save_png(fig, path, dpi=120)
 
 
 def run_demo(exp, workdir: str, task, mesh) -> dict:
-    from rl_sharpen.experiment import make_rl_run
+    from rl_sharpen.experiment import make_rl_run, to_record
 
     if "://" in workdir:
         raise ValueError(f"--workdir={workdir}: the demo needs a local workdir (RL, SFT and eval runs take gs:// URLs)")
     cfg, start = sft_start(exp, workdir, task, mesh)
+    if jax.process_index() == 0:  # after the warm start accepted the settings (each regime writes its own)
+        write_json(to_record(exp), os.path.join(workdir, "config.json"))
     summaries = {}
 
     problems = task.problems("validation")
@@ -144,5 +151,5 @@ def _format_headlines(table: dict) -> str:
     keys = list(next(iter(table.values())))
     lines = [" | ".join([f"{'model':<22}"] + [f"{k:>9}" for k in keys])]
     for name, row in table.items():
-        lines.append(" | ".join([f"{name:<22}"] + [f"{row[k]:>9.3f}" for k in keys]))
+        lines.append(" | ".join([f"{name:<22}"] + [f"{'-' if row[k] is None else f'{row[k]:.3f}':>9}" for k in keys]))
     return "\n".join(lines)

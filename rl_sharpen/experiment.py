@@ -18,7 +18,7 @@ from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
-from rl_sharpen.metrics import workdir_path
+from rl_sharpen.metrics import check_shared_workdir, workdir_path
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
@@ -135,7 +135,8 @@ def run(config, workdir: str) -> dict:
     exp = parse(config)
     main = jax.process_index() == 0
     out = workdir_path(workdir)  # local, or gs://... (etils.epath)
-    if main:
+    check_shared_workdir(workdir)  # several hosts: one folder they all see
+    if main and exp.mode not in ("rl", "demo"):  # those write it once a checkpoint or warm start accepts it
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_record(exp), indent=2))
     if exp.mode == "binary_rewards":

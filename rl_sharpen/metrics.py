@@ -19,6 +19,33 @@ def workdir_path(path: str | os.PathLike) -> epath.Path:
     return epath.Path(path if "://" in path else os.path.abspath(path))
 
 
+def check_shared_workdir(workdir: str | os.PathLike) -> None:
+    """Under multi-process JAX, raises on every process unless all of them read what process 0 writes
+    in `workdir`: checkpoints, the warm start and results live in one folder that every host sees."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(1 << 30))))
+    probe = workdir_path(workdir) / f".shared_check_{token}"
+    if jax.process_index() == 0:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(str(token))
+    multihost_utils.sync_global_devices("rl_sharpen.check_shared_workdir.written")
+    try:
+        seen = probe.read_text() == str(token)
+    except OSError:
+        seen = False
+    seen_by = np.asarray(multihost_utils.process_allgather(np.int32(seen)))
+    if jax.process_index() == 0:
+        probe.unlink()
+    if not seen_by.all():
+        blind = [int(i) for i in np.flatnonzero(seen_by == 0)]
+        raise ValueError(f"--workdir={os.fspath(workdir)} is not shared: process(es) {blind} of {jax.process_count()} "
+                         "cannot read what process 0 writes there; a multi-host run needs a workdir every host "
+                         "sees (gs://bucket/..., or a shared file system)")
+
+
 def _can_append(path: epath.Path) -> bool:
     return "://" not in os.fspath(path)  # object stores (gs://, s3://) hold immutable objects
 

@@ -96,3 +96,14 @@ def test_a_host_other_than_process_0_neither_writes_nor_moves_the_warm_start(tmp
     cfg, params = sft_start(exp, str(tmp_path), task, None)
     assert cfg.num_layers == 1 and params["embed"].shape == (52, 32)
     assert not (tmp_path / "sft_model").exists() and not (tmp_path / "sft_model.tmp").exists()
+
+
+def test_headline_takes_the_smallest_and_largest_k_and_leaves_an_absent_greedy_empty():
+    from rl_sharpen.demo import _format_headlines, _headline
+
+    summary = {"pass@k": {2: 0.5, 4: 0.75}, "maj@k": {2: 0.25, 4: 0.5}, "mean_response_tokens": 3.0,
+               "mean_distinct_answers": 2.0}
+    row = _headline(summary)
+    assert row == {"pass@2": 0.5, "pass@4": 0.75, "maj@4": 0.5, "greedy": None, "length": 3.0, "distinct": 2.0}
+    assert json.loads(json.dumps(row))["greedy"] is None  # valid JSON, no NaN
+    assert _format_headlines({"start": row}).splitlines()[1].split("|")[4].strip() == "-"

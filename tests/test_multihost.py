@@ -1,11 +1,12 @@
 """What runs on a pod need. Multi-process JAX on one machine: two CPU processes under
 `jax.distributed`, two devices each, and a mesh whose data axis spans both. Sampler outputs are
 then sharded over devices of both processes; `sharding.host_array` must give every process the
-whole array, and a rollout must give both the same batch as one process holding all four devices.
+whole array, and a rollout must give both the same batch as one process holding all four devices,
+even where the hosts' graders disagree (process 0's verdicts count).
 Then the workdir: gs:// URLs stay URLs, only process 0 writes metrics, and a run resumed from a
 checkpoint (after a preemption) replaces the metric rows of the steps it runs again.
 
-The worker is this module run as a script: python -m tests.test_multihost PROCESS_ID PORT OUT_DIR.
+The worker is this module run as a script: python -m tests.test_multihost PROCESS_ID PORT OUT_DIR [MODE].
 """
 
 import importlib.util
@@ -48,6 +49,14 @@ class EvenLastTokenTask:
         return correct, [c.split()[-1] if c else None for c in completions], {}
 
 
+class HostDependentTask(EvenLastTokenTask):
+    """A grader whose verdicts differ on other hosts (as a timeout under load may): process 0's count."""
+
+    def score(self, completions, problems):
+        correct, answers, stats = super().score(completions, problems)
+        return (correct if jax.process_index() == 0 else 1.0 - correct), answers, stats
+
+
 PROMPTS = [(3, 2, 4), (0, 4), (5, 6, 2, 3), (4,)]
 
 
@@ -64,14 +73,25 @@ def sample_and_roll_out(mesh) -> dict[str, np.ndarray]:
     key = jax.random.key(1)
     out = sampling.generate(params, cfg, [list(p) for p in PROMPTS], key, sc, mesh=mesh)
     result = {"tokens": shd.host_array(out.tokens), "lengths": shd.host_array(out.lengths)}
-    batch, stats = rollout(params, params, cfg, EvenLastTokenTask(), PROMPTS, key, sc,
+    batch, stats = rollout(params, params, cfg, HostDependentTask(), PROMPTS, key, sc,
                            rw.RewardConfig(alpha=1.0), adv.AdvantageConfig(), Scorer(cfg), mesh)
     result.update({f"batch_{k}": shd.host_array(v) for k, v in vars(batch).items()})
     result.update({f"metric_{k}": np.asarray(v) for k, v in stats.items() if not k.startswith("time")})
     return result
 
 
-def _worker(process_id: int, port: int, out_dir: str) -> None:
+def _workdir_checks(process_id: int, out_dir: str) -> None:
+    """A shared workdir passes; one folder per process (a host's local disk) fails on every process."""
+    from rl_sharpen.metrics import check_shared_workdir
+
+    check_shared_workdir(out_dir)
+    try:
+        check_shared_workdir(os.path.join(out_dir, f"local{process_id}"))
+    except ValueError as e:
+        Path(out_dir, f"process{process_id}.txt").write_text(str(e))
+
+
+def _worker(process_id: int, port: int, out_dir: str, mode: str = "rollout") -> None:
     try:
         jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
         jax.distributed.initialize(f"localhost:{port}", num_processes=NUM_PROCESSES, process_id=process_id)
@@ -79,6 +99,8 @@ def _worker(process_id: int, port: int, out_dir: str) -> None:
     except Exception as e:  # reported to the test, which skips
         print(f"multi-process CPU JAX unavailable: {e!r}", file=sys.stderr)
         sys.exit(SETUP_FAILED)
+    if mode == "workdir":
+        return _workdir_checks(process_id, out_dir)
     mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # data = 4 over both processes
     assert {d.process_index for d in mesh.devices.flat} == set(range(NUM_PROCESSES))
     np.savez(os.path.join(out_dir, f"process{process_id}.npz"), **sample_and_roll_out(mesh))
@@ -102,15 +124,16 @@ def _wait_all(procs, timeout: float) -> list[int]:
     return [p.returncode for p in procs]
 
 
-def test_two_processes_fetch_the_same_global_rollout(tmp_path):
+def _run_workers(tmp_path, mode: str, meanwhile=lambda: None):
+    """Runs the worker processes in `mode` (calling `meanwhile` here as they run); what `meanwhile` returned."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 8 fake devices
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
     port = _free_port()
     logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(NUM_PROCESSES)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_multihost", str(i), str(port), str(tmp_path)],
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_multihost", str(i), str(port), str(tmp_path), mode],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
     try:
-        reference = sample_and_roll_out(shd.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, jax.devices()[:4]))
+        result = meanwhile()
     finally:
         codes = _wait_all(procs, timeout=240)
     outputs = []
@@ -122,6 +145,12 @@ def test_two_processes_fetch_the_same_global_rollout(tmp_path):
         pytest.skip("this platform cannot run two-process CPU JAX: " + outputs[codes.index(SETUP_FAILED)][-500:])
     for i, code in enumerate(codes):
         assert code == 0, f"process {i} exited with {code}:\n{outputs[i]}"
+    return result
+
+
+def test_two_processes_fetch_the_same_global_rollout(tmp_path):
+    reference = _run_workers(tmp_path, "rollout", lambda: sample_and_roll_out(
+        shd.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, jax.devices()[:4])))
     assert reference["tokens"].shape == (len(PROMPTS) * 2, 6)
     assert len({tuple(row) for row in reference["tokens"]}) > 1  # the samples are not all alike
     for i in range(NUM_PROCESSES):
@@ -130,6 +159,14 @@ def test_two_processes_fetch_the_same_global_rollout(tmp_path):
             for name in reference:
                 np.testing.assert_allclose(got[name], reference[name], rtol=1e-5, atol=1e-6,
                                            err_msg=f"process {i}: {name}")
+
+
+def test_a_workdir_that_not_every_process_sees_is_refused_on_every_process(tmp_path):
+    _run_workers(tmp_path, "workdir")
+    for i in range(NUM_PROCESSES):
+        message = (tmp_path / f"process{i}.txt").read_text()
+        assert "local" + str(i) in message and "is not shared: process(es) [1] of 2" in message
+    assert not list(tmp_path.glob(".shared_check_*"))  # the probe file is removed
 
 
 def _write_steps(writer: MetricWriter, steps) -> None:
@@ -211,4 +248,4 @@ def test_object_store_workdirs_stay_urls(tmp_path, monkeypatch):
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *sys.argv[4:])

@@ -109,11 +109,15 @@ def test_batch_prompt_padding_changes_shapes_not_results(tmp_path):
 
 def test_changed_config_refuses_to_resume(tmp_path):
     _rl_run(tmp_path, 2).run()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["optim"]["learning_rate"] != 5e-4 and saved["train"]["steps"] == 2
     with pytest.raises(CheckpointMismatch, match="optim.learning_rate"):
         _rl_run(tmp_path, 4, **{"optim.learning_rate": 5e-4}).run()
+    assert json.loads((tmp_path / "config.json").read_text()) == saved  # the refused config is not recorded
     # how the update is computed may change (e.g. smaller micro-batches after running out of memory)
     _rl_run(tmp_path, 3, **{"rl.micro_batch": 4, "rl.remat": True, "rl.logprob_chunk": 8}).run()
     assert sorted(_rows(tmp_path)) == [1, 2, 3]
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 3  # an accepted change is
 
 
 def test_config_errors_name_the_field_and_allowed_values():
@@ -283,6 +287,25 @@ def test_logged_learning_rate_is_the_optimizer_s_at_the_step_s_last_update(tmp_p
     peak = run.optim_cfg.learning_rate
     assert run._lr(0) == pytest.approx(peak * 3 / 10)  # updates 0..3 in step 0; the 4th is at 3/10 of warmup
     assert run._lr(2) == pytest.approx(peak)
+
+
+def test_logged_update_metrics_average_the_step_s_optimizer_updates(tmp_path):
+    run = _rl_run(tmp_path, 1, **{"rl.minibatches": 2, "rl.epochs": 2, "loss.name": "ppo_clip"})
+    seen, train_step = [], run.train_step
+
+    def recording_step(state, mb):  # the state is donated: one call per update
+        state, metrics = train_step(state, mb)
+        seen.append(jax.device_get(metrics))
+        return state, metrics
+
+    run.train_step = recording_step
+    run.run()
+    row = _rows(tmp_path)[1]
+    assert len(seen) == 4
+    for name in ("loss", "grad_norm", "ratio_mean", "clip_frac"):
+        per_update = [float(m[name]) for m in seen]
+        assert row[f"update_{name}"] == pytest.approx(np.mean(per_update), rel=1e-6), name
+    assert len({round(float(m["loss"]), 6) for m in seen}) > 1  # the mean is not the last update's value
 
 
 def test_data_limits_keep_the_first_synthetic_problems():

@@ -1,5 +1,7 @@
 """The jitted policy update: exact gradient accumulation, and a sharded step equal to one device."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,12 +39,16 @@ def _state(params, optimizer):
     return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-@pytest.mark.parametrize("loss,aggregation", [("reinforce", "token-mean"), ("ppo_clip", "seq-mean-token-sum")])
+@pytest.mark.parametrize("loss,aggregation", [("reinforce", "token-mean"), ("ppo_clip", "seq-mean-token-sum"),
+                                              ("alpha_dpg", "token-mean")])
 def test_micro_batches_equal_one_big_batch(aggregation, loss):
     params = models.init_params(CFG, jax.random.key(0))
-    loss_cfg = losses.LossConfig(name=loss, aggregation=aggregation, max_len=T, kl_coef=0.05)
+    loss_cfg = losses.LossConfig(name=loss, aggregation=aggregation, max_len=T, kl_coef=0.05, dpg_alpha=0.5)
     opt = optax.sgd(1.0)  # params move by exactly -grad, so params compare gradients
     batch = _batch()
+    correct = np.array(batch.correct).reshape(-1, G)
+    correct[0], correct[1, 0] = 0, 1  # a group without a correct sample; groups of unequal weights
+    batch = dataclasses.replace(batch, correct=jnp.asarray(correct.reshape(-1)))
     one = jax.jit(make_train_step(CFG, loss_cfg, opt, num_micro=1, group_size=G, remat=False))
     four = jax.jit(make_train_step(CFG, loss_cfg, opt, num_micro=4, group_size=G, remat=True))
     s1, m1 = one(_state(params, opt), batch)
@@ -50,6 +56,11 @@ def test_micro_batches_equal_one_big_batch(aggregation, loss):
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), s1["params"], s4["params"])
+    assert m1.keys() == m4.keys()
+    for name in m1:  # every metric, the group means of alpha-DPG (dpg_ess, dpg_target_groups) included
+        np.testing.assert_allclose(m1[name], m4[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    if loss == "alpha_dpg":
+        assert float(m1["dpg_target_groups"]) == 0.75
 
 
 @pytest.mark.parametrize("chunk", [3, 512])

@@ -38,7 +38,7 @@ that the sum of micro-batch losses equals the loss of the full batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +103,18 @@ def _required(batch: LossInputs, name: str, loss: str) -> jax.Array:
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+class Ratio(NamedTuple):
+    """A metric that is a mean over groups rather than tokens: num / max(den, 1), den a count.
+
+    Micro-batches add num and den apart, so the metric of a split batch is that of the whole batch."""
+
+    num: jax.Array
+    den: jax.Array
+
+    def value(self) -> jax.Array:
+        return self.num / jnp.maximum(self.den, 1)
 
 
 def _is_metrics(ratio: jax.Array, weight: jax.Array, mask: jax.Array, cap: float) -> dict[str, jax.Array]:
@@ -193,10 +205,10 @@ def alpha_dpg(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
     w = (advantages + 1.0).reshape(-1, batch.group_size)
     ess = jnp.square(jnp.sum(w, axis=1)) / jnp.maximum(jnp.sum(jnp.square(w), axis=1), 1e-30) / batch.group_size
     has_target = jnp.any(correct.reshape(-1, batch.group_size) > 0, axis=1)
-    groups_with_target = jnp.sum(has_target)
+    groups_with_target = jnp.sum(has_target).astype(jnp.float32)
     # ESS / G over the groups that have a target (others have no weights), and how many groups do
-    metrics["dpg_ess"] = jnp.sum(jnp.where(has_target, ess, 0.0)) / jnp.maximum(groups_with_target, 1)
-    metrics["dpg_target_groups"] = groups_with_target / has_target.shape[0]
+    metrics["dpg_ess"] = Ratio(jnp.sum(jnp.where(has_target, ess, 0.0)), groups_with_target)
+    metrics["dpg_target_groups"] = Ratio(groups_with_target, jnp.float32(has_target.shape[0]))
     return token_loss, metrics
 
 
@@ -227,10 +239,13 @@ def aggregate(token_values: jax.Array, mask: jax.Array, mode: str, *, max_len: i
 
 
 def policy_loss(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig, *,
-                denominator: jax.Array | float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                denominator: jax.Array | float | None = None, ratio_parts: bool = False
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scalar loss to minimize, metrics) for current log-probs [N, T] of the sampled tokens.
 
     Positions outside `batch.mask` may hold anything finite or not; they are zeroed before use.
+    Metrics are token means, except group means, which are returned as `Ratio`s with
+    `ratio_parts=True` (for micro-batch accumulation) and as their values otherwise.
     Jittable with cfg static: jax.jit(policy_loss, static_argnames="cfg").
     """
     mask = batch.mask.astype(bool)
@@ -252,5 +267,7 @@ def policy_loss(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig, *,
         metrics["kl"] = _masked_mean(jax.lax.stop_gradient(token_kl), mask)
         token_loss = token_loss + cfg.kl_coef * token_kl
     loss = aggregate(token_loss, mask, cfg.aggregation, max_len=cfg.max_len, denominator=denominator)
+    if not ratio_parts:
+        metrics = {k: v.value() if isinstance(v, Ratio) else v for k, v in metrics.items()}
     return loss, metrics
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rl_sharpen import sampling
 from rl_sharpen.models import next_token_map
@@ -76,7 +77,20 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
             scorer: Scorer, mesh=None, contrast: "sampling.Contrast | None" = None
             ) -> tuple[TrainBatch, dict[str, Any]]:
     """(TrainBatch of B*G rows, metrics) for prompts `problems` (B of them); a `contrast` samples
-    from the calibrated law (rl/calibration.py)."""
+    from the calibrated law (rl/calibration.py).
+
+    The metrics are means over the B*G samples y ~ q, where q is the law sampled: the policy pi itself
+    at temperature 1 without top-k / top-p or calibration, else a tempered, truncated or calibrated
+    law. S_pi = sum_t log pi(y_t | .) and S_ref (the same under p_ref) are in nats per sequence.
+
+      reward, reward_<c>     the total reward R and each mixture component before its weight
+      accuracy, answered     the task reward's mean, and the share of samples with an extracted answer
+      s_pi, s_ref            E_q[S_pi], E_q[S_ref]
+      kl_k1                  E_q[S_pi - S_ref]: KL(pi || p_ref) when q = pi, otherwise only a q-average
+      entropy_estimate       E_q[-S_pi]: the sequence entropy H(pi) when q = pi, otherwise the
+                             cross-entropy of pi under q (neither H(pi) nor H(q))
+      kl_sampler_policy      E_q[log q(y) - S_pi] = KL(q || pi) per sequence (not logged when greedy)
+    """
     G = sampling_cfg.num_samples
     timings = {}
     t0 = time.perf_counter()
@@ -89,6 +103,9 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     texts = [task.decode(tokens[i, :lengths[i]]) for i in range(len(tokens))]
     expanded = [p for p in problems for _ in range(G)]
     correct, answers, verify_stats = task.score(texts, expanded)
+    ids = answer_ids(answers, G)
+    if jax.process_count() > 1:  # hosts grade with their own timeouts: all take process 0's verdicts
+        correct, ids = multihost_utils.broadcast_one_to_all((np.asarray(correct, np.float32), ids))
     T = tokens.shape[1]
     full_tokens, full_segments = out.sequences()
     ref_lp = scorer.logprobs(ref_params, full_tokens, full_segments, T)
@@ -98,7 +115,7 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     if any(name in _STAT_COMPONENTS for name in rw.mixture_weights(reward_cfg)):
         stats = scorer.token_stats(policy_params, full_tokens, full_segments, T)
     inputs = rw.RewardInputs(completion_mask=mask_j, correct=jnp.asarray(correct, jnp.float32),
-                             answer_ids=jnp.asarray(answer_ids(answers, G)), ref_logprobs=ref_lp,
+                             answer_ids=jnp.asarray(ids), ref_logprobs=ref_lp,
                              policy_logprobs=policy_lp, group_size=G, vocab_size=cfg.vocab_size, **stats)
     rewards, components = rw.compute_rewards(inputs, reward_cfg)
     advantages = jax.block_until_ready(adv.compute_advantages(rewards, G, adv_cfg, correct=inputs.correct))
@@ -113,8 +130,8 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
         "reward": rewards.mean(), "accuracy": float(correct.mean()),
         "response_length": float(lengths.mean()), "finished": float(finished.mean()),
         "s_ref": seq_ref.mean(), "s_pi": seq_pi.mean(),
-        "kl_k1": (seq_pi - seq_ref).mean(),  # E_pi[log pi/p_ref], sequence level
-        "entropy_estimate": -seq_pi.mean(),  # E_pi[-log pi(y)], sequence level
+        "kl_k1": (seq_pi - seq_ref).mean(),  # E_q[S_pi - S_ref] (KL(pi || p_ref) if q = pi)
+        "entropy_estimate": -seq_pi.mean(),  # E_q[-S_pi] (H(pi) if q = pi)
         "advantage_abs": jnp.abs(advantages).mean(),
         "answered": float(np.mean([a is not None for a in answers])),
         **{f"reward_{k}": v.mean() for k, v in components.items()},

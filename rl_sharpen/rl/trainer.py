@@ -4,6 +4,12 @@ validation, metrics and resumable checkpoints.
 Every step is a pure function of (checkpointed state, step index): the rollout key is
 fold_in(seed key, step) and the prompts are the step-th slice of a seeded permutation, so a run
 killed and restarted from its last checkpoint reproduces the metrics of an uninterrupted run.
+
+Metric rows (`train.jsonl`, TensorBoard) are numbered by updates done. Row s holds the rollout
+metrics of the samples update s learned from, which were drawn from the policy after s - 1 updates
+(`rollout.rollout` documents them), the `update_*` metrics averaged over update s's
+epochs x minibatches optimizer steps, and `learning_rate` of its last optimizer step. The validation
+row s (`<name>_eval.jsonl`) and checkpoint s are of the policy after s updates.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from tqdm import tqdm
 from rl_sharpen import sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.checkpoint import Checkpointer
-from rl_sharpen.metrics import MetricWriter, format_row
+from rl_sharpen.metrics import MetricWriter, format_row, workdir_path, write_json
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, schedule
 from rl_sharpen.rl import advantages as adv
@@ -175,6 +181,9 @@ class RLRun:
             state, record = ckpt.restore(state, self.config_record)
             restored = int(record["step"])
             logging.info("resumed %s from step %d", self.workdir, restored)
+        if jax.process_index() == 0:  # after the checkpoint accepted it: a refused config leaves the old file
+            workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)
+            write_json(self.config_record, f"{self.workdir}/config.json")
         writer = MetricWriter(self.workdir, self.name, resume_step=restored)  # keeps rows up to `restored`
         eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", resume_step=restored)
         start = max(restored, 0)
@@ -198,15 +207,17 @@ class RLRun:
             t0 = time.perf_counter()
             memory = state.pop("memory", None)  # the jitted policy update donates and returns the rest
             shuffle = np.random.default_rng([self.seed, step, 1])
+            per_update = []
             for _ in range(self.rl_cfg.epochs):
                 for mb in _minibatches(batch, self.rl_cfg.minibatches, G, shuffle):
                     state, update_metrics = self.train_step(state, _place(mb, self.mesh))
-            update_metrics = jax.device_get(update_metrics)
+                    per_update.append(update_metrics)
+            update_metrics = jax.tree.map(lambda *v: float(np.mean(v)), *jax.device_get(per_update))
             metrics["time_update"] = time.perf_counter() - t0
             if memory is not None:  # learns this step's rollouts, which the next step's sampling avoids
                 t0 = time.perf_counter()
                 rows = _place((batch.tokens, batch.segments, batch.completion_mask), self.mesh)
-                state["memory"], memory_metrics = self.memory.update(memory, *rows)
+                state["memory"], memory_metrics = jax.block_until_ready(self.memory.update(memory, *rows))
                 metrics.update(jax.device_get(memory_metrics), time_memory=time.perf_counter() - t0)
             metrics["time_step"] = time.perf_counter() - t_step
             metrics.update({f"update_{k}": v for k, v in update_metrics.items()})

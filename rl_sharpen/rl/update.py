@@ -60,6 +60,10 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
     float32 inside one `lax.scan`, each micro-batch loss divided by the global `loss_denominator`,
     so the step equals one step on the whole batch. With a `mesh`, every micro-batch is spread over
     its data axes and the new state keeps the rules' placement (`optim.place`).
+
+    Metrics: `loss` (the KL penalty included), `grad_norm` (global norm before the optimizer's
+    clipping), and the loss's own metrics as means over the whole batch's completion tokens, or over
+    its groups for `losses.Ratio` ones, whatever `num_micro` is.
     """
     placement = None if mesh is None else param_shardings(cfg, mesh)
 
@@ -69,7 +73,7 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
         inputs = losses.LossInputs(mask=mb.completion_mask, behaviour_logprobs=mb.behaviour_logprobs,
                                    advantages=mb.advantages, old_logprobs=mb.old_logprobs,
                                    ref_logprobs=mb.ref_logprobs, correct=mb.correct, group_size=group_size)
-        return losses.policy_loss(lp, inputs, loss_cfg, denominator=denominator)
+        return losses.policy_loss(lp, inputs, loss_cfg, denominator=denominator, ratio_parts=True)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -89,11 +93,14 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
             mb, share = xs
             (loss, metrics), g = grad_fn(state["params"], mb, denominator)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-            return grads, (loss, jax.tree.map(lambda m: share * m, metrics))
+            # token means weighted by the micro-batch's token share; group means (Ratio) add their parts
+            weighted = {k: m if isinstance(m, losses.Ratio) else share * m for k, m in metrics.items()}
+            return grads, (loss, weighted)
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
         grads, (micro_losses, metrics) = jax.lax.scan(accumulate, zeros, (micro, token_share))
-        metrics = jax.tree.map(lambda m: m.sum(0), metrics)  # token-weighted means of the micro metrics
+        metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+        metrics = {k: m.value() if isinstance(m, losses.Ratio) else m for k, m in metrics.items()}
         metrics.pop("policy_loss", None)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
