@@ -138,9 +138,9 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
         evaluate(run.final_state["params"], regime)
 
     table = {name: _headline(s) for name, s in summaries.items()}
-    print("\n" + evaluation.format_table(summaries))
-    print(_format_headlines(table))
     if write:
+        print("\n" + evaluation.format_table(summaries))
+        print(_format_headlines(table))
         write_json({"headline": table, "summaries": summaries}, os.path.join(workdir, "demo_results.json"))
         evaluation.plot_pass_at_k(summaries, os.path.join(workdir, "pass_at_k.png"), "synthetic arithmetic")
         _plot_curves(workdir, exp.demo.regimes, os.path.join(workdir, "learning_curves.png"))

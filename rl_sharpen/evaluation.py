@@ -25,6 +25,7 @@ import itertools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -182,7 +183,8 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
     results, stats = [], []
-    for start in tqdm(range(0, len(problems), batch_size), desc="eval", unit="batch", dynamic_ncols=True):
+    for start in tqdm(range(0, len(problems), batch_size), desc="eval", unit="batch", dynamic_ncols=True,
+                      disable=jax.process_index() != 0):
         batch = list(problems[start:start + batch_size])
         prompts = [prompt_fn(p) for p in batch]
         sampled = _checked(generate_fn(prompts, n_samples, False), len(batch), n_samples)

@@ -21,7 +21,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
-from rl_sharpen.sharding import mesh_of
+from rl_sharpen.sharding import mesh_of, named_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +80,21 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params."""
     optimizer = make_optimizer(optim_cfg)
     opt_state = init_state(optimizer, params)
-    step_fn = make_sft_step(cfg, optimizer, mesh_of(params))
+    mesh = mesh_of(params)
+    step_fn = make_sft_step(cfg, optimizer, mesh)
     rng = np.random.default_rng(seed)
     writer = MetricWriter(workdir, "sft", resume_step=-1)  # SFT always starts over: so does its log
-    bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True)
+    bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True, disable=jax.process_index() != 0)
     width = prompt_width or 0
     for step in bar:
         pairs = sample_pairs(rng, sft_cfg.batch_size)
         # the padded width only grows (by bucket widths), so a run compiles the step a few times at most
         width = max(width, bucket_width(max(len(p) for p, _ in pairs)))
-        tokens, segments, mask = make_batch(pairs, pad_id, width, sft_cfg.max_completion_tokens)
-        params, opt_state, loss, gnorm = step_fn(params, opt_state, tokens, segments, mask)
+        batch = make_batch(pairs, pad_id, width, sft_cfg.max_completion_tokens)  # the same on every host
+        if mesh is not None:  # rows over the data axes (replicated where they do not divide the batch)
+            batch = [jax.device_put(x, named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
+                     for x in batch]
+        params, opt_state, loss, gnorm = step_fn(params, opt_state, *batch)
         if (step + 1) % sft_cfg.log_every == 0 or step + 1 == sft_cfg.steps:
             row = writer.write(step + 1, {"nll": loss, "grad_norm": gnorm})
             bar.set_postfix(nll=f"{row['nll']:.3f}")

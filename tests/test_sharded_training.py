@@ -276,3 +276,27 @@ def test_memory_update_keeps_its_state_placed_by_the_rules(run, state):
     put = [jax.device_put(x, shd.batch_sharding(run.mesh, x.ndim)) for x in (tokens, tokens, mask)]
     updated, _ = run.memory.update(memory, *put)  # donates `memory`
     assert _mismatches(updated, placed) == []
+
+
+def test_sft_batches_are_split_over_the_data_axes(run, tmp_path, monkeypatch):
+    """Each SFT step's rows go over ("data", "fsdp"): every device trains on its share, not the whole batch."""
+    from rl_sharpen import sft
+
+    placements, make_step = [], sft.make_sft_step
+
+    def recording(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+
+        def step_fn(params, opt_state, *batch):
+            placements.extend(x.sharding for x in batch)
+            return step(params, opt_state, *batch)
+        return step_fn
+
+    monkeypatch.setattr(sft, "make_sft_step", recording)
+    task = run.task  # the synthetic task of the tiny config
+    params = jax.tree.map(lambda x: x.copy(), run.policy_params)
+    sft.train_sft(params, run.model_cfg, task.sft_pairs, sft.SFTConfig(steps=1, batch_size=8), run.optim_cfg,
+                  task.pad_id, str(tmp_path))
+    assert len(placements) == 3
+    for sharding in placements:
+        assert sharding.is_equivalent_to(shd.batch_sharding(run.mesh, 2), 2), _spec(sharding)
