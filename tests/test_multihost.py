@@ -91,6 +91,28 @@ def _workdir_checks(process_id: int, out_dir: str) -> None:
         Path(out_dir, f"process{process_id}.txt").write_text(str(e))
 
 
+def _warm_start_check(process_id: int, out_dir: str) -> None:
+    """A demo warm start trained with other settings is refused on every process, not only on process 0."""
+    import json
+
+    from jax.experimental import multihost_utils
+
+    from rl_sharpen import demo, experiment
+    from rl_sharpen.task_setup import build_task
+    from tests.experiment_configs import get_config
+
+    exp = experiment.parse(get_config("demo", "tiny"))
+    folder = Path(out_dir, "sft_model")
+    if process_id == 0:
+        folder.mkdir()
+        (folder / "warm_start.json").write_text(json.dumps({"sft": {"steps": -1}}))
+    multihost_utils.sync_global_devices("warm start written")
+    try:
+        demo.sft_start(exp, out_dir, build_task(exp.data, exp.model, exp.seed), experiment.build_mesh(exp))
+    except Exception as e:  # noqa: BLE001 (the test reads which error each process met)
+        Path(out_dir, f"process{process_id}.txt").write_text(f"{type(e).__name__}: {e}")
+
+
 def _worker(process_id: int, port: int, out_dir: str, mode: str = "rollout") -> None:
     try:
         jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
@@ -101,6 +123,8 @@ def _worker(process_id: int, port: int, out_dir: str, mode: str = "rollout") -> 
         sys.exit(SETUP_FAILED)
     if mode == "workdir":
         return _workdir_checks(process_id, out_dir)
+    if mode == "warm_start":
+        return _warm_start_check(process_id, out_dir)
     mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # data = 4 over both processes
     assert {d.process_index for d in mesh.devices.flat} == set(range(NUM_PROCESSES))
     np.savez(os.path.join(out_dir, f"process{process_id}.npz"), **sample_and_roll_out(mesh))
@@ -167,6 +191,12 @@ def test_a_workdir_that_not_every_process_sees_is_refused_on_every_process(tmp_p
         message = (tmp_path / f"process{i}.txt").read_text()
         assert "local" + str(i) in message and "is not shared: process(es) [1] of 2" in message
     assert not list(tmp_path.glob(".shared_check_*"))  # the probe file is removed
+
+
+def test_a_demo_warm_start_with_other_settings_is_refused_on_every_process(tmp_path):
+    _run_workers(tmp_path, "warm_start")
+    for i in range(NUM_PROCESSES):
+        assert "trained with other settings (they differ in " in (tmp_path / f"process{i}.txt").read_text()
 
 
 def _write_steps(writer: MetricWriter, steps) -> None:
