@@ -10,6 +10,8 @@ from rl_sharpen.experiment import default_config
 
 
 def get_config(arg: str = ""):
+    if arg not in ("", "tiny"):
+        raise ValueError(f"config argument {arg!r}: allowed: '' (the full run) or 'tiny'")
     tiny = arg == "tiny"
     c = default_config()
     c.mode = "binary_rewards"

@@ -4,7 +4,9 @@
   python -m rl_sharpen.main --config=configs/eval_smollm2_gsm8k.py:/path/to/smollm2,tiny --workdir=/tmp/e
       # 2 problems x 2 samples of 16 tokens: the whole path on CPU in seconds, for tests
 
-The argument is a checkpoint folder (default: the hub id), optionally followed by ",tiny".
+The argument is a checkpoint folder (default: the hub id), optionally followed by ",tiny". GSM8K test is
+read from ../shared/data beside the repository when it is there, else from the hub; another local copy:
+--config.data.validation=/path/to/test.jsonl.
 """
 
 import os
@@ -23,7 +25,8 @@ def get_config(arg: str = ""):
     c = default_config()
     c.mode = "eval"
     c.model.checkpoint = checkpoint or "HuggingFaceTB/SmolLM2-135M-Instruct"
-    c.data.train = c.data.validation = os.path.normpath(GSM8K_TEST)
+    c.data.train = c.data.validation = os.path.normpath(GSM8K_TEST) if os.path.exists(GSM8K_TEST) else "gsm8k"
+    c.data.train_split, c.data.validation_split = "test", "test"  # eval mode reads only the validation set
     c.eval.num_samples = 4
     c.eval.k_list = (1, 2, 4)
     c.eval.max_new_tokens = 256

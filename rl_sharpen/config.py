@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     pass
 
 
+class SourceError(ConfigError, OSError):
+    """A config field names a model, tokenizer or dataset that cannot be read (no such path, hub offline)."""
+
+
 def _plain(value):
     if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
         return value.to_dict()

@@ -107,8 +107,6 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
     if "://" in workdir:
         raise ValueError(f"--workdir={workdir}: the demo needs a local workdir (RL, SFT and eval runs take gs:// URLs)")
     cfg, start = sft_start(exp, workdir, task, mesh)
-    if jax.process_index() == 0:  # after the warm start accepted the settings (each regime writes its own)
-        write_json(to_record(exp), os.path.join(workdir, "config.json"))
     summaries = {}
 
     problems = task.problems("validation")
@@ -120,7 +118,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
                              prompt_width(task, problems)),
             problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
             k_list=exp.eval.ks, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
-            seed=exp.seed)
+            verify_timeout=exp.eval.verify_timeout, seed=exp.seed)
         if write:
             report_dir = workdir_path(workdir) / "eval" / name
             report_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +137,9 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
 
     table = {name: _headline(s) for name, s in summaries.items()}
     if write:
+        # written once the warm start and every regime's checkpoints accepted the settings (each regime
+        # folder has its own config.json, with its reward)
+        write_json(to_record(exp), os.path.join(workdir, "config.json"))
         print("\n" + evaluation.format_table(summaries))
         print(_format_headlines(table))
         write_json({"headline": table, "summaries": summaries}, os.path.join(workdir, "demo_results.json"))

@@ -19,6 +19,7 @@ from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
 from rl_sharpen.metrics import check_shared_workdir, workdir_path
+from rl_sharpen.models.hf_io import checkpoint_folder
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
@@ -42,7 +43,7 @@ class ModelSource:
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     regimes: tuple[str, ...] = ("task_reward", "sharpening")  # presets from the SFT start; keep reward.normalization
-    sft_steps: int = 600  # warm-start steps
+    sft_steps: int = 600  # warm-start steps (in place of sft.steps; the warm start's optimizer is the demo's own)
 
     def __post_init__(self):
         check_fields(self, [
@@ -93,11 +94,7 @@ def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
     """(ModelConfig, params): loaded from the checkpoint, or initialized from `arch`."""
     src = exp.model
     if src.checkpoint:
-        path = src.checkpoint
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+        path = checkpoint_folder(src.checkpoint)
         return models.load_hf(path, dtype=src.param_dtype, mesh=mesh, compute_dtype=src.compute_dtype)
     if src.arch == "custom":
         fields = dict(src.custom)

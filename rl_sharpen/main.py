@@ -25,15 +25,39 @@ class _QuietLibraries(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
 
 
+def _innermost_message(error: BaseException) -> str:
+    while error.args and isinstance(error.args[0], BaseException):  # ml_collections wraps a KeyError
+        error = error.args[0]
+    return str(error.args[0]) if error.args else str(error)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a misspelled `--config.a.b` field as one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections: "'x'\nDid you mean "y" instead of "x"?"
+        sys.exit(f"FATAL Flags parsing error: a --config override names an unknown field: {_innermost_message(e)}")
+    except flags.Error as e:
+        message = str(e)
+        if "Traceback" in message:  # get_config raised: its own error line, not the config loader's traceback
+            message = message.split(": Error whilst parsing", 1)[0] + ": " + message.rstrip().splitlines()[-1]
+        sys.exit(f"FATAL Flags parsing error: {message}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    try:
+        FLAGS.config.get("mode")  # a config file that failed to load raises here, naming the failure
+    except OSError as e:
+        sys.exit(f"config error: --config: {e.__cause__ or e}")
     import jax
 
     if FLAGS.multihost:
         jax.distributed.initialize()
     from rl_sharpen import experiment
+    from rl_sharpen.checkpoint import CheckpointMismatch
     from rl_sharpen.config import ConfigError
 
     logging.info("JAX process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
@@ -41,7 +65,9 @@ def main(argv):
         experiment.run(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:  # a wrong config value: its message (field and allowed values), not a traceback
         sys.exit(f"config error: {e}")
+    except CheckpointMismatch as e:  # a restart with a config its checkpoints refuse: the changed fields
+        sys.exit(f"cannot resume: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

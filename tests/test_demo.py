@@ -25,11 +25,17 @@ def _reward_record(run_dir) -> dict:
     return record["record"]["config"]["reward"]
 
 
-def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured_reward(tmp_path):
+def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured_reward(tmp_path, monkeypatch):
+    from rl_sharpen import evaluation
+
     c = get_config("demo", "tiny")
     c.demo.regimes = ("task_reward", "sharpening")
     c.reward.normalization = "mean"  # every regime keeps it: sharpening with N = S_ref / L
+    c.eval.verify_timeout = 3.5
+    timeouts, evaluate = [], evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: timeouts.append(k["verify_timeout"]) or evaluate(*a, **k))
     table = experiment.run(c, str(tmp_path))
+    assert timeouts == [3.5] * 3  # the warm start and each regime, graded with the configured timeout
 
     assert list(table) == ["sft_start", "task_reward", "sharpening"]
     saved = json.loads((tmp_path / "demo_results.json").read_text())
@@ -41,6 +47,12 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     for png in ("pass_at_k.png", "learning_curves.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "sft_model" / "config.json").exists()  # the warm start a rerun reuses
+    assert json.loads((tmp_path / "config.json").read_text())["demo"]["regimes"] == ["task_reward", "sharpening"]
+    for regime in ("task_reward", "sharpening"):  # each regime records its own reward; no empty validation logs
+        assert json.loads((tmp_path / regime / "config.json").read_text())["reward"] == _reward_record(
+            tmp_path / regime)
+        assert sorted(p.name for p in (tmp_path / regime / "tb").iterdir()) == [regime]
+        assert not (tmp_path / regime / f"{regime}_eval.jsonl").exists()
 
     sharpening = _reward_record(tmp_path / "sharpening")
     assert (sharpening["mode"], sharpening["alpha"], sharpening["beta_inv"]) == ("optimization", 1.0, 0.0)
@@ -81,6 +93,25 @@ def test_main_reports_a_wrong_config_value_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("flags, last_line", [
+    (["--config=configs/demo.py:tiny", "--config.rl.prompt_per_step=8"],
+     'Did you mean "prompts_per_step" instead of "prompt_per_step"?'),
+    (["--config=configs/demo.py:tinyy"],
+     "FATAL Flags parsing error: flag --config=configs/demo.py:tinyy: ValueError: config argument 'tinyy': "
+     "allowed: '' (the full run) or 'tiny'"),
+    (["--config=configs/binary_rewards.py:tiny2"], "config argument 'tiny2': allowed: '' (the full run) or 'tiny'"),
+    (["--config=configs/nonexistent.py"], "No such file or directory: 'configs/nonexistent.py'"),
+])
+def test_main_reports_a_wrong_config_name_or_file_without_a_traceback(tmp_path, flags, last_line):
+    command = [sys.executable, "-m", "rl_sharpen.main", f"--workdir={tmp_path / 'run'}", *flags]
+    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.rstrip().splitlines()[-1].endswith(last_line)
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
 def test_a_host_other_than_process_0_neither_writes_nor_moves_the_warm_start(tmp_path, monkeypatch):
     """Only process 0 saves the warm start and renames it into place; the others train alongside."""
     import jax
@@ -107,3 +138,18 @@ def test_headline_takes_the_smallest_and_largest_k_and_leaves_an_absent_greedy_e
     assert row == {"pass@2": 0.5, "pass@4": 0.75, "maj@4": 0.5, "greedy": None, "length": 3.0, "distinct": 2.0}
     assert json.loads(json.dumps(row))["greedy"] is None  # valid JSON, no NaN
     assert _format_headlines({"start": row}).splitlines()[1].split("|")[4].strip() == "-"
+
+
+def test_main_reports_a_refused_resume_in_one_line_and_keeps_the_recorded_config(tmp_path):
+    base = [sys.executable, "-m", "rl_sharpen.main", "--config=configs/qwen3_4b_math.py:sharpening,tiny",
+            f"--workdir={tmp_path}", "--config.train.steps=1", "--config.train.eval_every=0"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    first = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    recorded = (tmp_path / "config.json").read_text()
+    again = subprocess.run(base + ["--config.optim.learning_rate=0.5"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode != 0
+    assert again.stderr.rstrip().splitlines()[-1].startswith("cannot resume: ")
+    assert "optim.learning_rate" in again.stderr.splitlines()[-1] and "Traceback" not in again.stderr
+    assert (tmp_path / "config.json").read_text() == recorded

@@ -70,3 +70,30 @@ def test_encode_prompts_left_pads_int32(tokenizer):
         encode_prompts(tokenizer, problems, width=3)
     with pytest.raises(ValueError, match="at least one problem"):
         encode_prompts(tokenizer, [])
+
+
+def test_model_and_tokenizer_sources_that_cannot_be_read_name_their_config_field(tmp_path, monkeypatch):
+    import huggingface_hub
+    import transformers
+
+    from rl_sharpen.config import ConfigError
+    from rl_sharpen.models.hf_io import checkpoint_folder
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(ConfigError, match=r"model.checkpoint='/no/such/folder': no such folder"):
+        checkpoint_folder("/no/such/folder")
+    with pytest.raises(ConfigError, match=r"model.checkpoint='Org/Model' is not a local folder, and the Hugging Face "
+                                          r"hub did not provide it \(OSError: We couldn't connect.*"
+                                          r"--config.model.checkpoint=/path"):
+        checkpoint_folder("Org/Model")
+    assert checkpoint_folder(str(tmp_path)) == str(tmp_path)  # a local folder is used as it is
+    with pytest.raises(ConfigError, match=r"data.tokenizer='.*': the folder has no tokenizer"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"model.checkpoint='Org/Model' is not a local folder.*OSError"):
+        load_tokenizer("Org/Model", "model.checkpoint")
+    with pytest.raises(ConfigError, match=r"data.tokenizer='\./missing': no such folder"):
+        load_tokenizer("./missing")

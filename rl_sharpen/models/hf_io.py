@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rl_sharpen import sharding as shd
+from rl_sharpen.config import SourceError
 from rl_sharpen.models import registry
 from rl_sharpen.models.config import DTYPES, ModelConfig, from_hf_config, to_hf_config
 
@@ -32,6 +33,33 @@ INDEX_FILE = "model.safetensors.index.json"
 
 class CheckpointError(ValueError):
     """A checkpoint folder that does not match what its config.json promises."""
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hugging Face hub id ('org/name' or 'name') rather than a local path."""
+    return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 and not os.path.exists(name)
+
+
+def hub_error(field: str, name: str, error: Exception) -> SourceError:
+    """The error for a hub id the hub did not provide (offline, unknown, gated), naming the config field."""
+    detail = (str(error).strip().splitlines() or [""])[0][:200]
+    return SourceError(f"{field}={name!r} is not a local folder, and the Hugging Face hub did not provide it "
+                   f"({type(error).__name__}: {detail}); pass a local Hugging Face folder: --config.{field}=/path")
+
+
+def checkpoint_folder(name_or_path: str, field: str = "model.checkpoint") -> str:
+    """A local checkpoint folder as it is; a hub id downloaded (config, tokenizer, safetensors) to the cache."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if not is_hub_id(name_or_path):
+        raise SourceError(f"{field}={name_or_path!r}: no such folder (expected a local Hugging Face folder or "
+                                "a hub id such as 'Qwen/Qwen2.5-3B-Instruct')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+    except Exception as e:  # offline, unknown or gated repository, ...
+        raise hub_error(field, name_or_path, e) from e
 
 
 def _tensor_files(path: str) -> dict[str, str]:

@@ -185,7 +185,8 @@ class RLRun:
             workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)
             write_json(self.config_record, f"{self.workdir}/config.json")
         writer = MetricWriter(self.workdir, self.name, resume_step=restored)  # keeps rows up to `restored`
-        eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", resume_step=restored)
+        eval_writer = None if self.evaluate is None else MetricWriter(self.workdir, f"{self.name}_eval",
+                                                                       resume_step=restored)
         start = max(restored, 0)
         base_key = jax.random.key(self.seed)
         B, G = self.rl_cfg.prompts_per_step, self.sampling_cfg.num_samples
@@ -235,7 +236,8 @@ class RLRun:
         bar.close()
         ckpt.close()
         writer.close()
-        eval_writer.close()
+        if eval_writer is not None:
+            eval_writer.close()
         self.final_state = state
         return last_eval or {}
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rl_sharpen.config import SourceError
 from rl_sharpen.tasks.answers import last_boxed
 
 _LOG = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def _read_hub(source: Source, name: str, split: str) -> Iterable[Any]:
     try:
         return datasets.load_dataset(source.hub_name, source.config, split=source.splits[split])
     except Exception as e:  # offline, unreachable, or not authorized: say how to go on without the hub
-        raise ValueError(f"problem source {name!r} (split {split!r}) could not be loaded from the Hugging Face "
+        raise SourceError(f"problem source {name!r} (split {split!r}) could not be loaded from the Hugging Face "
                          f"hub dataset {source.hub_name!r}: {type(e).__name__}: {e}. Without the hub, pass a "
                          f"local {' / '.join(LOCAL_EXTENSIONS)} file of its rows as data.train / data.validation"
                          ) from e
@@ -284,7 +285,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         rows, source_name, format = (_read_hub(source, name_or_path, split), f"{name_or_path}/{split}",
                                      format or source.format)
     else:
-        raise ValueError(f"unknown problem source {name_or_path!r}: not a file, and not one of {sorted(SOURCES)}")
+        raise SourceError(f"unknown problem source {name_or_path!r}: not a file, and not one of {sorted(SOURCES)} "
+                          "(set by data.train / data.validation)")
 
     problems: list[Problem] = []
     skipped: collections.Counter[str] = collections.Counter()

@@ -38,11 +38,28 @@ class PromptConfig:
             raise ValueError(f"template must contain {PROBLEM_PLACEHOLDER!r} exactly once, got {self.template!r}")
 
 
-def load_tokenizer(name_or_path: str, **kwargs: Any):
-    """`transformers.AutoTokenizer` from a local folder or a hub name."""
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_tokenizer(name_or_path: str, field: str = "data.tokenizer", **kwargs: Any):
+    """`transformers.AutoTokenizer` from a local folder or a hub id; errors name the config `field`."""
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    from rl_sharpen.config import SourceError
+    from rl_sharpen.models.hf_io import hub_error, is_hub_id
+
+    if os.path.isdir(name_or_path):
+        if not any(os.path.exists(os.path.join(name_or_path, f)) for f in _TOKENIZER_FILES):
+            raise SourceError(f"{field}={name_or_path!r}: the folder has no tokenizer (none of "
+                                    f"{', '.join(_TOKENIZER_FILES)})")
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if not is_hub_id(name_or_path):
+        raise SourceError(f"{field}={name_or_path!r}: no such folder (expected a local Hugging Face folder or "
+                                "a hub id such as 'Qwen/Qwen2.5-3B-Instruct')")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except Exception as e:  # offline, unknown or gated repository, ...
+        raise hub_error(field, name_or_path, e) from e
 
 
 def user_message(problem: str, cfg: PromptConfig = PromptConfig()) -> str:
