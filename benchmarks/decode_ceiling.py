@@ -30,7 +30,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import time
 
 
@@ -56,6 +55,7 @@ import numpy as np  # noqa: E402
 
 from rl_sharpen import models  # noqa: E402
 from rl_sharpen.sampling import ancestral, decode, kv  # noqa: E402
+from run_info import run_info  # noqa: E402
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -135,9 +135,8 @@ def measure(cfg, params, rows: int) -> dict:
 def main():
     cfg = models.preset(ARGS.preset, param_dtype="float32", compute_dtype="float32")
     params = models.init_params(cfg, jax.random.key(0))
-    result = {"preset": ARGS.preset, "threads": ARGS.threads, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-              "cpu": platform.processor() or platform.machine(), "device": str(jax.devices()[0].device_kind),
-              "jax": jax.__version__, "load_average": os.getloadavg(), "rows": []}
+    result = run_info(preset=ARGS.preset, threads=ARGS.threads, repeats=ARGS.repeats,
+                      xla_flags=os.environ.get("XLA_FLAGS", ""), rows=[])
     print(f"{ARGS.preset}, float32, {ARGS.threads} threads, {result['device']}, XLA_FLAGS={result['xla_flags']!r}")
     print(f"{'rows':>4} {'step ms':>8} {'projections ms':>14} {'GFLOP/s':>7} {'GB/s':>5} {'attention ms':>12} "
           f"{'GB/s':>5} {'rest ms':>7} {'floor ms':>8} {'weight read GB/s':>16} {'pick ms greedy / T=1':>20}")

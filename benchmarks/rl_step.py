@@ -7,24 +7,22 @@ Each setting runs `--steps` RL steps; the first (compilation) is reported separa
 rest are averaged. The SmolLM2 setting runs once per `--prompt-padding` mode (`rl.prompt_padding`:
 one width for the whole problem set, or each batch's own bucket width) and `--remat` choice
 (`rl.remat`: recompute each decoder layer's activations in the backward pass, or keep them), and once per
-`--calibration-layers` depth of a memory network (distribution-level calibration, mu = 0.5), whose
-cost shows in the sample split (a second model in the decode loop) and in its own memory split.
+`--calibration-layers` depth of a memory network (distribution-level calibration, mu = 0.5, with the
+first `--prompt-padding` mode and `--remat` value), whose cost shows in the sample split (a second model in the decode loop) and in its own memory split.
 """
 
 import argparse
 import json
 import os
-import platform
 import tempfile
-import time
 
-import jax
 import numpy as np
 
 from rl_sharpen import experiment
 from rl_sharpen.config import load_config_file
 from rl_sharpen.metrics import read_jsonl
 from rl_sharpen.task_setup import build_task
+from run_info import run_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("time_sample", "time_score", "time_update", "time_memory", "time_step")
@@ -83,14 +81,14 @@ def main():
                         help="comma list of memory-network depths to time with calibration on (SmolLM2)")
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "gsm8k", "test.jsonl"))
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error(f"--steps={args.steps}: at least 2 (the first compiles; the others are averaged)")
     remats, remat_values = {"true": True, "false": False}, []
     for value in args.remat.split(","):
         if value not in remats:
             parser.error(f"--remat: {value!r}; allowed: a comma list of {sorted(remats)}")
         remat_values.append(remats[value])
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "jax": jax.__version__, "device": str(jax.devices()[0]),
-               "date": time.strftime("%Y-%m-%d")}
+    results = run_info(steps=args.steps)
     results["demo"] = time_steps(_demo_config(), args.steps)
     print("demo", json.dumps(results["demo"], indent=1))
     for padding in args.prompt_padding.split(",") if args.checkpoint else ():
@@ -101,7 +99,8 @@ def main():
             results[name] = timed = time_steps(c, args.steps)
             print(f"smollm2, {padding} padding, remat={remat}", json.dumps(timed, indent=1))
     for layers in [int(n) for n in args.calibration_layers.split(",") if n] if args.checkpoint else ():
-        c = _smollm2_config(args.checkpoint, args.data)
+        c = _smollm2_config(args.checkpoint, args.data)  # the first padding mode and remat value asked for
+        c.rl.prompt_padding, c.rl.remat = args.prompt_padding.split(",")[0], remat_values[0]
         c.calibration.mu, c.calibration.memory_layers = 0.5, layers
         results[f"smollm2_135m_calibrated_{layers}_layers"] = timed = time_steps(c, args.steps)
         print(f"smollm2, calibrated, {layers}-layer memory", json.dumps(timed, indent=1))

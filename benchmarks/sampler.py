@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 
@@ -69,6 +68,8 @@ def parse_args():
 
 
 ARGS = parse_args()
+if ARGS.new_tokens < 3:
+    raise SystemExit(f"--new-tokens={ARGS.new_tokens}: at least 3 (the decode step is (T(n) - T(2)) / (n - 2))")
 if ARGS.threads < len(os.sched_getaffinity(0)):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:ARGS.threads])
 
@@ -79,6 +80,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from rl_sharpen import models, sampling  # noqa: E402
+from run_info import run_info  # noqa: E402
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -159,9 +161,15 @@ def rl_sharpen_runner(params, cfg, ids, batch, new_tokens):
 
 
 def transformers_runner(model, ids, batch, new_tokens, threads):
+    """A function timing one transformers `generate` call of exactly `new_tokens` greedy tokens.
+
+    generate() fills every field left at None from the checkpoint's generation_config.json, so
+    eos_token_id=None alone does not stop it from ending at EOS: min_new_tokens does, and the
+    processors a checkpoint may switch on (repetition penalty, ...) are set to their neutral values."""
     x = torch.tensor([ids] * batch, dtype=torch.long, device=model.device)
-    config = transformers.GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
-                                           pad_token_id=0)
+    config = transformers.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                           num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                                           temperature=None, top_k=None, top_p=None, pad_token_id=0)
 
     def run():
         torch.set_num_threads(threads)
@@ -170,7 +178,10 @@ def transformers_runner(model, ids, batch, new_tokens, threads):
             out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
         if ON_GPU:
             torch.cuda.synchronize()
-        return time.perf_counter() - t, out[:, len(ids):].cpu().numpy()
+        seconds = time.perf_counter() - t
+        if out.shape[1] != len(ids) + new_tokens:
+            raise RuntimeError(f"transformers generated {out.shape[1] - len(ids)} tokens, not {new_tokens}")
+        return seconds, out[:, len(ids):].cpu().numpy()
 
     return run
 
@@ -265,19 +276,24 @@ def load_models():
     return path, ids, cfg, params, hf
 
 
+def decode_step_weight_bytes(params) -> int:
+    """Bytes of weights one decode step reads: every layer, the final norm and the unembedding; of the
+    embedding only a row per sequence, so an untied embedding is not counted (a tied one is the unembedding)."""
+    total = sum(x.nbytes for x in jax.tree.leaves(params))
+    return total if "lm_head" not in params else total - params["embed"].nbytes
+
+
 def main():
     path, ids, cfg, params, hf = load_models()
-    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    weight_bytes = decode_step_weight_bytes(params)
     sample_read_rates = read_bandwidth_sampler()
     rate_samples = [sample_read_rates()]
     flop_rate = matmul_rate(ARGS.dtype)
-    result = {
-        "checkpoint": ARGS.checkpoint, "preset": ARGS.preset, "dtype": ARGS.dtype, "prompt_tokens": len(ids),
-        "new_tokens": ARGS.new_tokens, "threads": ARGS.threads, "cpu": platform.processor() or platform.machine(),
-        "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
-        "torch": torch.__version__, "transformers": transformers.__version__, "load_average": os.getloadavg(),
-        "weight_bytes": weight_bytes, "matmul_flops_per_s": flop_rate, "batches": [],
-    }
+    result = run_info(
+        checkpoint=ARGS.checkpoint, preset=ARGS.preset, dtype=ARGS.dtype, prompt_tokens=len(ids),
+        batch_sizes=ARGS.batch_sizes, repeats=ARGS.repeats, new_tokens=ARGS.new_tokens, threads=ARGS.threads,
+        torch=torch.__version__, transformers=transformers.__version__, weight_bytes=weight_bytes,
+        matmul_flops_per_s=flop_rate, batches=[])
     print(f"{result['device']}, {ARGS.dtype}, {len(ids)}-token prompt, {ARGS.new_tokens} new tokens, "
           f"{ARGS.threads} threads, load average {os.getloadavg()[0]:.1f}, weights {weight_bytes / 1e6:.0f} MB, "
           f"matmul {flop_rate / 1e9:.0f} GFLOP/s")

@@ -28,6 +28,8 @@ import time
 import jax
 import numpy as np
 
+from run_info import git, run_info
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -86,7 +88,7 @@ def main():
                 times[name].append(run()[0])
 
     n = args.batch * args.new_tokens
-    result = {"base_revision": args.base, "batch": args.batch, "prompt_tokens": args.prompt_tokens,
+    result = {**run_info(), "base_revision": args.base, "base_commit": git("rev-parse", args.base), "batch": args.batch, "prompt_tokens": args.prompt_tokens,
               "new_tokens": args.new_tokens, "temperature": args.temperature, "dtype": args.dtype,
               "same_tokens": bool(np.array_equal(tokens["base"], tokens["new"])),
               **{name: {"best_seconds": min(t), "median_seconds": float(np.median(t)), "tokens_per_s": n / min(t),

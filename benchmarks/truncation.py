@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rl_sharpen import sampling
+from run_info import run_info
 
 SETTINGS = {"top_k=50": (50, 1.0), "top_p=0.95": (0, 0.95), "top_k=20,top_p=0.8": (20, 0.8)}
 
@@ -56,7 +57,7 @@ def main():
     p.add_argument("--vocabs", default="49152,151936")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    results = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "timings": []}
+    results = run_info(repeats=args.repeats, timings=[])
     print(f"{'vocab':>7} {'rows':>4} {'setting':>20} {'bisection ms':>12} {'sort ms':>9} {'speed-up':>8} {'same':>5}")
     for vocab in (int(v) for v in args.vocabs.split(",")):
         for rows in (int(r) for r in args.rows.split(",")):

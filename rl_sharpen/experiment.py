@@ -18,7 +18,7 @@ from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
-from rl_sharpen.metrics import check_shared_workdir, workdir_path
+from rl_sharpen.metrics import check_shared_workdir, json_value, workdir_path
 from rl_sharpen.models.hf_io import checkpoint_folder
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
@@ -161,7 +161,7 @@ def run(config, workdir: str) -> dict:
         result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
                                 workdir=workdir)(params, 0)
     if main:
-        (out / "result.json").write_text(json.dumps(result, indent=2, default=float))
+        (out / "result.json").write_text(json.dumps(result, indent=2, default=json_value))
     logging.info("result: %s", result)
     return result
 

@@ -115,8 +115,8 @@ class MetricWriter:
                 self.path.write_text(self._text)
             if self._tb is not None:
                 for k, v in row.items():
-                    if isinstance(v, float) and math.isfinite(v):
-                        self._tb.add_scalar(k, v, step)
+                    if isinstance(v, float) and math.isfinite(v):  # TensorBoard tags allow no '@': pass_at_8
+                        self._tb.add_scalar(k.replace("@", "_at_"), v, step)
                 self._tb.flush()
         return row
 
@@ -136,9 +136,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in workdir_path(path).read_text().splitlines() if line.strip()]
 
 
+def json_value(x):
+    """`json.dumps` default for numpy and JAX values: integers stay integers, arrays become lists."""
+    x = np.asarray(x)
+    return x.tolist() if x.ndim else x.item()
+
+
 def write_json(obj, path: str | os.PathLike) -> None:
-    """`obj` as indented JSON at `path` (local or a gs:// / s3:// URL); numpy scalars as floats."""
-    workdir_path(path).write_text(json.dumps(obj, indent=1, default=float))
+    """`obj` as indented JSON at `path` (local or a gs:// / s3:// URL), numpy / JAX values included."""
+    workdir_path(path).write_text(json.dumps(obj, indent=1, default=json_value))
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 150) -> None:

@@ -8,6 +8,7 @@ as text, the verifier, warm-start pairs, and validation with pass@k / maj@k.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 import jax
@@ -257,7 +258,9 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
             out = workdir_path(workdir)
             out.mkdir(parents=True, exist_ok=True)
             evaluation.save_json(report, out / f"eval_step{step}.json")
-            evaluation.plot_pass_at_k({f"step {step}": report.summary}, out / f"pass_at_k_step{step}.png")
+            title = (f"{os.path.basename(task.data.validation)}: {len(problems)} problems, "
+                     f"{eval_cfg.num_samples} samples each")
+            evaluation.plot_pass_at_k({f"step {step}": report.summary}, out / f"pass_at_k_step{step}.png", title)
             print(evaluation.format_table({f"step {step}": report.summary}))
         return flat_summary(report.summary)
 

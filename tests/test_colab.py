@@ -1,7 +1,7 @@
 """The Colab notebook, run top to bottom as a user would: every code cell in order, in one namespace.
 
 Only what a CPU test machine lacks is swapped: /content paths for a temporary folder, the demo's
-`:tiny` size, the local SmolLM2 folder for the hub download, and a shorter generation.
+`:tiny` size, the local SmolLM2 folder for the hub id, and a shorter generation.
 """
 
 import json
@@ -23,7 +23,7 @@ def test_notebook_runs_in_order(tmp_path, smollm2_tokenizer_dir, monkeypatch):
         ("/content/rl_sharpen", str(REPO)),
         ("/content", str(tmp_path)),
         ('configs/demo.py"', 'configs/demo.py:tiny"'),
-        ("snapshot_download(path)", repr(smollm2_tokenizer_dir)),
+        ('"HuggingFaceTB/SmolLM2-135M-Instruct"', repr(smollm2_tokenizer_dir)),
         ("max_new_tokens=128", "max_new_tokens=32"),
     ]
     cells = [c for c in code_cells() if "!pip" not in c]

@@ -279,3 +279,18 @@ def test_object_store_workdirs_stay_urls(tmp_path, monkeypatch):
 
 if __name__ == "__main__":
     _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], *sys.argv[4:])
+
+
+def test_tensorboard_tags_spell_at_as_a_word_and_json_keeps_numpy_integers(tmp_path):
+    import json
+
+    from rl_sharpen.metrics import write_json
+
+    w = MetricWriter(tmp_path, "eval", is_main=True)
+    w.write(1, {"pass@8": 0.5, "maj@8": np.float32(0.25)})
+    w.close()
+    tags = {v.tag for e in _tensorboard_events(tmp_path / "tb" / "eval") for v in e.summary.value}
+    assert tags == {"pass_at_8", "maj_at_8"}
+    assert read_jsonl(tmp_path / "eval.jsonl") == [{"step": 1, "pass@8": 0.5, "maj@8": 0.25}]
+    write_json({"num_problems": np.int64(8), "pass@k": {1: np.float32(0.5)}}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"num_problems": 8, "pass@k": {"1": 0.5}}
