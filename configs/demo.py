@@ -1,5 +1,6 @@
 """CPU demo: warm-start a small Llama on synthetic arithmetic, then task-reward RL vs distribution
-sharpening from the same start (README quick start; 3-4 minutes on 2 CPU cores of their own).
+sharpening from the same start (README quick start; 3 minutes on 2 CPU cores of their own, up to 6
+on a shared machine).
 
   python -m rl_sharpen.main --config=configs/demo.py --workdir=/tmp/rl_sharpen_demo
   python -m rl_sharpen.main --config=configs/demo.py:tiny --workdir=/tmp/demo_tiny   # seconds, for tests

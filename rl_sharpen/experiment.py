@@ -133,10 +133,14 @@ def run(config, workdir: str) -> dict:
     main = jax.process_index() == 0
     out = workdir_path(workdir)  # local, or gs://... (etils.epath)
     check_shared_workdir(workdir)  # several hosts: one folder they all see
-    if main and exp.mode not in ("rl", "demo"):  # those write it once a checkpoint or warm start accepts it
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_record(exp), indent=2))
+
+    def record_config():  # once the config's model and data load (RL and demo runs: once their checkpoints accept it)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(to_record(exp), indent=2))
+
     if exp.mode == "binary_rewards":
+        record_config()
         from rl_sharpen import binary_rewards
 
         result = binary_rewards.run_experiment(exp.binary_rewards, exp.seed, workdir)
@@ -149,6 +153,8 @@ def run(config, workdir: str) -> dict:
 
         return run_demo(exp, workdir, task, mesh)
     model_cfg, params = build_model(exp, mesh, task.tokenizer)
+    if exp.mode != "rl":
+        record_config()
     if exp.mode == "rl":
         result = make_rl_run(exp, workdir, model_cfg, params, task, mesh).run()
     elif exp.mode == "sft":
