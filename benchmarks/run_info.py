@@ -29,5 +29,5 @@ def run_info(**extra) -> dict:
 
     return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
             "device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "load_average": os.getloadavg(),
-            "commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain", "--", "rl_sharpen")),
+            "commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain", "--", "rl_sharpen", "benchmarks")),
             **extra}

@@ -163,11 +163,12 @@ def rl_sharpen_runner(params, cfg, ids, batch, new_tokens):
 def transformers_runner(model, ids, batch, new_tokens, threads):
     """A function timing one transformers `generate` call of exactly `new_tokens` greedy tokens.
 
-    generate() fills every field left at None from the checkpoint's generation_config.json, so
-    eos_token_id=None alone does not stop it from ending at EOS: min_new_tokens does, and the
-    processors a checkpoint may switch on (repetition penalty, ...) are set to their neutral values."""
+    generate() fills every field left at None from the model's own generation config, so the model's
+    EOS is cleared where it is loaded (`load_models`; EOS is then an ordinary token, as with
+    rl_sharpen's ignore_eos) and the processors a checkpoint may switch on (repetition penalty, ...)
+    are set to their neutral values here. Each call's length is checked."""
     x = torch.tensor([ids] * batch, dtype=torch.long, device=model.device)
-    config = transformers.GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+    config = transformers.GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                                            num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
                                            temperature=None, top_k=None, top_p=None, pad_token_id=0)
 
@@ -273,6 +274,8 @@ def load_models():
         ids = prompt_ids(transformers.AutoTokenizer.from_pretrained(path), ARGS.prompt_tokens)
     hf = None if ARGS.skip_transformers else transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=getattr(torch, ARGS.dtype)).to("cuda" if ON_GPU else "cpu").eval()
+    if hf is not None:  # no early stop: generate() would otherwise take these for a None eos_token_id
+        hf.generation_config.eos_token_id = hf.config.eos_token_id = None
     return path, ids, cfg, params, hf
 
 

@@ -18,7 +18,7 @@ from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
-from rl_sharpen.metrics import check_shared_workdir, json_value, workdir_path
+from rl_sharpen.metrics import check_shared_workdir, json_value, workdir_path, write_json
 from rl_sharpen.models.hf_io import checkpoint_folder
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
@@ -137,7 +137,7 @@ def run(config, workdir: str) -> dict:
     def record_config():  # once the config's model and data load (RL and demo runs: once their checkpoints accept it)
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(to_record(exp), indent=2))
+            write_json(to_record(exp), out / "config.json")
 
     if exp.mode == "binary_rewards":
         record_config()
@@ -153,19 +153,19 @@ def run(config, workdir: str) -> dict:
 
         return run_demo(exp, workdir, task, mesh)
     model_cfg, params = build_model(exp, mesh, task.tokenizer)
-    if exp.mode != "rl":
-        record_config()
     if exp.mode == "rl":
         result = make_rl_run(exp, workdir, model_cfg, params, task, mesh).run()
     elif exp.mode == "sft":
         from rl_sharpen.sft import train_sft
 
+        record_config()  # the synthetic task (the only one with worked solutions) is built: it loaded
         params = train_sft(params, model_cfg, task.sft_pairs, exp.sft, exp.optim, task.pad_id, workdir, exp.seed)
         models.save_hf(params, model_cfg, os.path.join(workdir, "sft_model"))
         result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed)(params, 0)
     else:
-        result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
-                                workdir=workdir)(params, 0)
+        evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed, workdir=workdir)
+        record_config()  # the validation problems loaded
+        result = evaluate(params, 0)
     if main:
         (out / "result.json").write_text(json.dumps(result, indent=2, default=json_value))
     logging.info("result: %s", result)

@@ -31,12 +31,23 @@ def _innermost_message(error: BaseException) -> str:
     return str(error.args[0]) if error.args else str(error)
 
 
+def _overridden_fields(argv) -> set[str]:
+    """The dotted field names of every `--config.a.b=v` override: {'a', 'b'}."""
+    return {name for arg in argv if arg.startswith("--config.")
+            for name in arg[len("--config."):].split("=", 1)[0].split(".")}
+
+
 def parse_flags(argv):
     """absl's flag parsing, with a misspelled `--config.a.b` field as one line instead of a traceback."""
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections: "'x'\nDid you mean "y" instead of "x"?"
-        sys.exit(f"FATAL Flags parsing error: a --config override names an unknown field: {_innermost_message(e)}")
+        message = _innermost_message(e)
+        unknown = message.split("\n", 1)[0].strip("'\"")
+        if unknown not in _overridden_fields(argv):  # raised by the config file itself: its traceback
+            raise
+        sys.exit("FATAL Flags parsing error: a --config override names an unknown field: "
+                 + message.replace("\n", " "))
     except flags.Error as e:
         message = str(e)
         if "Traceback" in message:  # get_config raised: its own error line, not the config loader's traceback

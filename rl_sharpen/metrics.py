@@ -28,13 +28,19 @@ def check_shared_workdir(workdir: str | os.PathLike) -> None:
 
     token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.default_rng().integers(1 << 30))))
     probe = workdir_path(workdir) / f".shared_check_{token}"
+    written = ""
     if jax.process_index() == 0:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text(str(token))
-    multihost_utils.sync_global_devices("rl_sharpen.check_shared_workdir.written")
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text(str(token))
+        except Exception as e:  # noqa: BLE001 (any backend's error: OSError, gcsfs, tf.io.gfile)
+            written = f"{type(e).__name__}: {e}"
+    if int(multihost_utils.broadcast_one_to_all(np.int32(bool(written)))):  # every process raises alike
+        raise ValueError(f"--workdir={os.fspath(workdir)}: process 0 cannot write there"
+                         + (f" ({written})" if written else ""))
     try:
         seen = probe.read_text() == str(token)
-    except OSError:
+    except Exception:  # noqa: BLE001 (a missing file under any backend)
         seen = False
     seen_by = np.asarray(multihost_utils.process_allgather(np.int32(seen)))
     if jax.process_index() == 0:
@@ -137,9 +143,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def json_value(x):
-    """`json.dumps` default for numpy and JAX values: integers stay integers, arrays become lists."""
-    x = np.asarray(x)
-    return x.tolist() if x.ndim else x.item()
+    """`json.dumps` default for numpy and JAX values (integers stay integers, arrays become lists) and
+    for other numbers (Fraction, Decimal: as floats)."""
+    if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+        x = np.asarray(x)
+        return x.tolist() if x.ndim else x.item()
+    return float(x)
 
 
 def write_json(obj, path: str | os.PathLike) -> None:

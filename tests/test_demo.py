@@ -153,3 +153,27 @@ def test_main_reports_a_refused_resume_in_one_line_and_keeps_the_recorded_config
     assert again.stderr.rstrip().splitlines()[-1].startswith("cannot resume: ")
     assert "optim.learning_rate" in again.stderr.splitlines()[-1] and "Traceback" not in again.stderr
     assert (tmp_path / "config.json").read_text() == recorded
+
+
+def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
+    """Only an override's unknown field is shortened to one line; a config file's own error shows where it is."""
+    config = tmp_path / "broken.py"
+    config.write_text("from rl_sharpen.experiment import default_config\n\n\ndef get_config(arg=''):\n"
+                      "    c = default_config()\n    c.modle.checkpoint = 'x'\n    return c\n")
+    done = subprocess.run([sys.executable, "-m", "rl_sharpen.main", f"--config={config}", f"--workdir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "broken.py" in done.stderr and "modle" in done.stderr
+    assert "a --config override names an unknown field" not in done.stderr
+
+
+def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tokenizer_dir):
+    done = subprocess.run([sys.executable, "-m", "rl_sharpen.main",
+                           f"--config=configs/eval_smollm2_gsm8k.py:{smollm2_tokenizer_dir},tiny",
+                           f"--workdir={tmp_path / 'run'}", f"--config.data.validation={tmp_path / 'missing.jsonl'}"],
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.rstrip().splitlines()[-1].startswith("config error: unknown problem source")
+    assert not (tmp_path / "run").exists()

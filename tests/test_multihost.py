@@ -81,7 +81,8 @@ def sample_and_roll_out(mesh) -> dict[str, np.ndarray]:
 
 
 def _workdir_checks(process_id: int, out_dir: str) -> None:
-    """A shared workdir passes; one folder per process (a host's local disk) fails on every process."""
+    """A shared workdir passes; one folder per process (a host's local disk), or one process 0 cannot
+    write, fails on every process."""
     from rl_sharpen.metrics import check_shared_workdir
 
     check_shared_workdir(out_dir)
@@ -89,6 +90,13 @@ def _workdir_checks(process_id: int, out_dir: str) -> None:
         check_shared_workdir(os.path.join(out_dir, f"local{process_id}"))
     except ValueError as e:
         Path(out_dir, f"process{process_id}.txt").write_text(str(e))
+    blocker = Path(out_dir, "a_file")  # a workdir under a regular file: process 0 cannot write there
+    if process_id == 0:
+        blocker.write_text("")
+    try:
+        check_shared_workdir(blocker / "run")
+    except ValueError as e:
+        Path(out_dir, f"unwritable{process_id}.txt").write_text(str(e))
 
 
 def _warm_start_check(process_id: int, out_dir: str) -> None:
@@ -190,6 +198,7 @@ def test_a_workdir_that_not_every_process_sees_is_refused_on_every_process(tmp_p
     for i in range(NUM_PROCESSES):
         message = (tmp_path / f"process{i}.txt").read_text()
         assert "local" + str(i) in message and "is not shared: process(es) [1] of 2" in message
+        assert "process 0 cannot write there" in (tmp_path / f"unwritable{i}.txt").read_text()
     assert not list(tmp_path.glob(".shared_check_*"))  # the probe file is removed
 
 

@@ -54,6 +54,8 @@ EQUAL = [
     (r"\frac{3 \pm \sqrt{5}}{2}", r"\frac{3-\sqrt5}{2}, \frac{3+\sqrt5}{2}"), (r"3 \pm 2 \sqrt{2}", r"\frac{6 \pm 4\sqrt{2}}{2}"),
     (r"\{1\pm\sqrt{5},-2\}", r"\{\frac{4 \mp 4\sqrt{5}}{4}, -2\}"), (r"\frac{1}{3}", r"0.\overline{3}"),
     (r"\frac{1}{6}", r"0.1\overline{6}"), (r"\frac{4}{33}", r"0.\overline{12}"), ("1", r"0.\overline{9}"),
+    (r"\{1 \pm \sqrt2\} \cup \{3\}", r"\{1+\sqrt2, 1-\sqrt2, 3\}"), (r"1+\sqrt{2}, 1-\sqrt{2}", r"x \in \{1 \pm \sqrt{2}\}"),
+    (r"\begin{pmatrix} \frac{\pm 1}{3} \\ 3 \end{pmatrix}", r"\begin{pmatrix} \pm\frac{1}{3} \\ 3 \end{pmatrix}"),
 ]
 
 # (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
@@ -87,7 +89,7 @@ UNEQUAL = [
     (r"\text{east}", r"\text{seat}"), (r"\text{evil}", r"\text{vile}"), (r"\text{ACF}", r"\text{CFA}"),
     (r"\frac{1+\sqrt{5}}{2}, \frac{1-\sqrt{5}}{2}", r"\frac{-1 \pm \sqrt{5}}{2}"),
     (r"\frac{1+\sqrt{5}}{2}", r"\frac{1 \pm \sqrt{5}}{2}"), (r"\frac{1}{3}", r"0.\overline{6}"),
-    (r"\frac{1}{3}", r"0.3\overline{4}"),
+    (r"\frac{1}{3}", r"0.3\overline{4}"), (r"\{\{1\pm 2\}, 3\}", r"\{\{3\}, \{-1\}, 3\}"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -197,6 +199,11 @@ def test_exact_value(answer, value):
     (r"1 \pm \sqrt{19}", r"1 \pm \sqrt{19}"),  # outside braces: math-verify reads it
     (r"\frac{\pm 1 \pm \sqrt{5}}{2}", r"\frac{\pm 1 \pm \sqrt{5}}{2}"),  # two signs: tied or free?
     (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"), ("(1, 2)", "(1, 2)"),
+    # structures a textual split would scramble are left to the parser
+    (r"\{1 \pm \sqrt2\} \cup \{3\}", r"\{1 \pm \sqrt2\} \cup \{3\}"),
+    (r"x \in \{1 \pm \sqrt{2}\}", r"x \in \{1 \pm \sqrt{2}\}"),
+    (r"\begin{pmatrix} \frac{\pm 1}{3} \\ 3 \end{pmatrix}", r"\begin{pmatrix} \frac{\pm 1}{3} \\ 3 \end{pmatrix}"),
+    (r"\{\{1\pm 2\}, 3\}", r"\{\{1\pm 2\}, 3\}"),
 ])
 def test_expand_plus_minus(answer, expanded):
     assert expand_plus_minus(answer) == expanded

@@ -57,7 +57,9 @@ def checkpoint_folder(name_or_path: str, field: str = "model.checkpoint") -> str
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+        # config, weights and every tokenizer / chat-template file (tokenizer.model, merges.txt, *.jinja)
+        return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt",
+                                                               "*.model", "*.jinja"])
     except Exception as e:  # offline, unknown or gated repository, ...
         raise hub_error(field, name_or_path, e) from e
 

@@ -274,6 +274,9 @@ def _parse_number(s: str) -> Fraction | None:
 
 
 _PLUS_MINUS_RE = re.compile(r"\\(pm|mp)(?![a-zA-Z])")
+# An item holding one of these is a structure (matrix, set, union, membership, equation) whose values a
+# textual split would scramble: left to the parser.
+_STRUCTURE_RE = re.compile(r"\\(?:begin|cup|cap|setminus|in)(?![a-zA-Z])|\\\{|=")
 
 
 def _split_top_level(s: str) -> list[str]:
@@ -296,7 +299,8 @@ def expand_plus_minus(answer: str) -> str:
 
     Items are the top-level comma-separated parts of the answer, or of the set `\\{...\\}` that is the
     whole answer. A `\\pm` outside braces ('1 \\pm \\sqrt{19}') is left to the parser, which reads it;
-    an item with two or more is left as it is (their signs may be tied or free).
+    so are an item with two or more (their signs may be tied or free), and an item holding a matrix, a
+    set, a union, a membership or an equation.
     """
     if not _PLUS_MINUS_RE.search(answer):
         return answer
@@ -306,7 +310,7 @@ def expand_plus_minus(answer: str) -> str:
     items = []
     for item in _split_top_level(body):
         signs = list(_PLUS_MINUS_RE.finditer(item))
-        before = item[: signs[0].start()] if len(signs) == 1 else ""
+        before = item[: signs[0].start()] if len(signs) == 1 and not _STRUCTURE_RE.search(item) else ""
         if before.count("{") > before.count("}"):  # the sign is inside braces
             first, second = ("+", "-") if signs[0].group(1) == "pm" else ("-", "+")
             after = item[signs[0].end() :]
