@@ -145,7 +145,8 @@ class MathTask:
     def __init__(self, data: DataConfig, tokenizer_path: str, verify_timeout: float = 5.0,
                  checkpoint: str = ""):
         self.data = data
-        self.tokenizer = prompt_lib.load_tokenizer(tokenizer_path, "data.tokenizer" if data.tokenizer else "model.checkpoint")
+        field = "data.tokenizer" if data.tokenizer else "model.checkpoint"
+        self.tokenizer = prompt_lib.load_tokenizer(tokenizer_path, field)
         self.pad_id = prompt_lib.pad_id(self.tokenizer)
         self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in {tokenizer_path, checkpoint} if p])
         self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template)

@@ -33,7 +33,8 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     c.reward.normalization = "mean"  # every regime keeps it: sharpening with N = S_ref / L
     c.eval.verify_timeout = 3.5
     timeouts, evaluate = [], evaluation.evaluate
-    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: timeouts.append(k["verify_timeout"]) or evaluate(*a, **k))
+    monkeypatch.setattr(evaluation, "evaluate",
+                        lambda *a, **k: timeouts.append(k["verify_timeout"]) or evaluate(*a, **k))
     table = experiment.run(c, str(tmp_path))
     assert timeouts == [3.5] * 3  # the warm start and each regime, graded with the configured timeout
 
@@ -160,9 +161,9 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
     config = tmp_path / "broken.py"
     config.write_text("from rl_sharpen.experiment import default_config\n\n\ndef get_config(arg=''):\n"
                       "    c = default_config()\n    c.modle.checkpoint = 'x'\n    return c\n")
-    done = subprocess.run([sys.executable, "-m", "rl_sharpen.main", f"--config={config}", f"--workdir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", "rl_sharpen.main", f"--config={config}",
+                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "broken.py" in done.stderr and "modle" in done.stderr
     assert "a --config override names an unknown field" not in done.stderr

@@ -51,10 +51,12 @@ EQUAL = [
     ("6", r"6\text{ children tickets}"),
     # a plus-minus inside a fraction, repeating decimals
     (r"\frac{1+\sqrt{5}}{2}, \frac{1-\sqrt{5}}{2}", r"\frac{1 \pm \sqrt{5}}{2}"),
-    (r"\frac{3 \pm \sqrt{5}}{2}", r"\frac{3-\sqrt5}{2}, \frac{3+\sqrt5}{2}"), (r"3 \pm 2 \sqrt{2}", r"\frac{6 \pm 4\sqrt{2}}{2}"),
+    (r"\frac{3 \pm \sqrt{5}}{2}", r"\frac{3-\sqrt5}{2}, \frac{3+\sqrt5}{2}"),
+    (r"3 \pm 2 \sqrt{2}", r"\frac{6 \pm 4\sqrt{2}}{2}"),
     (r"\{1\pm\sqrt{5},-2\}", r"\{\frac{4 \mp 4\sqrt{5}}{4}, -2\}"), (r"\frac{1}{3}", r"0.\overline{3}"),
     (r"\frac{1}{6}", r"0.1\overline{6}"), (r"\frac{4}{33}", r"0.\overline{12}"), ("1", r"0.\overline{9}"),
-    (r"\{1 \pm \sqrt2\} \cup \{3\}", r"\{1+\sqrt2, 1-\sqrt2, 3\}"), (r"1+\sqrt{2}, 1-\sqrt{2}", r"x \in \{1 \pm \sqrt{2}\}"),
+    (r"\{1 \pm \sqrt2\} \cup \{3\}", r"\{1+\sqrt2, 1-\sqrt2, 3\}"),
+    (r"1+\sqrt{2}, 1-\sqrt{2}", r"x \in \{1 \pm \sqrt{2}\}"),
     (r"\begin{pmatrix} \frac{\pm 1}{3} \\ 3 \end{pmatrix}", r"\begin{pmatrix} \pm\frac{1}{3} \\ 3 \end{pmatrix}"),
 ]
 
