@@ -2,7 +2,7 @@
 `jax.distributed`, two devices each, and a mesh whose data axis spans both. Sampler outputs are
 then sharded over devices of both processes; `sharding.host_array` must give every process the
 whole array, and a rollout must give both the same batch as one process holding all four devices,
-even where the hosts' graders disagree (process 0's verdicts count).
+with process 0's verdicts (only process 0 grades).
 Then the workdir: gs:// URLs stay URLs, only process 0 writes metrics, and a run resumed from a
 checkpoint (after a preemption) replaces the metric rows of the steps it runs again.
 
@@ -49,12 +49,13 @@ class EvenLastTokenTask:
         return correct, [c.split()[-1] if c else None for c in completions], {}
 
 
-class HostDependentTask(EvenLastTokenTask):
-    """A grader whose verdicts differ on other hosts (as a timeout under load may): process 0's count."""
+class ProcessZeroGradesTask(EvenLastTokenTask):
+    """Graded on process 0 only: the other hosts take its verdicts instead of running a grader of their own."""
 
     def score(self, completions, problems):
-        correct, answers, stats = super().score(completions, problems)
-        return (correct if jax.process_index() == 0 else 1.0 - correct), answers, stats
+        if jax.process_index() != 0:
+            raise AssertionError(f"process {jax.process_index()} graded the rollouts")
+        return super().score(completions, problems)
 
 
 PROMPTS = [(3, 2, 4), (0, 4), (5, 6, 2, 3), (4,)]
@@ -73,7 +74,7 @@ def sample_and_roll_out(mesh) -> dict[str, np.ndarray]:
     key = jax.random.key(1)
     out = sampling.generate(params, cfg, [list(p) for p in PROMPTS], key, sc, mesh=mesh)
     result = {"tokens": shd.host_array(out.tokens), "lengths": shd.host_array(out.lengths)}
-    batch, stats = rollout(params, params, cfg, HostDependentTask(), PROMPTS, key, sc,
+    batch, stats = rollout(params, params, cfg, ProcessZeroGradesTask(), PROMPTS, key, sc,
                            rw.RewardConfig(alpha=1.0), adv.AdvantageConfig(), Scorer(cfg), mesh)
     result.update({f"batch_{k}": shd.host_array(v) for k, v in vars(batch).items()})
     result.update({f"metric_{k}": np.asarray(v) for k, v in stats.items() if not k.startswith("time")})
