@@ -18,7 +18,7 @@ from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
 from rl_sharpen.config import from_config_dict
-from rl_sharpen.metrics import check_shared_workdir, json_value, workdir_path, write_json
+from rl_sharpen.metrics import check_shared_workdir, workdir_path, write_json
 from rl_sharpen.models.hf_io import checkpoint_folder
 from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import advantages as adv
@@ -167,7 +167,7 @@ def run(config, workdir: str) -> dict:
         record_config()  # the validation problems loaded
         result = evaluate(params, 0)
     if main:
-        (out / "result.json").write_text(json.dumps(result, indent=2, default=json_value))
+        write_json(result, out / "result.json")
     logging.info("result: %s", result)
     return result
 

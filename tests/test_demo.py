@@ -82,13 +82,16 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
         experiment.run(c, str(tmp_path))
 
 
+def _main(*flags: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m rl_sharpen.main FLAGS` on the CPU, from the repository root, its output captured."""
+    return subprocess.run([sys.executable, "-m", "rl_sharpen.main", *flags], cwd=ROOT, capture_output=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), text=True, timeout=timeout)
+
+
 def test_main_reports_a_wrong_config_value_in_one_line(tmp_path):
     """`python -m rl_sharpen.main` with a bad --config value exits non-zero with the field and the
     allowed values, not a traceback."""
-    command = [sys.executable, "-m", "rl_sharpen.main", "--config=configs/demo.py:tiny", f"--workdir={tmp_path}",
-               "--config.rl.prompt_padding=wrong"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = _main("--config=configs/demo.py:tiny", f"--workdir={tmp_path}", "--config.rl.prompt_padding=wrong")
     assert done.returncode != 0
     assert done.stderr.splitlines()[-1] == "config error: config.rl.prompt_padding='wrong'; allowed: 'dataset', 'batch'"
     assert "Traceback" not in done.stderr
@@ -104,9 +107,7 @@ def test_main_reports_a_wrong_config_value_in_one_line(tmp_path):
     (["--config=configs/nonexistent.py"], "No such file or directory: 'configs/nonexistent.py'"),
 ])
 def test_main_reports_a_wrong_config_name_or_file_without_a_traceback(tmp_path, flags, last_line):
-    command = [sys.executable, "-m", "rl_sharpen.main", f"--workdir={tmp_path / 'run'}", *flags]
-    done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                          text=True, timeout=300)
+    done = _main(f"--workdir={tmp_path / 'run'}", *flags)
     assert done.returncode != 0
     assert done.stderr.rstrip().splitlines()[-1].endswith(last_line)
     assert "Traceback" not in done.stderr
@@ -142,14 +143,12 @@ def test_headline_takes_the_smallest_and_largest_k_and_leaves_an_absent_greedy_e
 
 
 def test_main_reports_a_refused_resume_in_one_line_and_keeps_the_recorded_config(tmp_path):
-    base = [sys.executable, "-m", "rl_sharpen.main", "--config=configs/qwen3_4b_math.py:sharpening,tiny",
-            f"--workdir={tmp_path}", "--config.train.steps=1", "--config.train.eval_every=0"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    first = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    base = ["--config=configs/qwen3_4b_math.py:sharpening,tiny", f"--workdir={tmp_path}", "--config.train.steps=1",
+            "--config.train.eval_every=0"]
+    first = _main(*base, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     recorded = (tmp_path / "config.json").read_text()
-    again = subprocess.run(base + ["--config.optim.learning_rate=0.5"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = _main(*base, "--config.optim.learning_rate=0.5", timeout=600)
     assert again.returncode != 0
     assert again.stderr.rstrip().splitlines()[-1].startswith("cannot resume: ")
     assert "optim.learning_rate" in again.stderr.splitlines()[-1] and "Traceback" not in again.stderr
@@ -161,20 +160,15 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
     config = tmp_path / "broken.py"
     config.write_text("from rl_sharpen.experiment import default_config\n\n\ndef get_config(arg=''):\n"
                       "    c = default_config()\n    c.modle.checkpoint = 'x'\n    return c\n")
-    done = subprocess.run([sys.executable, "-m", "rl_sharpen.main", f"--config={config}",
-                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          capture_output=True, text=True, timeout=300)
+    done = _main(f"--config={config}", f"--workdir={tmp_path / 'run'}")
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "broken.py" in done.stderr and "modle" in done.stderr
     assert "a --config override names an unknown field" not in done.stderr
 
 
 def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tokenizer_dir):
-    done = subprocess.run([sys.executable, "-m", "rl_sharpen.main",
-                           f"--config=configs/eval_smollm2_gsm8k.py:{smollm2_tokenizer_dir},tiny",
-                           f"--workdir={tmp_path / 'run'}", f"--config.data.validation={tmp_path / 'missing.jsonl'}"],
-                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                          timeout=300)
+    done = _main(f"--config=configs/eval_smollm2_gsm8k.py:{smollm2_tokenizer_dir},tiny",
+                 f"--workdir={tmp_path / 'run'}", f"--config.data.validation={tmp_path / 'missing.jsonl'}")
     assert done.returncode != 0
     assert done.stderr.rstrip().splitlines()[-1].startswith("config error: unknown problem source")
     assert not (tmp_path / "run").exists()

@@ -35,33 +35,31 @@ class CheckpointError(ValueError):
     """A checkpoint folder that does not match what its config.json promises."""
 
 
-def is_hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hugging Face hub id ('org/name' or 'name') rather than a local path."""
-    return bool(name) and not name.startswith(("/", ".", "~")) and name.count("/") <= 1 and not os.path.exists(name)
-
-
-def hub_error(field: str, name: str, error: Exception) -> SourceError:
-    """The error for a hub id the hub did not provide (offline, unknown, gated), naming the config field."""
-    detail = (str(error).strip().splitlines() or [""])[0][:200]
-    return SourceError(f"{field}={name!r} is not a local folder, and the Hugging Face hub did not provide it "
-                   f"({type(error).__name__}: {detail}); pass a local Hugging Face folder: --config.{field}=/path")
+def from_hub(name: str, field: str, fetch):
+    """`fetch(name)` for a name that is not a local folder: a Hugging Face hub id ('org/name' or 'name').
+    A path that does not exist, or a hub that does not provide the id (offline, unknown, gated), is a
+    SourceError naming the config `field`."""
+    if not name or name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.path.exists(name):
+        raise SourceError(f"{field}={name!r}: no such folder (expected a local Hugging Face folder or a hub id "
+                          "such as 'Qwen/Qwen2.5-3B-Instruct')")
+    try:
+        return fetch(name)
+    except Exception as e:  # offline, unknown or gated repository, ...
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SourceError(f"{field}={name!r} is not a local folder, and the Hugging Face hub did not provide it "
+                          f"({type(e).__name__}: {detail}); pass a local Hugging Face folder: --config.{field}=/path"
+                          ) from e
 
 
 def checkpoint_folder(name_or_path: str, field: str = "model.checkpoint") -> str:
     """A local checkpoint folder as it is; a hub id downloaded (config, tokenizer, safetensors) to the cache."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    if not is_hub_id(name_or_path):
-        raise SourceError(f"{field}={name_or_path!r}: no such folder (expected a local Hugging Face folder or "
-                                "a hub id such as 'Qwen/Qwen2.5-3B-Instruct')")
     from huggingface_hub import snapshot_download
 
-    try:
-        # config, weights and every tokenizer / chat-template file (tokenizer.model, merges.txt, *.jinja)
-        return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt",
-                                                               "*.model", "*.jinja"])
-    except Exception as e:  # offline, unknown or gated repository, ...
-        raise hub_error(field, name_or_path, e) from e
+    # config, weights and every tokenizer / chat-template file (tokenizer.model, merges.txt, *.jinja)
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model", "*.jinja"]
+    return from_hub(name_or_path, field, lambda name: snapshot_download(name, allow_patterns=patterns))
 
 
 def _tensor_files(path: str) -> dict[str, str]:

@@ -117,6 +117,11 @@ class Ratio(NamedTuple):
         return self.num / jnp.maximum(self.den, 1)
 
 
+def metric_values(metrics: dict) -> dict[str, jax.Array]:
+    """The metrics with each `Ratio` replaced by its value."""
+    return {k: v.value() if isinstance(v, Ratio) else v for k, v in metrics.items()}
+
+
 def _is_metrics(ratio: jax.Array, weight: jax.Array, mask: jax.Array, cap: float) -> dict[str, jax.Array]:
     return {"is_weight_mean": _masked_mean(weight, mask), "is_truncated_frac": _masked_mean(ratio > cap, mask)}
 
@@ -267,7 +272,5 @@ def policy_loss(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig, *,
         metrics["kl"] = _masked_mean(jax.lax.stop_gradient(token_kl), mask)
         token_loss = token_loss + cfg.kl_coef * token_kl
     loss = aggregate(token_loss, mask, cfg.aggregation, max_len=cfg.max_len, denominator=denominator)
-    if not ratio_parts:
-        metrics = {k: v.value() if isinstance(v, Ratio) else v for k, v in metrics.items()}
-    return loss, metrics
+    return loss, (metrics if ratio_parts else metric_values(metrics))
 

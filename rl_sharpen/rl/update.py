@@ -99,8 +99,7 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
         grads, (micro_losses, metrics) = jax.lax.scan(accumulate, zeros, (micro, token_share))
-        metrics = jax.tree.map(lambda m: m.sum(0), metrics)
-        metrics = {k: m.value() if isinstance(m, losses.Ratio) else m for k, m in metrics.items()}
+        metrics = losses.metric_values(jax.tree.map(lambda m: m.sum(0), metrics))
         metrics.pop("policy_loss", None)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])

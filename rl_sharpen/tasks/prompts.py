@@ -46,20 +46,15 @@ def load_tokenizer(name_or_path: str, field: str = "data.tokenizer", **kwargs: A
     import transformers
 
     from rl_sharpen.config import SourceError
-    from rl_sharpen.models.hf_io import hub_error, is_hub_id
+    from rl_sharpen.models.hf_io import from_hub
 
-    if os.path.isdir(name_or_path):
-        if not any(os.path.exists(os.path.join(name_or_path, f)) for f in _TOKENIZER_FILES):
-            raise SourceError(f"{field}={name_or_path!r}: the folder has no tokenizer (none of "
-                                    f"{', '.join(_TOKENIZER_FILES)})")
-        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    if not is_hub_id(name_or_path):
-        raise SourceError(f"{field}={name_or_path!r}: no such folder (expected a local Hugging Face folder or "
-                                "a hub id such as 'Qwen/Qwen2.5-3B-Instruct')")
-    try:
-        return transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    except Exception as e:  # offline, unknown or gated repository, ...
-        raise hub_error(field, name_or_path, e) from e
+    load = lambda name: transformers.AutoTokenizer.from_pretrained(name, **kwargs)  # noqa: E731
+    if not os.path.isdir(name_or_path):
+        return from_hub(name_or_path, field, load)
+    if not any(os.path.exists(os.path.join(name_or_path, f)) for f in _TOKENIZER_FILES):
+        raise SourceError(f"{field}={name_or_path!r}: the folder has no tokenizer (none of "
+                          f"{', '.join(_TOKENIZER_FILES)})")
+    return load(name_or_path)
 
 
 def user_message(problem: str, cfg: PromptConfig = PromptConfig()) -> str:
