@@ -5,8 +5,9 @@ more than distribution sharpening?
    solutions mix correct chains, guesses and chains with a wrong step (tunable base pass@1).
 2. From that same start, run each reward regime (`demo.regimes`, presets of rl/rewards.py, with the
    normalization, extra components and KL penalty of `reward`) with the same budget.
-3. Report pass@1, pass@k, maj@k and mean length before and after each regime (table, JSON),
-   and learning curves (PNG).
+3. Report pass@1, pass@k, maj@k and mean length before and after each regime, each with its
+   standard error over the validation problems, and each regime's change from the warm start with
+   a paired standard error (table, JSON); learning curves (PNG).
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ def sft_start(exp, workdir, task, mesh):
 
 
 def _headline(summary: dict) -> dict:
-    """pass@ and maj@ at the smallest and largest k evaluated; greedy accuracy is None when not run."""
+    """pass@ and maj@ at the smallest and largest k evaluated; greedy accuracy is None when not run.
+    Takes a `summarize` or a `paired_difference` result, or the "stderr" part of either."""
     lo, n = min(summary["pass@k"]), max(summary["pass@k"])
     return {f"pass@{lo}": summary["pass@k"][lo], f"pass@{n}": summary["pass@k"][n], f"maj@{n}": summary["maj@k"][n],
-            "greedy": summary.get("greedy_accuracy"), "length": summary["mean_response_tokens"],
-            "distinct": summary["mean_distinct_answers"]}
+            "greedy": summary.get("greedy_accuracy"), "length": summary.get("mean_response_tokens"),
+            "distinct": summary.get("mean_distinct_answers")}
 
 
 _CURVES = (("accuracy", "task reward, mean over samples"), ("s_ref", "log p_ref(y), nats per sample"),
@@ -107,7 +109,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
     if "://" in workdir:
         raise ValueError(f"--workdir={workdir}: the demo needs a local workdir (RL, SFT and eval runs take gs:// URLs)")
     cfg, start = sft_start(exp, workdir, task, mesh)
-    summaries = {}
+    summaries, results = {}, {}
 
     problems = task.problems("validation")
     write = jax.process_index() == 0
@@ -123,7 +125,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
             report_dir = workdir_path(workdir) / "eval" / name
             report_dir.mkdir(parents=True, exist_ok=True)
             evaluation.save_json(report, report_dir / "eval.json")
-        summaries[name] = report.summary
+        summaries[name], results[name] = report.summary, report.results
         return report.summary
 
     evaluate(start, "sft_start")
@@ -136,21 +138,38 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
         evaluate(run.final_state["params"], regime)
 
     table = {name: _headline(s) for name, s in summaries.items()}
+    errors = {name: _headline(s["stderr"]) for name, s in summaries.items()}
+    changes = {name: evaluation.paired_difference(results[name], results["sft_start"], exp.eval.ks, seed=exp.seed)
+               for name in exp.demo.regimes}
     if write:
         # written once the warm start and every regime's checkpoints accepted the settings (each regime
         # folder has its own config.json, with its reward)
         write_json(to_record(exp), os.path.join(workdir, "config.json"))
         print("\n" + evaluation.format_table(summaries))
-        print(_format_headlines(table))
-        write_json({"headline": table, "summaries": summaries}, os.path.join(workdir, "demo_results.json"))
+        print(_format_headlines(table, errors))
+        print(f"\nchange from sft_start, paired over the {len(problems)} validation problems:")
+        print(_format_headlines({name: _headline(c) for name, c in changes.items()},
+                                {name: _headline(c["stderr"]) for name, c in changes.items()}, signed=True))
+        write_json({"headline": table, "headline_stderr": errors, "change_from_start": changes,
+                    "summaries": summaries}, os.path.join(workdir, "demo_results.json"))
         evaluation.plot_pass_at_k(summaries, os.path.join(workdir, "pass_at_k.png"), "synthetic arithmetic")
         _plot_curves(workdir, exp.demo.regimes, os.path.join(workdir, "learning_curves.png"))
     return table
 
 
-def _format_headlines(table: dict) -> str:
+def _format_headlines(table: dict, errors: dict | None = None, signed: bool = False) -> str:
+    """One row per model: value (± its standard error, where `errors` has one); "-" for None."""
     keys = list(next(iter(table.values())))
-    lines = [" | ".join([f"{'model':<22}"] + [f"{k:>9}" for k in keys])]
-    for name, row in table.items():
-        lines.append(" | ".join([f"{name:<22}"] + [f"{'-' if row[k] is None else f'{row[k]:.3f}':>9}" for k in keys]))
+
+    def cell(name, key):
+        value, error = table[name][key], (errors or {}).get(name, {}).get(key)
+        if value is None:
+            return "-"
+        text = f"{value:+.3f}" if signed else f"{value:.3f}"
+        return text if error is None else f"{text}±{error:.3f}"
+
+    width = max(9, *(len(cell(name, key)) for name in table for key in keys))
+    lines = [" | ".join([f"{'model':<22}"] + [f"{k:>{width}}" for k in keys])]
+    for name in table:
+        lines.append(" | ".join([f"{name:<22}"] + [f"{cell(name, key):>{width}}" for key in keys]))
     return "\n".join(lines)

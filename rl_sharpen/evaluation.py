@@ -13,8 +13,11 @@ as the fraction of tied answers that are correct (the expectation of a uniformly
 tie-break). It is averaged over all C(n, k) subsets when there are at most `maj_draws` of them,
 else over `maj_draws` subsets drawn with a fixed seed.
 
-`evaluate` runs a generation callable over problems, verifies the samples, and summarizes;
-`save_json`, `format_table` and `plot_pass_at_k` report the summaries.
+Every mean over problems comes with its standard error over problems (`standard_error`), and
+`paired_difference` measures the change between two evaluations of the same problems with a paired
+error, the comparison a training run is judged by. `evaluate` runs a generation callable over
+problems, verifies the samples, and summarizes; `save_json`, `format_table` and `plot_pass_at_k`
+report the summaries.
 """
 
 from __future__ import annotations
@@ -128,9 +131,14 @@ class ProblemResult:
         return [None if a is None else canonical_answer(a) for a in self.answers]
 
 
-def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None, maj_draws: int = 1000,
-              seed: int = 0, breakdown: bool = True) -> dict[str, Any]:
-    """Mean metrics over problems; with `breakdown`, also per level and per subject."""
+_SCALARS = ("mean_response_tokens", "mean_distinct_answers", "no_answer_rate", "greedy_accuracy")
+
+
+def problem_scores(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None, maj_draws: int = 1000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Each problem's own value of every summary metric, in the order of `results`:
+    {"pass@k": {k: [N]}, "maj@k": {k: [N]}, "mean_response_tokens": [N], "mean_distinct_answers": [N],
+    "no_answer_rate": [N], "greedy_accuracy": [N] (NaN where a problem has no greedy sample)}."""
     if not results:
         raise ValueError("results must be non-empty")
     n = min(len(r.rewards) for r in results)
@@ -139,19 +147,48 @@ def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = N
     k_list = list(k_list or default_k_list(n))
     if max(k_list) > n or min(k_list) < 1:
         raise ValueError(f"k_list must lie in [1, n={n}], got {k_list}")
-    summary: dict[str, Any] = {
-        "num_problems": len(results),
-        "num_samples": n,
-        "pass@k": {k: float(np.mean([pass_at_k(n, int(r.rewards.sum()), k) for r in results])) for k in k_list},
-        "maj@k": {k: float(np.mean([maj_at_k(r.keys, r.rewards > 0, k, maj_draws, seed) for r in results]))
+    return {
+        "pass@k": {k: np.array([pass_at_k(n, int(r.rewards.sum()), k) for r in results]) for k in k_list},
+        "maj@k": {k: np.array([maj_at_k(r.keys, r.rewards > 0, k, maj_draws, seed) for r in results])
                   for k in k_list},
-        "mean_response_tokens": float(np.mean([r.num_tokens.mean() for r in results])),
-        "mean_distinct_answers": float(np.mean([len({k for k in r.keys if k is not None}) for r in results])),
-        "no_answer_rate": float(np.mean([np.mean([a is None for a in r.answers]) for r in results])),
+        "mean_response_tokens": np.array([np.mean(r.num_tokens) for r in results], dtype=np.float64),
+        "mean_distinct_answers": np.array([len({k for k in r.keys if k is not None}) for r in results], dtype=float),
+        "no_answer_rate": np.array([np.mean([a is None for a in r.answers]) for r in results]),
+        "greedy_accuracy": np.array([np.nan if r.greedy_reward is None else r.greedy_reward for r in results]),
     }
-    greedy = [r.greedy_reward for r in results if r.greedy_reward is not None]
-    if greedy:
-        summary["greedy_accuracy"] = float(np.mean(greedy))
+
+
+def standard_error(values) -> float | None:
+    """Standard error of a mean over problems, s / sqrt(N) with s^2 = sum_i (x_i - mean)^2 / (N - 1);
+    None for N < 2. When each x_i is an unbiased estimate from the problem's own samples (pass@k from
+    n samples), s^2 estimates the spread between problems plus each estimate's sampling variance, so
+    the error covers both: it is the one to use when problems are a sample of a larger population."""
+    x = np.asarray(values, dtype=np.float64)
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) >= 2 else None
+
+
+def _mean_and_errors(scores: dict[str, Any]) -> dict[str, Any]:
+    """Means of `problem_scores`-shaped values, with their standard errors under "stderr" (NaNs skipped;
+    a metric no problem has is left out)."""
+    out: dict[str, Any] = {}
+    errors: dict[str, Any] = {}
+    for key in ("pass@k", "maj@k"):
+        out[key] = {k: float(np.mean(v)) for k, v in scores[key].items()}
+        errors[key] = {k: standard_error(v) for k, v in scores[key].items()}
+    for key in _SCALARS:
+        values = scores[key][~np.isnan(scores[key])]
+        if values.size:
+            out[key], errors[key] = float(np.mean(values)), standard_error(values)
+    out["stderr"] = errors
+    return out
+
+
+def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None, maj_draws: int = 1000,
+              seed: int = 0, breakdown: bool = True) -> dict[str, Any]:
+    """Mean metrics over problems, each with its standard error over problems (`standard_error`) under
+    "stderr"; with `breakdown`, also per level and per subject."""
+    summary = {"num_problems": len(results), "num_samples": len(results[0].rewards) if results else 0,
+               **_mean_and_errors(problem_scores(results, k_list, maj_draws, seed))}
     if breakdown:
         for field in ("level", "subject"):
             groups: dict[str, list[ProblemResult]] = {}
@@ -162,6 +199,32 @@ def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = N
                 summary[f"by_{field}"] = {name: summarize(group, k_list, maj_draws, seed, breakdown=False)
                                           for name, group in sorted(groups.items())}
     return summary
+
+
+def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult],
+                      k_list: Sequence[int] | None = None, maj_draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The change from `old` to `new` on the problems both evaluated (matched by problem id), with paired
+    standard errors: for each metric, d_i = x_i(new) - x_i(old), its mean over the N shared problems and
+    s_d / sqrt(N). Pairing removes the spread between problems, which dominates each summary's own
+    error, so a change is resolved far more finely than by comparing two summaries. maj@k drawn by
+    Monte Carlo uses the same subsets on both sides (same seed). Same layout as `summarize`."""
+    def by_id(results, name):
+        ids = [r.problem.id for r in results]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{name} has repeated problem ids; they cannot be paired")
+        return {i: r for i, r in zip(ids, results)}
+
+    new_by_id, old_by_id = by_id(new, "new"), by_id(old, "old")
+    shared = [i for i in old_by_id if i in new_by_id]
+    if not shared:
+        raise ValueError("new and old share no problem id")
+    n = min(len(new[0].rewards), len(old[0].rewards))
+    k_list = list(k_list or default_k_list(n))
+    new_scores = problem_scores([new_by_id[i] for i in shared], k_list, maj_draws, seed)
+    old_scores = problem_scores([old_by_id[i] for i in shared], k_list, maj_draws, seed)
+    diff = {key: ({k: new_scores[key][k] - old_scores[key][k] for k in k_list} if key in ("pass@k", "maj@k")
+                  else new_scores[key] - old_scores[key]) for key in new_scores}
+    return {"num_problems": len(shared), **_mean_and_errors(diff)}
 
 
 @dataclasses.dataclass
@@ -236,7 +299,8 @@ def _by_k(table: Mapping[Any, float]) -> dict[int, float]:
 
 
 def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """One row per named summary: pass@k and maj@k (%), greedy accuracy, mean length, distinct answers."""
+    """One row per named summary: pass@k and maj@k (%), greedy accuracy, mean length, distinct answers;
+    under it, each summary's standard errors at the smallest and largest k (points)."""
     ks = sorted({k for s in summaries.values() for k in _by_k(s["pass@k"])})
     header = ["model"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks] + ["greedy", "tokens", "distinct"]
     rows = []
@@ -246,7 +310,21 @@ def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
                     + [f"{100 * majs[k]:.1f}" if k in majs else "-" for k in ks]
                     + [f"{100 * s['greedy_accuracy']:.1f}" if "greedy_accuracy" in s else "-",
                        f"{s['mean_response_tokens']:.0f}", f"{s['mean_distinct_answers']:.2f}"])
-    return text_table(header, rows)
+    notes = [_error_note(name, s) for name, s in summaries.items()]
+    return "\n".join([text_table(header, rows), *[note for note in notes if note]])
+
+
+def _error_note(name: str, summary: Mapping[str, Any]) -> str:
+    """"± one standard error over N problems, name: pass@1 2.1, pass@16 1.0, ..." (points), or ""."""
+    errors = summary.get("stderr", {})
+    passes, majs = _by_k(errors.get("pass@k", {})), _by_k(errors.get("maj@k", {}))
+    if not passes:
+        return ""
+    lo, hi = min(passes), max(passes)
+    parts = [(f"pass@{k}", passes[k]) for k in sorted({lo, hi})] + [(f"maj@{hi}", majs.get(hi)),
+                                                                   ("greedy", errors.get("greedy_accuracy"))]
+    shown = ", ".join(f"{label} {100 * value:.1f}" for label, value in parts if value is not None)
+    return f"± one standard error over {summary['num_problems']} problems, {name}: {shown}" if shown else ""
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -257,7 +335,8 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], path: str, title: str = "") -> None:
-    """pass@k (solid) and maj@k (dashed) against k on a log2 axis, one color per summary, as PNG.
+    """pass@k (solid, shaded ± one standard error over problems) and maj@k (dashed) against k on a log2
+    axis, one color per summary, as PNG.
 
     Draws on a bare Agg figure, so the caller's pyplot backend (e.g. a notebook's) is untouched.
     """
@@ -269,6 +348,10 @@ def plot_pass_at_k(summaries: Mapping[str, Mapping[str, Any]], path: str, title:
         passes, majs = _by_k(s["pass@k"]), _by_k(s["maj@k"])
         ks = sorted(passes)
         ax.plot(ks, [100 * passes[k] for k in ks], "o-", color=f"C{i}", label=f"{name} pass@k")
+        errors = _by_k(s.get("stderr", {}).get("pass@k", {}))
+        if ks and all(errors.get(k) is not None for k in ks):
+            ax.fill_between(ks, [100 * (passes[k] - errors[k]) for k in ks], [100 * (passes[k] + errors[k]) for k in ks],
+                            color=f"C{i}", alpha=0.15, linewidth=0)
         ax.plot(ks, [100 * majs[k] for k in ks], "s--", color=f"C{i}", alpha=0.6, label=f"{name} maj@k")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")

@@ -41,6 +41,13 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     assert list(table) == ["sft_start", "task_reward", "sharpening"]
     saved = json.loads((tmp_path / "demo_results.json").read_text())
     assert saved["headline"] == json.loads(json.dumps(table))
+    start = saved["summaries"]["sft_start"]
+    for regime in ("task_reward", "sharpening"):  # same problems on both sides: the paired mean is the change
+        change, summary = saved["change_from_start"][regime], saved["summaries"][regime]
+        assert change["num_problems"] == c.data.validation_limit
+        for k, value in change["pass@k"].items():
+            assert value == pytest.approx(summary["pass@k"][k] - start["pass@k"][k], abs=1e-12)
+        assert saved["headline_stderr"][regime]["pass@1"] == summary["stderr"]["pass@k"]["1"]
     for name in table:
         report = json.loads((tmp_path / "eval" / name / "eval.json").read_text())
         assert len(report["problems"]) == c.data.validation_limit
@@ -140,6 +147,9 @@ def test_headline_takes_the_smallest_and_largest_k_and_leaves_an_absent_greedy_e
     assert row == {"pass@2": 0.5, "pass@4": 0.75, "maj@4": 0.5, "greedy": None, "length": 3.0, "distinct": 2.0}
     assert json.loads(json.dumps(row))["greedy"] is None  # valid JSON, no NaN
     assert _format_headlines({"start": row}).splitlines()[1].split("|")[4].strip() == "-"
+    errors = {"start": _headline({"pass@k": {2: 0.1, 4: None}, "maj@k": {2: 0.0, 4: 0.05}})}
+    cells = [c.strip() for c in _format_headlines({"start": row}, errors, signed=True).splitlines()[1].split("|")]
+    assert cells[1:5] == ["+0.500±0.100", "+0.750", "+0.500±0.050", "-"]
 
 
 def test_main_reports_a_refused_resume_in_one_line_and_keeps_the_recorded_config(tmp_path):

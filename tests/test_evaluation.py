@@ -190,3 +190,59 @@ def test_evaluate_rejects_wrongly_shaped_generations():
 
     with pytest.raises(ValueError, match="2 x 3 completions"):
         E.evaluate(short, make_problems(2), prompt_fn=lambda p: p.problem, n_samples=3)
+
+
+def result(pid, rewards, answers=None, tokens=None, greedy=None):
+    rewards = np.asarray(rewards, dtype=np.float32)
+    answers = answers or ["1" if r else "2" for r in rewards]
+    tokens = np.full(len(rewards), 5) if tokens is None else np.asarray(tokens)
+    return E.ProblemResult(Problem(pid, "q", "1"), answers, rewards, tokens, greedy_reward=greedy)
+
+
+def test_summary_standard_errors_are_those_of_the_per_problem_values():
+    results = [result("a", [1, 0, 0, 0], greedy=1.0), result("b", [1, 1, 1, 0], greedy=0.0),
+               result("c", [0, 0, 0, 0], tokens=[1, 2, 3, 4], greedy=0.0)]
+    s = E.summarize(results, k_list=[1, 2])
+    for k in (1, 2):
+        per_problem = [E.pass_at_k(4, c, k) for c in (1, 3, 0)]
+        assert s["stderr"]["pass@k"][k] == pytest.approx(np.std(per_problem, ddof=1) / np.sqrt(3))
+    assert s["stderr"]["greedy_accuracy"] == pytest.approx(np.std([1, 0, 0], ddof=1) / np.sqrt(3))
+    assert s["stderr"]["mean_response_tokens"] == pytest.approx(np.std([5, 5, 2.5], ddof=1) / np.sqrt(3))
+    assert E.summarize(results[:1])["stderr"]["pass@k"][1] is None  # one problem: no spread to measure
+    assert "± one standard error over 3 problems, run: pass@1 " in E.format_table({"run": s})
+
+
+def test_standard_error_covers_the_population_pass_at_k():
+    """Problems with success rates p ~ Beta(1, 2) have population pass@k = E[1 - (1 - p)^k] = k / (k + 2).
+    Means of n = 8-sample estimates over N = 40 problems, ± 1.96 standard errors, must cover it about
+    95% of the time (a little less with N = 40 and a normal quantile); an error that ignored each problem's own sampling noise would cover less."""
+    rng = np.random.default_rng(0)
+    for k in (1, 4):
+        covered, narrow = 0, 0
+        for _ in range(1000):
+            p = rng.beta(1.0, 2.0, size=40)
+            estimates = [E.pass_at_k(8, c, k) for c in rng.binomial(8, p)]
+            miss = abs(np.mean(estimates) - k / (k + 2))
+            covered += miss <= 1.96 * E.standard_error(estimates)
+            narrow += miss <= 1.96 * np.std(1 - (1 - p) ** k, ddof=1) / np.sqrt(40)
+        assert 0.91 <= covered / 1000 <= 0.97, (k, covered)  # 0.925-0.952 over seeds 0-3
+        assert narrow < covered - 20, (k, narrow, covered)
+
+
+def test_paired_difference_matches_problems_by_id_and_has_the_paired_error():
+    old = [result("a", [1, 0, 0, 0]), result("b", [0, 0, 0, 0]), result("c", [1, 1, 0, 0]), result("x", [1, 1, 1, 1])]
+    new = [result("c", [1, 1, 1, 1]), result("a", [1, 1, 0, 0]), result("b", [1, 0, 0, 0]), result("y", [0, 0, 0, 0])]
+    change = E.paired_difference(new, old, k_list=[1, 4])
+    assert change["num_problems"] == 3  # a, b, c; x and y were evaluated by one side only
+    d = np.array([0.5 - 0.25, 0.25 - 0.0, 1.0 - 0.5])
+    assert change["pass@k"][1] == pytest.approx(d.mean())
+    assert change["stderr"]["pass@k"][1] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert change["pass@k"][4] == pytest.approx((1 + 1 + 1) / 3 - (1 + 0 + 1) / 3)
+    shared_old, shared_new = [old[0], old[1], old[2]], [new[1], new[2], new[0]]
+    unpaired = np.hypot(E.summarize(shared_new)["stderr"]["pass@k"][1], E.summarize(shared_old)["stderr"]["pass@k"][1])
+    assert change["stderr"]["pass@k"][1] < unpaired  # the spread between problems cancels
+    assert "greedy_accuracy" not in change  # neither side has a greedy sample
+    with pytest.raises(ValueError, match="share no problem id"):
+        E.paired_difference(new[3:], old[:1])
+    with pytest.raises(ValueError, match="repeated problem ids"):
+        E.paired_difference(new + new[:1], old)
