@@ -25,14 +25,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import math
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from rl_sharpen.metrics import save_png, write_json
+from rl_sharpen.metrics import save_png, workdir_path, write_json
 from rl_sharpen.tasks.datasets import Problem
 from rl_sharpen.tasks.answers import canonical_answer
 from rl_sharpen.tasks.verify import VerifyStats, grade_batch
@@ -187,8 +189,8 @@ def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = N
               seed: int = 0, breakdown: bool = True) -> dict[str, Any]:
     """Mean metrics over problems, each with its standard error over problems (`standard_error`) under
     "stderr"; with `breakdown`, also per level and per subject."""
-    summary = {"num_problems": len(results), "num_samples": len(results[0].rewards) if results else 0,
-               **_mean_and_errors(problem_scores(results, k_list, maj_draws, seed))}
+    scores = problem_scores(results, k_list, maj_draws, seed)
+    summary = {"num_problems": len(results), "num_samples": len(results[0].rewards), **_mean_and_errors(scores)}
     if breakdown:
         for field in ("level", "subject"):
             groups: dict[str, list[ProblemResult]] = {}
@@ -205,9 +207,10 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
                       k_list: Sequence[int] | None = None, maj_draws: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The change from `old` to `new` on the problems both evaluated (matched by problem id), with paired
     standard errors: for each metric, d_i = x_i(new) - x_i(old), its mean over the N shared problems and
-    s_d / sqrt(N). Pairing removes the spread between problems, which dominates each summary's own
-    error, so a change is resolved far more finely than by comparing two summaries. maj@k drawn by
-    Monte Carlo uses the same subsets on both sides (same seed). Same layout as `summarize`."""
+    s_d / sqrt(N). Pairing cancels the part of the spread between problems that both runs share (a hard
+    problem stays hard), so the error of a change is below that of two independent summaries combined.
+    maj@k drawn by Monte Carlo uses the same subsets on both sides (same seed). Same layout as
+    `summarize`."""
     def by_id(results, name):
         ids = [r.problem.id for r in results]
         if len(set(ids)) != len(ids):
@@ -291,6 +294,18 @@ def save_json(report: EvalReport, path: str) -> None:
     verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
               for f in dataclasses.fields(VerifyStats)}
     write_json({"summary": report.summary, "verify": verify, "problems": records}, path)
+
+
+def load_results(path: str | os.PathLike) -> list[ProblemResult]:
+    """The per-problem results of a `save_json` file, for `summarize` or `paired_difference` (the
+    problem statements are not saved: empty)."""
+    try:
+        records = json.loads(workdir_path(path).read_text())["problems"]
+        return [ProblemResult(Problem(str(r["id"]), "", r["gold"], r["level"], r["subject"]), r["answers"],
+                              np.asarray(r["rewards"], dtype=np.float32), np.asarray(r["num_tokens"]),
+                              r["greedy_answer"], r["greedy_reward"]) for r in records]
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not an evaluation written by evaluation.save_json ({type(e).__name__}: {e})") from e
 
 
 def _by_k(table: Mapping[Any, float]) -> dict[int, float]:

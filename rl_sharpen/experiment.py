@@ -112,7 +112,9 @@ def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
 def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, mesh=None, name="train",
                 reward_cfg: rw.RewardConfig | None = None) -> RLRun:
     train_problems = task.problems("train")
-    evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed)
+    # each validation's per-problem results, plot and table in <workdir>/eval (rl_sharpen.compare reads them)
+    evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
+                              workdir=os.path.join(workdir, "eval"))
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":

@@ -158,6 +158,10 @@ def test_main_reports_a_refused_resume_in_one_line_and_keeps_the_recorded_config
     first = _main(*base, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     recorded = (tmp_path / "config.json").read_text()
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.json")) == ["eval_step0.json", "eval_step1.json"]
+    change = subprocess.run([sys.executable, "-m", "rl_sharpen.compare", str(tmp_path / "eval" / "eval_step1.json"),
+                             str(tmp_path / "eval" / "eval_step0.json")], capture_output=True, text=True, timeout=120)
+    assert change.returncode == 0 and "pass@1" in change.stdout, change.stderr
     again = _main(*base, "--config.optim.learning_rate=0.5", timeout=600)
     assert again.returncode != 0
     assert again.stderr.rstrip().splitlines()[-1].startswith("cannot resume: ")

@@ -246,3 +246,31 @@ def test_paired_difference_matches_problems_by_id_and_has_the_paired_error():
         E.paired_difference(new[3:], old[:1])
     with pytest.raises(ValueError, match="repeated problem ids"):
         E.paired_difference(new + new[:1], old)
+
+
+def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_command_line(tmp_path, capsys):
+    from rl_sharpen import compare
+
+    report = E.evaluate(FakeSampler(), make_problems(6), prompt_fn=lambda p: p.problem, n_samples=4, verify_workers=1)
+    E.save_json(report, str(tmp_path / "old.json"))
+    loaded = E.load_results(tmp_path / "old.json")
+    assert json.dumps(E.summarize(loaded), sort_keys=True) == json.dumps(report.summary, sort_keys=True)
+
+    saved = json.loads((tmp_path / "old.json").read_text())  # the new run solves every sample of p1 and p2
+    for record in saved["problems"][1:3]:
+        record["answers"], record["rewards"] = [record["gold"]] * 4, [1.0] * 4
+    (tmp_path / "new.json").write_text(json.dumps(saved))
+    assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", "1,4",
+                         "--out", str(tmp_path / "change.json")]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[5:]}
+    d = np.array([0, 3 / 4, 2 / 4, 0, 0, 0])  # pass@1 gains per problem (p1 had 1 of 4, p2 2 of 4)
+    assert rows["pass@1"] == [f"{100 * np.mean(d) + 100 * np.mean([min(i, 4) / 4 for i in range(6)]):.1f}",
+                              f"{100 * np.mean([min(i, 4) / 4 for i in range(6)]):.1f}",
+                              f"{100 * d.mean():+.1f}", "±", f"{100 * d.std(ddof=1) / np.sqrt(6):.1f}",
+                              f"{d.mean() / (d.std(ddof=1) / np.sqrt(6)):+.1f}"]
+    change = json.loads((tmp_path / "change.json").read_text())["change"]
+    assert change["pass@k"]["4"] == pytest.approx(0.0) and change["num_problems"] == 6  # p1, p2 had pass@4 = 1
+
+    (tmp_path / "bad.json").write_text(json.dumps({"summary": {}}))
+    assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
+    assert "bad.json is not an evaluation written by evaluation.save_json" in capsys.readouterr().err

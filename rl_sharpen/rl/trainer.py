@@ -9,7 +9,8 @@ Metric rows (`train.jsonl`, TensorBoard) are numbered by updates done. Row s hol
 metrics of the samples update s learned from, which were drawn from the policy after s - 1 updates
 (`rollout.rollout` documents them), the `update_*` metrics averaged over update s's
 epochs x minibatches optimizer steps, and `learning_rate` of its last optimizer step. The validation
-row s (`<name>_eval.jsonl`) and checkpoint s are of the policy after s updates.
+row s (`<name>_eval.jsonl`; per problem in `eval/eval_step<s>.json` for `rl_sharpen.compare`) and
+checkpoint s are of the policy after s updates.
 """
 
 from __future__ import annotations
