@@ -3,9 +3,9 @@
     python -m rl_sharpen.compare RUN_A/eval/eval_step500.json RUN_B/eval/eval_step500.json [--out change.json]
 
 Reads two `evaluation.save_json` files (an RL run's validations, <workdir>/eval/eval_step<N>.json; an
-eval run's <workdir>/eval_step0.json; the demo's <workdir>/eval/<model>/eval.json)
-and prints, for pass@k, maj@k, greedy accuracy, mean length and distinct answers, A, B and A - B
-over the problems both evaluated, ± its paired standard error (`evaluation.paired_difference`), with
+eval run's <workdir>/eval_step0.json; the demo's <workdir>/eval/<model>/eval.json) and prints, for
+pass@k, maj@k, greedy accuracy, mean length and distinct answers, A, B and A - B over the problems
+both evaluated, ± its paired standard error (`evaluation.paired_difference`), with
 z = (A - B) / error; |z| > 2 is a change that the problems' own noise rarely produces.
 """
 
@@ -15,25 +15,36 @@ import argparse
 import sys
 
 from rl_sharpen import evaluation
+from rl_sharpen.metrics import write_json
 
-_SCALARS = (("greedy", "greedy_accuracy"), ("tokens", "mean_response_tokens"), ("distinct", "mean_distinct_answers"))
+# (row name, summary key, scale, digits): accuracies in points, counts as they are
+_ROWS = (("greedy", "greedy_accuracy", 100, 1), ("tokens", "mean_response_tokens", 1, 1),
+         ("distinct", "mean_distinct_answers", 1, 2))
 
 
-def comparison_rows(change: dict, a: dict, b: dict) -> list[list[str]]:
-    """One row per metric: name, A, B, A - B ± error, z (from `paired_difference` and two summaries)."""
-    def row(name, diff, error, value_a, value_b, scale):
+def comparison_rows(change: dict) -> list[list[str]]:
+    """One row per metric of a `paired_difference` result: name, A, B, A - B ± error, z."""
+    def row(name, key, k, scale, digits):
+        get = (lambda d: d[key][k]) if k is not None else (lambda d: d[key])
+        diff, error = get(change), get(change["stderr"])
         z = "-" if not error else f"{diff / error:+.1f}"
-        spread = "" if error is None else f" ± {scale * error:.1f}"
-        return [name, f"{scale * value_a:.1f}", f"{scale * value_b:.1f}", f"{scale * diff:+.1f}{spread}", z]
+        spread = "" if error is None else f" ± {scale * error:.{digits}f}"
+        return [name, f"{scale * get(change['new']):.{digits}f}", f"{scale * get(change['old']):.{digits}f}",
+                f"{scale * diff:+.{digits}f}{spread}", z]
 
-    rows = []
-    for table in ("pass@k", "maj@k"):
-        for k, diff in change[table].items():
-            rows.append(row(f"{table[:-2]}@{k}", diff, change["stderr"][table][k], a[table][k], b[table][k], 100))
-    for name, key in _SCALARS:
-        if key in change:
-            rows.append(row(name, change[key], change["stderr"][key], a[key], b[key], 100 if name == "greedy" else 1))
-    return rows
+    rows = [row(f"{table[:-2]}@{k}", table, k, 100, 1) for table in ("pass@k", "maj@k") for k in change[table]]
+    return rows + [row(name, key, None, scale, digits) for name, key, scale, digits in _ROWS if key in change]
+
+
+def _k_list(text: str, samples: int) -> list[int] | None:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = [0]
+    if any(not 1 <= k <= samples for k in ks):
+        raise ValueError(f"--k={text}: allowed: comma-separated integers in [1, {samples}] (the samples per "
+                         "problem that both files have)")
+    return ks or None
 
 
 def main(argv=None) -> int:
@@ -44,22 +55,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="also write the comparison as JSON here")
     args = parser.parse_args(argv)
     try:
-        k_list = [int(k) for k in args.k.split(",") if k.strip()] or None
-        results_a, results_b = evaluation.load_results(args.a), evaluation.load_results(args.b)
-        change = evaluation.paired_difference(results_a, results_b, k_list)
-        ids = {r.problem.id for r in results_a} & {r.problem.id for r in results_b}
-        k_list = list(change["pass@k"])
-        summary_a = evaluation.summarize([r for r in results_a if r.problem.id in ids], k_list, breakdown=False)
-        summary_b = evaluation.summarize([r for r in results_b if r.problem.id in ids], k_list, breakdown=False)
+        results = {}
+        for name, path in (("A", args.a), ("B", args.b)):
+            results[name] = evaluation.load_results(path)
+            if len({len(r.rewards) for r in results[name]}) != 1:
+                raise ValueError(f"{path}: its problems have different numbers of samples")
+        samples = min(len(results[name][0].rewards) for name in results)
+        change = evaluation.paired_difference(results["A"], results["B"], _k_list(args.k, samples),
+                                              names=(f"A ({args.a})", f"B ({args.b})"))
+        if args.out:
+            write_json({"a": args.a, "b": args.b, "change": change}, args.out)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"A = {args.a}\nB = {args.b}\n{change['num_problems']} problems in both "
-          f"(A has {len(results_a)}, B {len(results_b)}); accuracies in %, ± one paired standard error\n")
-    print(evaluation.text_table(["metric", "A", "B", "A - B", "z"], comparison_rows(change, summary_a, summary_b)))
-    if args.out:
-        evaluation.write_json({"a": args.a, "b": args.b, "change": change, "a_summary": summary_a,
-                               "b_summary": summary_b}, args.out)
+    print(f"A = {args.a}\nB = {args.b}\n{change['num_problems']} problems in both (A has {len(results['A'])}, "
+          f"B {len(results['B'])}); accuracies in %, ± one paired standard error\n")
+    print(evaluation.text_table(["metric", "A", "B", "A - B", "z"], comparison_rows(change)))
     return 0
 
 

@@ -120,7 +120,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
                              prompt_width(task, problems)),
             problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
             k_list=exp.eval.ks, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
-            verify_timeout=exp.eval.verify_timeout, seed=exp.seed)
+            verify_timeout=exp.eval.verify_timeout)
         if write:
             report_dir = workdir_path(workdir) / "eval" / name
             report_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
 
     table = {name: _headline(s) for name, s in summaries.items()}
     errors = {name: _headline(s["stderr"]) for name, s in summaries.items()}
-    changes = {name: evaluation.paired_difference(results[name], results["sft_start"], exp.eval.ks, seed=exp.seed)
+    changes = {name: evaluation.paired_difference(results[name], results["sft_start"], exp.eval.ks)
                for name in exp.demo.regimes}
     if write:
         # written once the warm start and every regime's checkpoints accepted the settings (each regime

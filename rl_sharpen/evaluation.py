@@ -11,11 +11,12 @@ together, "25" and "25\\%" or "x = 1" and "y = 1" apart, since one of each pair 
 the other wrong. Samples without a final answer do not vote; a tie between the top answers counts
 as the fraction of tied answers that are correct (the expectation of a uniformly random
 tie-break). It is averaged over all C(n, k) subsets when there are at most `maj_draws` of them,
-else over `maj_draws` subsets drawn with a fixed seed.
+else over `maj_draws` subsets drawn with one fixed seed, the same for every problem and every run, so
+that the saved summaries of any two runs are estimated alike.
 
-Every mean over problems comes with its standard error over problems (`standard_error`), and
-`paired_difference` measures the change between two evaluations of the same problems with a paired
-error, the comparison a training run is judged by. `evaluate` runs a generation callable over
+Every mean over problems comes with its standard error over problems (`standard_error` of the
+per-problem values of `problem_scores`), and `paired_difference` measures the change between two
+evaluations of the same problems with a paired error, the comparison a training run is judged by. `evaluate` runs a generation callable over
 problems, verifies the samples, and summarizes; `save_json`, `format_table` and `plot_pass_at_k`
 report the summaries.
 """
@@ -136,8 +137,8 @@ class ProblemResult:
 _SCALARS = ("mean_response_tokens", "mean_distinct_answers", "no_answer_rate", "greedy_accuracy")
 
 
-def problem_scores(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None, maj_draws: int = 1000,
-                   seed: int = 0) -> dict[str, Any]:
+def problem_scores(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None,
+                   maj_draws: int = 1000) -> dict[str, Any]:
     """Each problem's own value of every summary metric, in the order of `results`:
     {"pass@k": {k: [N]}, "maj@k": {k: [N]}, "mean_response_tokens": [N], "mean_distinct_answers": [N],
     "no_answer_rate": [N], "greedy_accuracy": [N] (NaN where a problem has no greedy sample)}."""
@@ -151,7 +152,7 @@ def problem_scores(results: Sequence[ProblemResult], k_list: Sequence[int] | Non
         raise ValueError(f"k_list must lie in [1, n={n}], got {k_list}")
     return {
         "pass@k": {k: np.array([pass_at_k(n, int(r.rewards.sum()), k) for r in results]) for k in k_list},
-        "maj@k": {k: np.array([maj_at_k(r.keys, r.rewards > 0, k, maj_draws, seed) for r in results])
+        "maj@k": {k: np.array([maj_at_k(r.keys, r.rewards > 0, k, maj_draws) for r in results])
                   for k in k_list},
         "mean_response_tokens": np.array([np.mean(r.num_tokens) for r in results], dtype=np.float64),
         "mean_distinct_answers": np.array([len({k for k in r.keys if k is not None}) for r in results], dtype=float),
@@ -186,10 +187,10 @@ def _mean_and_errors(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = None, maj_draws: int = 1000,
-              seed: int = 0, breakdown: bool = True) -> dict[str, Any]:
+              breakdown: bool = True) -> dict[str, Any]:
     """Mean metrics over problems, each with its standard error over problems (`standard_error`) under
     "stderr"; with `breakdown`, also per level and per subject."""
-    scores = problem_scores(results, k_list, maj_draws, seed)
+    scores = problem_scores(results, k_list, maj_draws)
     summary = {"num_problems": len(results), "num_samples": len(results[0].rewards), **_mean_and_errors(scores)}
     if breakdown:
         for field in ("level", "subject"):
@@ -198,36 +199,38 @@ def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = N
                 if getattr(r.problem, field) is not None:
                     groups.setdefault(str(getattr(r.problem, field)), []).append(r)
             if groups:
-                summary[f"by_{field}"] = {name: summarize(group, k_list, maj_draws, seed, breakdown=False)
+                summary[f"by_{field}"] = {name: summarize(group, k_list, maj_draws, breakdown=False)
                                           for name, group in sorted(groups.items())}
     return summary
 
 
 def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult],
-                      k_list: Sequence[int] | None = None, maj_draws: int = 1000, seed: int = 0) -> dict[str, Any]:
+                      k_list: Sequence[int] | None = None, maj_draws: int = 1000,
+                      names: tuple[str, str] = ("new", "old")) -> dict[str, Any]:
     """The change from `old` to `new` on the problems both evaluated (matched by problem id), with paired
     standard errors: for each metric, d_i = x_i(new) - x_i(old), its mean over the N shared problems and
     s_d / sqrt(N). Pairing cancels the part of the spread between problems that both runs share (a hard
-    problem stays hard), so the error of a change is below that of two independent summaries combined.
-    maj@k drawn by Monte Carlo uses the same subsets on both sides (same seed). Same layout as
-    `summarize`."""
+    problem stays hard), so the error of a change is usually below that of two independent summaries
+    combined. Same layout as `summarize`, plus "new" and "old": each side's means and errors on the
+    shared problems (their difference is the change). `names` name the two sides in errors."""
     def by_id(results, name):
         ids = [r.problem.id for r in results]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"{name} has repeated problem ids; they cannot be paired")
-        return {i: r for i, r in zip(ids, results)}
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"{name} has repeated problem ids ({', '.join(repeated[:3])}); they cannot be paired")
+        return dict(zip(ids, results))
 
-    new_by_id, old_by_id = by_id(new, "new"), by_id(old, "old")
+    new_by_id, old_by_id = by_id(new, names[0]), by_id(old, names[1])
     shared = [i for i in old_by_id if i in new_by_id]
     if not shared:
-        raise ValueError("new and old share no problem id")
-    n = min(len(new[0].rewards), len(old[0].rewards))
-    k_list = list(k_list or default_k_list(n))
-    new_scores = problem_scores([new_by_id[i] for i in shared], k_list, maj_draws, seed)
-    old_scores = problem_scores([old_by_id[i] for i in shared], k_list, maj_draws, seed)
+        raise ValueError(f"{names[0]} and {names[1]} share no problem id")
+    k_list = list(k_list or default_k_list(min(len(new[0].rewards), len(old[0].rewards))))
+    new_scores = problem_scores([new_by_id[i] for i in shared], k_list, maj_draws)
+    old_scores = problem_scores([old_by_id[i] for i in shared], k_list, maj_draws)
     diff = {key: ({k: new_scores[key][k] - old_scores[key][k] for k in k_list} if key in ("pass@k", "maj@k")
                   else new_scores[key] - old_scores[key]) for key in new_scores}
-    return {"num_problems": len(shared), **_mean_and_errors(diff)}
+    return {"num_problems": len(shared), **_mean_and_errors(diff), "new": _mean_and_errors(new_scores),
+            "old": _mean_and_errors(old_scores)}
 
 
 @dataclasses.dataclass
@@ -239,8 +242,7 @@ class EvalReport:
 
 def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn: Callable[[Problem], str],
              n_samples: int, k_list: Sequence[int] | None = None, batch_size: int = 8, greedy: bool = True,
-             verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000,
-             seed: int = 0) -> EvalReport:
+             verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000) -> EvalReport:
     """Samples `n_samples` completions (and one greedy one) per problem, verifies, summarizes.
 
     prompt_fn turns a problem into the prompt text given to generate_fn (e.g.
@@ -269,7 +271,7 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
         results += [ProblemResult(p, answers[i * n_samples:(i + 1) * n_samples], rewards[i],
                                   np.asarray(sampled.num_tokens[i]), greedy_answers[i], greedy_rewards[i])
                     for i, p in enumerate(batch)]
-    return EvalReport(summarize(results, k_list, maj_draws, seed), results, stats)
+    return EvalReport(summarize(results, k_list, maj_draws), results, stats)
 
 
 def _checked(out: Generations, num_prompts: int, num_samples: int) -> Generations:
@@ -298,14 +300,30 @@ def save_json(report: EvalReport, path: str) -> None:
 
 def load_results(path: str | os.PathLike) -> list[ProblemResult]:
     """The per-problem results of a `save_json` file, for `summarize` or `paired_difference` (the
-    problem statements are not saved: empty)."""
+    problem statements are not saved: empty). A malformed file is a ValueError that names it."""
     try:
         records = json.loads(workdir_path(path).read_text())["problems"]
-        return [ProblemResult(Problem(str(r["id"]), "", r["gold"], r["level"], r["subject"]), r["answers"],
-                              np.asarray(r["rewards"], dtype=np.float32), np.asarray(r["num_tokens"]),
-                              r["greedy_answer"], r["greedy_reward"]) for r in records]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not an evaluation written by evaluation.save_json ({type(e).__name__}: {e})") from e
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path}: 'problems' must be a non-empty list of per-problem records")
+    results = []
+    for i, r in enumerate(records):
+        try:
+            answers, rewards, tokens = r["answers"], r["rewards"], r["num_tokens"]
+            if not (isinstance(answers, list) and isinstance(rewards, list) and isinstance(tokens, list)
+                    and len(answers) == len(rewards) == len(tokens) > 0):
+                raise ValueError("answers, rewards and num_tokens must be lists of one length >= 1")
+            if not all(a is None or isinstance(a, str) for a in answers):
+                raise ValueError("answers must be strings or null")
+            results.append(ProblemResult(
+                Problem(str(r["id"]), "", str(r["gold"]), r["level"], r["subject"]), answers,
+                np.asarray(rewards, dtype=np.float32), np.asarray(tokens, dtype=np.float64), r["greedy_answer"],
+                None if r["greedy_reward"] is None else float(r["greedy_reward"])))
+        except (KeyError, TypeError, ValueError) as e:
+            where = f"record {i}" + (f" (id {r['id']})" if isinstance(r, dict) and "id" in r else "")
+            raise ValueError(f"{path}: {where}: {type(e).__name__}: {e}") from e
+    return results
 
 
 def _by_k(table: Mapping[Any, float]) -> dict[int, float]:
@@ -330,7 +348,7 @@ def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _error_note(name: str, summary: Mapping[str, Any]) -> str:
-    """"± one standard error over N problems, name: pass@1 2.1, pass@16 1.0, ..." (points), or ""."""
+    """The line "± one standard error over N problems, <name>: pass@1 2.1, ..." (points), or "" without errors."""
     errors = summary.get("stderr", {})
     passes, majs = _by_k(errors.get("pass@k", {})), _by_k(errors.get("maj@k", {}))
     if not passes:

@@ -254,7 +254,7 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
         params_ref.update(params=params, step=step, calls=0)
         report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
                                      k_list=eval_cfg.ks, batch_size=eval_cfg.batch_size,
-                                     greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout, seed=seed)
+                                     greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout)
         if workdir is not None and jax.process_index() == 0:
             out = workdir_path(workdir)
             out.mkdir(parents=True, exist_ok=True)

@@ -274,3 +274,12 @@ def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_comman
     (tmp_path / "bad.json").write_text(json.dumps({"summary": {}}))
     assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
     assert "bad.json is not an evaluation written by evaluation.save_json" in capsys.readouterr().err
+    saved["problems"][2]["rewards"] = 1.0
+    (tmp_path / "bad.json").write_text(json.dumps(saved))
+    assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
+    assert "bad.json: record 2 (id p2): ValueError: answers, rewards and num_tokens must be lists" in capsys.readouterr().err
+    for k in ("1.5", "0", "5"):
+        assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", k]) == 2
+        assert f"--k={k}: allowed: comma-separated integers in [1, 4]" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "new.json"), "--out", str(tmp_path / "no" / "x")]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
