@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Sequence
 
 from rl_sharpen import evaluation
 from rl_sharpen.metrics import write_json
@@ -47,6 +48,24 @@ def _k_list(text: str, samples: int) -> list[int] | None:
     return ks or None
 
 
+def compare_files(a: str, b: str, k_list: Sequence[int] | None = None) -> dict:
+    """`evaluation.paired_difference` of two `save_json` files, A against B, plus their paths and sizes."""
+    results = {}
+    for name, path in (("A", a), ("B", b)):
+        results[name] = evaluation.load_results(path)
+        if len({len(r.rewards) for r in results[name]}) != 1:
+            raise ValueError(f"{path}: its problems have different numbers of samples")
+    change = evaluation.paired_difference(results["A"], results["B"], k_list, names=(f"A ({a})", f"B ({b})"))
+    return {"a": a, "b": b, "a_problems": len(results["A"]), "b_problems": len(results["B"]), "change": change}
+
+
+def format_comparison(comparison: dict) -> str:
+    change = comparison["change"]
+    return (f"A = {comparison['a']}\nB = {comparison['b']}\n{change['num_problems']} problems in both (A has "
+            f"{comparison['a_problems']}, B {comparison['b_problems']}); accuracies in %, ± one paired standard "
+            "error\n\n" + evaluation.text_table(["metric", "A", "B", "A - B", "z"], comparison_rows(change)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", help="evaluation JSON of the run to measure (A)")
@@ -55,22 +74,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="also write the comparison as JSON here")
     args = parser.parse_args(argv)
     try:
-        results = {}
-        for name, path in (("A", args.a), ("B", args.b)):
-            results[name] = evaluation.load_results(path)
-            if len({len(r.rewards) for r in results[name]}) != 1:
-                raise ValueError(f"{path}: its problems have different numbers of samples")
-        samples = min(len(results[name][0].rewards) for name in results)
-        change = evaluation.paired_difference(results["A"], results["B"], _k_list(args.k, samples),
-                                              names=(f"A ({args.a})", f"B ({args.b})"))
+        samples = min(len(evaluation.load_results(path)[0].rewards) for path in (args.a, args.b))
+        comparison = compare_files(args.a, args.b, _k_list(args.k, samples))
         if args.out:
-            write_json({"a": args.a, "b": args.b, "change": change}, args.out)
+            write_json(comparison, args.out)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"A = {args.a}\nB = {args.b}\n{change['num_problems']} problems in both (A has {len(results['A'])}, "
-          f"B {len(results['B'])}); accuracies in %, ± one paired standard error\n")
-    print(evaluation.text_table(["metric", "A", "B", "A - B", "z"], comparison_rows(change)))
+    print(format_comparison(comparison))
     return 0
 
 
