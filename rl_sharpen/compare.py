@@ -37,17 +37,6 @@ def comparison_rows(change: dict) -> list[list[str]]:
     return rows + [row(name, key, None, scale, digits) for name, key, scale, digits in _ROWS if key in change]
 
 
-def _k_list(text: str, samples: int) -> list[int] | None:
-    try:
-        ks = [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        ks = [0]
-    if any(not 1 <= k <= samples for k in ks):
-        raise ValueError(f"--k={text}: allowed: comma-separated integers in [1, {samples}] (the samples per "
-                         "problem that both files have)")
-    return ks or None
-
-
 def compare_files(a: str, b: str, k_list: Sequence[int] | None = None) -> dict:
     """`evaluation.paired_difference` of two `save_json` files, A against B, plus their paths and sizes."""
     results = {}
@@ -55,6 +44,10 @@ def compare_files(a: str, b: str, k_list: Sequence[int] | None = None) -> dict:
         results[name] = evaluation.load_results(path)
         if len({len(r.rewards) for r in results[name]}) != 1:
             raise ValueError(f"{path}: its problems have different numbers of samples")
+    samples = min(len(results[name][0].rewards) for name in results)
+    if k_list and not all(1 <= k <= samples for k in k_list):
+        raise ValueError(f"k = {list(k_list)}: allowed: integers in [1, {samples}], the samples per problem "
+                         "that both files have")
     change = evaluation.paired_difference(results["A"], results["B"], k_list, names=(f"A ({a})", f"B ({b})"))
     return {"a": a, "b": b, "a_problems": len(results["A"]), "b_problems": len(results["B"]), "change": change}
 
@@ -74,8 +67,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="", help="also write the comparison as JSON here")
     args = parser.parse_args(argv)
     try:
-        samples = min(len(evaluation.load_results(path)[0].rewards) for path in (args.a, args.b))
-        comparison = compare_files(args.a, args.b, _k_list(args.k, samples))
+        try:
+            k_list = [int(k) for k in args.k.split(",") if k.strip()] or None
+        except ValueError:
+            raise ValueError(f"--k={args.k}: allowed: comma-separated integers") from None
+        comparison = compare_files(args.a, args.b, k_list)
         if args.out:
             write_json(comparison, args.out)
     except (OSError, ValueError) as e:

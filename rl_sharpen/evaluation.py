@@ -16,13 +16,14 @@ that the saved summaries of any two runs are estimated alike.
 
 Every mean over problems comes with its standard error over problems (`standard_error` of the
 per-problem values of `problem_scores`), and `paired_difference` measures the change between two
-evaluations of the same problems with a paired error, the comparison a training run is judged by. `evaluate` runs a generation callable over
-problems, verifies the samples, and summarizes; `save_json`, `format_table` and `plot_pass_at_k`
-report the summaries.
+evaluations of the same problems with a paired error, the comparison a training run is judged by.
+`evaluate` runs a generation callable over problems, verifies the samples, and summarizes;
+`save_json`, `format_table` and `plot_pass_at_k` report the summaries, `load_results` reads them back.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -215,7 +216,7 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
     shared problems (their difference is the change). `names` name the two sides in errors."""
     def by_id(results, name):
         ids = [r.problem.id for r in results]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        repeated = sorted(i for i, count in collections.Counter(ids).items() if count > 1)
         if repeated:
             raise ValueError(f"{name} has repeated problem ids ({', '.join(repeated[:3])}); they cannot be paired")
         return dict(zip(ids, results))

@@ -278,8 +278,10 @@ def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_comman
     (tmp_path / "bad.json").write_text(json.dumps(saved))
     assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
     assert "bad.json: record 2 (id p2): ValueError: answers, rewards and num_tokens must be lists" in capsys.readouterr().err
-    for k in ("1.5", "0", "5"):
+    assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", "1.5"]) == 2
+    assert "--k=1.5: allowed: comma-separated integers" in capsys.readouterr().err
+    for k in ("0", "1,5"):
         assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", k]) == 2
-        assert f"--k={k}: allowed: comma-separated integers in [1, 4]" in capsys.readouterr().err
+        assert "allowed: integers in [1, 4], the samples per problem that both files have" in capsys.readouterr().err
     assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "new.json"), "--out", str(tmp_path / "no" / "x")]) == 2
     assert "No such file or directory" in capsys.readouterr().err
