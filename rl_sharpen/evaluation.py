@@ -226,8 +226,13 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
     if not shared:
         raise ValueError(f"{names[0]} and {names[1]} share no problem id")
     k_list = list(k_list or default_k_list(min(len(new[0].rewards), len(old[0].rewards))))
-    new_scores = problem_scores([new_by_id[i] for i in shared], k_list, maj_draws)
-    old_scores = problem_scores([old_by_id[i] for i in shared], k_list, maj_draws)
+    def scores(by_id, name):
+        try:
+            return problem_scores([by_id[i] for i in shared], k_list, maj_draws)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+
+    new_scores, old_scores = scores(new_by_id, names[0]), scores(old_by_id, names[1])
     diff = {key: ({k: new_scores[key][k] - old_scores[key][k] for k in k_list} if key in ("pass@k", "maj@k")
                   else new_scores[key] - old_scores[key]) for key in new_scores}
     return {"num_problems": len(shared), **_mean_and_errors(diff), "new": _mean_and_errors(new_scores),
