@@ -242,9 +242,32 @@ def flat_summary(summary: dict) -> dict:
     return out
 
 
+REPORT_FILES = ("eval_step{step}.json", "pass_at_k_step{step}.png")  # a validation's files in its folder
+
+
+def discard_reports_after(folder: str, step: int) -> list[str]:
+    """Deletes the validation files (`REPORT_FILES`) of steps after `step` from `folder` and returns
+    their names. A run resumed from checkpoint `step` validates those steps again; until it does, the
+    folder would hold reports of the killed run, possibly made with other eval settings."""
+    folder = workdir_path(folder)
+    if not folder.exists():
+        return []
+    patterns = [name.split("{step}") for name in REPORT_FILES]
+    removed = []
+    for path in sorted(folder.iterdir()):
+        for head, tail in patterns:
+            middle = path.name[len(head):len(path.name) - len(tail)]
+            if (path.name.startswith(head) and path.name.endswith(tail) and middle.isdigit()
+                    and int(middle) > step):
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
 def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
                    workdir: str | None = None):
-    """evaluate(params, step) -> flat metrics; with `workdir`, also JSON, a table and a pass@k plot."""
+    """evaluate(params, step) -> flat metrics; with `workdir`, also JSON, a table and a pass@k plot
+    (`REPORT_FILES`), and `evaluate.discard_after(step)`, `discard_reports_after` on that folder."""
     problems = task.problems("validation")
     params_ref: dict = {}
     generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed,
@@ -258,11 +281,14 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
         if workdir is not None and jax.process_index() == 0:
             out = workdir_path(workdir)
             out.mkdir(parents=True, exist_ok=True)
-            evaluation.save_json(report, out / f"eval_step{step}.json")
+            report_json, report_png = (out / name.format(step=step) for name in REPORT_FILES)
+            evaluation.save_json(report, report_json)
             title = (f"{os.path.basename(task.data.validation)}: {len(problems)} problems, "
                      f"{eval_cfg.num_samples} samples each")
-            evaluation.plot_pass_at_k({f"step {step}": report.summary}, out / f"pass_at_k_step{step}.png", title)
+            evaluation.plot_pass_at_k({f"step {step}": report.summary}, report_png, title)
             print(evaluation.format_table({f"step {step}": report.summary}))
         return flat_summary(report.summary)
 
+    if workdir is not None:
+        evaluate.discard_after = lambda step: discard_reports_after(workdir, step)
     return evaluate

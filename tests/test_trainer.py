@@ -360,3 +360,51 @@ def test_steps_after_the_last_checkpoint_are_logged_once_after_a_resume(tmp_path
     _rl_run(tmp_path, 4).run()
     with open(tmp_path / "train.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
+
+
+def test_discard_reports_after_removes_only_later_steps_reports(tmp_path):
+    from rl_sharpen.task_setup import discard_reports_after
+
+    names = ["eval_step1.json", "eval_step2.json", "eval_step10.json", "pass_at_k_step2.png", "pass_at_k_step10.png",
+             "eval_step10.txt", "eval_stepx.json", "summary.json"]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    assert discard_reports_after(str(tmp_path), 2) == ["eval_step10.json", "pass_at_k_step10.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {"eval_step10.json",
+                                                                             "pass_at_k_step10.png"})
+    assert discard_reports_after(str(tmp_path / "missing"), 0) == []
+
+
+def test_a_resumed_run_validates_later_steps_again_without_the_killed_run_s_reports(tmp_path):
+    """A kill after step 3's validation but before its checkpoint: until step 3 is validated again, its
+    folder holds no report of the killed run, whose eval settings may have differed."""
+    import shutil
+
+    from rl_sharpen.task_setup import make_evaluator
+
+    def run_with_validation(steps, num_samples):
+        run = _rl_run(tmp_path, steps, **{"train.eval_every": 1})
+        c = get_config("qwen3_4b_math", "sharpening,tiny")
+        c.eval.num_samples, c.data.validation_limit, c.eval.batch_size, c.eval.max_new_tokens = num_samples, 2, 4, 4
+        exp = experiment.parse(c)
+        evaluate = make_evaluator(exp.eval, run.task, run.model_cfg, exp.sampling, None, exp.seed,
+                                  str(tmp_path / "eval"))
+        seen = {}
+
+        def recording(params, step):
+            seen[step] = sorted(p.name for p in (tmp_path / "eval").glob("*.json"))
+            return evaluate(params, step)
+
+        recording.discard_after = evaluate.discard_after
+        run.evaluate = recording
+        run.run()
+        return seen
+
+    run_with_validation(3, num_samples=1)  # checkpoints 2 and (final) 3
+    shutil.rmtree(tmp_path / "checkpoints" / "3")
+    seen = run_with_validation(4, num_samples=2)
+    assert seen[3] == ["eval_step0.json", "eval_step1.json", "eval_step2.json"]
+    for step in range(5):
+        with open(tmp_path / "eval" / f"eval_step{step}.json") as f:
+            samples = {len(p["rewards"]) for p in json.load(f)["problems"]}
+        assert samples == ({1} if step <= 2 else {2}), step

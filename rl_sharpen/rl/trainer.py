@@ -3,7 +3,9 @@ validation, metrics and resumable checkpoints.
 
 Every step is a pure function of (checkpointed state, step index): the rollout key is
 fold_in(seed key, step) and the prompts are the step-th slice of a seeded permutation, so a run
-killed and restarted from its last checkpoint reproduces the metrics of an uninterrupted run.
+killed and restarted from its last checkpoint reproduces the metrics of an uninterrupted run. It
+drops the killed run's metric rows and validation files of the steps after that checkpoint, then
+writes them again.
 
 Metric rows (`train.jsonl`, TensorBoard) are numbered by updates done. Row s holds the rollout
 metrics of the samples update s learned from, which were drawn from the policy after s - 1 updates
@@ -185,6 +187,9 @@ class RLRun:
         if jax.process_index() == 0:  # after the checkpoint accepted it: a refused config leaves the old file
             workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)
             write_json(self.config_record, f"{self.workdir}/config.json")
+            discard = getattr(self.evaluate, "discard_after", None)  # `task_setup.make_evaluator`'s files
+            for name in discard(restored) if discard is not None else ():  # as the metric rows after `restored`
+                logging.info("removed %s: this run validates the steps after %d again", name, restored)
         writer = MetricWriter(self.workdir, self.name, resume_step=restored)  # keeps rows up to `restored`
         eval_writer = None if self.evaluate is None else MetricWriter(self.workdir, f"{self.name}_eval",
                                                                        resume_step=restored)
