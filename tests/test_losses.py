@@ -129,7 +129,9 @@ def test_policy_loss_jits_and_errors():
 
 
 # --------------------------------------------------------------------------------------------------
-# alpha-DPG toward p* = p_ref(. | correct) on a categorical of K outcomes (T = 1).
+# alpha-DPG toward p* = p_ref(. | correct) on a categorical of K outcomes (T = 1). The first tests check
+# the reference direction `population_direction` against the alpha-divergence itself; the package's
+# loss is then checked against that reference (test_alpha_dpg_loss_estimates_the_population_direction).
 
 K_THETA = jnp.array([0.5, -0.3, 1.1, 0.0, -0.8, 0.4])
 K_REF = jax.nn.log_softmax(jnp.array([0.2, 1.0, -0.4, 0.6, -1.2, 0.1]))

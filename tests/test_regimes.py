@@ -200,6 +200,7 @@ def test_trainer_update_follows_the_objective_gradient_under_a_constant_normaliz
     expected = jax.grad(closed_form_objective)(table, cfg) / T
     got = expected_update(table, cfg, "seq-mean-token-sum")
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(expected))))
-    biased = np.asarray(expected_update(table, cfg, "token-mean")).ravel()
-    cosine = biased @ np.asarray(expected).ravel() / np.linalg.norm(biased) / np.linalg.norm(expected)
-    assert cosine < 0.9995
+    for aggregation, bounds in [("token-mean", (0.98, 0.9995)), ("seq-mean-token-mean", (0.93, 0.96))]:
+        biased = np.asarray(expected_update(table, cfg, aggregation)).ravel()
+        cosine = biased @ np.asarray(expected).ravel() / np.linalg.norm(biased) / np.linalg.norm(expected)
+        assert bounds[0] < cosine < bounds[1], aggregation  # the cosines quoted in the rl/losses.py docstring

@@ -1,8 +1,9 @@
 """Per-sample rewards: a weighted mixture of named components (Mittal, Gagnon, Lajoie 2026).
 
-One objective, max_pi E_pi[R(y)] - beta KL(pi || p_ref) with beta = 1 / beta_inv, covers four regimes:
-the sampling mode carries the KL term inside R, the optimization mode has none. For a completion y
-with generated-token mask m_t (EOS included) and L = sum_t m_t:
+One objective, max_pi E_pi[R(y)] - beta KL(pi || p_ref), covers four regimes. The sampling mode
+carries the KL term inside R, with weight beta = 1 / beta_inv for beta_inv > 0 and 1 (R unscaled)
+for beta_inv = 0; the optimization mode has none (beta = 0, unless `kl_coef` adds one, below). For a
+completion y with generated-token mask m_t (EOS included) and L = sum_t m_t:
 
   S_ref = sum_t m_t log p_ref(y_t | x, y_<t)      S_pi = sum_t m_t log pi(y_t | x, y_<t)  (temperature 1)
   N(y)  = 0 | S_ref | S_ref / L | S_ref / L^w      normalization = none | sum | mean | weighted_mean
