@@ -7,6 +7,9 @@
 #
 # Arguments reach the hosts as given, e.g. --config.demo.regimes='("sharpening",)'.
 # DRY_RUN=1 prints the script each host would run instead of running it.
+# DETACH=1 starts the run with nohup on every host and returns once it has started, so that closing
+# this terminal or losing the ssh connection does not stop it; each host logs to ~/$LOG (default
+# rl_sharpen_<date>_<time>.log). Setup (clone, checkout, pip) still runs in the foreground.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]" >&2
@@ -20,13 +23,26 @@ if [ -z "$REPO_URL" ]; then
 fi
 REV=${REV:-$(git rev-parse HEAD)}
 quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
+RUN="python3 -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
+if [ -n "${DETACH:-}" ]; then
+  LOG=${LOG:-rl_sharpen_$(date +%Y%m%d_%H%M%S).log}
+  if ! [[ "$LOG" =~ ^[A-Za-z0-9._-]+$ ]]; then
+    echo "tpu_pod.sh: LOG=$LOG; it must be a file name of letters, digits, '.', '_' and '-'" >&2
+    exit 2
+  fi
+  RUN="nohup $RUN > ~/$LOG 2>&1 < /dev/null &
+echo \"\$(hostname): started, log ~/$LOG\""
+fi
 REMOTE="set -e
 if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
 cd rl_sharpen && git fetch -q && git checkout -q $(quoted "$REV")
 python3 -m pip install -q -e '.[gcs]' 'jax[tpu]'
-python3 -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
+$RUN"
 if [ -n "${DRY_RUN:-}" ]; then
   printf '%s\n' "$REMOTE"
   exit 0
 fi
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "$REMOTE"
+if [ -n "${DETACH:-}" ]; then
+  echo "follow host 0: gcloud compute tpus tpu-vm ssh $(quoted "$TPU_NAME")--zone $(quoted "$ZONE")--worker=0 --command 'tail -f ~/$LOG'"
+fi

@@ -1,0 +1,81 @@
+"""launch/tpu_pod.sh: the script each host runs (DRY_RUN=1), run here against stand-in git and python3
+that record their arguments, so the quoting of every argument is checked end to end."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "launch" / "tpu_pod.sh"
+ARGS = ["my-tpu", "us-central2-b", "configs/demo.py", "gs://bucket/runs/a b", '--config.demo.regimes=("sharpening",)',
+        "--config.seed=3"]
+RECORDER = f"""#!{sys.executable}
+import json, os, sys
+with open(os.environ["CALLS"], "a") as f:
+    f.write(json.dumps([os.path.basename(sys.argv[0])] + sys.argv[1:]) + "\\n")
+"""
+
+
+def _remote_script(tmp_path, args=ARGS, **env):
+    env = {**os.environ, "DRY_RUN": "1", "REPO_URL": "https://example.invalid/rl_sharpen.git", "REV": "abc123", **env}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+
+def _run_on_fake_host(tmp_path, script):
+    """Runs a host's script in a home folder with `rl_sharpen` already cloned; returns the recorded calls."""
+    home, bin_dir, calls = tmp_path / "home", tmp_path / "bin", tmp_path / "calls.jsonl"
+    (home / "rl_sharpen").mkdir(parents=True)
+    bin_dir.mkdir()
+    for name in ("git", "python3"):
+        (bin_dir / name).write_text(RECORDER)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home), "CALLS": str(calls)}
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, cwd=home, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return home, calls, done.stdout
+
+
+def _calls(path, count):
+    for _ in range(100):  # a detached run writes its call a moment after the script returns
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            break
+        time.sleep(0.05)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+MAIN = ["python3", "-m", "rl_sharpen.main", "--config=configs/demo.py", "--workdir=gs://bucket/runs/a b",
+        "--multihost", '--config.demo.regimes=("sharpening",)', "--config.seed=3"]
+
+
+def test_each_host_runs_main_with_the_arguments_as_given(tmp_path):
+    printed = _remote_script(tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    _, calls, _ = _run_on_fake_host(tmp_path, printed.stdout)
+    calls = _calls(calls, 5)
+    assert calls[:3] == [["git", "fetch", "-q"], ["git", "checkout", "-q", "abc123"],
+                         ["python3", "-m", "pip", "install", "-q", "-e", ".[gcs]", "jax[tpu]"]]
+    assert calls[3:] == [MAIN]
+
+
+def test_detached_run_starts_with_nohup_and_logs_to_the_home_folder(tmp_path):
+    printed = _remote_script(tmp_path, DETACH="1", LOG="run_1.log")
+    assert printed.returncode == 0, printed.stderr
+    assert "nohup " in printed.stdout
+    home, calls, stdout = _run_on_fake_host(tmp_path, printed.stdout)
+    assert _calls(calls, 4)[3] == MAIN
+    assert "started, log ~/run_1.log" in stdout
+    assert (home / "run_1.log").exists()
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (ARGS[:3], {}, "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR"),
+    (ARGS, {"DETACH": "1", "LOG": "../x y.log"}, "LOG=../x y.log; it must be a file name of letters"),
+])
+def test_bad_requests_exit_2_and_say_why(tmp_path, args, env, message):
+    done = _remote_script(tmp_path, args, **env)
+    assert done.returncode == 2 and message in done.stderr and not done.stdout
