@@ -29,6 +29,9 @@ RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every",
                      "demo.regimes")  # a demo's regime runs each record their own reward
 RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation")
 NOT_RESUMABLE = ("eval.verify_timeout",)
+# Fields added to the config after runs were checkpointed, with the value that does what those runs
+# did: a record without the field resumes as if it held that value (any other value is a change).
+ADDED_FIELDS = {"loss.is_level": "token"}
 
 
 def resumable_change(field: str) -> bool:
@@ -82,6 +85,7 @@ class Checkpointer:
         except Exception as e:  # orbax raises several types for unreadable steps
             raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
         old, new = _flatten(record.get("config", {})), _flatten(json.loads(json.dumps(config)))
+        old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})
         changed = sorted(k for k in set(old) | set(new)
                          if old.get(k) != new.get(k) and not resumable_change(k))
         if changed:

@@ -1,5 +1,6 @@
 """Policy losses: aggregation, truncated IS, PPO clip boundaries, KL term, and alpha-DPG on a categorical."""
 
+import dataclasses
 import math
 
 import jax
@@ -220,3 +221,68 @@ def test_dpg_ess_averages_over_groups_with_a_target():
     w = np.exp([-1.0, 1.0, -np.inf, 2.0])
     np.testing.assert_allclose(metrics["dpg_ess"], w.sum() ** 2 / (w ** 2).sum() / 4, rtol=1e-5)
     assert float(metrics["dpg_target_groups"]) == 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Off-policy REINFORCE on an enumerable autoregressive model: 2 tokens over a vocabulary of 2.
+
+AR_SEQS = np.array([[a, b] for a in range(2) for b in range(2)])  # the 4 sequences
+AR_REWARD = jnp.array([0.3, -1.0, 2.0, 0.7])
+
+
+def ar_token_logprobs(logits, temperature=1.0):
+    """[4, 2] log-probs of each sequence's tokens; logits [3, 2]: row 0 the first token, 1 + y_1 the second."""
+    lp = jax.nn.log_softmax(logits / temperature, axis=-1)
+    return jnp.stack([lp[0, AR_SEQS[:, 0]], lp[1 + AR_SEQS[:, 0], AR_SEQS[:, 1]]], axis=1)
+
+
+def expected_reinforce_update(logits, sampler_temperature, is_level, group_size=2):
+    """E over every group of G sequences drawn from mu (pi at the sampler's temperature) of -grad loss,
+    with RLOO advantages and untruncated importance weights."""
+    from rl_sharpen.rl import advantages as adv
+
+    cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=2, is_cap=math.inf,
+                            is_level=is_level)
+    behaviour = ar_token_logprobs(logits, sampler_temperature)
+    groups = jnp.asarray(np.array(np.meshgrid(*[np.arange(4)] * group_size, indexing="ij")).reshape(group_size, -1).T)
+
+    def update(idx):
+        b = losses.LossInputs(mask=jnp.ones((group_size, 2)), behaviour_logprobs=behaviour[idx],
+                              advantages=adv.compute_advantages(AR_REWARD[idx], group_size,
+                                                                adv.AdvantageConfig("rloo")))
+        return -jax.grad(lambda lg: losses.policy_loss(ar_token_logprobs(lg)[idx], b, cfg)[0])(logits)
+
+    prob = jnp.exp(jnp.sum(behaviour, axis=1))[groups].prod(axis=1)
+    return jnp.einsum("n,nij->ij", prob, jax.lax.map(update, groups))
+
+
+def test_sequence_level_importance_weights_give_the_exact_off_policy_gradient():
+    """Sampled at temperature 0.6, E_mu[w A grad log pi] = grad E_pi[R] / max_len with w = prod_t pi/mu;
+    per-token weights leave that direction (the documented approximation)."""
+    logits = 0.8 * jax.random.normal(jax.random.key(3), (3, 2))
+    exact = jax.grad(lambda lg: jnp.sum(jnp.exp(jnp.sum(ar_token_logprobs(lg), axis=1)) * AR_REWARD))(logits) / 2
+    sequence = expected_reinforce_update(logits, 0.6, "sequence")
+    np.testing.assert_allclose(sequence, exact, rtol=1e-4, atol=1e-6)
+    token = expected_reinforce_update(logits, 0.6, "token")
+    assert float(jnp.linalg.norm(token - exact) / jnp.linalg.norm(exact)) > 0.05
+    on_policy = expected_reinforce_update(logits, 1.0, "token")  # both levels are exact on-policy
+    np.testing.assert_allclose(on_policy, exact, rtol=1e-4, atol=1e-6)
+
+
+def test_sequence_level_weight_is_the_truncated_product_on_every_token():
+    logprobs = jnp.log(jnp.array([[0.5, 0.3, 0.6], [0.5, 0.9, 0.9]]))
+    behaviour = jnp.log(jnp.array([[0.25, 0.3, 0.6], [0.05, 0.1, 0.7]]))  # products pi/mu: 2 and 90 (last token masked)
+    mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+    b = losses.LossInputs(mask=mask, behaviour_logprobs=behaviour, advantages=jnp.array([1.0, 1.0]))
+    cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=1, is_cap=20.0,
+                            is_level="sequence")
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, cfg)[0])(logprobs)
+    np.testing.assert_allclose(grad, [[-1.0, -1.0, -1.0], [-10.0, -10.0, 0.0]], rtol=1e-5)  # w / N' = 2/2, 20/2
+    metrics = losses.policy_loss(logprobs, b, cfg)[1]
+    np.testing.assert_allclose(metrics["is_truncated_frac"], 2 / 5, rtol=1e-6)
+    ppo = dataclasses.replace(cfg, name="ppo_clip")  # u = min(prod pi_old / mu, cap) weighs the clipped term
+    b_old = dataclasses.replace(b, old_logprobs=logprobs)
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b_old, ppo)[0])(logprobs)
+    np.testing.assert_allclose(grad, [[-1.0, -1.0, -1.0], [-10.0, -10.0, 0.0]], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"is_level='seq'; allowed: \('token', 'sequence'\)"):
+        losses.LossConfig(is_level="seq")

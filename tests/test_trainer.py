@@ -408,3 +408,18 @@ def test_a_resumed_run_validates_later_steps_again_without_the_killed_run_s_repo
         with open(tmp_path / "eval" / f"eval_step{step}.json") as f:
             samples = {len(p["rewards"]) for p in json.load(f)["problems"]}
         assert samples == ({1} if step <= 2 else {2}), step
+
+
+def test_a_checkpoint_from_before_a_config_field_was_added_resumes_with_its_old_behaviour(tmp_path):
+    """A record without `loss.is_level` (written before it existed) resumes with the value that does
+    what that run did, "token", and is refused with another."""
+    from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), every=1)
+    state = {"x": np.arange(2, dtype=np.float32)}
+    ckpt.save(1, state, {"step": 1, "config": {"loss": {"name": "reinforce", "is_cap": 20.0}}})
+    restored, record = ckpt.restore(state, {"loss": {"name": "reinforce", "is_cap": 20.0, "is_level": "token"}})
+    np.testing.assert_array_equal(restored["x"], state["x"])
+    with pytest.raises(CheckpointMismatch, match="loss.is_level: 'token' -> 'sequence'"):
+        ckpt.restore(state, {"loss": {"name": "reinforce", "is_cap": 20.0, "is_level": "sequence"}})
+    ckpt.close()

@@ -7,10 +7,15 @@ from (sampler temperature / top-p applied), lp_old those of the policy that anch
   reinforce   l_t = -sg(w_t) A_i lp_t,   w_t = min(pi_theta / mu, is_cap) = min(exp(lp_t - lp_mu_t), is_cap)
               grad = -w A grad log pi: the policy gradient on-policy (w = 1); off-policy (temperature,
               top-p / top-k, calibration) per-token weights are the usual approximation of the
-              sequence-level ratio prod_t pi / mu, not the exact importance-sampled gradient
+              sequence-level ratio prod_t pi / mu, not the exact importance-sampled gradient.
+              is_level = "sequence" uses that ratio instead, the same for every token of y_i:
+              w_i = min(exp(sum_t lp_t - lp_mu_t), is_cap). Untruncated it is exact for any advantage
+              whose baseline does not depend on y_i (rloo, or none): E_mu[w A grad log pi] =
+              E_pi[A grad log pi]; its variance grows with the length and with KL(pi || mu).
   ppo_clip    rho_t = exp(lp_t - lp_old_t)
               l_t = -sg(u_t) min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
-              u_t = min(exp(lp_old_t - lp_mu_t), is_cap) corrects the sampler/trainer mismatch;
+              u_t = min(exp(lp_old_t - lp_mu_t), is_cap) corrects the sampler/trainer mismatch
+              (per sequence with is_level = "sequence", as in reinforce);
               eps_high > eps_low is DAPO's clip-higher (Yu et al. 2025)
   alpha_dpg   reinforce with A_i = `alpha_dpg_advantages` (Kruszewski et al. 2026, below), recomputed from
               the current sg(lp) at every step; batch.advantages is ignored
@@ -47,6 +52,7 @@ from rl_sharpen.rl import kl
 from rl_sharpen.rl.registry import registrar
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+IS_LEVELS = ("token", "sequence")
 
 
 @jax.tree_util.register_dataclass
@@ -69,6 +75,7 @@ class LossConfig:
     aggregation: str = "token-mean"  # one of AGGREGATIONS
     max_len: int = 0  # constant normalizer of seq-mean-token-sum (e.g. the max generation length)
     is_cap: float = 20.0  # truncation of the importance weights (math.inf: untruncated)
+    is_level: str = "token"  # importance weights per token, or one per sequence (exact off-policy, noisier)
     eps_low: float = 0.2  # ppo_clip: lower clip of the ratio, 1 - eps_low
     eps_high: float = 0.2  # ppo_clip: upper clip, 1 + eps_high (DAPO clip-higher: 0.28)
     kl_coef: float = 0.0  # per-token KL penalty added to the loss, kl_coef * k(lp_t - lp_ref_t)
@@ -82,6 +89,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.aggregation={self.aggregation!r}; allowed: {AGGREGATIONS}")
         if self.aggregation == "seq-mean-token-sum" and self.max_len <= 0:
             raise ValueError(f"LossConfig.max_len={self.max_len}; seq-mean-token-sum needs max_len > 0")
+        if self.is_level not in IS_LEVELS:
+            raise ValueError(f"LossConfig.is_level={self.is_level!r}; allowed: {IS_LEVELS}")
         if not self.is_cap > 0:
             raise ValueError(f"LossConfig.is_cap={self.is_cap}; must be > 0 (math.inf disables truncation)")
         if self.eps_low < 0 or self.eps_high < 0:
@@ -137,11 +146,19 @@ LOSSES: dict[str, Loss] = {}
 register_loss = registrar(LOSSES, "loss")
 
 
+def _importance_weights(log_ratio, mask, cfg):
+    """(ratio, truncated weight) [N, T], constants, from per-token log(pi / mu): per token, or with
+    is_level = "sequence" the sequence's sum_t of them, on each of its tokens."""
+    if cfg.is_level == "sequence":
+        log_ratio = jnp.broadcast_to(jnp.sum(jnp.where(mask, log_ratio, 0.0), axis=-1, keepdims=True),
+                                     log_ratio.shape)
+    ratio = jax.lax.stop_gradient(jnp.exp(log_ratio))
+    return ratio, jnp.minimum(ratio, cfg.is_cap)
+
+
 def _reinforce_terms(logprobs, batch, advantages, cfg):
-    mask = batch.mask
-    ratio = jax.lax.stop_gradient(jnp.exp(logprobs - batch.behaviour_logprobs))
-    weight = jnp.minimum(ratio, cfg.is_cap)
-    return -weight * advantages[:, None] * logprobs, _is_metrics(ratio, weight, mask, cfg.is_cap)
+    ratio, weight = _importance_weights(logprobs - batch.behaviour_logprobs, batch.mask, cfg)
+    return -weight * advantages[:, None] * logprobs, _is_metrics(ratio, weight, batch.mask, cfg.is_cap)
 
 
 @register_loss("reinforce")
@@ -153,8 +170,7 @@ def reinforce(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
 def ppo_clip(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
     advantages = _required(batch, "advantages", "ppo_clip")[:, None]
     old = batch.behaviour_logprobs if batch.old_logprobs is None else batch.old_logprobs
-    is_ratio = jax.lax.stop_gradient(jnp.exp(old - batch.behaviour_logprobs))
-    weight = jnp.minimum(is_ratio, cfg.is_cap)
+    is_ratio, weight = _importance_weights(old - batch.behaviour_logprobs, batch.mask, cfg)
     rho = jnp.exp(logprobs - old)
     unclipped = rho * advantages
     clipped = jnp.clip(rho, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * advantages
