@@ -6,7 +6,7 @@
 #   launch/tpu_pod.sh TPU_NAME ZONE configs/qwen25_3b_math.py gs://bucket/runs/qwen25 [--config.x=y ...]
 #
 # Arguments reach the hosts as given, e.g. --config.demo.regimes='("sharpening",)'.
-# DRY_RUN=1 prints the script each host would run instead of running it.
+# DRY_RUN=1 prints the script each host would run instead of running it (0 or unset: runs it).
 # DETACH=1 starts the run with nohup on every host and returns once it has started, so that closing
 # this terminal or losing the ssh connection does not stop it; each host logs to ~/$LOG (default
 # rl_sharpen_<date>_<time>.log). Setup (clone, checkout, pip) still runs in the foreground.
@@ -21,13 +21,19 @@ if [ -z "$REPO_URL" ]; then
   echo "tpu_pod.sh: this checkout has no remote 'origin'; set REPO_URL to a repository the hosts can clone" >&2
   exit 2
 fi
+for flag in DRY_RUN DETACH; do
+  if ! [[ "${!flag:-0}" =~ ^[01]$ ]]; then
+    echo "tpu_pod.sh: $flag=${!flag}; allowed: 0 or 1" >&2
+    exit 2
+  fi
+done
 REV=${REV:-$(git rev-parse HEAD)}
 quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
 RUN="python3 -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
-if [ -n "${DETACH:-}" ]; then
+if [ "${DETACH:-0}" = 1 ]; then
   LOG=${LOG:-rl_sharpen_$(date +%Y%m%d_%H%M%S).log}
-  if ! [[ "$LOG" =~ ^[A-Za-z0-9._-]+$ ]]; then
-    echo "tpu_pod.sh: LOG=$LOG; it must be a file name of letters, digits, '.', '_' and '-'" >&2
+  if ! [[ "$LOG" =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*$ ]]; then
+    echo "tpu_pod.sh: LOG=$LOG; it must be a file name of letters, digits, '.', '_' and '-', not starting with '.'" >&2
     exit 2
   fi
   RUN="nohup $RUN > ~/$LOG 2>&1 < /dev/null &
@@ -38,11 +44,11 @@ if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
 cd rl_sharpen && git fetch -q && git checkout -q $(quoted "$REV")
 python3 -m pip install -q -e '.[gcs]' 'jax[tpu]'
 $RUN"
-if [ -n "${DRY_RUN:-}" ]; then
+if [ "${DRY_RUN:-0}" = 1 ]; then
   printf '%s\n' "$REMOTE"
   exit 0
 fi
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "$REMOTE"
-if [ -n "${DETACH:-}" ]; then
+if [ "${DETACH:-0}" = 1 ]; then
   echo "follow host 0: gcloud compute tpus tpu-vm ssh $(quoted "$TPU_NAME")--zone $(quoted "$ZONE")--worker=0 --command 'tail -f ~/$LOG'"
 fi

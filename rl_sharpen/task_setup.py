@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Sequence
 
 import jax
@@ -252,15 +253,13 @@ def discard_reports_after(folder: str, step: int) -> list[str]:
     folder = workdir_path(folder)
     if not folder.exists():
         return []
-    patterns = [name.split("{step}") for name in REPORT_FILES]
+    patterns = [re.compile(re.escape(name).replace(re.escape("{step}"), "([0-9]+)")) for name in REPORT_FILES]
     removed = []
     for path in sorted(folder.iterdir()):
-        for head, tail in patterns:
-            middle = path.name[len(head):len(path.name) - len(tail)]
-            if (path.name.startswith(head) and path.name.endswith(tail) and middle.isdigit()
-                    and int(middle) > step):
-                path.unlink()
-                removed.append(path.name)
+        match = next(filter(None, (p.fullmatch(path.name) for p in patterns)), None)
+        if match and int(match.group(1)) > step:
+            path.unlink()
+            removed.append(path.name)
     return removed
 
 

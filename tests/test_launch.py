@@ -41,22 +41,26 @@ def _run_on_fake_host(tmp_path, script):
 
 
 def _calls(path, count):
-    for _ in range(100):  # a detached run writes its call a moment after the script returns
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            break
+    """The `count` recorded calls; a detached run writes its last one a moment after the script returns."""
+    deadline = time.monotonic() + 30
+    while not (path.exists() and len(path.read_text().splitlines()) >= count) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    calls = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    assert len(calls) == count, calls
+    return calls
 
 
 MAIN = ["python3", "-m", "rl_sharpen.main", "--config=configs/demo.py", "--workdir=gs://bucket/runs/a b",
         "--multihost", '--config.demo.regimes=("sharpening",)', "--config.seed=3"]
 
 
-def test_each_host_runs_main_with_the_arguments_as_given(tmp_path):
-    printed = _remote_script(tmp_path)
+@pytest.mark.parametrize("env", [{}, {"DETACH": "0"}], ids=["default", "DETACH=0"])
+def test_each_host_runs_main_with_the_arguments_as_given(tmp_path, env):
+    printed = _remote_script(tmp_path, **env)
     assert printed.returncode == 0, printed.stderr
+    assert "nohup" not in printed.stdout
     _, calls, _ = _run_on_fake_host(tmp_path, printed.stdout)
-    calls = _calls(calls, 5)
+    calls = _calls(calls, 4)
     assert calls[:3] == [["git", "fetch", "-q"], ["git", "checkout", "-q", "abc123"],
                          ["python3", "-m", "pip", "install", "-q", "-e", ".[gcs]", "jax[tpu]"]]
     assert calls[3:] == [MAIN]
@@ -75,6 +79,8 @@ def test_detached_run_starts_with_nohup_and_logs_to_the_home_folder(tmp_path):
 @pytest.mark.parametrize("args, env, message", [
     (ARGS[:3], {}, "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR"),
     (ARGS, {"DETACH": "1", "LOG": "../x y.log"}, "LOG=../x y.log; it must be a file name of letters"),
+    (ARGS, {"DETACH": "1", "LOG": ".."}, "LOG=..; it must be a file name of letters"),
+    (ARGS, {"DETACH": "yes"}, "DETACH=yes; allowed: 0 or 1"),
 ])
 def test_bad_requests_exit_2_and_say_why(tmp_path, args, env, message):
     done = _remote_script(tmp_path, args, **env)

@@ -286,3 +286,21 @@ def test_sequence_level_weight_is_the_truncated_product_on_every_token():
     np.testing.assert_allclose(grad, [[-1.0, -1.0, -1.0], [-10.0, -10.0, 0.0]], rtol=1e-5)
     with pytest.raises(ValueError, match=r"is_level='seq'; allowed: \('token', 'sequence'\)"):
         losses.LossConfig(is_level="seq")
+
+
+@pytest.mark.parametrize("is_level", losses.IS_LEVELS)
+def test_untruncated_weights_of_long_sequences_stay_finite(is_level):
+    """100 tokens at pi/mu = e each: prod_t pi/mu = e^100 overflows float32; a row with A = 0 must not
+    turn inf * 0 into NaN."""
+    logprobs = jnp.full((2, 100), -1.0)
+    b = losses.LossInputs(mask=jnp.ones((2, 100)), behaviour_logprobs=jnp.full((2, 100), -2.0),
+                          advantages=jnp.array([0.0, 1.0]))
+    cfg = losses.LossConfig("reinforce", aggregation="seq-mean-token-sum", max_len=100, is_cap=math.inf,
+                            is_level=is_level)
+    loss, metrics = losses.policy_loss(logprobs, b, cfg)
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, cfg)[0])(logprobs)
+    assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(grad)))
+    assert float(jnp.max(jnp.abs(grad[0]))) == 0.0
+    weight = math.e if is_level == "token" else math.exp(losses.MAX_LOG_WEIGHT)
+    np.testing.assert_allclose(-grad[1], weight / 200, rtol=1e-4)  # w A / (N' max_len)
+    assert float(metrics["is_truncated_frac"]) == 0.0

@@ -366,7 +366,7 @@ def test_discard_reports_after_removes_only_later_steps_reports(tmp_path):
     from rl_sharpen.task_setup import discard_reports_after
 
     names = ["eval_step1.json", "eval_step2.json", "eval_step10.json", "pass_at_k_step2.png", "pass_at_k_step10.png",
-             "eval_step10.txt", "eval_stepx.json", "summary.json"]
+             "eval_step10.txt", "eval_stepx.json", "eval_step\u00b2.json", "summary.json"]
     for name in names:
         (tmp_path / name).write_text("{}")
     assert discard_reports_after(str(tmp_path), 2) == ["eval_step10.json", "pass_at_k_step10.png"]

@@ -9,9 +9,11 @@ from (sampler temperature / top-p applied), lp_old those of the policy that anch
               top-p / top-k, calibration) per-token weights are the usual approximation of the
               sequence-level ratio prod_t pi / mu, not the exact importance-sampled gradient.
               is_level = "sequence" uses that ratio instead, the same for every token of y_i:
-              w_i = min(exp(sum_t lp_t - lp_mu_t), is_cap). Untruncated it is exact for any advantage
-              whose baseline does not depend on y_i (rloo, or none): E_mu[w A grad log pi] =
-              E_pi[A grad log pi]; its variance grows with the length and with KL(pi || mu).
+              w_i = min(exp(sum_t lp_t - lp_mu_t), is_cap). Untruncated, with the constant normalizer
+              (seq-mean-token-sum) and an advantage whose baseline does not depend on y_i (rloo, or
+              none), it is exact, E_mu[w A grad log pi] = E_pi[A grad log pi], wherever mu > 0 where
+              pi > 0: temperature and calibration, not top-k / top-p, which never draw the tokens they
+              cut. Its variance grows with the length and with KL(pi || mu). Weights stop at e^80.
   ppo_clip    rho_t = exp(lp_t - lp_old_t)
               l_t = -sg(u_t) min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
               u_t = min(exp(lp_old_t - lp_mu_t), is_cap) corrects the sampler/trainer mismatch
@@ -43,6 +45,7 @@ that the sum of micro-batch losses equals the loss of the full batch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -131,8 +134,8 @@ def metric_values(metrics: dict) -> dict[str, jax.Array]:
     return {k: v.value() if isinstance(v, Ratio) else v for k, v in metrics.items()}
 
 
-def _is_metrics(ratio: jax.Array, weight: jax.Array, mask: jax.Array, cap: float) -> dict[str, jax.Array]:
-    return {"is_weight_mean": _masked_mean(weight, mask), "is_truncated_frac": _masked_mean(ratio > cap, mask)}
+def _is_metrics(truncated: jax.Array, weight: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    return {"is_weight_mean": _masked_mean(weight, mask), "is_truncated_frac": _masked_mean(truncated, mask)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,19 +149,24 @@ LOSSES: dict[str, Loss] = {}
 register_loss = registrar(LOSSES, "loss")
 
 
+MAX_LOG_WEIGHT = 80.0  # importance weights stop at e^80 even untruncated: float32 exp overflows past 88.7
+
+
 def _importance_weights(log_ratio, mask, cfg):
-    """(ratio, truncated weight) [N, T], constants, from per-token log(pi / mu): per token, or with
-    is_level = "sequence" the sequence's sum_t of them, on each of its tokens."""
+    """(truncated, weight) [N, T], constants, from per-token log(pi / mu): per token, or with
+    is_level = "sequence" the sequence's sum_t of them, on each of its tokens. Taken in log space, so a
+    long sequence's ratio cannot overflow to inf (and inf * 0 advantages to NaN)."""
+    log_ratio = jax.lax.stop_gradient(log_ratio)
     if cfg.is_level == "sequence":
         log_ratio = jnp.broadcast_to(jnp.sum(jnp.where(mask, log_ratio, 0.0), axis=-1, keepdims=True),
                                      log_ratio.shape)
-    ratio = jax.lax.stop_gradient(jnp.exp(log_ratio))
-    return ratio, jnp.minimum(ratio, cfg.is_cap)
+    log_cap = math.log(cfg.is_cap)
+    return log_ratio > log_cap, jnp.exp(jnp.minimum(log_ratio, min(log_cap, MAX_LOG_WEIGHT)))
 
 
 def _reinforce_terms(logprobs, batch, advantages, cfg):
-    ratio, weight = _importance_weights(logprobs - batch.behaviour_logprobs, batch.mask, cfg)
-    return -weight * advantages[:, None] * logprobs, _is_metrics(ratio, weight, batch.mask, cfg.is_cap)
+    truncated, weight = _importance_weights(logprobs - batch.behaviour_logprobs, batch.mask, cfg)
+    return -weight * advantages[:, None] * logprobs, _is_metrics(truncated, weight, batch.mask)
 
 
 @register_loss("reinforce")
@@ -170,11 +178,11 @@ def reinforce(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
 def ppo_clip(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
     advantages = _required(batch, "advantages", "ppo_clip")[:, None]
     old = batch.behaviour_logprobs if batch.old_logprobs is None else batch.old_logprobs
-    is_ratio, weight = _importance_weights(old - batch.behaviour_logprobs, batch.mask, cfg)
+    truncated, weight = _importance_weights(old - batch.behaviour_logprobs, batch.mask, cfg)
     rho = jnp.exp(logprobs - old)
     unclipped = rho * advantages
     clipped = jnp.clip(rho, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * advantages
-    metrics = _is_metrics(is_ratio, weight, batch.mask, cfg.is_cap)
+    metrics = _is_metrics(truncated, weight, batch.mask)
     metrics["clip_frac"] = _masked_mean(clipped < unclipped, batch.mask)
     metrics["ratio_mean"] = _masked_mean(rho, batch.mask)
     return -weight * jnp.minimum(unclipped, clipped), metrics
