@@ -193,15 +193,17 @@ def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = N
     "stderr"; with `breakdown`, also per level and per subject."""
     scores = problem_scores(results, k_list, maj_draws)
     summary = {"num_problems": len(results), "num_samples": len(results[0].rewards), **_mean_and_errors(scores)}
-    if breakdown:
+    if breakdown:  # each group's summary from its problems' scores (a problem's maj@k does not depend on the group)
         for field in ("level", "subject"):
-            groups: dict[str, list[ProblemResult]] = {}
-            for r in results:
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(results):
                 if getattr(r.problem, field) is not None:
-                    groups.setdefault(str(getattr(r.problem, field)), []).append(r)
+                    groups.setdefault(str(getattr(r.problem, field)), []).append(i)
             if groups:
-                summary[f"by_{field}"] = {name: summarize(group, k_list, maj_draws, breakdown=False)
-                                          for name, group in sorted(groups.items())}
+                summary[f"by_{field}"] = {
+                    name: {"num_problems": len(rows), "num_samples": summary["num_samples"],
+                           **_mean_and_errors(jax.tree.map(lambda v: v[np.asarray(rows)], scores))}
+                    for name, rows in sorted(groups.items())}
     return summary
 
 
@@ -233,8 +235,7 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
             raise ValueError(f"{name}: {e}") from None
 
     new_scores, old_scores = scores(new_by_id, names[0]), scores(old_by_id, names[1])
-    diff = {key: ({k: new_scores[key][k] - old_scores[key][k] for k in k_list} if key in ("pass@k", "maj@k")
-                  else new_scores[key] - old_scores[key]) for key in new_scores}
+    diff = jax.tree.map(lambda a, b: a - b, new_scores, old_scores)
     return {"num_problems": len(shared), **_mean_and_errors(diff), "new": _mean_and_errors(new_scores),
             "old": _mean_and_errors(old_scores)}
 
