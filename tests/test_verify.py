@@ -26,7 +26,7 @@ EQUAL = [
     ("10000000", r"10\text{ million}"), ("2500000", "2.5 million"), (r"\$1.5\text{ billion}", "1500000000"),
     ("36", "3 dozen"), ("-2000", r"-2\text{ thousand}"),
     (r"4\text{ inches}", "4"), ("18", "18 dollars"), (r"\$18", "18"), (r"\$1.50", "1.5"), ("3", "x=3"), ("3", "x = 3"),
-    ("x=5", "5"), ("12", "12."), ("5", r"\boxed{5}"), ("2", "{2}"), ("-2", "- 2"), ("7", r"\mathbf{7}"),
+    ("x=5", "5"), ("12", "12."), ("81", r"81\text{ teachers}."), (r"15\mbox{ cm}^2", r"15\mbox{ cm}^2."), ("5", r"\boxed{5}"), ("2", "{2}"), ("-2", "- 2"), ("7", r"\mathbf{7}"),
     # radicals, constants, expressions
     (r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}"), (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt3}{2}"), (r"3\sqrt{2}", r"\sqrt{18}"),
     (r"2\sqrt{3}", r"\sqrt{12}"), (r"\sqrt{8}", r"2\sqrt{2}"), (r"\frac{1}{\sqrt{3}}", r"\frac{\sqrt{3}}{3}"),
@@ -177,6 +177,7 @@ def test_extract_answer_is_linear_on_long_inputs():
     (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10000000"), (r"10\text{ million dollars}", "10milliondollars"),
     ("2 pi", "2pi"), ("1 million", "1000000"), ("4 sq ft", "4"), ("575 students", "575students"),
     (r"6\text{ children tickets}\text{ ok}", "6"), (r"144 \mbox{ m}^3", "144"),
+    (r"81\text{ teachers}.", "81"), (r"15\mbox{ cm}^2.", "15"), (r"50\%.", "50%"),  # a sentence's period
 ])
 def test_canonical_answer(answer, canonical):
     assert canonical_answer(answer) == canonical

@@ -161,6 +161,7 @@ def _clean(answer: str) -> tuple[str, str]:
             s = next(g for g in delimited.groups() if g is not None).strip()
         else:
             break
+    s = s.rstrip(". ")  # a sentence's period, before units that must end the answer: "81\\text{ teachers}."
     s = s.replace("{,}", ",")
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
