@@ -90,6 +90,19 @@ def test_narrow_beam_matches_python_beam_search(width, alpha):
         np.testing.assert_allclose(per_token, np.asarray(out.seq_logprobs[b]), atol=1e-5)
 
 
+def test_beams_without_a_candidate_are_empty_rows():
+    """Width 30 > the 21 completions of <= 2 tokens: the 9 beams left over have seq_logprob -inf and
+    nothing else (pad tokens, zero log-probs, length 0, not finished), not a copy of a finished beam."""
+    cfg, params = peaky_model()
+    out = sampling.beam_search(params, cfg, PROMPTS, sampling.BeamConfig(width=30, max_new_tokens=2, eos_ids=(EOS,)))
+    seq = np.asarray(out.seq_logprobs)
+    empty = ~np.isfinite(seq)
+    assert empty.sum(axis=1).tolist() == [30 - (1 + (V - 1) * V)] * len(PROMPTS)
+    assert np.all(np.asarray(out.tokens)[empty] == 0) and np.all(np.asarray(out.logprobs)[empty] == 0)
+    assert not np.asarray(out.lengths)[empty].any() and not np.asarray(out.finished)[empty].any()
+    np.testing.assert_allclose(np.asarray(out.logprobs).sum(-1)[~empty], seq[~empty], atol=1e-5)
+
+
 def test_width_one_is_greedy():
     cfg, params = peaky_model()
     beam = sampling.beam_search(params, cfg, PROMPTS, sampling.BeamConfig(width=1, max_new_tokens=6, eos_ids=(EOS,)))
@@ -104,6 +117,7 @@ def test_width_one_is_greedy():
     ("width", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("length_penalty", float("nan"), "finite"),
     ("width", 2.5, "integer"), ("width", True, "integer"), ("max_new_tokens", 2.0, "integer"),
     ("eos_ids", None, "token id"), ("pad_id", 2.5, "token id"), ("length_penalty", "1", "finite float"),
+    ("fast_decode", "no", "True or False"),
 ])
 def test_bad_beam_config_names_the_field(field, value, allowed):
     kwargs = {"width": 2, "max_new_tokens": 4, field: value}

@@ -220,6 +220,18 @@ def test_greedy_takes_the_argmax_path():
         assert np.all(np.asarray(out.tokens[b, n:]) == 0) and np.all(np.asarray(out.sampled_logprobs[b]) == 0)
 
 
+def test_temperature_zero_is_greedy_until_the_temperature_is_replaced():
+    """T = 0 decodes greedily without storing greedy=True, so `replace(temperature=1)` samples."""
+    cfg, params = peaky_model()
+    cold = sampling.SamplingConfig(max_new_tokens=N, temperature=0, num_samples=16, eos_ids=(EOS,))
+    greedy = sampling.generate(params, cfg, PROMPTS, jax.random.key(1), cold)
+    assert cold.is_greedy and not cold.greedy and np.all(np.asarray(greedy.sampled_logprobs) == 0)
+    assert len({tuple(row) for row in np.asarray(greedy.tokens)[:16].tolist()}) == 1
+    warm = dataclasses.replace(cold, temperature=1.0)
+    sampled = sampling.generate(params, cfg, PROMPTS, jax.random.key(1), warm)
+    assert not warm.is_greedy and len({tuple(row) for row in np.asarray(sampled.tokens)[:16].tolist()}) > 1
+
+
 @pytest.mark.parametrize("temperature", [1e-9, 1e-20, 1e-37])
 def test_tiny_temperatures_sample_the_argmax(temperature):
     """T -> 0 is greedy: logits / T near float32's largest values must not turn the draw or its
@@ -481,6 +493,7 @@ def test_repeated_calls_do_not_recompile():
     ("temperature", -0.5, r"0 \(greedy\) or a float"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
     ("top_k", -1, ">= 0"), ("num_samples", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("prompt_width", 0, "None"),
     ("max_new_tokens", None, ">= 1"), ("top_k", 2.5, "integer >= 0"), ("eos_ids", None, "token id"),
+    ("greedy", 2, "True or False"), ("ignore_eos", None, "True or False"), ("fast_decode", 1, "True or False"),
 ])
 def test_bad_config_names_the_field(field, value, allowed):
     with pytest.raises(ValueError, match=rf"SamplingConfig\.{field}={value}.*allowed: .*{allowed}"):

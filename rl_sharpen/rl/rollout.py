@@ -141,6 +141,6 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
         **{f"verify_{k}": v for k, v in verify_stats.items()},
         **timings,
     }
-    if not sampling_cfg.greedy:  # E_q[log q/pi] per sequence, q the law sampled (temperature, top-k/p, calibration)
+    if not sampling_cfg.is_greedy:  # E_q[log q/pi] per sequence, q the law sampled (temperature, top-k/p, calibration)
         metrics["kl_sampler_policy"] = (jnp.sum(batch.behaviour_logprobs * mask_j, axis=1) - seq_pi).mean()
     return batch, metrics

@@ -72,9 +72,9 @@ class SamplingConfig:
         prompt_lib.check_fields(self, [("eos_ids", prompt_lib.is_eos_ids(self.eos_ids),
                                         "a token id or a tuple of token ids")])
         object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
-        if self.temperature == 0:
-            object.__setattr__(self, "greedy", True)
         checks = [
+            *[(name, isinstance(getattr(self, name), bool), "True or False")
+              for name in ("greedy", "ignore_eos", "fast_decode")],
             ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
             ("temperature", real(self.temperature) and (self.temperature == 0 or self.temperature >= _MIN_TEMPERATURE),
              f"0 (greedy) or a float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"),
@@ -86,6 +86,12 @@ class SamplingConfig:
              "None or an integer >= 1"),
         ]
         prompt_lib.check_fields(self, checks)
+
+    @property
+    def is_greedy(self) -> bool:
+        """Greedy decoding: `greedy`, or temperature 0 (derived, so `dataclasses.replace` of the
+        temperature alone does what it says)."""
+        return self.greedy or self.temperature == 0
 
 
 @jax.tree_util.register_dataclass
@@ -235,7 +241,7 @@ def gumbel_max(key: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _pick(logits, sample_logits, key, sc: SamplingConfig):
     """(token, temperature-1 log-prob under `logits`, log-prob under the law sampled from
     `sample_logits`) for each row of [R, V] logits."""
-    if sc.greedy:
+    if sc.is_greedy:
         token = argmax(sample_logits)
         sampled = jnp.zeros(logits.shape[:1], jnp.float32)
     else:

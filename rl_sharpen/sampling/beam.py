@@ -56,6 +56,7 @@ class BeamConfig:
             ("pad_id", integer(self.pad_id) and self.pad_id >= 0, "a token id >= 0"),
             ("prompt_width", self.prompt_width is None or integer(self.prompt_width) and self.prompt_width >= 1,
              "None or an integer >= 1"),
+            ("fast_decode", isinstance(self.fast_decode, bool), "True or False"),
         ]
         prompt_lib.check_fields(self, checks)
 
@@ -67,7 +68,8 @@ class BeamOutput:
 
     tokens     [B, W, N] int32  pad_id after the EOS.
     logprobs   [B, W, N] f32    per-token log p at temperature 1; 0 at padding.
-    seq_logprobs [B, W] f32     sum of `logprobs` (-inf for a beam that never had a candidate).
+    seq_logprobs [B, W] f32     sum of `logprobs` (-inf for a beam that never had a candidate: its
+                                tokens are then pad_id, its logprobs 0, length 0, not finished).
     scores     [B, W] f32       seq_logprobs / lp(lengths), the ranking criterion.
     lengths    [B, W] int32     tokens generated, EOS included.
     finished   [B, W] bool      the beam ended with an EOS.
@@ -104,19 +106,22 @@ def _select(s, bc: BeamConfig, B: int, W: int):
     def gather(x):
         return jnp.take_along_axis(x, parent.reshape(parent.shape + (1,) * (x.ndim - 2)), axis=1)
 
+    seq_logprobs = jnp.take_along_axis(cand_logp.reshape(B, W * V), flat, axis=1)
+    empty = seq_logprobs == -jnp.inf  # fewer than W candidates: this beam has no parent to copy
     was_done = gather(done)
-    token = jnp.where(was_done, bc.pad_id, token)
-    step_logp = jnp.where(was_done, 0.0, jnp.take_along_axis(logp.reshape(B, W * V), flat, axis=1))
-    eos = jnp.isin(token, jnp.asarray(bc.eos_ids, jnp.int32)) & ~was_done if bc.eos_ids else False
+    token = jnp.where(was_done | empty, bc.pad_id, token)
+    step_logp = jnp.where(was_done | empty, 0.0, jnp.take_along_axis(logp.reshape(B, W * V), flat, axis=1))
+    eos = jnp.isin(token, jnp.asarray(bc.eos_ids, jnp.int32)) & ~(was_done | empty) if bc.eos_ids else False
 
-    def put(buf, x):
-        return jax.lax.dynamic_update_slice(gather(buf), x[..., None].astype(buf.dtype), (0, 0, t))
+    def put(buf, x, blank):
+        written = jax.lax.dynamic_update_slice(gather(buf), x[..., None].astype(buf.dtype), (0, 0, t))
+        return jnp.where(empty[..., None], jnp.asarray(blank, buf.dtype), written)
 
     rows = (jnp.arange(B)[:, None] * W + parent).reshape(B * W)
-    return dict(s, token=token.reshape(B * W), rows=rows, scores=scores,
-                seq_logprobs=jnp.take_along_axis(cand_logp.reshape(B, W * V), flat, axis=1),
-                tokens=put(s["tokens"], token), logprobs=put(s["logprobs"], step_logp),
-                lengths=gather(s["lengths"]) + ~was_done, finished=gather(s["finished"]) | eos)
+    return dict(s, token=token.reshape(B * W), rows=rows, scores=scores, seq_logprobs=seq_logprobs,
+                tokens=put(s["tokens"], token, bc.pad_id), logprobs=put(s["logprobs"], step_logp, 0.0),
+                lengths=jnp.where(empty, 0, gather(s["lengths"]) + ~was_done),
+                finished=~empty & (gather(s["finished"]) | eos))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "bc", "mesh"), donate_argnames=("cache",))
