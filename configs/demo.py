@@ -30,7 +30,8 @@ def get_config(arg: str = ""):
     c.data.synthetic_max_value = 12  # small numbers: a 0.15M-parameter model learns the arithmetic in minutes
     c.data.synthetic_max_operand = 5
     c.data.sft_correct, c.data.sft_guess, c.data.sft_wrong_step = 0.3, 0.4, 0.3  # measured base pass@1 ~ 0.19
-    c.data.validation_limit = 4 if tiny else 100  # held-out problems evaluated
+    c.data.synthetic_validation_problems = 100  # the validation set, held out of the RL and warm-start problems
+    c.data.validation_limit = 4 if tiny else 100  # of which evaluated
 
     c.demo.sft_steps = 10 if tiny else 600
     c.demo.regimes = ("task_reward", "sharpening")

@@ -31,7 +31,9 @@ RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation")
 NOT_RESUMABLE = ("eval.verify_timeout",)
 # Fields added to the config after runs were checkpointed, with the value that does what those runs
 # did: a record without the field resumes as if it held that value (any other value is a change).
-ADDED_FIELDS = {"loss.is_level": "token"}
+# (The synthetic validation set was drawn with the run's seed before `synthetic_validation_seed`: a
+# resumed seed-s run then validates on seed 0's set, a change of validation only, since nothing was held out.)
+ADDED_FIELDS = {"loss.is_level": "token", "data.synthetic_hold_out": False, "data.synthetic_validation_seed": 0}
 
 
 def resumable_change(field: str) -> bool:

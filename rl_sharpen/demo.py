@@ -21,6 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rl_sharpen import evaluation, models
+from rl_sharpen.checkpoint import ADDED_FIELDS
 from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
@@ -36,6 +37,10 @@ def _check_warm_start(path: str, record: dict) -> None:
         raise ValueError(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; use a new --workdir")
     with open(saved) as f:
         old = json.load(f)
+    for field, value in ADDED_FIELDS.items():  # settings added since: what the warm start was trained with
+        group, name = field.split(".", 1)
+        if isinstance(old.get(group), dict) and name in record.get(group, {}):
+            old[group].setdefault(name, value)
     changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
     if changed:
         raise ValueError(f"{path} was trained with other settings (they differ in {', '.join(changed)}); "

@@ -28,7 +28,7 @@ from rl_sharpen.rl.calibration import CalibrationConfig
 from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
-from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width
+from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width, shared_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +115,10 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
     # each validation's per-problem results, plot and table in <workdir>/eval (rl_sharpen.compare reads them)
     evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
                               workdir=os.path.join(workdir, "eval"))
+    if shared := shared_problems(train_problems, evaluate.problems):
+        logging.warning("%d of %d validation problems also appear, word for word, among the %d training problems: "
+                        "validation measures them as seen in training", shared, len(evaluate.problems),
+                        len(train_problems))
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":

@@ -8,6 +8,7 @@ as text, the verifier, warm-start pairs, and validation with pass@k / maj@k.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from typing import Sequence
@@ -42,7 +43,9 @@ class DataConfig:
     system_prompt: str = ""  # "" keeps the chat template's default
     use_chat_template: bool = True  # False: plain "template" text, no chat turns
     synthetic_train_problems: int = 20000  # synthetic training problems (seeded)
-    synthetic_validation_problems: int = 200  # synthetic validation problems (another seed)
+    synthetic_validation_problems: int = 200  # synthetic validation problems (their own seed, below)
+    synthetic_validation_seed: int = 0  # seed of the synthetic validation problems: one set for every run seed
+    synthetic_hold_out: bool = True  # keep the validation problems' arithmetic out of training and warm-start data
     synthetic_max_steps: int = 3  # operations per synthetic problem, 1..N
     synthetic_max_value: int = 20  # every synthetic number lies in [0, N]
     synthetic_max_operand: int = 9  # operands of + and - lie in [1, N]
@@ -56,6 +59,8 @@ class DataConfig:
             ("validation_limit", self.validation_limit >= 0, "an integer >= 0 (0: all)"),
             ("synthetic_train_problems", self.synthetic_train_problems >= 1, "an integer >= 1"),
             ("synthetic_validation_problems", self.synthetic_validation_problems >= 1, "an integer >= 1"),
+            ("synthetic_validation_seed", self.synthetic_validation_seed >= 0, "an integer >= 0"),
+            ("synthetic_hold_out", isinstance(self.synthetic_hold_out, bool), "True or False"),
         ])
 
 
@@ -98,7 +103,11 @@ def score_completions(completions: Sequence[str], problems: Sequence[Problem], t
 
 
 class SyntheticTask:
-    """The arithmetic task of `tasks.synthetic`, character tokenizer."""
+    """The arithmetic task of `tasks.synthetic`, character tokenizer. The validation problems are one
+    set drawn from `data.synthetic_validation_seed` whatever the run's seed; with
+    `data.synthetic_hold_out`, every problem of that set (all `synthetic_validation_problems`, however
+    many `validation_limit` keeps) is held out of the training problems and the warm-start examples
+    by its arithmetic (start and steps), so a name or item swap does not leak an answer."""
 
     def __init__(self, data: DataConfig, seed: int = 0, verify_timeout: float = 5.0):
         self.data = data
@@ -111,13 +120,24 @@ class SyntheticTask:
                                                 max_operand=data.synthetic_max_operand)
         self.mix = synthetic.SolutionMix(data.sft_correct, data.sft_guess, data.sft_wrong_step)
 
+    def _validation_draw(self) -> list[synthetic.ArithmeticProblem]:
+        return synthetic.make_problems(self.data.synthetic_validation_problems,
+                                       [self.data.synthetic_validation_seed, 1], self.arith)
+
+    @functools.cached_property
+    def held_out(self) -> frozenset:
+        """The arithmetic of every validation problem, when `data.synthetic_hold_out` (else empty)."""
+        return frozenset(p.arithmetic for p in self._validation_draw()) if self.data.synthetic_hold_out else frozenset()
+
     def problems(self, split: str) -> list[Problem]:
-        count = self.data.synthetic_train_problems if split == "train" else self.data.synthetic_validation_problems
-        limit = self.data.train_limit if split == "train" else self.data.validation_limit
-        count = min(count, limit) if limit else count
-        seed = [self.seed, 0 if split == "train" else 1]
-        rng = np.random.default_rng(seed)
-        return [synthetic.sample_problem(rng, self.arith).to_problem(i) for i in range(count)]
+        if split == "train":
+            limit = self.data.train_limit
+            count = min(self.data.synthetic_train_problems, limit) if limit else self.data.synthetic_train_problems
+            drawn = synthetic.make_problems(count, [self.seed, 0], self.arith, self.held_out)
+        else:
+            limit = self.data.validation_limit
+            drawn = self._validation_draw()[:limit or None]
+        return [p.to_problem(i) for i, p in enumerate(drawn)]
 
     def prompt_text(self, problem: Problem) -> str:
         return self.tokenizer.prompt_text(problem.problem)
@@ -135,7 +155,7 @@ class SyntheticTask:
         return score_completions(completions, problems, self.verify_timeout)
 
     def sft_pairs(self, rng: np.random.Generator, n: int) -> list[tuple[list[int], list[int]]]:
-        examples = synthetic.make_examples(n, int(rng.integers(2**31)), self.arith, self.mix)
+        examples = synthetic.make_examples(n, int(rng.integers(2**31)), self.arith, self.mix, self.held_out)
         return [(self.tokenizer.encode_prompt(e.problem.text), self.tokenizer.encode(e.completion, add_eos=True))
                 for e in examples]
 
@@ -263,9 +283,15 @@ def discard_reports_after(folder: str, step: int) -> list[str]:
     return removed
 
 
+def shared_problems(train: Sequence[Problem], validation: Sequence[Problem]) -> int:
+    """How many validation problems appear among the training problems, word for word (spacing aside)."""
+    seen = {" ".join(p.problem.split()) for p in train}
+    return sum(" ".join(p.problem.split()) in seen for p in validation)
+
+
 def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
                    workdir: str | None = None):
-    """evaluate(params, step) -> flat metrics; with `workdir`, also JSON, a table and a pass@k plot
+    """evaluate(params, step) -> flat metrics, on `evaluate.problems`; with `workdir`, also JSON, a table and a pass@k plot
     (`REPORT_FILES`), and `evaluate.discard_after(step)`, `discard_reports_after` on that folder."""
     problems = task.problems("validation")
     params_ref: dict = {}
@@ -288,6 +314,7 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
             print(evaluation.format_table({f"step {step}": report.summary}))
         return flat_summary(report.summary)
 
+    evaluate.problems = problems
     if workdir is not None:
         evaluate.discard_after = lambda step: discard_reports_after(workdir, step)
     return evaluate

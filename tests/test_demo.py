@@ -138,6 +138,22 @@ def test_a_host_other_than_process_0_neither_writes_nor_moves_the_warm_start(tmp
     assert not (tmp_path / "sft_model").exists() and not (tmp_path / "sft_model.tmp").exists()
 
 
+def test_a_warm_start_from_before_the_hold_out_serves_only_runs_without_it(tmp_path):
+    """warm_start.json written before `data.synthetic_hold_out` existed: that warm start saw the
+    validation problems, so it is refused for a run that holds them out, and kept for one that does not."""
+    from rl_sharpen.demo import _check_warm_start
+
+    (tmp_path / "warm_start.json").write_text(json.dumps({"data": {"train": "synthetic"}, "sft": {"steps": 600}}))
+
+    def record(hold_out):
+        return {"data": {"train": "synthetic", "synthetic_hold_out": hold_out, "synthetic_validation_seed": 0},
+                "sft": {"steps": 600}}
+
+    _check_warm_start(str(tmp_path), record(False))
+    with pytest.raises(ValueError, match="differ in data"):
+        _check_warm_start(str(tmp_path), record(True))
+
+
 def test_headline_takes_the_smallest_and_largest_k_and_leaves_an_absent_greedy_empty():
     from rl_sharpen.demo import _format_headlines, _headline
 

@@ -3,7 +3,9 @@ run, a changed config refuses to resume, and config errors name the field."""
 
 import dataclasses
 import json
+import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -318,6 +320,58 @@ def test_data_limits_keep_the_first_synthetic_problems():
     assert cut.problems("validation") == full.problems("validation")[:3]
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_synthetic_validation_problems_are_held_out_of_training_and_the_warm_start(seed):
+    """No training problem or warm-start example asks what a validation problem asks (same start and
+    steps, whatever the name or item), and every run seed validates on the same problems."""
+    from rl_sharpen.task_setup import DataConfig, SyntheticTask, shared_problems
+
+    data = DataConfig(synthetic_max_value=12, synthetic_max_operand=5, synthetic_validation_problems=100,
+                      synthetic_train_problems=5000, validation_limit=40)
+    task = SyntheticTask(data, seed=seed)
+    validation, train = task.problems("validation"), task.problems("train")
+    assert validation == SyntheticTask(data, seed=seed + 1).problems("validation")
+    assert len(validation) == 40 and len(train) == 5000
+
+    def asks(text):  # independent reader: the numbers of the text and its verbs, without name and item
+        return tuple(re.sub(r"^\S+ has (\d+) \S+\.", r"\1", text).split())
+
+    full_set = {asks(p.problem) for p in SyntheticTask(dataclasses.replace(data, validation_limit=0)).problems("validation")}
+    assert not any(asks(p.problem) in full_set for p in train)  # all 100 held out, not only the 40 evaluated
+    prompts = {task.tokenizer.decode(prompt) for prompt, _ in task.sft_pairs(np.random.default_rng(seed), 3000)}
+    assert prompts and not any(asks(text.removeprefix("q: ").split("\na:")[0]) in full_set for text in prompts)
+    assert shared_problems(train, validation) == 0
+    leaky = SyntheticTask(dataclasses.replace(data, synthetic_hold_out=False), seed=seed)
+    assert shared_problems(leaky.problems("train"), validation) >= 3  # what the hold-out removes
+    assert leaky.problems("validation") == validation
+
+
+def test_held_out_problems_covering_the_whole_space_are_an_error():
+    from rl_sharpen.tasks import synthetic
+
+    tiny = synthetic.ArithmeticConfig(max_steps=1, max_value=1, max_operand=1)  # "0+1" and "1-1" only
+    every = {(0, (("+", 1),)), (1, (("-", 1),))}
+    assert {synthetic.sample_problem(np.random.default_rng(i), tiny).arithmetic for i in range(50)} == every
+    assert synthetic.sample_problem(np.random.default_rng(0), tiny, {(0, (("+", 1),))}).arithmetic == (1, (("-", 1),))
+    with pytest.raises(ValueError, match="held out"):
+        synthetic.sample_problem(np.random.default_rng(0), tiny, every)
+
+
+def test_validation_problems_seen_in_training_are_reported(tmp_path, caplog):
+    """A run whose validation problems appear among its training problems says how many."""
+    c = get_config("demo", "tiny")
+    c.data.synthetic_hold_out, c.data.validation_limit = False, 30
+    exp = experiment.parse(c)
+    task = build_task(exp.data, exp.model, exp.seed)
+    texts = {p.problem for p in task.problems("train")}
+    shared = sum(p.problem in texts for p in task.problems("validation"))
+    assert shared > 0
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    with caplog.at_level(logging.WARNING):
+        experiment.make_rl_run(exp, str(tmp_path), cfg, params, task)
+    assert f"{shared} of 30 validation problems also appear, word for word" in caplog.text
+
+
 def test_checkpoints_are_saved_every_n_steps_and_at_the_end_only(tmp_path):
     """Not also at a run's first step (orbax's default policy adds that save)."""
     from rl_sharpen.checkpoint import Checkpointer
@@ -417,9 +471,18 @@ def test_a_checkpoint_from_before_a_config_field_was_added_resumes_with_its_old_
 
     ckpt = Checkpointer(str(tmp_path), every=1)
     state = {"x": np.arange(2, dtype=np.float32)}
-    ckpt.save(1, state, {"step": 1, "config": {"loss": {"name": "reinforce", "is_cap": 20.0}}})
-    restored, record = ckpt.restore(state, {"loss": {"name": "reinforce", "is_cap": 20.0, "is_level": "token"}})
+    ckpt.save(1, state, {"step": 1, "config": {"loss": {"name": "reinforce", "is_cap": 20.0},
+                                               "data": {"train": "synthetic"}}})
+
+    def config(is_level="token", hold_out=False, validation_seed=0):
+        return {"loss": {"name": "reinforce", "is_cap": 20.0, "is_level": is_level},
+                "data": {"train": "synthetic", "synthetic_hold_out": hold_out,
+                         "synthetic_validation_seed": validation_seed}}
+
+    restored, record = ckpt.restore(state, config())
     np.testing.assert_array_equal(restored["x"], state["x"])
     with pytest.raises(CheckpointMismatch, match="loss.is_level: 'token' -> 'sequence'"):
-        ckpt.restore(state, {"loss": {"name": "reinforce", "is_cap": 20.0, "is_level": "sequence"}})
+        ckpt.restore(state, config(is_level="sequence"))
+    with pytest.raises(CheckpointMismatch, match="data.synthetic_hold_out: False -> True"):
+        ckpt.restore(state, config(hold_out=True))  # the run trained on problems it now validates on
     ckpt.close()

@@ -25,7 +25,7 @@ w_guess / (max_value + 1) and w_wrong / (2 * s), so sharpening towards the model
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -103,6 +103,11 @@ class ArithmeticProblem:
         return self.totals[-1]
 
     @property
+    def arithmetic(self) -> tuple[int, tuple[tuple[str, int], ...]]:
+        """What the problem asks, without its name and item: (start, steps)."""
+        return self.start, self.steps
+
+    @property
     def text(self) -> str:
         sentences = [f"{self.name} has {self.start} {self.item}."]
         for i, (op, n) in enumerate(self.steps):
@@ -120,7 +125,22 @@ def _apply(op: str, a: int, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
-def sample_problem(rng: np.random.Generator, cfg: ArithmeticConfig = ArithmeticConfig()) -> ArithmeticProblem:
+_MAX_REDRAWS = 1000
+
+
+def sample_problem(rng: np.random.Generator, cfg: ArithmeticConfig = ArithmeticConfig(),
+                   held_out: Collection = frozenset()) -> ArithmeticProblem:
+    """A random problem; one whose `arithmetic` is in `held_out` (the validation problems') is drawn
+    again, so that training never sees a validation problem under another name or item."""
+    for _ in range(_MAX_REDRAWS):
+        problem = _draw_problem(rng, cfg)
+        if problem.arithmetic not in held_out:
+            return problem
+    raise ValueError(f"{_MAX_REDRAWS} problems in a row were held out: the held-out (validation) problems cover "
+                     "almost every problem of this size; use fewer validation problems or more steps / larger values")
+
+
+def _draw_problem(rng: np.random.Generator, cfg: ArithmeticConfig) -> ArithmeticProblem:
     num_steps = int(rng.integers(cfg.min_steps, cfg.max_steps + 1))
     value = start = int(rng.integers(0, cfg.max_value + 1))
     steps = []
@@ -136,9 +156,10 @@ def sample_problem(rng: np.random.Generator, cfg: ArithmeticConfig = ArithmeticC
                              start, tuple(steps))
 
 
-def make_problems(num: int, seed: int, cfg: ArithmeticConfig = ArithmeticConfig()) -> list[ArithmeticProblem]:
+def make_problems(num: int, seed: int | Sequence[int], cfg: ArithmeticConfig = ArithmeticConfig(),
+                  held_out: Collection = frozenset()) -> list[ArithmeticProblem]:
     rng = np.random.default_rng(seed)
-    return [sample_problem(rng, cfg) for _ in range(num)]
+    return [sample_problem(rng, cfg, held_out) for _ in range(num)]
 
 
 def _chain(problem: ArithmeticProblem, totals: Sequence[int]) -> str:
@@ -175,12 +196,12 @@ class Example:
 
 
 def make_examples(num: int, seed: int, cfg: ArithmeticConfig = ArithmeticConfig(),
-                  mix: SolutionMix = SolutionMix()) -> list[Example]:
-    """Warm-start (SFT) data: problems with solutions drawn from the mixture."""
+                  mix: SolutionMix = SolutionMix(), held_out: Collection = frozenset()) -> list[Example]:
+    """Warm-start (SFT) data: problems (none in `held_out`) with solutions drawn from the mixture."""
     rng = np.random.default_rng(seed)
     examples = []
     for _ in range(num):
-        problem = sample_problem(rng, cfg)
+        problem = sample_problem(rng, cfg, held_out)
         kind = KINDS[int(rng.choice(len(KINDS), p=mix.probabilities(len(problem.steps))))]
         examples.append(Example(problem, kind, solution(problem, kind, rng, cfg)))
     return examples
