@@ -45,11 +45,11 @@ class CheckpointMismatch(ValueError):
     pass
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out = {}
         for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
 
@@ -86,7 +86,7 @@ class Checkpointer:
             record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as e:  # orbax raises several types for unreadable steps
             raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
-        old, new = _flatten(record.get("config", {})), _flatten(json.loads(json.dumps(config)))
+        old, new = flatten_config(record.get("config", {})), flatten_config(json.loads(json.dumps(config)))
         old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})
         changed = sorted(k for k in set(old) | set(new)
                          if old.get(k) != new.get(k) and not resumable_change(k))

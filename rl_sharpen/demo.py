@@ -21,7 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rl_sharpen import evaluation, models
-from rl_sharpen.checkpoint import ADDED_FIELDS
+from rl_sharpen.checkpoint import ADDED_FIELDS, CheckpointMismatch, flatten_config
 from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
@@ -34,17 +34,17 @@ _WARM_START_RECORD = "warm_start.json"  # in sft_model/: the settings it was tra
 def _check_warm_start(path: str, record: dict) -> None:
     saved = os.path.join(path, _WARM_START_RECORD)
     if not os.path.exists(saved):
-        raise ValueError(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; use a new --workdir")
+        raise CheckpointMismatch(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; "
+                                 "use a new --workdir")
     with open(saved) as f:
         old = json.load(f)
-    for field, value in ADDED_FIELDS.items():  # settings added since: what the warm start was trained with
-        group, name = field.split(".", 1)
-        if isinstance(old.get(group), dict) and name in record.get(group, {}):
-            old[group].setdefault(name, value)
-    changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+    old, new = flatten_config(old), flatten_config(record)
+    old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})  # what it was trained with
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
-        raise ValueError(f"{path} was trained with other settings (they differ in {', '.join(changed)}); "
-                         "use a new --workdir, or delete sft_model and the regime folders to start over")
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
+                                 "or delete sft_model and the regime folders to start over")
 
 
 def sft_start(exp, workdir, task, mesh):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Literal
+from typing import Literal, Mapping
 
 import jax
 import ml_collections
@@ -74,7 +74,12 @@ class ExperimentConfig:
     binary_rewards: BinaryRewardsConfig = BinaryRewardsConfig()  # the toy model of mode binary_rewards
 
     def __post_init__(self):
-        check_fields(self, [("seed", self.seed >= 0, "an integer >= 0")])
+        check_fields(self, [
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("mesh", isinstance(self.mesh, Mapping) and set(self.mesh) <= set(shd.MESH_AXES)
+             and all(isinstance(v, int) and (v == -1 or v >= 1) for v in self.mesh.values()),
+             f"sizes (integers >= 1, or -1 for the rest of the devices) of the axes {', '.join(shd.MESH_AXES)}"),
+        ])
 
 
 def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
@@ -87,7 +92,9 @@ def to_record(exp: ExperimentConfig) -> dict:
 
 
 def build_mesh(exp: ExperimentConfig):
-    return shd.make_mesh(exp.mesh) if jax.device_count() > 1 else None
+    """The configured mesh; None on a single device (no sharding), once the mesh is known to fit it."""
+    mesh = shd.make_mesh(exp.mesh)
+    return mesh if jax.device_count() > 1 else None
 
 
 def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):

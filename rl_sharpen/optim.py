@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -55,7 +56,11 @@ def schedule(cfg: OptimConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    # The first moment in float32 from the start: it is float32 after any update (gradients are
+    # accumulated in float32), and a state whose dtypes change after step 0 would be restored into
+    # the initial dtypes, so a resumed bfloat16 run would not reproduce.
+    adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                        mu_dtype=jnp.float32)
     if cfg.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
     return adamw

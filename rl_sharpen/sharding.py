@@ -29,6 +29,7 @@ LOGICAL_RULES: dict[str, tuple[str, ...] | None] = {
     "mlp": ("tensor",),
     "cache_sequence": None,
 }
+MESH_AXES = ("data", "fsdp", "tensor")  # the mesh axes the rules use
 
 
 def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices=None) -> Mesh:
@@ -74,6 +75,7 @@ def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None,
         if name not in rules:
             raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
         targets = rules[name] or ()
+        targets = (targets,) if isinstance(targets, str) else tuple(targets)  # "fsdp" means ("fsdp",)
         if mesh is not None:
             targets = tuple(t for t in targets if t in mesh.shape and mesh.shape[t] > 1)
         for t in targets:

@@ -60,6 +60,14 @@ class DataConfig:
             ("synthetic_train_problems", self.synthetic_train_problems >= 1, "an integer >= 1"),
             ("synthetic_validation_problems", self.synthetic_validation_problems >= 1, "an integer >= 1"),
             ("synthetic_validation_seed", self.synthetic_validation_seed >= 0, "an integer >= 0"),
+            ("synthetic_max_steps", self.synthetic_max_steps >= 1, "an integer >= 1"),
+            ("synthetic_max_value", self.synthetic_max_value >= 1, "an integer >= 1"),
+            ("synthetic_max_operand", 1 <= self.synthetic_max_operand <= self.synthetic_max_value,
+             "an integer in [1, synthetic_max_value]"),
+            *[(name, getattr(self, name) >= 0, "a float >= 0 (the three sft_* weights need a positive sum)")
+              for name in ("sft_correct", "sft_guess", "sft_wrong_step")],
+            ("sft_correct", self.sft_correct + self.sft_guess + self.sft_wrong_step > 0,
+             "weights whose sum with sft_guess and sft_wrong_step is > 0"),
             ("synthetic_hold_out", isinstance(self.synthetic_hold_out, bool), "True or False"),
         ])
 

@@ -141,6 +141,7 @@ def test_a_host_other_than_process_0_neither_writes_nor_moves_the_warm_start(tmp
 def test_a_warm_start_from_before_the_hold_out_serves_only_runs_without_it(tmp_path):
     """warm_start.json written before `data.synthetic_hold_out` existed: that warm start saw the
     validation problems, so it is refused for a run that holds them out, and kept for one that does not."""
+    from rl_sharpen.checkpoint import CheckpointMismatch
     from rl_sharpen.demo import _check_warm_start
 
     (tmp_path / "warm_start.json").write_text(json.dumps({"data": {"train": "synthetic"}, "sft": {"steps": 600}}))
@@ -150,8 +151,12 @@ def test_a_warm_start_from_before_the_hold_out_serves_only_runs_without_it(tmp_p
                 "sft": {"steps": 600}}
 
     _check_warm_start(str(tmp_path), record(False))
-    with pytest.raises(ValueError, match="differ in data"):
+    with pytest.raises(CheckpointMismatch, match="data.synthetic_hold_out: False -> True"):
         _check_warm_start(str(tmp_path), record(True))
+    changed = record(False)
+    changed["sft"]["steps"] = 100  # every changed field is named, with both values
+    with pytest.raises(CheckpointMismatch, match=r"\(sft.steps: 600 -> 100\); use a new --workdir"):
+        _check_warm_start(str(tmp_path), changed)
 
 
 def test_headline_takes_the_smallest_and_largest_k_and_leaves_an_absent_greedy_empty():

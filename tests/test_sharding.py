@@ -34,6 +34,11 @@ def test_rules_refuse_two_dims_on_one_mesh_axis(mesh):
         shd.logical_to_spec(("heads", "mlp"), mesh)
     with pytest.raises(KeyError, match="no rule"):
         shd.logical_to_spec(("nonsense",), mesh)
+    # a rule may name one mesh axis without a tuple: "fsdp" is ("fsdp",), not 'f', 's', 'd', 'p'
+    bare = {**shd.LOGICAL_RULES, "embed": "fsdp"}
+    assert shd.logical_to_spec(("embed", "mlp"), mesh, bare) == P("fsdp", "tensor")
+    with pytest.raises(ValueError, match="both map to mesh axis 'fsdp'"):
+        shd.logical_to_spec(("embed", "batch"), mesh, bare)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])

@@ -54,9 +54,11 @@ def _rows(workdir):
 CALIBRATED = {"calibration.mu": 0.5, "calibration.memory_layers": 1, "calibration.learning_rate": 1e-2}
 
 
-@pytest.mark.parametrize("overrides", [{}, CALIBRATED], ids=["plain", "calibrated"])
+@pytest.mark.parametrize("overrides", [{}, CALIBRATED, {"model.param_dtype": "bfloat16"}],
+                         ids=["plain", "calibrated", "bfloat16"])
 def test_killed_run_resumes_with_identical_metrics(tmp_path, overrides):
-    """With calibration the memory network's params and optimizer state are in the checkpoint too."""
+    """With calibration the memory network's params and optimizer state are in the checkpoint too;
+    in bfloat16 the optimizer state keeps its dtypes from step 0 on, so it restores as saved."""
     full, killed = tmp_path / "full", tmp_path / "killed"
     _rl_run(full, 4, **overrides).run()
     _rl_run(killed, 2, **overrides).run()  # stops after its step-2 checkpoint, as a kill after that save would
@@ -66,7 +68,7 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path, overrides):
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
     assert a[4]["update_grad_norm"] > 0
-    if overrides:  # sampling from q != pi: the importance weights pi / q are no longer all 1
+    if overrides == CALIBRATED:  # sampling from q != pi: the importance weights pi / q are no longer all 1
         assert all("memory_nll" in a[s] for s in a)
         assert abs(a[4]["update_is_weight_mean"] - 1) > 1e-3
     else:
@@ -155,6 +157,9 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("eval.k_list", (0, 2), r"EvalConfig.k_list=\(0, 2\); allowed: \(\) or integers >= 1"),
     ("eval.batch_size", 0, r"EvalConfig.batch_size=0; allowed: an integer >= 1"),
     ("seed", -1, r"ExperimentConfig.seed=-1; allowed: an integer >= 0"),
+    ("data.synthetic_max_steps", 0, r"DataConfig.synthetic_max_steps=0; allowed: an integer >= 1"),
+    ("data.synthetic_max_operand", 13, r"DataConfig.synthetic_max_operand=13; allowed: an integer in \[1, synthetic_max_value\]"),
+    ("data.sft_guess", -0.5, r"DataConfig.sft_guess=-0.5; allowed: a float >= 0"),
 ])
 def test_bad_values_are_refused_before_any_work(field, value, message):
     c = get_config("demo", "tiny")
@@ -162,6 +167,28 @@ def test_bad_values_are_refused_before_any_work(field, value, message):
     (c[section[0]] if section else c)[name] = value
     with pytest.raises(ConfigError, match=message):
         experiment.parse(c)
+
+
+@pytest.mark.parametrize("mesh, message", [
+    ({"data": 2, "fsdp": 1, "tensr": 4}, r"ExperimentConfig.mesh=.*'tensr'.*allowed: .*data, fsdp, tensor"),
+    ({"data": -1, "fsdp": 0}, r"ExperimentConfig.mesh=.*allowed: sizes \(integers >= 1, or -1"),
+])
+def test_a_mesh_with_an_unknown_axis_or_size_is_refused(mesh, message):
+    c = get_config("demo", "tiny")
+    c.mesh = mesh  # as a config file sets it (the flag parser already refuses unknown names)
+    with pytest.raises(ConfigError, match=message):
+        experiment.parse(c)
+
+
+def test_a_mesh_larger_than_one_device_is_refused_there(monkeypatch):
+    """On a single device the run is unsharded, but only if the configured mesh fits one device."""
+    monkeypatch.setattr(jax, "device_count", lambda *a: 1)
+    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
+    c = get_config("demo", "tiny")
+    assert experiment.build_mesh(experiment.parse(c)) is None  # data = -1: the one device
+    c.mesh.data = 8
+    with pytest.raises(ValueError, match=r"needs 8 devices; 1 are available"):
+        experiment.build_mesh(experiment.parse(c))
 
 
 def test_micro_batch_must_hold_whole_groups(tmp_path):

@@ -109,6 +109,18 @@ def test_reinforce_gradient_is_advantage_weighted_score():
     np.testing.assert_allclose(metrics["grad_norm"], want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_optimizer_state_keeps_its_dtypes_after_an_update(dtype):
+    """A checkpoint restores into the initial state's dtypes, so an update must not change them
+    (bfloat16 params with float32 gradients turned Adam's first moment from bfloat16 into float32)."""
+    opt = make_optimizer(OptimConfig(learning_rate=1e-2))
+    params = {"w": jnp.ones((3, 4), dtype), "b": jnp.zeros((4,), dtype)}
+    state = opt.init(params)
+    grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, jnp.float32), params)  # accumulated in float32
+    _, updated = opt.update(grads, state, params)
+    assert jax.tree.map(lambda x: x.dtype, updated) == jax.tree.map(lambda x: x.dtype, state)
+
+
 def test_sharded_step_matches_single_device():
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices (tests/conftest.py forces 8 fake CPU devices)")
