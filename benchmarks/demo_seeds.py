@@ -4,9 +4,10 @@
 
 For each seed S it runs `configs/demo.py` four times (task reward and sum sharpening; mean
 sharpening; tempered and tilted; calibrated sum sharpening), each in <root>/s<S>_<run>. Seed 0's
-first run trains the warm start; every other run gets a copy of it, so the seeds differ in RL data
-order, sampling and the evaluation's samples, not in the starting model. A run already finished
-(its demo_results.json exists) is not run again, so a killed campaign resumes. The JSON holds each
+first run trains the warm start; every other run gets a copy of it, so the seeds differ in the RL
+problems drawn and their order, sampling and the evaluation's samples, not in the starting model or
+the validation problems. A run already finished (its demo_results.json exists) is not run again, so
+a killed campaign resumes. The JSON holds each
 run's headline and time, and for each comparison (e.g. task reward - warm start) the per-seed paired
 change on the shared validation problems (`evaluation.paired_difference`), its standard error, the
 mean over seeds and sqrt(sum se^2) / #seeds (problem and sample noise; the training's shows in the

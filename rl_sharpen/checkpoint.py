@@ -31,8 +31,9 @@ RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation")
 NOT_RESUMABLE = ("eval.verify_timeout",)
 # Fields added to the config after runs were checkpointed, with the value that does what those runs
 # did: a record without the field resumes as if it held that value (any other value is a change).
-# (The synthetic validation set was drawn with the run's seed before `synthetic_validation_seed`: a
-# resumed seed-s run then validates on seed 0's set, a change of validation only, since nothing was held out.)
+# (Before `synthetic_validation_seed`, the synthetic validation set was drawn with the run's seed: a
+# resumed older seed-s run validates on seed 0's set instead, a change of validation only, since
+# nothing was held out of its training problems.)
 ADDED_FIELDS = {"loss.is_level": "token", "data.synthetic_hold_out": False, "data.synthetic_validation_seed": 0}
 
 
@@ -92,6 +93,7 @@ class Checkpointer:
                          if old.get(k) != new.get(k) and not resumable_change(k))
         if changed:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+            detail += f", and {len(changed) - 8} more" if len(changed) > 8 else ""
             raise CheckpointMismatch(f"{self.directory}/{step} was made with another config ({detail}); "
                                      "use a new --workdir or restore the original config")
         target = jax.tree.map(lambda a: ocp.utils.to_shape_dtype_struct(a) if hasattr(a, "shape") else a,

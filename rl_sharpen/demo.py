@@ -43,6 +43,7 @@ def _check_warm_start(path: str, record: dict) -> None:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        detail += f", and {len(changed) - 8} more" if len(changed) > 8 else ""
         raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
                                  "or delete sft_model and the regime folders to start over")
 

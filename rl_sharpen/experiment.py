@@ -56,7 +56,7 @@ class DemoConfig:
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     mode: Literal["rl", "sft", "eval", "demo", "binary_rewards"] = "rl"  # what main runs
-    seed: int = 0  # model init, data order, sampling
+    seed: int = 0  # model init, training data (synthetic problems drawn, order), sampling
     model: ModelSource = ModelSource()
     mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})  # axis sizes
     data: DataConfig = DataConfig()

@@ -299,8 +299,9 @@ def shared_problems(train: Sequence[Problem], validation: Sequence[Problem]) -> 
 
 def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
                    workdir: str | None = None):
-    """evaluate(params, step) -> flat metrics, on `evaluate.problems`; with `workdir`, also JSON, a table and a pass@k plot
-    (`REPORT_FILES`), and `evaluate.discard_after(step)`, `discard_reports_after` on that folder."""
+    """evaluate(params, step) -> flat metrics, on `evaluate.problems`; with `workdir`, also JSON, a
+    table and a pass@k plot (`REPORT_FILES`), and `evaluate.discard_after(step)`,
+    `discard_reports_after` on that folder."""
     problems = task.problems("validation")
     params_ref: dict = {}
     generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed,

@@ -85,7 +85,8 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     _, reused = sft_start(exp, str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
     jax.tree.map(np.testing.assert_array_equal, reused, models.load_hf(str(tmp_path / "sft_model"))[1])
     c.demo.sft_steps += 1
-    with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(they differ in optim, sft\)"):
+    with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(optim.total_steps: 10 -> 11, "
+                                         r"optim.warmup_steps: 10 -> 11, sft.steps: 10 -> 11\)"):
         experiment.run(c, str(tmp_path))
 
 

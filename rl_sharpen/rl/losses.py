@@ -78,7 +78,7 @@ class LossConfig:
     aggregation: str = "token-mean"  # one of AGGREGATIONS
     max_len: int = 0  # constant normalizer of seq-mean-token-sum (e.g. the max generation length)
     is_cap: float = 20.0  # truncation of the importance weights (math.inf: untruncated)
-    is_level: str = "token"  # importance weights per token, or one per sequence (exact off-policy, noisier)
+    is_level: str = "token"  # weights per token, or one per sequence (noisier; exact when untruncated, above)
     eps_low: float = 0.2  # ppo_clip: lower clip of the ratio, 1 - eps_low
     eps_high: float = 0.2  # ppo_clip: upper clip, 1 + eps_high (DAPO clip-higher: 0.28)
     kl_coef: float = 0.0  # per-token KL penalty added to the loss, kl_coef * k(lp_t - lp_ref_t)
