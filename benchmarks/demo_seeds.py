@@ -53,7 +53,7 @@ ROWS = {"warm start": ("base", "sft_start"), "task reward": ("base", "task_rewar
 METRICS = (("pass@k", "1"), ("pass@k", "8"), ("maj@k", "8"))
 
 
-def run_demo(root: str, seed: int, run: str) -> dict:
+def run_demo(root: str, seed: int, run: str, flags: list[str]) -> dict:
     workdir = os.path.join(root, f"s{seed}_{run}")
     results = os.path.join(workdir, "demo_results.json")
     if not os.path.exists(results):
@@ -61,7 +61,7 @@ def run_demo(root: str, seed: int, run: str) -> dict:
         if (seed, run) != (0, "base") and not os.path.exists(os.path.join(workdir, "sft_model")):
             shutil.copytree(warm_start, os.path.join(workdir, "sft_model"))
         command = [sys.executable, "-m", "rl_sharpen.main", "--config=configs/demo.py", f"--workdir={workdir}",
-                   f"--config.seed={seed}", *RUNS[run][0]]
+                   f"--config.seed={seed}", *RUNS[run][0], *flags]
         print(" ".join(command), flush=True)
         start = time.perf_counter()
         with open(os.path.join(root, f"s{seed}_{run}.log"), "w") as log:
@@ -80,13 +80,16 @@ def main(argv=None) -> int:
     parser.add_argument("--root", required=True, help="folder of the runs' workdirs (reused: finished runs are kept)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated RL seeds")
     parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.add_argument("--flags", default="", help="more config flags for every run, space-separated, e.g. "
+                        "'--config.data.synthetic_hold_out=False'")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(args.root, exist_ok=True)
     sys.path.insert(0, ROOT)
     from rl_sharpen import evaluation
 
-    runs = {f"s{seed}_{run}": run_demo(args.root, seed, run) for seed in seeds for run in RUNS}
+    flags = args.flags.split()
+    runs = {f"s{seed}_{run}": run_demo(args.root, seed, run, flags) for seed in seeds for run in RUNS}
 
     def results(seed, run, model):
         return evaluation.load_results(os.path.join(args.root, f"s{seed}_{run}", "eval", model, "eval.json"))
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
                 "per_seed": values, "per_seed_stderr": errors, "mean": sum(values) / len(values),
                 "stderr_of_mean": sum(e * e for e in errors) ** 0.5 / len(errors)}
 
-    out = {**run_info(seeds=seeds, root=args.root), "warm_start": "s0_base/sft_model, copied into every other run",
+    out = {**run_info(seeds=seeds, root=args.root, flags=flags), "warm_start": "s0_base/sft_model, copied into every other run",
            "runs": runs, "table": table, "paired_comparisons": comparisons}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
