@@ -46,6 +46,17 @@ class CheckpointMismatch(ValueError):
     pass
 
 
+def config_changes(old: dict, new: dict, allowed=lambda field: False) -> str:
+    """"field: old -> new, ..." for the flattened fields of two config records that differ (at most
+    8 named, then how many more), leaving out the `allowed` ones; "" when none. A field missing from
+    `old` that is in `ADDED_FIELDS` counts as the value given there."""
+    old, new = flatten_config(old), flatten_config(new)
+    old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not allowed(k))
+    detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+    return detail + (f", and {len(changed) - 8} more" if len(changed) > 8 else "")
+
+
 def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out = {}
@@ -87,13 +98,8 @@ class Checkpointer:
             record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as e:  # orbax raises several types for unreadable steps
             raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
-        old, new = flatten_config(record.get("config", {})), flatten_config(json.loads(json.dumps(config)))
-        old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})
-        changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and not resumable_change(k))
-        if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-            detail += f", and {len(changed) - 8} more" if len(changed) > 8 else ""
+        detail = config_changes(record.get("config", {}), json.loads(json.dumps(config)), resumable_change)
+        if detail:
             raise CheckpointMismatch(f"{self.directory}/{step} was made with another config ({detail}); "
                                      "use a new --workdir or restore the original config")
         target = jax.tree.map(lambda a: ocp.utils.to_shape_dtype_struct(a) if hasattr(a, "shape") else a,

@@ -21,7 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rl_sharpen import evaluation, models
-from rl_sharpen.checkpoint import ADDED_FIELDS, CheckpointMismatch, flatten_config
+from rl_sharpen.checkpoint import CheckpointMismatch, config_changes
 from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
@@ -37,13 +37,8 @@ def _check_warm_start(path: str, record: dict) -> None:
         raise CheckpointMismatch(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; "
                                  "use a new --workdir")
     with open(saved) as f:
-        old = json.load(f)
-    old, new = flatten_config(old), flatten_config(record)
-    old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})  # what it was trained with
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        detail += f", and {len(changed) - 8} more" if len(changed) > 8 else ""
+        detail = config_changes(json.load(f), record)
+    if detail:
         raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
                                  "or delete sft_model and the regime folders to start over")
 

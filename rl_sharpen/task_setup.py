@@ -128,6 +128,7 @@ class SyntheticTask:
                                                 max_operand=data.synthetic_max_operand)
         self.mix = synthetic.SolutionMix(data.sft_correct, data.sft_guess, data.sft_wrong_step)
 
+    @functools.cached_property
     def _validation_draw(self) -> list[synthetic.ArithmeticProblem]:
         return synthetic.make_problems(self.data.synthetic_validation_problems,
                                        [self.data.synthetic_validation_seed, 1], self.arith)
@@ -135,7 +136,7 @@ class SyntheticTask:
     @functools.cached_property
     def held_out(self) -> frozenset:
         """The arithmetic of every validation problem, when `data.synthetic_hold_out` (else empty)."""
-        return frozenset(p.arithmetic for p in self._validation_draw()) if self.data.synthetic_hold_out else frozenset()
+        return frozenset(p.arithmetic for p in self._validation_draw) if self.data.synthetic_hold_out else frozenset()
 
     def problems(self, split: str) -> list[Problem]:
         if split == "train":
@@ -144,7 +145,7 @@ class SyntheticTask:
             drawn = synthetic.make_problems(count, [self.seed, 0], self.arith, self.held_out)
         else:
             limit = self.data.validation_limit
-            drawn = self._validation_draw()[:limit or None]
+            drawn = self._validation_draw[:limit or None]
         return [p.to_problem(i) for i, p in enumerate(drawn)]
 
     def prompt_text(self, problem: Problem) -> str:
