@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,7 @@ METRICS = (("pass@k", "1"), ("pass@k", "8"), ("maj@k", "8"))
 
 def run_demo(root: str, seed: int, run: str, flags: list[str]) -> dict:
     workdir = os.path.join(root, f"s{seed}_{run}")
-    results = os.path.join(workdir, "demo_results.json")
+    results, timing = os.path.join(workdir, "demo_results.json"), os.path.join(root, f"s{seed}_{run}.time")
     if not os.path.exists(results):
         warm_start = os.path.join(root, "s0_base", "sft_model")
         if (seed, run) != (0, "base") and not os.path.exists(os.path.join(workdir, "sft_model")):
@@ -66,12 +67,11 @@ def run_demo(root: str, seed: int, run: str, flags: list[str]) -> dict:
         start = time.perf_counter()
         with open(os.path.join(root, f"s{seed}_{run}.log"), "w") as log:
             subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-        with open(os.path.join(root, f"s{seed}_{run}.time"), "w") as f:
+        with open(timing, "w") as f:
             f.write(f"{time.perf_counter() - start:.1f}")
     with open(results) as f:
         headline = json.load(f)["headline"]
-    seconds_file = os.path.join(root, f"s{seed}_{run}.time")
-    seconds = float(open(seconds_file).read()) if os.path.exists(seconds_file) else None
+    seconds = float(pathlib.Path(timing).read_text()) if os.path.exists(timing) else None
     return {"headline": headline, "seconds": seconds}
 
 
