@@ -89,11 +89,12 @@ _UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
 _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions billion billions trillion
     trillions dozen dozens pi""".split())
 _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
-# Units that may follow a plain number without a \text{} ("18 dollars", "4 square feet").
+# Units, which may follow a plain number without a \text{} even with two letters ("18 dollars", "4 sq ft").
 _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
     centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
     pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s"))
-_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+(?:(?:square|sq\.?|cubic)\s+)?([a-zA-Z]{2,})\.?$")
+# A plain number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers".
+_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+((?:[a-zA-Z]{2,}\.?\s+){0,2}[a-zA-Z]{2,})\.?$")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
@@ -126,6 +127,16 @@ def _is_unit(text: str) -> bool:
     return not _VALUE_WORDS.intersection(words)
 
 
+def _is_counted_noun(words: str) -> bool:
+    """Whether plain words after a plain number annotate it: units ("cm", "sq ft") and nouns of three
+    or more letters ("teachers", "red marbles"), but not a value word ("2 pi", "3 million") or
+    two-letter letters alone ("5 pm", "3 ab": a time, a product)."""
+    words = [w.strip(".").lower() for w in words.split()]
+    if _VALUE_WORDS.intersection(words):
+        return False
+    return all(w in _UNIT_WORDS or w in ("sq", "square", "cubic") for w in words) or any(len(w) >= 3 for w in words)
+
+
 def _strip_trailing_units(s: str) -> str:
     """'5\\text{ cm}^2' -> '5': drops the run of unit macros that ends the answer."""
     tail = _TRAILING_UNITS_RE.search(s)
@@ -144,7 +155,7 @@ def clean_latex(answer: str) -> str:
 
     Units: a run of `\\text{...}`-like macros ending an answer that has a digit before it is dropped
     unless a macro holds a value word (million, pi, ...) or one letter that is not a unit (i, e);
-    a plain word after a plain number is dropped only if it is a known unit (`_UNIT_WORDS`).
+    up to three plain words after a plain number are dropped if `_is_counted_noun` says they annotate it.
     """
     return _clean(answer)[0]
 
@@ -172,11 +183,11 @@ def _clean(answer: str) -> tuple[str, str]:
     if re.search(r"\d", without_units):
         s = without_units  # "5\text{ cm}^2" -> "5"
     s = _UNIT_MACRO_RE.sub(lambda m: m.group(1), s)  # "\text{(A)}" -> "(A)"
-    s = _UNIT_WORD_RE.sub(lambda m: m.group(1) if m.group(2).lower() in _UNIT_WORDS else m.group(0), s.strip())
     variable = ""
     assignment = _ASSIGNMENT_RE.match(s) if s.count("=") == 1 else None
     if assignment:
         variable, s = assignment.group(1), s[assignment.end() :]
+    s = _UNIT_WORD_RE.sub(lambda m: m.group(1) if _is_counted_noun(m.group(2)) else m.group(0), s.strip())
     s = s.strip().rstrip(".").strip()
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
