@@ -6,13 +6,15 @@ For a problem with n samples of which c are correct:
 
 (the unbiased estimator of P[at least one of k samples is correct]; the product avoids huge
 binomials). maj@k is the probability that a majority vote over k samples drawn without
-replacement picks a correct answer. Answers vote by `canonical_answer`: "0.5" and "\\frac12" vote
-together, "25" and "25\\%" or "x = 1" and "y = 1" apart, since one of each pair may be right and
-the other wrong. Samples without a final answer do not vote; a tie between the top answers counts
-as the fraction of tied answers that are correct (the expectation of a uniformly random
-tie-break). It is averaged over all C(n, k) subsets when there are at most `maj_draws` of them,
-else over `maj_draws` subsets drawn with one fixed seed, the same for every problem and every run, so
-that the saved summaries of any two runs are estimated alike.
+replacement picks a correct answer. Equal answers vote together (`vote_keys`): all correct answers
+(each equals the gold, whatever its notation: "\\frac{\\pi}{2}" and "\\pi/2"), and wrong answers
+with one canonical form ("0.5" and "\\frac12") or found equal by the verifier; "25" and "25\\%"
+or "x = 1" and "y = 1" never share a vote when one is right and the other wrong. Samples without a
+final answer do not vote; a tie between the top answers counts as the fraction of tied answers
+that are correct (the expectation of a uniformly random tie-break). It is averaged over all C(n, k)
+subsets when there are at most `maj_draws` of them, else over `maj_draws` subsets drawn with one
+fixed seed, the same for every problem and every run, so that the saved summaries of any two runs
+are estimated alike.
 
 Every mean over problems comes with its standard error over problems (`standard_error` of the
 per-problem values of `problem_scores`), and `paired_difference` measures the change between two
@@ -30,6 +32,7 @@ import itertools
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -38,8 +41,8 @@ from tqdm import tqdm
 
 from rl_sharpen.metrics import save_png, workdir_path, write_json
 from rl_sharpen.tasks.datasets import Problem
-from rl_sharpen.tasks.answers import canonical_answer
-from rl_sharpen.tasks.verify import VerifyStats, grade_batch
+from rl_sharpen.tasks.answers import canonical_answer, fast_verdict
+from rl_sharpen.tasks.verify import VerifierPool, VerifyStats, default_pool, grade_batch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -74,9 +77,9 @@ def _vote_scores(labels: np.ndarray, label_correct: np.ndarray) -> np.ndarray:
 
 def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int, maj_draws: int = 1000,
              seed: int = 0) -> float:
-    """maj@k for one problem: keys[i] is sample i's answer key (None: no answer), correct[i] its
-    reward. An answer key is correct if its first sample is (`canonical_answer` keys are built so
-    that the answers sharing one are graded alike)."""
+    """maj@k for one problem: keys[i] is sample i's vote key (None: no answer), correct[i] its
+    reward. A key is correct if its first sample is (`vote_keys` never gives a correct and a wrong
+    answer one key)."""
     n = len(keys)
     if len(correct) != n or not 1 <= k <= n:
         raise ValueError(f"need len(correct) == len(keys) = n and 1 <= k <= n, got {len(correct)}, {n}, k={k}")
@@ -93,6 +96,63 @@ def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int, maj_dr
         rng = np.random.default_rng(seed)
         subsets = np.argsort(rng.random((maj_draws, n)), axis=1)[:, :k]
     return float(_vote_scores(labels[subsets], np.array(label_correct, dtype=bool)).mean())
+
+
+# Wrong answers compared pairwise per problem for `vote_keys`: the most frequent 16 (120 pairs at most).
+MAX_COMPARED_WRONG_ANSWERS = 16
+
+
+def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], golds: Sequence[str],
+              *, compare_wrong: bool = True, timeout: float = 5.0, workers: int | None = None,
+              pool: VerifierPool | None = None) -> tuple[list[list[str | None]], dict[str, float]]:
+    """Majority-vote keys per problem (answers[p][i]: sample i's final answer, None for none): samples
+    with equal answers share a key, so that maj@k counts an answer's votes whatever its notation.
+
+    A correct answer equals the gold, so all correct samples share the key `canonical_answer(gold)`.
+    A wrong sample starts from its own `canonical_answer`; with `compare_wrong`, two wrong keys join
+    when their first answers are equal by the verifier (`fast_verdict`, else `symbolic_equal` in the
+    worker pool under `timeout`; a pair that times out or fails stays apart). Only the
+    MAX_COMPARED_WRONG_ANSWERS most frequent wrong keys of a problem are compared (ties: first seen).
+    A correct and a wrong answer never share a key. Returns the keys and counters (pairs compared
+    by sympy, pairs joined, timeouts, errors, seconds).
+    """
+    start = time.perf_counter()
+    compared = []  # per problem: {wrong key: first answer}, [(key, key, verdict or None)]
+    undecided = set()
+    for problem_answers, problem_correct in zip(answers, correct, strict=True):
+        first: dict[str, str] = {}
+        counts: collections.Counter = collections.Counter()
+        for answer, ok in zip(problem_answers, problem_correct, strict=True):
+            if answer is not None and not ok:
+                key = canonical_answer(answer)
+                first.setdefault(key, answer)
+                counts[key] += 1
+        top = [key for key, _ in counts.most_common(MAX_COMPARED_WRONG_ANSWERS)] if compare_wrong else []
+        pairs = [(a, b, fast_verdict(first[b], first[a])) for i, a in enumerate(top) for b in top[i + 1:]]
+        undecided.update((first[b], first[a]) for a, b, verdict in pairs if verdict is None)
+        compared.append((first, pairs))
+    equal, timeouts, errors = {}, 0, 0
+    if undecided:
+        undecided = sorted(undecided)
+        verdicts, timeouts, errors = (pool or default_pool(workers)).run(undecided, timeout)
+        equal = dict(zip(undecided, verdicts))
+    keys, joined = [], 0
+    for problem_answers, problem_correct, gold, (first, pairs) in zip(answers, correct, golds, compared, strict=True):
+        root = {key: key for key in first}  # union-find over wrong keys; a root is its group's first seen key
+        def find(key):
+            while root[key] != key:
+                key = root[key]
+            return key
+        rank = {key: i for i, key in enumerate(first)}
+        for a, b, verdict in pairs:
+            if (equal[(first[b], first[a])] if verdict is None else verdict) and find(a) != find(b):
+                low, high = sorted((find(a), find(b)), key=rank.get)
+                root[high], joined = low, joined + 1
+        gold_key = canonical_answer(gold)
+        keys.append([None if answer is None else gold_key if ok else find(canonical_answer(answer))
+                     for answer, ok in zip(problem_answers, problem_correct)])
+    return keys, {"pairs_symbolic": len(undecided), "pairs_joined": joined, "timeouts": timeouts,
+                  "errors": errors, "seconds": time.perf_counter() - start}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,11 +188,14 @@ class ProblemResult:
     num_tokens: np.ndarray  # [n]
     greedy_answer: str | None = None
     greedy_reward: float | None = None
+    votes: list[str | None] | None = None  # vote key per sample (`vote_keys`); None: `keys` works them out
 
     @functools.cached_property
     def keys(self) -> list[str | None]:
-        """Vote keys: canonical form of each answer."""
-        return [None if a is None else canonical_answer(a) for a in self.answers]
+        """Vote keys: `votes`, else those of `vote_keys` without comparing wrong answers."""
+        if self.votes is not None:
+            return self.votes
+        return vote_keys([self.answers], [self.rewards > 0], [self.problem.answer], compare_wrong=False)[0][0]
 
 
 _SCALARS = ("mean_response_tokens", "mean_distinct_answers", "no_answer_rate", "greedy_accuracy")
@@ -245,19 +308,21 @@ class EvalReport:
     summary: dict[str, Any]
     results: list[ProblemResult]
     verify_stats: list[VerifyStats]
+    vote_stats: dict[str, float] = dataclasses.field(default_factory=dict)  # summed counters of `vote_keys`
 
 
 def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn: Callable[[Problem], str],
              n_samples: int, k_list: Sequence[int] | None = None, batch_size: int = 8, greedy: bool = True,
              verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000) -> EvalReport:
-    """Samples `n_samples` completions (and one greedy one) per problem, verifies, summarizes.
+    """Samples `n_samples` completions (and one greedy one) per problem, verifies, groups equal answers
+    into votes (`vote_keys`), summarizes.
 
     prompt_fn turns a problem into the prompt text given to generate_fn (e.g.
     `lambda p: prompts.render_prompt(tokenizer, p.problem)`).
     """
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
-    results, stats = [], []
+    results, stats, vote_stats = [], [], {}
     for start in tqdm(range(0, len(problems), batch_size), desc="eval", unit="batch", dynamic_ncols=True,
                       disable=jax.process_index() != 0):
         batch = list(problems[start:start + batch_size])
@@ -268,6 +333,10 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
                                              timeout=verify_timeout, workers=verify_workers)
         stats.append(stat)
         rewards = rewards.reshape(len(batch), n_samples)
+        answers = [answers[i * n_samples:(i + 1) * n_samples] for i in range(len(batch))]
+        votes, vote_stat = vote_keys(answers, rewards > 0, [p.answer for p in batch], timeout=verify_timeout,
+                                     workers=verify_workers)
+        vote_stats = {name: vote_stats.get(name, 0) + value for name, value in vote_stat.items()}
         greedy_answers, greedy_rewards = [None] * len(batch), [None] * len(batch)
         if greedy:
             greedy_texts = [row[0] for row in _checked(generate_fn(prompts, 1, True), len(batch), 1).texts]
@@ -275,10 +344,10 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
                                                               timeout=verify_timeout, workers=verify_workers)
             stats.append(stat)
             greedy_rewards = [float(r) for r in greedy_scores]
-        results += [ProblemResult(p, answers[i * n_samples:(i + 1) * n_samples], rewards[i],
-                                  np.asarray(sampled.num_tokens[i]), greedy_answers[i], greedy_rewards[i])
+        results += [ProblemResult(p, answers[i], rewards[i], np.asarray(sampled.num_tokens[i]), greedy_answers[i],
+                                  greedy_rewards[i], votes[i])
                     for i, p in enumerate(batch)]
-    return EvalReport(summarize(results, k_list, maj_draws), results, stats)
+    return EvalReport(summarize(results, k_list, maj_draws), results, stats, vote_stats)
 
 
 def _checked(out: Generations, num_prompts: int, num_samples: int) -> Generations:
@@ -298,11 +367,11 @@ def save_json(report: EvalReport, path: str) -> None:
     records = [{
         "id": r.problem.id, "gold": r.problem.answer, "level": r.problem.level, "subject": r.problem.subject,
         "answers": r.answers, "rewards": r.rewards.tolist(), "num_tokens": np.asarray(r.num_tokens).tolist(),
-        "greedy_answer": r.greedy_answer, "greedy_reward": r.greedy_reward,
+        "greedy_answer": r.greedy_answer, "greedy_reward": r.greedy_reward, "votes": r.keys,
     } for r in report.results]
     verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
               for f in dataclasses.fields(VerifyStats)}
-    write_json({"summary": report.summary, "verify": verify, "problems": records}, path)
+    write_json({"summary": report.summary, "verify": verify, "votes": report.vote_stats, "problems": records}, path)
 
 
 def load_results(path: str | os.PathLike) -> list[ProblemResult]:
@@ -323,10 +392,15 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
                 raise ValueError("answers, rewards and num_tokens must be lists of one length >= 1")
             if not all(a is None or isinstance(a, str) for a in answers):
                 raise ValueError("answers must be strings or null")
+            votes = r.get("votes")  # absent from files of older versions: worked out from the answers
+            if votes is not None and not (isinstance(votes, list) and len(votes) == len(answers)
+                                          and all((v is None) == (a is None) and (v is None or isinstance(v, str))
+                                                  for v, a in zip(votes, answers))):
+                raise ValueError("votes must be a list of strings (null where there is no answer), one per answer")
             results.append(ProblemResult(
                 Problem(str(r["id"]), "", str(r["gold"]), r["level"], r["subject"]), answers,
                 np.asarray(rewards, dtype=np.float32), np.asarray(tokens, dtype=np.float64), r["greedy_answer"],
-                None if r["greedy_reward"] is None else float(r["greedy_reward"])))
+                None if r["greedy_reward"] is None else float(r["greedy_reward"]), votes))
         except (KeyError, TypeError, ValueError) as e:
             where = f"record {i}" + (f" (id {r['id']})" if isinstance(r, dict) and "id" in r else "")
             raise ValueError(f"{path}: {where}: {type(e).__name__}: {e}") from e

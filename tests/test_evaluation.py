@@ -102,6 +102,73 @@ def test_answers_sharing_a_vote_key_share_a_verdict(gold, answers):
     assert len(set(map(tuple, scores.values()))) == 1, scores
 
 
+@pytest.fixture(scope="module")
+def pool():
+    from rl_sharpen.tasks.verify import VerifierPool
+
+    with VerifierPool(workers=1) as p:
+        yield p
+
+
+def graded(gold, answers):
+    from rl_sharpen.tasks.verify import verify
+
+    return [verify(rf"\boxed{{{a}}}", gold) > 0 if a is not None else False for a in answers]
+
+
+@pytest.mark.parametrize("gold, answers, before, after", [
+    # two correct notations against one wrong answer given twice: the canonical keys split the
+    # correct votes (2 wrong beat 1 + 1), the verifier's keys tie them
+    (r"\frac{\pi}{2}", [r"\pi/2", r"\frac{\pi}{2}", "3", "3"], 0, Fraction(1, 2)),
+    # two notations of one wrong polynomial outvote the correct one, where canonical keys tied all three
+    ("x^2+1", ["x^2+1", "(x+1)^2", "x^2+2x+1"], Fraction(1, 3), 0),
+    ("5", ["x = 5", "5", "3", "3", "y=4"], 0, Fraction(1, 2)),  # an "x =" changes nothing
+    (r"\frac12", ["0.5", r"\frac{1}{2}", "2", None], 1, 1),  # one canonical form already
+])
+def test_equal_answers_vote_together_whatever_their_notation(pool, gold, answers, before, after):
+    correct = graded(gold, answers)
+    canonical = [None if a is None else E.canonical_answer(a) for a in answers]
+    keys, stats = E.vote_keys([answers], [correct], [gold], pool=pool)
+    n = len(answers)
+    assert E.maj_at_k(canonical, correct, n) == pytest.approx(float(before))
+    assert E.maj_at_k(keys[0], correct, n) == pytest.approx(float(after))
+    assert E.maj_at_k(keys[0], correct, n) == pytest.approx(float(brute_maj_at_k(keys[0], correct, n)))
+    assert stats["timeouts"] == stats["errors"] == 0
+
+
+def test_vote_keys_never_join_a_correct_and_a_wrong_answer_and_do_not_depend_on_order(pool):
+    gold = r"\frac{\sqrt{2}}{2}"
+    answers = [r"\frac{1}{\sqrt{2}}", r"\sqrt{2}/2", r"\sqrt{2}", r"2^{1/2}", r"\frac{\sqrt2}{2}", "0.7071", None]
+    correct = graded(gold, answers)
+    assert correct == [True, True, False, False, True, False, False]
+    orders = [np.random.default_rng(seed).permutation(len(answers)) for seed in range(40)]
+    all_keys, _ = E.vote_keys([[answers[i] for i in order] for order in orders],
+                              [[correct[i] for i in order] for order in orders], [gold] * len(orders), pool=pool)
+    scores = set()
+    for order, keys in zip(orders, all_keys):
+        verdicts = {}
+        for key, i in zip(keys, order):
+            verdicts.setdefault(key, set()).add(correct[i])
+        assert all(len(v) == 1 for v in verdicts.values()), verdicts
+        assert len({key for key in keys if key is not None}) == 3  # correct; sqrt 2 twice; 0.7071
+        scores.add(tuple(round(E.maj_at_k(keys, [correct[i] for i in order], k), 12) for k in (1, 3, 5)))
+    assert len(scores) == 1
+
+
+def test_vote_keys_counters_timeouts_and_the_comparison_limit(pool, monkeypatch):
+    slow = ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}"]  # sympy cannot compare them: timed out, kept apart
+    keys, stats = E.vote_keys([slow], [[False] * 2], ["2"], pool=pool, timeout=1.0)
+    assert len(set(keys[0])) == 2 and (stats["pairs_symbolic"], stats["timeouts"], stats["pairs_joined"]) == (1, 1, 0)
+    answers = ["(x+1)^2"] * 3 + ["x^2+2x+1"] * 2 + ["1+2x+x^2"]
+    keys, stats = E.vote_keys([answers], [[False] * 6], ["0"], pool=pool)
+    assert len(set(keys[0])) == 1 and stats["pairs_joined"] == 2
+    monkeypatch.setattr(E, "MAX_COMPARED_WRONG_ANSWERS", 2)  # the least frequent wrong answer is not compared
+    keys, stats = E.vote_keys([answers], [[False] * 6], ["0"], pool=pool)
+    assert keys[0][:5] == [keys[0][0]] * 5 and keys[0][5] != keys[0][0] and stats["pairs_symbolic"] == 1
+    keys, stats = E.vote_keys([answers], [[False] * 6], ["0"], compare_wrong=False)
+    assert len(set(keys[0])) == 3 and stats["pairs_symbolic"] == 0
+
+
 def test_default_k_list():
     assert E.default_k_list(1) == [1]
     assert E.default_k_list(8) == [1, 2, 4, 8]
@@ -257,8 +324,11 @@ def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_comman
     assert json.dumps(E.summarize(loaded), sort_keys=True) == json.dumps(report.summary, sort_keys=True)
 
     saved = json.loads((tmp_path / "old.json").read_text())  # the new run solves every sample of p1 and p2
+    assert saved["problems"][1]["votes"] == ["1", "101", "100", None]
+    assert saved["votes"]["pairs_symbolic"] == 0  # plain numbers: decided without sympy
     for record in saved["problems"][1:3]:
         record["answers"], record["rewards"] = [record["gold"]] * 4, [1.0] * 4
+        del record["votes"]  # as in a file of an older version: worked out again on loading
     (tmp_path / "new.json").write_text(json.dumps(saved))
     assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", "1,4",
                          "--out", str(tmp_path / "change.json")]) == 0
@@ -278,6 +348,10 @@ def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_comman
     (tmp_path / "bad.json").write_text(json.dumps(saved))
     assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
     assert "bad.json: record 2 (id p2): ValueError: answers, rewards and num_tokens must be lists" in capsys.readouterr().err
+    saved["problems"][2]["rewards"], saved["problems"][3]["votes"] = [1.0] * 4, ["3"] * 4
+    (tmp_path / "bad.json").write_text(json.dumps(saved))  # problem 3 has samples without an answer
+    assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
+    assert "record 3 (id p3): ValueError: votes must be a list of strings (null where" in capsys.readouterr().err
     assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", "1.5"]) == 2
     assert "--k=1.5: allowed: comma-separated integers" in capsys.readouterr().err
     for k in ("0", "1,5"):
