@@ -109,50 +109,63 @@ def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequenc
     with equal answers share a key, so that maj@k counts an answer's votes whatever its notation.
 
     A correct answer equals the gold, so all correct samples share the key `canonical_answer(gold)`.
-    A wrong sample starts from its own `canonical_answer`; with `compare_wrong`, two wrong keys join
-    when their first answers are equal by the verifier (`fast_verdict`, else `symbolic_equal` in the
-    worker pool under `timeout`; a pair that times out or fails stays apart). Only the
-    MAX_COMPARED_WRONG_ANSWERS most frequent wrong keys of a problem are compared (ties: first seen).
-    A correct and a wrong answer never share a key. Returns the keys and counters (pairs compared
-    by sympy, pairs joined, timeouts, errors, seconds).
+    A wrong sample starts from its own `canonical_answer` (one equal to the gold's, which only a
+    grader other than this one can give, is kept apart). With `compare_wrong`, the
+    MAX_COMPARED_WRONG_ANSWERS most frequent wrong keys (ties by key) are compared pairwise by the
+    verifier (`fast_verdict`, else `symbolic_equal` in the worker pool under `timeout`; a pair that
+    times out or fails counts as unequal), and two groups join only if every pair across them is equal:
+    the verifier is not transitive ("25%" equals both 0.25 and 25), so 0.25 and 25 stay apart. The
+    keys do not depend on the order of the samples, and a correct and a wrong sample never share one.
+    Returns the keys and counters (pairs compared by sympy, keys joined to a group, timeouts, errors,
+    seconds).
     """
     start = time.perf_counter()
-    compared = []  # per problem: {wrong key: first answer}, [(key, key, verdict or None)]
+    compared = []  # per problem: ({wrong key: representative answer}, keys compared in order, verdicts)
     undecided = set()
-    for problem_answers, problem_correct in zip(answers, correct, strict=True):
-        first: dict[str, str] = {}
-        counts: collections.Counter = collections.Counter()
+    for problem_answers, problem_correct, gold in zip(answers, correct, golds, strict=True):
+        gold_key = canonical_answer(gold)
+        by_key: dict[str, list[str]] = collections.defaultdict(list)
         for answer, ok in zip(problem_answers, problem_correct, strict=True):
             if answer is not None and not ok:
-                key = canonical_answer(answer)
-                first.setdefault(key, answer)
-                counts[key] += 1
-        top = [key for key, _ in counts.most_common(MAX_COMPARED_WRONG_ANSWERS)] if compare_wrong else []
-        pairs = [(a, b, fast_verdict(first[b], first[a])) for i, a in enumerate(top) for b in top[i + 1:]]
-        undecided.update((first[b], first[a]) for a, b, verdict in pairs if verdict is None)
-        compared.append((first, pairs))
+                by_key[_wrong_key(answer, gold_key)].append(answer)
+        order = sorted(by_key, key=lambda key: (-len(by_key[key]), key))
+        top = order[:MAX_COMPARED_WRONG_ANSWERS] if compare_wrong else []
+        representative = {key: min(by_key[key]) for key in top}
+        verdicts = {(a, b): fast_verdict(representative[b], representative[a])
+                    for i, a in enumerate(top) for b in top[i + 1:]}
+        undecided.update((representative[b], representative[a]) for (a, b), v in verdicts.items() if v is None)
+        compared.append((representative, top, verdicts))
     equal, timeouts, errors = {}, 0, 0
     if undecided:
         undecided = sorted(undecided)
-        verdicts, timeouts, errors = (pool or default_pool(workers)).run(undecided, timeout)
-        equal = dict(zip(undecided, verdicts))
+        results, timeouts, errors = (pool or default_pool(workers)).run(undecided, timeout)
+        equal = dict(zip(undecided, map(bool, results)))
     keys, joined = [], 0
-    for problem_answers, problem_correct, gold, (first, pairs) in zip(answers, correct, golds, compared, strict=True):
-        root = {key: key for key in first}  # union-find over wrong keys; a root is its group's first seen key
-        def find(key):
-            while root[key] != key:
-                key = root[key]
-            return key
-        rank = {key: i for i, key in enumerate(first)}
-        for a, b, verdict in pairs:
-            if (equal[(first[b], first[a])] if verdict is None else verdict) and find(a) != find(b):
-                low, high = sorted((find(a), find(b)), key=rank.get)
-                root[high], joined = low, joined + 1
+    for problem_answers, problem_correct, gold, (representative, top, verdicts) in zip(
+            answers, correct, golds, compared, strict=True):
+        def same(a, b):
+            verdict = verdicts[(a, b)]
+            return equal[(representative[b], representative[a])] if verdict is None else verdict
+        groups: list[list[str]] = []  # complete linkage, in the order of `top`
+        for key in top:
+            home = next((g for g in groups if all(same(member, key) for member in g)), None)
+            if home is None:
+                groups.append([key])
+            else:
+                home.append(key)
+                joined += 1
+        group_key = {key: g[0] for g in groups for key in g}
         gold_key = canonical_answer(gold)
-        keys.append([None if answer is None else gold_key if ok else find(canonical_answer(answer))
-                     for answer, ok in zip(problem_answers, problem_correct)])
-    return keys, {"pairs_symbolic": len(undecided), "pairs_joined": joined, "timeouts": timeouts,
+        wrong_keys = (_wrong_key(answer, gold_key) for answer in problem_answers)
+        keys.append([None if answer is None else gold_key if ok else group_key.get(wrong, wrong)
+                     for answer, ok, wrong in zip(problem_answers, problem_correct, wrong_keys)])
+    return keys, {"pairs_symbolic": len(undecided), "keys_joined": joined, "timeouts": timeouts,
                   "errors": errors, "seconds": time.perf_counter() - start}
+
+
+def _wrong_key(answer: str | None, gold_key: str) -> str | None:
+    key = None if answer is None else canonical_answer(answer)
+    return f"{key} (scored 0)" if key == gold_key else key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +410,9 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
                                           and all((v is None) == (a is None) and (v is None or isinstance(v, str))
                                                   for v, a in zip(votes, answers))):
                 raise ValueError("votes must be a list of strings (null where there is no answer), one per answer")
+            if votes is not None and len({v for v, x in zip(votes, rewards) if v is not None and x > 0}
+                                         & {v for v, x in zip(votes, rewards) if v is not None and not x > 0}):
+                raise ValueError("votes give a correct and a wrong sample one key (maj@k scores a key by one sample)")
             results.append(ProblemResult(
                 Problem(str(r["id"]), "", str(r["gold"]), r["level"], r["subject"]), answers,
                 np.asarray(rewards, dtype=np.float32), np.asarray(tokens, dtype=np.float64), r["greedy_answer"],

@@ -155,13 +155,42 @@ def test_vote_keys_never_join_a_correct_and_a_wrong_answer_and_do_not_depend_on_
     assert len(scores) == 1
 
 
+def test_vote_keys_join_groups_only_if_every_pair_is_equal(pool):
+    """The verifier is not transitive: "25%" equals 0.25 and 25 (a percent against a plain number
+    matches p and p/100), so a chain through it must not join 0.25 and 25."""
+    answers = ["7", "7", "7", "0.25", "0.25", "25", "25", r"25\%"]
+    keys, _ = E.vote_keys([answers], [[True] * 3 + [False] * 5], ["7"], pool=pool)
+    assert keys[0][3] == keys[0][4] == keys[0][7] != keys[0][5] == keys[0][6]
+
+
+def test_vote_keys_do_not_depend_on_the_order_beyond_the_comparison_limit(pool):
+    forms, numbers = ["(x+1)^2", "x^2+2x+1", "1+2x+x^2"], [str(i) for i in range(100, 115)]  # 18 wrong keys
+    orders = [["0", "0"] + forms + numbers, numbers + forms + ["0", "0"], forms[::-1] + ["0"] + numbers + ["0"]]
+    scores = set()
+    for answers in orders:
+        correct = [a == "0" for a in answers]
+        keys, _ = E.vote_keys([answers], [correct], ["0"], pool=pool)
+        scores.add(E.maj_at_k(keys[0], correct, len(answers)))
+        assert len({key for key in keys[0]}) == 1 + 18 - 1  # the limit leaves one form out of the comparisons
+    assert len(scores) == 1
+
+
+def test_a_wrong_answer_with_the_gold_key_never_votes_with_the_correct_ones():
+    """Files saved by an older grader: "81 teachers" scored 0 there, and its canonical form is now 81."""
+    result = E.ProblemResult(Problem("p", "", "81"), ["81 teachers", "81", "81 teachers"], np.array([0.0, 1.0, 0.0]),
+                             np.ones(3))
+    assert result.keys[0] == result.keys[2] != result.keys[1] == "81"
+    assert E.maj_at_k(result.keys, result.rewards > 0, 1) == pytest.approx(1 / 3)  # = pass@1
+    assert E.maj_at_k(result.keys, result.rewards > 0, 3) == 0.0
+
+
 def test_vote_keys_counters_timeouts_and_the_comparison_limit(pool, monkeypatch):
     slow = ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}"]  # sympy cannot compare them: timed out, kept apart
     keys, stats = E.vote_keys([slow], [[False] * 2], ["2"], pool=pool, timeout=1.0)
-    assert len(set(keys[0])) == 2 and (stats["pairs_symbolic"], stats["timeouts"], stats["pairs_joined"]) == (1, 1, 0)
+    assert len(set(keys[0])) == 2 and (stats["pairs_symbolic"], stats["timeouts"], stats["keys_joined"]) == (1, 1, 0)
     answers = ["(x+1)^2"] * 3 + ["x^2+2x+1"] * 2 + ["1+2x+x^2"]
     keys, stats = E.vote_keys([answers], [[False] * 6], ["0"], pool=pool)
-    assert len(set(keys[0])) == 1 and stats["pairs_joined"] == 2
+    assert len(set(keys[0])) == 1 and stats["keys_joined"] == 2
     monkeypatch.setattr(E, "MAX_COMPARED_WRONG_ANSWERS", 2)  # the least frequent wrong answer is not compared
     keys, stats = E.vote_keys([answers], [[False] * 6], ["0"], pool=pool)
     assert keys[0][:5] == [keys[0][0]] * 5 and keys[0][5] != keys[0][0] and stats["pairs_symbolic"] == 1
@@ -352,6 +381,15 @@ def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_comman
     (tmp_path / "bad.json").write_text(json.dumps(saved))  # problem 3 has samples without an answer
     assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
     assert "record 3 (id p3): ValueError: votes must be a list of strings (null where" in capsys.readouterr().err
+    saved["problems"][3]["votes"] = ["3", "3", "3", None]  # sample 3 is wrong: its vote must differ
+    saved["problems"][3]["answers"], saved["problems"][3]["rewards"] = ["3", "3", "3", "4"], [1.0, 1.0, 1.0, 0.0]
+    (tmp_path / "bad.json").write_text(json.dumps(saved))
+    assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
+    assert "record 3 (id p3): ValueError: votes must be a list of strings" in capsys.readouterr().err
+    saved["problems"][3]["votes"] = ["3", "3", "3", "3"]
+    (tmp_path / "bad.json").write_text(json.dumps(saved))
+    assert compare.main([str(tmp_path / "bad.json"), str(tmp_path / "old.json")]) == 2
+    assert "record 3 (id p3): ValueError: votes give a correct and a wrong sample one key" in capsys.readouterr().err
     assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "old.json"), "--k", "1.5"]) == 2
     assert "--k=1.5: allowed: comma-separated integers" in capsys.readouterr().err
     for k in ("0", "1,5"):

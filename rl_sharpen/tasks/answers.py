@@ -4,7 +4,7 @@
   extract_answer    the last complete `\\boxed{...}` / `\\fbox{...}`, else the last `#### n` or
                     "the answer is ..."
   canonical_answer  the string equal answers share (LaTeX spacing, `\\dfrac`, units, degrees, ...);
-                    it is also the majority-vote key of maj@k
+                    maj@k's vote keys start from it (`evaluation.vote_keys`)
   fast_verdict      True / False when a string match or exact rational comparison decides, else None
 """
 
@@ -88,6 +88,14 @@ _UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
 # Words that change a number's value, never dropped as units: "10\text{ million}", "2 pi".
 _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions billion billions trillion
     trillions dozen dozens pi""".split())
+# Words that may change the value of a plain number they follow, or make it a range, so plain words
+# that include one are never dropped ("0.5 percent", "3 squared", "2 point five", "4 or more").
+_NOT_COUNTED_WORDS = _VALUE_WORDS | frozenset("""percent percentage per cent half halves third thirds fourth
+    fourths fifth fifths sixth sixths seventh sevenths eighth eighths ninth ninths tenth tenths hundredth
+    hundredths thousandth thousandths quarter quarters squared cubed square cube factorial root roots power
+    powers point over minus plus divided by and or than least most at about below above under zero one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty
+    sixty seventy eighty ninety tens grand lakh lakhs crore crores gross score scores negative inverse reciprocal
+    opposite kilo mega giga micro milli nano""".split())
 _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
 # Units, which may follow a plain number without a \text{} even with two letters ("18 dollars", "4 sq ft").
 _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
@@ -127,14 +135,21 @@ def _is_unit(text: str) -> bool:
     return not _VALUE_WORDS.intersection(words)
 
 
+_FRACTION_WORD_RE = re.compile(r"(?:tieth|teenth|hundredth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth"
+                               r"|tenth|eleventh|twelfth)s?$")  # "1 twelfth", "3 millionths", "2 twentieths"
+
+
 def _is_counted_noun(words: str) -> bool:
-    """Whether plain words after a plain number annotate it: units ("cm", "sq ft") and nouns of three
-    or more letters ("teachers", "red marbles"), but not a value word ("2 pi", "3 million") or
-    two-letter letters alone ("5 pm", "3 ab": a time, a product)."""
+    """Whether plain words after a plain number annotate it: units ("cm", "sq ft") and words of four or
+    more letters ("teachers", "red marbles"), unless one may change the value (`_NOT_COUNTED_WORDS`,
+    "2 pi", "0.5 percent", "3 squared"; or a fraction word, "1 twelfth", "3 millionths") or all are
+    shorter and not units ("5 pm", "3 abc": a time, a product)."""
     words = [w.strip(".").lower() for w in words.split()]
-    if _VALUE_WORDS.intersection(words):
+    if all(w in _UNIT_WORDS or w in ("sq", "square", "cubic") for w in words):
+        return True
+    if _NOT_COUNTED_WORDS.intersection(words) or any(_FRACTION_WORD_RE.search(w) for w in words):
         return False
-    return all(w in _UNIT_WORDS or w in ("sq", "square", "cubic") for w in words) or any(len(w) >= 3 for w in words)
+    return any(len(w) >= 4 for w in words)
 
 
 def _strip_trailing_units(s: str) -> str:
@@ -235,7 +250,7 @@ def _analyze(answer: str) -> _Analysis:
 
 
 def canonical_answer(answer: str) -> str:
-    """Whitespace-free canonical form: equal strings denote equal answers (used as a vote key).
+    """Whitespace-free canonical form: equal strings denote equal answers (where vote keys start).
 
     Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key.
     The letter of an `x =` answer and a percent sign are kept ("x=3/2",
