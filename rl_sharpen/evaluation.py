@@ -163,6 +163,20 @@ def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequenc
                   "errors": errors, "seconds": time.perf_counter() - start}
 
 
+def with_votes(results: Sequence[ProblemResult], *, timeout: float = 5.0, workers: int | None = None,
+               pool: VerifierPool | None = None) -> list[ProblemResult]:
+    """`results` with the `votes` of `vote_keys` filled in where a result has none (files saved before
+    vote keys were), so that two files' maj@k group their votes alike."""
+    todo = [i for i, r in enumerate(results) if r.votes is None]
+    out = list(results)
+    if todo:
+        keys, _ = vote_keys([results[i].answers for i in todo], [results[i].rewards > 0 for i in todo],
+                            [results[i].problem.answer for i in todo], timeout=timeout, workers=workers, pool=pool)
+        for i, votes in zip(todo, keys):
+            out[i] = dataclasses.replace(results[i], votes=votes)
+    return out
+
+
 def _wrong_key(answer: str | None, gold_key: str) -> str | None:
     key = None if answer is None else canonical_answer(answer)
     return f"{key} (scored 0)" if key == gold_key else key

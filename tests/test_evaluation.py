@@ -184,6 +184,25 @@ def test_a_wrong_answer_with_the_gold_key_never_votes_with_the_correct_ones():
     assert E.maj_at_k(result.keys, result.rewards > 0, 3) == 0.0
 
 
+def test_compare_gives_files_saved_without_votes_the_same_vote_keys(tmp_path):
+    from rl_sharpen import compare
+
+    answers = ["x^2+1", "(x+1)^2", "x^2+2x+1", "x^2+1"]  # two correct, two notations of one wrong answer
+    result = E.ProblemResult(Problem("p", "", "x^2+1", 1, "algebra"), answers, np.array([1.0, 0.0, 0.0, 1.0]),
+                             np.ones(4))
+    report = E.EvalReport(E.summarize([result]), [result], [])
+    E.save_json(report, str(tmp_path / "old.json"))
+    saved = json.loads((tmp_path / "old.json").read_text())
+    del saved["problems"][0]["votes"]  # as saved before vote keys were
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    assert E.maj_at_k(E.load_results(tmp_path / "old.json")[0].keys, result.rewards > 0, 4) == 1.0  # 2 against 1 + 1
+    new = E.with_votes([result])[0]
+    E.save_json(E.EvalReport(E.summarize([new]), [new], []), str(tmp_path / "new.json"))
+    assert E.maj_at_k(new.keys, new.rewards > 0, 4) == pytest.approx(0.5)  # 2 against 2: a tie
+    change = compare.compare_files(str(tmp_path / "new.json"), str(tmp_path / "old.json"), [4])["change"]
+    assert change["new"]["maj@k"][4] == change["old"]["maj@k"][4] == pytest.approx(0.5)
+
+
 def test_vote_keys_counters_timeouts_and_the_comparison_limit(pool, monkeypatch):
     slow = ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}"]  # sympy cannot compare them: timed out, kept apart
     keys, stats = E.vote_keys([slow], [[False] * 2], ["2"], pool=pool, timeout=1.0)
