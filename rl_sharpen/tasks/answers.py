@@ -90,12 +90,11 @@ _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions
     trillions dozen dozens pi""".split())
 # Words that may change the value of a plain number they follow, or make it a range, so plain words
 # that include one are never dropped ("0.5 percent", "3 squared", "2 point five", "4 or more").
-_NOT_COUNTED_WORDS = _VALUE_WORDS | frozenset("""percent percentage per cent half halves third thirds fourth
-    fourths fifth fifths sixth sixths seventh sevenths eighth eighths ninth ninths tenth tenths hundredth
-    hundredths thousandth thousandths quarter quarters squared cubed square cube factorial root roots power
-    powers point over minus plus divided by and or than least most at about below above under zero one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty
-    sixty seventy eighty ninety tens grand lakh lakhs crore crores gross score scores negative inverse reciprocal
-    opposite kilo mega giga micro milli nano""".split())
+_NOT_COUNTED_WORDS = _VALUE_WORDS | frozenset("""percent percentage per half halves third thirds fourth fourths
+    quarter quarters squared cubed square cube factorial root roots power powers point over minus plus divided
+    by and or than least most at about below above under negative inverse reciprocal opposite zero one two three
+    four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty seventy eighty ninety tens
+    grand lakh lakhs crore crores gross score scores kilo mega giga micro milli nano""".split())
 _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
 # Units, which may follow a plain number without a \text{} even with two letters ("18 dollars", "4 sq ft").
 _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
