@@ -55,12 +55,24 @@ def schedule(cfg: OptimConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warm), after], [warm])
 
 
+def _state_in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner` with its state built for float32 copies of the parameters, so Adam's moments are
+    float32 whatever the parameters' dtype. In bfloat16 (8 significant bits) the second moment stops
+    following the gradients: nu <- b2 nu + (1 - b2) g^2 with b2 = 0.999 moves nu by less than half
+    its rounding step once |g^2 - nu| < ~2 nu, while the bias correction 1 / (1 - b2^t) keeps
+    shrinking, so the step size drifts up. The update keeps the parameters' own dtype."""
+    def init(params):
+        return inner.init(jax.tree.map(lambda p: p.astype(jnp.float32) if jnp.issubdtype(p.dtype, jnp.floating)
+                                       else p, params))
+    return optax.GradientTransformation(init, inner.update)
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    # The first moment in float32 from the start: it is float32 after any update (gradients are
-    # accumulated in float32), and a state whose dtypes change after step 0 would be restored into
-    # the initial dtypes, so a resumed bfloat16 run would not reproduce.
-    adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                        mu_dtype=jnp.float32)
+    # Both moments in float32 from the start (`_state_in_float32`): the first is float32 after any
+    # update anyway (gradients are accumulated in float32), and a state whose dtypes change after
+    # step 0 would be restored into the initial dtypes, so a resumed bfloat16 run would not reproduce.
+    adamw = _state_in_float32(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                          weight_decay=cfg.weight_decay))
     if cfg.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
     return adamw

@@ -121,6 +121,42 @@ def test_optimizer_state_keeps_its_dtypes_after_an_update(dtype):
     assert jax.tree.map(lambda x: x.dtype, updated) == jax.tree.map(lambda x: x.dtype, state)
 
 
+def test_bfloat16_params_get_the_adam_updates_of_float32_params():
+    """Adam's second moment in bfloat16 stops following the gradients (b2 = 0.999 moves it by less than
+    its rounding step): with it, the updates of 1000 steps of constant gradients drifted up to 20%
+    above those of float32 parameters. Both moments are float32 now, so the updates are equal."""
+    opt = make_optimizer(OptimConfig(learning_rate=1.0, clip_norm=0.0))
+    grads = {"w": jnp.array([1.0, 0.5, 2.0, 1e-3], jnp.float32)}
+
+    def updates(dtype):
+        params = {"w": jnp.zeros((4,), dtype)}
+        def body(state, _):
+            u, state = opt.update(grads, state, params)
+            return state, u["w"]
+        return np.asarray(jax.lax.scan(body, opt.init(params), None, length=1000)[1])
+
+    np.testing.assert_array_equal(updates(jnp.bfloat16), updates(jnp.float32))
+
+
+def test_a_checkpoint_with_a_bfloat16_second_moment_restores_into_float32(tmp_path):
+    """Checkpoints of bfloat16 runs saved before the moments were float32 still resume."""
+    from rl_sharpen.checkpoint import Checkpointer
+    from rl_sharpen.optim import schedule
+
+    cfg = OptimConfig(learning_rate=1e-3, clip_norm=0.0)
+    params = {"w": jnp.ones((4,), jnp.bfloat16)}
+    before = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                         mu_dtype=jnp.float32)  # the optimizer of those checkpoints
+    _, old_state = before.update({"w": jnp.full((4,), 0.5, jnp.float32)}, before.init(params), params)
+    assert old_state[0].nu["w"].dtype == jnp.bfloat16
+    Checkpointer(str(tmp_path), every=1).save(1, {"params": params, "opt_state": old_state}, {"config": {}})
+    opt = make_optimizer(cfg)
+    abstract = jax.eval_shape(lambda p: {"params": p, "opt_state": opt.init(p)}, params)
+    state, _ = Checkpointer(str(tmp_path), every=1).restore(abstract, {})
+    assert state["opt_state"][0].nu["w"].dtype == jnp.float32
+    np.testing.assert_array_equal(state["opt_state"][0].nu["w"], old_state[0].nu["w"].astype(jnp.float32))
+
+
 def test_sharded_step_matches_single_device():
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices (tests/conftest.py forces 8 fake CPU devices)")
