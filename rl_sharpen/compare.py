@@ -6,8 +6,7 @@ Reads two `evaluation.save_json` files (an RL run's validations, <workdir>/eval/
 eval run's <workdir>/eval_step0.json; the demo's <workdir>/eval/<model>/eval.json) and prints, for
 pass@k, maj@k, greedy accuracy, mean length and distinct answers, A, B and A - B over the problems
 both evaluated, ± its paired standard error (`evaluation.paired_difference`), with
-z = (A - B) / error; |z| > 2 is a change that the problems' own noise rarely produces. A file saved
-before evaluations kept their maj@k vote keys gets them from its answers (`evaluation.with_votes`).
+z = (A - B) / error; |z| > 2 is a change that the problems' own noise rarely produces.
 """
 
 from __future__ import annotations
@@ -40,9 +39,7 @@ def comparison_rows(change: dict) -> list[list[str]]:
 
 def compare_files(a: str, b: str, k_list: Sequence[int] | None = None) -> dict:
     """`evaluation.paired_difference` of two `save_json` files, A against B, plus their paths and sizes."""
-    # Files saved before vote keys were get them now, wrong answers compared by the verifier as in new ones.
-    results = {"A": evaluation.with_votes(evaluation.load_results(a)),
-               "B": evaluation.with_votes(evaluation.load_results(b))}
+    results = {"A": evaluation.load_results(a), "B": evaluation.load_results(b)}
     samples = min(len(results[name][0].rewards) for name in results)
     if k_list and not all(1 <= k <= samples for k in k_list):
         raise ValueError(f"k = {list(k_list)}: allowed: integers in [1, {samples}], the samples per problem "

@@ -403,7 +403,9 @@ def save_json(report: EvalReport, path: str) -> None:
 
 def load_results(path: str | os.PathLike) -> list[ProblemResult]:
     """The per-problem results of a `save_json` file, for `summarize` or `paired_difference` (the
-    problem statements are not saved: empty). A malformed file is a ValueError that names it."""
+    problem statements are not saved: empty). A file saved before evaluations kept their maj@k vote
+    keys gets them from its answers (`with_votes`, which may run the verifier's worker pool). A
+    malformed file is a ValueError that names it."""
     try:
         records = json.loads(workdir_path(path).read_text())["problems"]
     except (KeyError, TypeError, json.JSONDecodeError) as e:
@@ -419,7 +421,7 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
                 raise ValueError("answers, rewards and num_tokens must be lists of one length >= 1")
             if not all(a is None or isinstance(a, str) for a in answers):
                 raise ValueError("answers must be strings or null")
-            votes = r.get("votes")  # absent from files of older versions: worked out from the answers
+            votes = r.get("votes")  # absent from files of older versions: `with_votes` below
             if votes is not None and not (isinstance(votes, list) and len(votes) == len(answers)
                                           and all((v is None) == (a is None) and (v is None or isinstance(v, str))
                                                   for v, a in zip(votes, answers))):
@@ -434,7 +436,7 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
         except (KeyError, TypeError, ValueError) as e:
             where = f"record {i}" + (f" (id {r['id']})" if isinstance(r, dict) and "id" in r else "")
             raise ValueError(f"{path}: {where}: {type(e).__name__}: {e}") from e
-    return results
+    return with_votes(results)
 
 
 def _by_k(table: Mapping[Any, float]) -> dict[int, float]:

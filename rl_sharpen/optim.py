@@ -60,7 +60,8 @@ def _state_in_float32(inner: optax.GradientTransformation) -> optax.GradientTran
     float32 whatever the parameters' dtype. In bfloat16 (8 significant bits) the second moment stops
     following the gradients: nu <- b2 nu + (1 - b2) g^2 with b2 = 0.999 moves nu by less than half
     its rounding step once |g^2 - nu| < ~2 nu, while the bias correction 1 / (1 - b2^t) keeps
-    shrinking, so the step size drifts up. The update keeps the parameters' own dtype."""
+    shrinking, so the step size drifts up. The updates are float32; the train step adds them to the
+    parameters in float32 and casts the sum back to the parameters' dtype."""
     def init(params):
         return inner.init(jax.tree.map(lambda p: p.astype(jnp.float32) if jnp.issubdtype(p.dtype, jnp.floating)
                                        else p, params))

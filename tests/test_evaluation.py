@@ -184,21 +184,22 @@ def test_a_wrong_answer_with_the_gold_key_never_votes_with_the_correct_ones():
     assert E.maj_at_k(result.keys, result.rewards > 0, 3) == 0.0
 
 
-def test_compare_gives_files_saved_without_votes_the_same_vote_keys(tmp_path):
+def test_files_saved_without_votes_get_the_verifier_s_vote_keys_on_loading(tmp_path):
     from rl_sharpen import compare
 
     answers = ["x^2+1", "(x+1)^2", "x^2+2x+1", "x^2+1"]  # two correct, two notations of one wrong answer
     result = E.ProblemResult(Problem("p", "", "x^2+1", 1, "algebra"), answers, np.array([1.0, 0.0, 0.0, 1.0]),
                              np.ones(4))
-    report = E.EvalReport(E.summarize([result]), [result], [])
-    E.save_json(report, str(tmp_path / "old.json"))
+    assert E.maj_at_k(result.keys, result.rewards > 0, 4) == 1.0  # no votes: wrong answers not compared
+    E.save_json(E.EvalReport(E.summarize([result]), [result], []), str(tmp_path / "old.json"))
     saved = json.loads((tmp_path / "old.json").read_text())
     del saved["problems"][0]["votes"]  # as saved before vote keys were
     (tmp_path / "old.json").write_text(json.dumps(saved))
-    assert E.maj_at_k(E.load_results(tmp_path / "old.json")[0].keys, result.rewards > 0, 4) == 1.0  # 2 against 1 + 1
+    loaded = E.load_results(tmp_path / "old.json")[0]
+    assert loaded.votes[1] == loaded.votes[2] != loaded.votes[0]
+    assert E.maj_at_k(loaded.keys, loaded.rewards > 0, 4) == pytest.approx(0.5)  # 2 against 2: a tie
     new = E.with_votes([result])[0]
     E.save_json(E.EvalReport(E.summarize([new]), [new], []), str(tmp_path / "new.json"))
-    assert E.maj_at_k(new.keys, new.rewards > 0, 4) == pytest.approx(0.5)  # 2 against 2: a tie
     change = compare.compare_files(str(tmp_path / "new.json"), str(tmp_path / "old.json"), [4])["change"]
     assert change["new"]["maj@k"][4] == change["old"]["maj@k"][4] == pytest.approx(0.5)
 

@@ -52,6 +52,8 @@ EQUAL = [
     # counted nouns after a plain number, with or without a \text{}
     ("81", "81 teachers"), ("81", "81 math teachers."), ("575", "575 students"), ("5", "x = 5 apples"),
     ("21", "21 more candies"), ("24", "24 times"), ("0.05", "5 percent"), (r"\frac14", "25 percent"),
+    (r"25\%", "25 percent"), ("60", "60 percent"), ("60", "60 miles per hour"), ("12", "12 meters squared"),
+    ("27", "27 inches cubed"), ("12", "12 men"), ("49", "49 fourth graders"),
     # a plus-minus inside a fraction, repeating decimals
     (r"\frac{1+\sqrt{5}}{2}, \frac{1-\sqrt{5}}{2}", r"\frac{1 \pm \sqrt{5}}{2}"),
     (r"\frac{3 \pm \sqrt{5}}{2}", r"\frac{3-\sqrt5}{2}, \frac{3+\sqrt5}{2}"),
@@ -90,7 +92,8 @@ UNEQUAL = [
     ("5", r"5\text{ hundred}"), ("3", "3 thousand apples"),
     # words that change a plain number's value, or make a product, are not counted nouns
     (r"50\%", "0.5 percent"), ("3", "3 squared"), ("5", "5 factorial"), ("1", "1 twelfth"), ("3", "3 millionths"),
-    ("2", "2 point five"), ("3", "3 abc"), ("2", "2 negative"),
+    ("2", "2 point five"), ("2", "2 negative"), ("5", "5 thirteen"), ("3", "3 eighths"), ("1", "1 trillionth"),
+    ("2", "2 to the third"), ("2", "2 sqrt"), ("3", "3 square"),  # sympy alone would read some as the number
     # the letter of an assignment, percent on both sides, words (sympy reads them as products of letters)
     (r"y = -\frac{1}{4}", r"x = -\frac14"), (r"x = \frac{3}{2}", r"y = \frac32"), (r"y = \sqrt{2}", r"x = \sqrt2"),
     (r"25\%", r"0.25\%"), (r"50\%", r"0.5\%"), (r"25\%", r"2500\%"), (r"25\%", "2500"), ("2500", r"25\%"),
@@ -182,7 +185,8 @@ def test_extract_answer_is_linear_on_long_inputs():
     (r"90^\circ", "90"), (r"12\text{ m}^2", "12"), (r"\text{(C)}", "(C)"), ("$-3$", "-3"),
     (r"3+2\mathrm{i}", "3+2i"), (r"10\text{ million}", "10000000"), (r"10\text{ million dollars}", "10milliondollars"),
     ("2 pi", "2pi"), ("1 million", "1000000"), ("4 sq ft", "4"), ("575 students", "575"), ("5 pm", "5pm"), ("x = 5 cm", "x=5"),
-    ("3 abc", "3abc"), ("0.5 percent", "0.5percent"), ("49 fourth graders", "49fourthgraders"),
+    ("3 ab", "3ab"), ("0.5 percent", "1/2%"), ("49 fourth graders", "49"), ("60 miles per hour", "60"),
+    ("12 meters squared", "12"), ("3 squared", "3squared"), (r"25\text{ per cent}", "25%"),
     (r"6\text{ children tickets}\text{ ok}", "6"), (r"144 \mbox{ m}^3", "144"),
     (r"81\text{ teachers}.", "81"), (r"15\mbox{ cm}^2.", "15"), (r"50\%.", "50%"),  # a sentence's period
 ])

@@ -88,20 +88,31 @@ _UNIT_MACRO_RE = re.compile(_UNIT_MACRO)
 # Words that change a number's value, never dropped as units: "10\text{ million}", "2 pi".
 _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions billion billions trillion
     trillions dozen dozens pi""".split())
-# Words that may change the value of a plain number they follow, or make it a range, so plain words
-# that include one are never dropped ("0.5 percent", "3 squared", "2 point five", "4 or more").
-_NOT_COUNTED_WORDS = _VALUE_WORDS | frozenset("""percent percentage per half halves third thirds fourth fourths
-    quarter quarters squared cubed square cube factorial root roots power powers point over minus plus divided
-    by and or than least most at about below above under negative inverse reciprocal opposite zero one two three
-    four five six seven eight nine ten eleven twelve twenty thirty forty fifty sixty seventy eighty ninety tens
-    grand lakh lakhs crore crores gross score scores kilo mega giga micro milli nano""".split())
+# Words that may change the value of a number they follow (beyond the scales above), so they are never
+# dropped as units or counted nouns, and an answer of a plain number and such words is not that
+# number ("3 squared", "2 point five", "1 half", "5 below zero").
+_NUMBER_WORDS = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+    sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety""".split()
+_CHANGING_WORDS = frozenset([*_NUMBER_WORDS, *(w + "s" for w in _NUMBER_WORDS[2:]), *"""percentage half halves halfs thirds
+    fourths squared cubed factorial factorials point over minus plus divided raised negative inverse reciprocal
+    opposite double doubled triple tripled twice thrice halved tens grand lakh lakhs crore crores gross score scores
+    quadrillion quintillion sextillion septillion octillion zillion myriad googol mil doz kilo mega giga micro
+    milli nano permille pis sixes sqrt infinity choose to below above sine cosine tangent sin cos tan exp log
+    ln""".split()])
+_FRACTION_WORD_RE = re.compile(r"(?:tieth|teenth|hundredth|hundreth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth"
+                               r"|tenth|eleventh|twelfth|tyth)s?$")  # "1 twelfth", "3 millionths", "5 hundreths"
+# Words that join units: "4 sq ft", "60 miles per hour", "12 meters squared".
+_UNIT_LINKS = frozenset("sq square cubic squared cubed per".split())
 _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
 # Units, which may follow a plain number without a \text{} even with two letters ("18 dollars", "4 sq ft").
 _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
     centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
-    pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s"))
+    pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s")) | {"inches"}
 # A plain number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers".
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+((?:[a-zA-Z]{2,}\.?\s+){0,2}[a-zA-Z]{2,})\.?$")
+# A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
+_PERCENT_WORD_RE = re.compile(r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$",
+                              re.IGNORECASE)
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
@@ -125,30 +136,41 @@ _SCALES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9
 _SCALED_RE = re.compile(rf"(.+?)({'|'.join(_SCALES)})s?")  # "2.5million" (spaces removed), "3dozen"
 
 
+def _words(text: str) -> list[str]:
+    return [w.strip(".").lower() for w in text.split()]
+
+
+def _changes_value(words: list[str]) -> bool:
+    """Whether words after a number may change its value: scales, number, fraction and operator words,
+    or unit links without a unit ("3 squared", "3 square")."""
+    return bool(_VALUE_WORDS.intersection(words) or _CHANGING_WORDS.intersection(words)
+                or any(_FRACTION_WORD_RE.search(w) for w in words) or _UNIT_LINKS.issuperset(words))
+
+
 def _is_unit(text: str) -> bool:
     """Whether a trailing `\\text{...}` after a number annotates it (units, counted nouns: "cm",
-    "square feet", "students") rather than changing its value ("million", "i", "e")."""
-    words = [w.strip(".").lower() for w in text.split()]
+    "square feet", "students") rather than changing its value ("million", "squared", "i", "e")."""
     if len(text.strip()) == 1:
         return text.strip() in _ONE_LETTER_UNITS
-    return not _VALUE_WORDS.intersection(words)
+    return not _changes_value(_words(text))
 
 
-_FRACTION_WORD_RE = re.compile(r"(?:tieth|teenth|hundredth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth"
-                               r"|tenth|eleventh|twelfth)s?$")  # "1 twelfth", "3 millionths", "2 twentieths"
-
-
-def _is_counted_noun(words: str) -> bool:
-    """Whether plain words after a plain number annotate it: units ("cm", "sq ft") and words of four or
-    more letters ("teachers", "red marbles"), unless one may change the value (`_NOT_COUNTED_WORDS`,
-    "2 pi", "0.5 percent", "3 squared"; or a fraction word, "1 twelfth", "3 millionths") or all are
-    shorter and not units ("5 pm", "3 abc": a time, a product)."""
-    words = [w.strip(".").lower() for w in words.split()]
-    if all(w in _UNIT_WORDS or w in ("sq", "square", "cubic") for w in words):
+def _is_counted_noun(text: str) -> bool:
+    """Whether plain words after a plain number annotate it: units ("sq ft", "miles per hour") and
+    words of three or more letters ("teachers", "red marbles", "men"), unless one may change the
+    value (`_changes_value`: "2 pi", "3 squared", "1 twelfth"); two-letter words alone are kept
+    ("5 pm", "3 ab": a time, a product)."""
+    words = _words(text)
+    if all(w in _UNIT_WORDS or w in _UNIT_LINKS for w in words) and _UNIT_WORDS.intersection(words):
         return True
-    if _NOT_COUNTED_WORDS.intersection(words) or any(_FRACTION_WORD_RE.search(w) for w in words):
-        return False
-    return any(len(w) >= 4 for w in words)
+    return not _changes_value(words) and any(len(w) >= 3 for w in words)
+
+
+def _with_changing_words(s: str) -> bool:
+    """A plain number followed by plain words of which one may change its value, none a scale that
+    `_parse_number` reads ("3 squared", "4 fifteen", not "3 thousand apples"): not that number."""
+    m = _UNIT_WORD_RE.fullmatch(s.strip())
+    return bool(m) and not _VALUE_WORDS.intersection(_words(m.group(2))) and _changes_value(_words(m.group(2)))
 
 
 def _strip_trailing_units(s: str) -> str:
@@ -174,8 +196,9 @@ def clean_latex(answer: str) -> str:
     return _clean(answer)[0]
 
 
-def _clean(answer: str) -> tuple[str, str]:
-    """`clean_latex`'s string, and the letter of an `x = ...` answer it drops (else "")."""
+def _clean(answer: str) -> tuple[str, str, bool]:
+    """`clean_latex`'s string, the letter of an `x = ...` answer it drops (else ""), and whether it
+    dropped a percent written as a word."""
     s = answer.strip()
     while True:  # "\boxed{\boxed{5}}", "\(5\)"
         boxed = _BOXED_PREFIX_RE.match(s)  # ends at the '{' of the box
@@ -192,7 +215,8 @@ def _clean(answer: str) -> tuple[str, str]:
     s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
     s = _DEGREES_RE.sub("", s)
-    s = _PERCENT_RE.sub("", s)
+    percent_word = bool(_PERCENT_WORD_RE.search(s))
+    s = _PERCENT_WORD_RE.sub("", _PERCENT_RE.sub("", s))
     without_units = _strip_trailing_units(s)
     if re.search(r"\d", without_units):
         s = without_units  # "5\text{ cm}^2" -> "5"
@@ -205,7 +229,7 @@ def _clean(answer: str) -> tuple[str, str]:
     s = s.strip().rstrip(".").strip()
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
-    return s, variable
+    return s, variable, percent_word
 
 
 def _strip_outer_braces(s: str) -> str:
@@ -225,6 +249,7 @@ class _Analysis(NamedTuple):
     letters: bool  # letters only, two or more in a row ("east", "ab")
     word: bool  # letters written in a text macro or with a run of 4+ ("\\text{odd}", "Evelyn"): a word,
     #             not a product of variables; compared as case-insensitive text, never by sympy
+    changing: bool = False  # a plain number and words that may change its value ("3 squared"): not a number
 
     @property
     def canonical(self) -> str:
@@ -234,27 +259,28 @@ class _Analysis(NamedTuple):
 @functools.lru_cache(maxsize=1 << 16)
 def _analyze(answer: str) -> _Analysis:
     if len(answer) > _MAX_ANSWER_CHARS:
-        return _Analysis(answer, None, "", False, False, False)
-    s, variable = _clean(answer)
+        return _Analysis(answer, None, "", False, False, False, False)
+    s, variable, percent_word = _clean(answer)
     if _LETTERS_RE.fullmatch(s):
         word = bool(_TEXT_MACRO_RE.search(answer) or re.search(r"[A-Za-z]{4}", s))
         return _Analysis(re.sub(r"\s+", "", s), None, variable, False, True, word)
+    changing = _with_changing_words(s)
     s = re.sub(r"\s+", "", s)
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
     s = _strip_outer_braces(s)
     value = _parse_number(s)
-    percent = bool(_PERCENT_RE.search(answer))
-    return _Analysis(s if value is None else str(value), value, variable, percent, False, False)
+    percent = bool(_PERCENT_RE.search(answer)) or percent_word
+    return _Analysis(s if value is None else str(value), value, variable, percent, False, False, changing)
 
 
 def canonical_answer(answer: str) -> str:
     """Whitespace-free canonical form: equal strings denote equal answers (where vote keys start).
 
     Plain numbers are written as reduced fractions, so "2.5", "\\frac52" and "2\\frac12" share a key.
-    The letter of an `x =` answer and a percent sign are kept ("x=3/2",
-    "25%"), so that answers sharing a key always get the same verdict against a gold answer (`y = 3/2`
-    is not `x = 3/2`, and `25%` is not `25` against a gold 1/4), which maj@k relies on.
+    The letter of an `x =` answer and a percent sign (or the word "percent") are kept ("x=3/2",
+    "25%"), since they can change the verdict against a gold answer (`y = 3/2` is not `x = 3/2`, and
+    `25%` is not `25` against a gold 1/4).
     Answers longer than 1000 characters are returned unchanged.
     """
     return _analyze(answer).canonical
@@ -355,7 +381,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible; None = undecided (left to sympy).
 
     False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
-    `y = ...`, or letters other than a gold word's. True: equal canonical forms (up to an `x =` on one
+    `y = ...`, letters other than a gold word's, or a plain number followed by words that may change
+    its value ("3 squared", "1 twelfth") against a plain number. True: equal canonical forms (up to an `x =` on one
     side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may be a product).
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
     sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
@@ -370,6 +397,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
         return True
     if g.word and a.letters:  # the gold alone decides, so that answers sharing a vote key share a verdict
         return a.core.lower() == g.core.lower()
+    if a.changing and g.value is not None:  # sympy would read "4 fifteen" or "3 eighths" as the number
+        return False
     if a.value is not None and g.value is not None:
         if a.percent == g.percent:
             return a.value == g.value
