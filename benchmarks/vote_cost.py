@@ -42,8 +42,8 @@ def main(argv) -> int:
                         for _ in range(args.samples)])
     start = time.perf_counter()
     flat = [a for row in answers for a in row]
-    rewards, extracted, _ = grade_batch([rf"\boxed{{{a}}}" for a in flat], [g for g in golds for _ in range(args.samples)],
-                                        timeout=10)
+    rewards, extracted, _ = grade_batch([rf"\boxed{{{a}}}" for a in flat],
+                                        [g for g in golds for _ in range(args.samples)], timeout=10)
     grade_s = time.perf_counter() - start
     correct = (rewards > 0).reshape(len(problems), args.samples)
     extracted = [extracted[i * args.samples:(i + 1) * args.samples] for i in range(len(problems))]

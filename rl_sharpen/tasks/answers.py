@@ -93,14 +93,15 @@ _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions
 # number ("3 squared", "2 point five", "1 half", "5 below zero").
 _NUMBER_WORDS = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
     sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety""".split()
-_CHANGING_WORDS = frozenset([*_NUMBER_WORDS, *(w + "s" for w in _NUMBER_WORDS[2:]), *"""percentage half halves halfs thirds
-    fourths squared cubed factorial factorials point over minus plus divided raised negative inverse reciprocal
-    opposite double doubled triple tripled twice thrice halved tens grand lakh lakhs crore crores gross score scores
-    quadrillion quintillion sextillion septillion octillion zillion myriad googol mil doz kilo mega giga micro
-    milli nano permille pis sixes sqrt infinity choose to below above sine cosine tangent sin cos tan exp log
-    ln""".split()])
-_FRACTION_WORD_RE = re.compile(r"(?:tieth|teenth|hundredth|hundreth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth"
-                               r"|tenth|eleventh|twelfth|tyth)s?$")  # "1 twelfth", "3 millionths", "5 hundreths"
+_CHANGING_WORDS = frozenset(_NUMBER_WORDS + [w + "s" for w in _NUMBER_WORDS[2:]] + """percentage half halves halfs
+    thirds fourths squared cubed factorial factorials point over minus plus divided raised negative inverse
+    reciprocal opposite double doubled triple tripled twice thrice halved tens grand lakh lakhs crore crores gross
+    score scores quadrillion quintillion sextillion septillion octillion zillion myriad googol mil doz kilo mega
+    giga micro milli nano permille pis sixes sqrt infinity choose to below above sine cosine tangent sin cos tan
+    exp log ln""".split())
+_FRACTION_WORD_RE = re.compile(  # "1 twelfth", "3 millionths", "5 hundreths"
+    r"(?:tieth|teenth|hundredth|hundreth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh"
+    r"|twelfth|tyth)s?$")
 # Words that join units: "4 sq ft", "60 miles per hour", "12 meters squared".
 _UNIT_LINKS = frozenset("sq square cubic squared cubed per".split())
 _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
@@ -111,8 +112,8 @@ _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inc
 # A plain number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers".
 _UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+((?:[a-zA-Z]{2,}\.?\s+){0,2}[a-zA-Z]{2,})\.?$")
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
-_PERCENT_WORD_RE = re.compile(r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$",
-                              re.IGNORECASE)
+_PERCENT_WORD_RE = re.compile(
+    r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
@@ -190,8 +191,9 @@ def clean_latex(answer: str) -> str:
     """Removes notation that does not change an answer's value; keeps spaces (LaTeX needs them).
 
     Units: a run of `\\text{...}`-like macros ending an answer that has a digit before it is dropped
-    unless a macro holds a value word (million, pi, ...) or one letter that is not a unit (i, e);
-    up to three plain words after a plain number are dropped if `_is_counted_noun` says they annotate it.
+    unless a macro holds a word that may change the value (`_changes_value`: million, squared, ...)
+    or one letter that is not a unit (i, e); up to three plain words after a plain number are dropped
+    if `_is_counted_noun` says they annotate it. A percent written as a word is read as `%`.
     """
     return _clean(answer)[0]
 
@@ -382,8 +384,9 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
 
     False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
     `y = ...`, letters other than a gold word's, or a plain number followed by words that may change
-    its value ("3 squared", "1 twelfth") against a plain number. True: equal canonical forms (up to an `x =` on one
-    side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may be a product).
+    its value ("3 squared", "1 twelfth") against a plain number. True: equal canonical forms (up to an
+    `x =` on one side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may
+    be a product).
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
     sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
     matches nothing else ("0.25\\%" != "25\\%").
