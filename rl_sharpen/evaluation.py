@@ -120,29 +120,30 @@ def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequenc
     seconds).
     """
     start = time.perf_counter()
-    compared = []  # per problem: ({wrong key: representative answer}, keys compared in order, verdicts)
+    compared = []  # per problem: (first keys of its samples, {wrong key: representative}, keys compared, verdicts)
     undecided = set()
     for problem_answers, problem_correct, gold in zip(answers, correct, golds, strict=True):
         gold_key = canonical_answer(gold)
+        sample_keys = [None if answer is None else gold_key if ok else _wrong_key(answer, gold_key)
+                       for answer, ok in zip(problem_answers, problem_correct, strict=True)]
         by_key: dict[str, list[str]] = collections.defaultdict(list)
-        for answer, ok in zip(problem_answers, problem_correct, strict=True):
+        for answer, ok, key in zip(problem_answers, problem_correct, sample_keys):
             if answer is not None and not ok:
-                by_key[_wrong_key(answer, gold_key)].append(answer)
+                by_key[key].append(answer)
         order = sorted(by_key, key=lambda key: (-len(by_key[key]), key))
         top = order[:MAX_COMPARED_WRONG_ANSWERS] if compare_wrong else []
         representative = {key: min(by_key[key]) for key in top}
         verdicts = {(a, b): fast_verdict(representative[b], representative[a])
                     for i, a in enumerate(top) for b in top[i + 1:]}
         undecided.update((representative[b], representative[a]) for (a, b), v in verdicts.items() if v is None)
-        compared.append((representative, top, verdicts))
+        compared.append((sample_keys, representative, top, verdicts))
     equal, timeouts, errors = {}, 0, 0
     if undecided:
         undecided = sorted(undecided)
         results, timeouts, errors = (pool or default_pool(workers)).run(undecided, timeout)
         equal = dict(zip(undecided, map(bool, results)))
     keys, joined = [], 0
-    for problem_answers, problem_correct, gold, (representative, top, verdicts) in zip(
-            answers, correct, golds, compared, strict=True):
+    for sample_keys, representative, top, verdicts in compared:
         def same(a, b):
             verdict = verdicts[(a, b)]
             return equal[(representative[b], representative[a])] if verdict is None else verdict
@@ -154,11 +155,8 @@ def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequenc
             else:
                 home.append(key)
                 joined += 1
-        group_key = {key: g[0] for g in groups for key in g}
-        gold_key = canonical_answer(gold)
-        wrong_keys = (_wrong_key(answer, gold_key) for answer in problem_answers)
-        keys.append([None if answer is None else gold_key if ok else group_key.get(wrong, wrong)
-                     for answer, ok, wrong in zip(problem_answers, problem_correct, wrong_keys)])
+        group_key = {key: g[0] for g in groups for key in g}  # the gold's key and unjoined keys map to themselves
+        keys.append([group_key.get(key, key) for key in sample_keys])
     return keys, {"pairs_symbolic": len(undecided), "keys_joined": joined, "timeouts": timeouts,
                   "errors": errors, "seconds": time.perf_counter() - start}
 
@@ -177,8 +175,8 @@ def with_votes(results: Sequence[ProblemResult], *, timeout: float = 5.0, worker
     return out
 
 
-def _wrong_key(answer: str | None, gold_key: str) -> str | None:
-    key = None if answer is None else canonical_answer(answer)
+def _wrong_key(answer: str, gold_key: str) -> str:
+    key = canonical_answer(answer)
     return f"{key} (scored 0)" if key == gold_key else key
 
 

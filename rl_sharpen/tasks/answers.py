@@ -156,22 +156,27 @@ def _is_unit(text: str) -> bool:
     return not _changes_value(_words(text))
 
 
-def _is_counted_noun(text: str) -> bool:
+def _is_counted_noun(words: list[str]) -> bool:
     """Whether plain words after a plain number annotate it: units ("sq ft", "miles per hour") and
     words of three or more letters ("teachers", "red marbles", "men"), unless one may change the
     value (`_changes_value`: "2 pi", "3 squared", "1 twelfth"); two-letter words alone are kept
     ("5 pm", "3 ab": a time, a product)."""
-    words = _words(text)
     if all(w in _UNIT_WORDS or w in _UNIT_LINKS for w in words) and _UNIT_WORDS.intersection(words):
         return True
     return not _changes_value(words) and any(len(w) >= 3 for w in words)
 
 
-def _with_changing_words(s: str) -> bool:
-    """A plain number followed by plain words of which one may change its value, none a scale that
-    `_parse_number` reads ("3 squared", "4 fifteen", not "3 thousand apples"): not that number."""
-    m = _UNIT_WORD_RE.fullmatch(s.strip())
-    return bool(m) and not _VALUE_WORDS.intersection(_words(m.group(2))) and _changes_value(_words(m.group(2)))
+def _drop_counted_noun(s: str) -> tuple[str, bool]:
+    """(s without the plain words after a plain number that `_is_counted_noun` drops, whether s is a
+    plain number and words of which one may change its value, none a scale that `_parse_number`
+    reads: "3 squared", "4 fifteen", not "3 thousand apples"; such an answer is not that number)."""
+    number_words = _UNIT_WORD_RE.fullmatch(s)
+    if number_words is None:
+        return s, False
+    words = _words(number_words.group(2))
+    if _is_counted_noun(words):
+        return number_words.group(1), False
+    return s, not _VALUE_WORDS.intersection(words) and _changes_value(words)
 
 
 def _strip_trailing_units(s: str) -> str:
@@ -195,12 +200,17 @@ def clean_latex(answer: str) -> str:
     or one letter that is not a unit (i, e); up to three plain words after a plain number are dropped
     if `_is_counted_noun` says they annotate it. A percent written as a word is read as `%`.
     """
-    return _clean(answer)[0]
+    return _clean(answer).text
 
 
-def _clean(answer: str) -> tuple[str, str, bool]:
-    """`clean_latex`'s string, the letter of an `x = ...` answer it drops (else ""), and whether it
-    dropped a percent written as a word."""
+class _Cleaned(NamedTuple):
+    text: str  # `clean_latex`'s string
+    variable: str  # the letter of an `x = ...` answer it drops, else ""
+    percent_word: bool  # it dropped a percent written as a word
+    changing: bool  # a plain number and words that may change its value (`_drop_counted_noun`)
+
+
+def _clean(answer: str) -> _Cleaned:
     s = answer.strip()
     while True:  # "\boxed{\boxed{5}}", "\(5\)"
         boxed = _BOXED_PREFIX_RE.match(s)  # ends at the '{' of the box
@@ -227,11 +237,11 @@ def _clean(answer: str) -> tuple[str, str, bool]:
     assignment = _ASSIGNMENT_RE.match(s) if s.count("=") == 1 else None
     if assignment:
         variable, s = assignment.group(1), s[assignment.end() :]
-    s = _UNIT_WORD_RE.sub(lambda m: m.group(1) if _is_counted_noun(m.group(2)) else m.group(0), s.strip())
+    s, changing = _drop_counted_noun(s.strip())
     s = s.strip().rstrip(".").strip()
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
-    return s, variable, percent_word
+    return _Cleaned(s, variable, percent_word, changing)
 
 
 def _strip_outer_braces(s: str) -> str:
@@ -262,11 +272,10 @@ class _Analysis(NamedTuple):
 def _analyze(answer: str) -> _Analysis:
     if len(answer) > _MAX_ANSWER_CHARS:
         return _Analysis(answer, None, "", False, False, False, False)
-    s, variable, percent_word = _clean(answer)
+    s, variable, percent_word, changing = _clean(answer)
     if _LETTERS_RE.fullmatch(s):
         word = bool(_TEXT_MACRO_RE.search(answer) or re.search(r"[A-Za-z]{4}", s))
         return _Analysis(re.sub(r"\s+", "", s), None, variable, False, True, word)
-    changing = _with_changing_words(s)
     s = re.sub(r"\s+", "", s)
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
