@@ -47,7 +47,7 @@ def get_config(arg: str = ""):
     c.advantage.estimator = "rloo"
     c.loss.name = "reinforce"
     # token-mean weighs short samples more than grad E_pi[R] does (rl/losses.py); the demo's recorded
-    # results use it. "seq-mean-token-sum" with c.loss.max_len = c.sampling.max_new_tokens follows the gradient.
+    # results use it. "seq-mean-token-sum" (its normalizer loss.max_len: 0 = sampling.max_new_tokens) follows it.
     c.loss.aggregation = "token-mean"
     c.optim.learning_rate = 1e-4
     c.optim.warmup_steps = 0

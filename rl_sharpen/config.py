@@ -9,6 +9,7 @@ allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import os
@@ -110,8 +111,26 @@ def from_config_dict(cls, cd: Mapping[str, Any] | ml_collections.ConfigDict | No
 
 
 def to_config_dict(obj) -> ml_collections.ConfigDict:
-    """The ConfigDict that round-trips to `obj` (for defaults in configs/ files)."""
-    return ml_collections.ConfigDict(dataclasses.asdict(obj))
+    """The ConfigDict that round-trips to `obj` (for defaults in configs/ files). A field that is None
+    (typed `X | None`) becomes a placeholder of type X, so `--config.a.b=v` can still set it."""
+    return ml_collections.ConfigDict(_overridable(obj))
+
+
+def _overridable(obj):
+    hints = typing.get_type_hints(type(obj))
+    out = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if dataclasses.is_dataclass(value):
+            value = _overridable(value)
+        elif value is None:
+            types_ = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
+            if len(types_) == 1 and types_[0] in (int, float, str, bool):
+                value = ml_collections.config_dict.placeholder(types_[0])
+        else:
+            value = copy.deepcopy(value)
+        out[field.name] = value
+    return out
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

@@ -5,6 +5,7 @@ builders directly.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -17,7 +18,7 @@ from absl import logging
 from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
-from rl_sharpen.config import from_config_dict
+from rl_sharpen.config import ConfigError, from_config_dict, to_config_dict
 from rl_sharpen.metrics import check_shared_workdir, workdir_path, write_json
 from rl_sharpen.models.hf_io import checkpoint_folder
 from rl_sharpen.optim import OptimConfig
@@ -38,6 +39,15 @@ class ModelSource:
     custom: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields when arch == "custom"
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # weights (keep float32 when training)
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmuls and activations
+
+    def __post_init__(self):
+        check_fields(self, [("arch", self.arch in ("", "custom", *models.PRESETS),
+                             f"'' (with a checkpoint), 'custom' or a preset: {', '.join(sorted(models.PRESETS))}")])
+        if self.arch == "custom":
+            allowed = {f.name for f in dataclasses.fields(models.ModelConfig)} - {"param_dtype", "compute_dtype"}
+            if unknown := sorted(set(self.custom) - allowed):
+                raise ValueError(f"ModelSource.custom.{unknown[0]}: not a ModelConfig field; allowed: "
+                                 f"{', '.join(sorted(allowed))} (dtypes are model.param_dtype / model.compute_dtype)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +90,30 @@ class ExperimentConfig:
              and all(isinstance(v, int) and (v == -1 or v >= 1) for v in self.mesh.values()),
              f"sizes (integers >= 1, or -1 for the rest of the devices) of the axes {', '.join(shd.MESH_AXES)}"),
         ])
+        if self.mode in ("rl", "demo"):
+            samples = self.sampling.num_samples
+            minibatch = self.rl.prompts_per_step * samples // self.rl.minibatches
+            micro = self.rl.micro_batch or minibatch
+            if minibatch % micro or micro % samples:
+                raise ValueError(f"ExperimentConfig.rl.micro_batch={self.rl.micro_batch}; allowed: 0 or a multiple of "
+                                 f"sampling.num_samples={samples} that divides the minibatch of {minibatch} sequences "
+                                 "(rl.prompts_per_step x sampling.num_samples / rl.minibatches)")
+        if self.sampling.pad_id != 0:
+            raise ValueError(f"ExperimentConfig.sampling.pad_id={self.sampling.pad_id}; allowed: 0. Runs pad with "
+                             "the tokenizer's pad id; the field is for direct sampling.generate calls")
 
 
 def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
-    return from_config_dict(ExperimentConfig, config)
+    """The typed config; `loss.max_len` = 0 with the seq-mean-token-sum aggregation becomes
+    `sampling.max_new_tokens`, after any command-line override of either."""
+    data = config.to_dict() if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)) \
+        else copy.deepcopy(dict(config))
+    loss = data.get("loss")
+    if isinstance(loss, Mapping) and loss.get("aggregation") == "seq-mean-token-sum" and loss.get("max_len", 0) == 0:
+        sampling_fields = data.get("sampling")
+        max_new = (sampling_fields.get("max_new_tokens") if isinstance(sampling_fields, Mapping) else None)
+        data["loss"] = {**loss, "max_len": max_new or ExperimentConfig().sampling.max_new_tokens}
+    return from_config_dict(ExperimentConfig, data)
 
 
 def to_record(exp: ExperimentConfig) -> dict:
@@ -93,7 +123,10 @@ def to_record(exp: ExperimentConfig) -> dict:
 
 def build_mesh(exp: ExperimentConfig):
     """The configured mesh; None on a single device (no sharding), once the mesh is known to fit it."""
-    mesh = shd.make_mesh(exp.mesh)
+    try:
+        mesh = shd.make_mesh(exp.mesh)
+    except ValueError as e:  # sizes that do not fit the devices
+        raise ConfigError(f"config.mesh: {e}") from e
     return mesh if jax.device_count() > 1 else None
 
 
@@ -107,7 +140,10 @@ def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
         fields = dict(src.custom)
         if tokenizer is not None and "vocab_size" not in fields:
             fields["vocab_size"] = len(tokenizer)  # HF's .vocab_size leaves out added special tokens
-        cfg = models.ModelConfig(**fields, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
+        try:
+            cfg = models.ModelConfig(**fields, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
+        except (TypeError, ValueError) as e:  # a missing or invalid field of model.custom
+            raise ConfigError(f"config.model.custom: {e}") from e
     elif src.arch:
         cfg = models.preset(src.arch, param_dtype=src.param_dtype, compute_dtype=src.compute_dtype)
     else:
@@ -126,6 +162,12 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         logging.warning("%d of %d validation problems also appear, word for word, among the %d training problems: "
                         "validation measures them as seen in training", shared, len(evaluate.problems),
                         len(train_problems))
+    updates = exp.train.steps * exp.rl.epochs * exp.rl.minibatches
+    if exp.optim.schedule == "cosine" and exp.optim.total_steps != updates:
+        logging.warning("optim.total_steps=%d, but the run makes %d optimizer updates (train.steps x rl.epochs x "
+                        "rl.minibatches): the cosine %s", exp.optim.total_steps, updates,
+                        "ends early; later updates stay at its floor" if exp.optim.total_steps < updates
+                        else "will not reach its floor")
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":
@@ -187,7 +229,7 @@ def run(config, workdir: str) -> dict:
 
 def default_config() -> ml_collections.ConfigDict:
     """Every field of ExperimentConfig at its default, for configs/ files to edit."""
-    return ml_collections.ConfigDict(dataclasses.asdict(ExperimentConfig()))
+    return to_config_dict(ExperimentConfig())
 
 
 def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.ConfigDict:
@@ -223,6 +265,7 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     c.loss.name = "reinforce"
     c.loss.is_cap = 20.0
     c.loss.aggregation = "seq-mean-token-sum"  # a constant normalizer: the update follows grad E_pi[R]
+    c.loss.max_len = 0  # the normalizer: sampling.max_new_tokens, as finally set (`parse`)
     c.optim.learning_rate = 1e-6
     c.optim.warmup_steps = 10
     c.train.steps = 500
@@ -245,5 +288,4 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
         c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 2, 2
         c.eval.num_samples, c.data.validation_limit, c.eval.batch_size = 4, 8, 8
         c.eval.k_list = ()  # 1, 2, 4: follows eval.num_samples when a test overrides it
-    c.loss.max_len = c.sampling.max_new_tokens
     return c

@@ -17,7 +17,7 @@ from rl_sharpen.sharding import mesh_of
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     learning_rate: float = 1e-6  # peak learning rate
-    warmup_steps: int = 0  # linear warmup from 0 to the peak, in optimizer updates
+    warmup_steps: int = 0  # linear warmup: update t < warmup_steps at peak x (t + 1) / warmup_steps
     schedule: Literal["constant", "cosine"] = "constant"  # after warmup
     total_steps: int = 1000  # horizon of the cosine decay, in optimizer updates (RL steps x epochs x minibatches)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak
@@ -45,6 +45,9 @@ class OptimConfig:
 
 
 def schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Learning rate of update t (from 0): peak (t + 1) / W for t < W = warmup_steps, then the
+    constant peak or a cosine from the peak over the remaining total_steps - W updates. The first
+    update is not wasted at rate 0, and update W - 1 reaches the peak."""
     warm = max(cfg.warmup_steps, 0)
     if cfg.schedule == "constant":
         after = optax.constant_schedule(cfg.learning_rate)
@@ -52,7 +55,10 @@ def schedule(cfg: OptimConfig) -> optax.Schedule:
         after = optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.total_steps - warm, 1), cfg.min_lr_ratio)
     if warm == 0:
         return after
-    return optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, warm), after], [warm])
+
+    def warmed(count):
+        return jnp.where(count < warm, cfg.learning_rate * (count + 1) / warm, after(jnp.maximum(count - warm, 0)))
+    return warmed
 
 
 def _state_in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:

@@ -23,6 +23,8 @@ from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
 from rl_sharpen.sharding import mesh_of, named_sharding
 
+SFT_STREAM = 0x736674  # tags the numpy stream of warm-start batches (see rl/trainer.py ORDER_STREAM)
+
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
@@ -82,7 +84,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     opt_state = init_state(optimizer, params)
     mesh = mesh_of(params)
     step_fn = make_sft_step(cfg, optimizer, mesh)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, SFT_STREAM])  # default_rng(seed) would be the synthetic draw's [seed, 0]
     writer = MetricWriter(workdir, "sft", resume_step=-1)  # SFT always starts over: so does its log
     bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True, disable=jax.process_index() != 0)
     width = prompt_width or 0

@@ -43,6 +43,8 @@ def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]], devices=None
     sizes = [int(s) for _, s in items]
     if len(set(names)) != len(names):
         raise ValueError(f"mesh axes {names} repeat a name")
+    if any(s < 1 and s != -1 for s in sizes):
+        raise ValueError(f"mesh {dict(items)}: axis sizes must be integers >= 1, or -1 for the rest of the devices")
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh {dict(items)}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
@@ -64,9 +66,13 @@ def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None,
                     rules: Mapping[str, Any] = LOGICAL_RULES) -> P:
     """PartitionSpec for a tensor whose dimensions carry `axes`.
 
-    Mesh axes the mesh does not have, or of size 1, are dropped. Raises if two dimensions of one
-    tensor would be sharded over the same mesh axis.
+    Mesh axes the mesh does not have (of MESH_AXES), or of size 1, are dropped. Raises if two
+    dimensions of one tensor would be sharded over the same mesh axis, if a rule names a mesh axis
+    that is neither the mesh's nor one of MESH_AXES (a typo), or if the mesh has an axis of size > 1
+    that no rule uses (everything would be replicated over it).
     """
+    if mesh is not None:
+        _check_rules_fit(mesh, rules)
     spec, used = [], {}
     for dim, name in enumerate(axes):
         if name is None:
@@ -74,8 +80,7 @@ def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None,
             continue
         if name not in rules:
             raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
-        targets = rules[name] or ()
-        targets = (targets,) if isinstance(targets, str) else tuple(targets)  # "fsdp" means ("fsdp",)
+        targets = _targets(rules[name])  # "fsdp" means ("fsdp",)
         if mesh is not None:
             targets = tuple(t for t in targets if t in mesh.shape and mesh.shape[t] > 1)
         for t in targets:
@@ -85,6 +90,20 @@ def logical_to_spec(axes: Sequence[str | None], mesh: Mesh | None = None,
             used[t] = (name, dim)
         spec.append(None if not targets else targets[0] if len(targets) == 1 else tuple(targets))
     return P(*spec)
+
+
+def _targets(rule) -> tuple[str, ...]:
+    return () if not rule else (rule,) if isinstance(rule, str) else tuple(rule)
+
+
+def _check_rules_fit(mesh: Mesh, rules: Mapping[str, Any]) -> None:
+    named = {t for rule in rules.values() for t in _targets(rule)}
+    if unknown := sorted(named - set(mesh.axis_names) - set(MESH_AXES)):
+        raise ValueError(f"sharding rules name mesh axis {unknown[0]!r}, which is neither one of the mesh's axes "
+                         f"{tuple(mesh.axis_names)} nor one of {MESH_AXES}")
+    if unused := [a for a in mesh.axis_names if mesh.shape[a] > 1 and a not in named]:
+        raise ValueError(f"mesh axis {unused[0]!r} (size {mesh.shape[unused[0]]}) is used by no sharding rule: "
+                         f"every array would be replicated over it; the rules use {sorted(named)}")
 
 
 def _fits(shape: Sequence[int], spec: P, mesh: Mesh) -> P:

@@ -23,7 +23,7 @@ from rl_sharpen.metrics import workdir_path
 from rl_sharpen.sampling.prompts import bucket_width, check_fields
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
-from rl_sharpen.tasks.datasets import Problem, load_problems
+from rl_sharpen.tasks.datasets import SOURCES, Problem, load_problems
 from rl_sharpen.tasks.answers import canonical_answer
 from rl_sharpen.tasks.verify import grade_batch
 
@@ -69,7 +69,14 @@ class DataConfig:
             ("sft_correct", self.sft_correct + self.sft_guess + self.sft_wrong_step > 0,
              "weights whose sum with sft_guess and sft_wrong_step is > 0"),
             ("synthetic_hold_out", isinstance(self.synthetic_hold_out, bool), "True or False"),
+            ("template", self.template.count(prompt_lib.PROBLEM_PLACEHOLDER) == 1,
+             f"a string with {prompt_lib.PROBLEM_PLACEHOLDER!r} exactly once"),
         ])
+        for which in ("train", "validation"):  # a named source's splits (a local file of that name is read instead)
+            name = getattr(self, which)
+            if name in SOURCES and not os.path.exists(name):
+                check_fields(self, [(f"{which}_split", getattr(self, f"{which}_split") in SOURCES[name].splits,
+                                     f"a split of {name!r}: {', '.join(sorted(SOURCES[name].splits))}")])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,10 +54,29 @@ def test_equal_rewards_give_exactly_zero_advantages(name):
                                       err_msg=f"{name}, G = {group_size}")
 
 
-@pytest.mark.parametrize("name", ["reinforce_pp", "reinforce_pp_baseline"])
-def test_batch_whitening_refuses_a_single_sample(name):
-    with pytest.raises(ValueError, match=f"{name} needs at least 2 samples"):
-        compute(name, np.array([0.7], np.float32), 1)
+def test_batch_whitening_refuses_a_single_sample():
+    with pytest.raises(ValueError, match="reinforce_pp needs at least 2 samples"):
+        compute("reinforce_pp", np.array([0.7], np.float32), 1)
+
+
+@pytest.mark.parametrize("name", ["rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"])
+def test_group_baselines_refuse_groups_of_one(name):
+    """A sample that is its own baseline has A = 0: a run would train on nothing, silently."""
+    with pytest.raises(ValueError, match=f"{name} needs group_size >= 2"):
+        compute(name, REWARDS, 1)
+
+
+@pytest.mark.parametrize("name", ["grpo", "reinforce_pp", "reinforce_pp_baseline"])
+def test_no_eps_still_gives_zero_advantages_to_equal_rewards(name):
+    """eps = 0 is allowed: a group (or batch) of equal rewards has std 0 and gets A = 0, not 0 / 0."""
+    rewards = np.array([1, 1, 1, 1, 0, 1, 0, 1], np.float32) if name != "reinforce_pp" else np.ones(8, np.float32)
+    a = compute(name, rewards, eps=0.0)
+    assert np.all(np.isfinite(a)), a
+    if name == "grpo":
+        np.testing.assert_array_equal(a[:4], 0.0)
+        np.testing.assert_allclose(a[4:], [-0.866025, 0.866025, -0.866025, 0.866025], rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(a if name == "reinforce_pp" else a[:4], 0.0)
 
 
 def test_reinforce_pp_normalizes_over_the_whole_batch():
@@ -108,8 +127,6 @@ def test_inverse_success_on_all_correct_group_zeroes_positive_advantages():
 def test_errors():
     with pytest.raises(ValueError, match="estimator='ppo'; allowed: .*'rloo'"):
         adv.AdvantageConfig(estimator="ppo")
-    with pytest.raises(ValueError, match="rloo needs group_size >= 2"):
-        compute("rloo", group_size=1)
     with pytest.raises(ValueError, match="multiple of group_size=6"):
         compute("rloo", group_size=6)
     with pytest.raises(ValueError, match="needs `correct`"):

@@ -1,6 +1,7 @@
 """Policy losses: aggregation, truncated IS, PPO clip boundaries, KL term, and alpha-DPG on a categorical."""
 
 import dataclasses
+import itertools
 import math
 
 import jax
@@ -212,6 +213,53 @@ def test_alpha_dpg_loss_estimates_the_population_direction():
     assert 0.5 < float(loss(K_THETA)[1]["dpg_ess"]) <= 1.0
 
 
+def test_alpha_dpg_loss_gradient_enumerated_over_every_group():
+    """The package's loss, differentiated, averaged exactly over all K^G groups with their probabilities,
+    against the self-normalized estimator written out in numpy: E[(1/G) sum_i (w^_i - 1) grad log pi(y_i)],
+    w_i = (r_i p_ref(y_i) / pi(y_i))^alpha. Its bias against the population direction shrinks as G grows."""
+    pi = np.asarray(jax.nn.softmax(K_THETA), np.float64)
+    ref, correct = np.exp(np.asarray(K_REF, np.float64)), np.asarray(K_CORRECT, np.float64)
+    score = np.eye(6) - pi  # score[y] = grad_theta log pi(y)
+    for alpha in (0.0, 0.5, 1.0):
+        cosines = []
+        for g in (2, 3, 4):
+            groups = np.array(list(itertools.product(range(6), repeat=g)))  # [6^G, G]
+            prob = pi[groups].prod(1)
+            y = groups.reshape(-1)
+            cfg = losses.LossConfig("alpha_dpg", dpg_alpha=alpha, aggregation="seq-mean-token-sum", max_len=1)
+            b = losses.LossInputs(mask=jnp.ones((y.size, 1)), behaviour_logprobs=jax.nn.log_softmax(K_THETA)[y][:, None],
+                                  ref_logprobs=K_REF[y][:, None], correct=K_CORRECT[y], group_size=g)
+            # d loss / d logprob_i = -A_i / N: recover each sample's A_i times N, then weight groups by prob
+            per_sample = -y.size * np.asarray(jax.jit(jax.grad(
+                lambda lp: losses.policy_loss(lp, b, cfg)[0]))(jax.nn.log_softmax(K_THETA)[y][:, None]))[:, 0]
+            package = prob @ np.einsum("ng,ngd->nd", per_sample.reshape(-1, g), score[groups]) / g
+            w = np.where(correct[groups] > 0, (correct[groups] * ref[groups] / pi[groups]) ** alpha, 0.0)
+            a = np.where(w.sum(1, keepdims=True) > 0, g * w / np.maximum(w.sum(1, keepdims=True), 1e-300) - 1, 0.0)
+            expected = prob @ np.einsum("ng,ngd->nd", a, score[groups]) / g
+            np.testing.assert_allclose(package, expected, rtol=1e-4, atol=1e-7, err_msg=f"alpha={alpha}, G={g}")
+            population = np.asarray(population_direction(K_THETA, max(alpha, 1e-4)), np.float64)
+            cosines.append(package @ population / np.linalg.norm(package) / np.linalg.norm(population))
+        if alpha == 0:  # w^ = 1[r > 0] / mean_g 1[r > 0]: the population direction's, scaled, at any G
+            assert min(cosines) > 1 - 1e-6, cosines
+        else:
+            assert cosines[0] < cosines[1] < cosines[2] and cosines[2] > 0.95, (alpha, cosines)
+
+
+def test_alpha_dpg_refuses_groups_of_one():
+    b = losses.LossInputs(mask=jnp.ones((2, 1)), behaviour_logprobs=jnp.zeros((2, 1)), ref_logprobs=jnp.zeros((2, 1)),
+                          correct=jnp.ones(2))
+    with pytest.raises(ValueError, match="alpha_dpg needs LossInputs.group_size >= 2"):
+        losses.policy_loss(jnp.zeros((2, 1)), b, losses.LossConfig("alpha_dpg"))
+
+
+def test_ppo_ratio_of_a_far_off_policy_token_stays_finite():
+    """rho = e^94 against A < 0 would make the loss inf; the ratio is held at e^80 like the IS weights."""
+    cfg = losses.LossConfig("ppo_clip", aggregation="token-mean")
+    b = batch(jnp.array([-1.0]), jnp.full((1, 1), -100.0))  # old = behaviour: IS weight 1
+    loss, _ = losses.policy_loss(jnp.full((1, 1), -6.0), b, cfg)
+    np.testing.assert_allclose(float(loss), math.exp(losses.MAX_LOG_WEIGHT), rtol=1e-5)
+
+
 def test_dpg_ess_averages_over_groups_with_a_target():
     """Group 1 has weights (e^-1, e^1, 0, e^2) at alpha = 1; group 2 no correct sample: ESS is group 1's alone."""
     s_pi, s_ref, correct = DPG_S_PI, DPG_S_REF, DPG_CORRECT
@@ -303,4 +351,5 @@ def test_untruncated_weights_of_long_sequences_stay_finite(is_level):
     assert float(jnp.max(jnp.abs(grad[0]))) == 0.0
     weight = math.e if is_level == "token" else math.exp(losses.MAX_LOG_WEIGHT)
     np.testing.assert_allclose(-grad[1], weight / 200, rtol=1e-4)  # w A / (N' max_len)
-    assert float(metrics["is_truncated_frac"]) == 0.0
+    # per token nothing is held back; per sequence the e^100 weights are held at e^80, and reported
+    assert float(metrics["is_truncated_frac"]) == (0.0 if is_level == "token" else 1.0)

@@ -1,5 +1,7 @@
 """Hugging Face parity of the pure-functional decoders, checkpoint I/O, presets and causality."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +113,39 @@ def test_save_to_an_object_store_url_writes_there(tiny, tmp_path, monkeypatch):
     jax.tree.map(np.testing.assert_array_equal, params, params2)
 
 
+@pytest.mark.parametrize("url", [False, True])
+def test_saving_over_a_checkpoint_split_otherwise_leaves_no_stale_weights(tiny, tmp_path, monkeypatch, url):
+    """A save into a folder holding an earlier save, split into other files, replaces its weights."""
+    from etils import epath
+
+    _, cfg, params, _ = tiny
+    folder = tmp_path / "bucket" / "model"
+    target = "gs://bucket/model" if url else str(folder)
+    local_path = epath.Path
+    monkeypatch.setattr(epath, "Path", lambda p, *rest: local_path(str(p).replace("gs://", f"{tmp_path}/"), *rest))
+    other = jax.tree.map(lambda x: x + 1, params)
+    split, whole = 1 << 12, 4 << 30  # shard sizes: several files and an index, or one file
+    for first, second in ((split, whole), (whole, split)):
+        models.save_hf(other, cfg, target, max_shard_bytes=first)
+        models.save_hf(params, cfg, target, max_shard_bytes=second)
+        names = sorted(os.listdir(folder))
+        assert ("model.safetensors" in names) == (second == whole), names
+        assert ("model.safetensors.index.json" in names) == (second == split), names
+        assert len(names) == (2 if second == whole else 2 + sum("-of-" in n for n in names)), names
+        jax.tree.map(np.testing.assert_array_equal, models.load_hf(str(folder))[1], params)
+
+
+def test_scoring_a_window_longer_than_the_sequence_is_refused(tiny):
+    _, cfg, params, _ = tiny
+    tokens = jnp.ones((2, 5), jnp.int32)
+    for last in (0, 5, 7):
+        with pytest.raises(ValueError, match=rf"`last`={last} for tokens of length 5; allowed: None or an integer in \[1, 4\]"):
+            models.token_logprobs(params, cfg, tokens, jnp.ones_like(tokens), last=last)
+    with pytest.raises(ValueError, match="a length >= 2 has a next token to score"):
+        models.token_logprobs(params, cfg, tokens[:, :1], jnp.ones((2, 1), jnp.int32))
+    assert models.token_logprobs(params, cfg, tokens, jnp.ones_like(tokens), last=4).shape == (2, 4)
+
+
 def test_causality_gradient_is_exactly_zero():
     cfg = models.ModelConfig("qwen3", 50, 32, 48, 2, 4, 2, 8)
     params = models.init_params(cfg, jax.random.key(0))
@@ -207,6 +242,10 @@ def test_head_dim_defaults_follow_transformers():
     assert models.from_hf_config(_hf_dict("Qwen2ForCausalLM")).head_dim == 16
     with pytest.raises(ValueError, match=r"ModelConfig.head_dim=7; allowed: an even integer >= 2"):
         models.ModelConfig("llama", 50, 28, 64, 1, 4, 2, 7)
+    with pytest.raises(ValueError, match=r"ModelConfig.num_kv_heads=0; allowed: an integer >= 1"):
+        models.ModelConfig("llama", 50, 28, 64, 1, 4, 0, 8)
+    with pytest.raises(ValueError, match=r"ModelConfig.num_heads=0; allowed: an integer >= 1"):
+        models.ModelConfig("llama", 50, 28, 64, 1, 0, 2, 8)
 
 
 def test_missing_required_key_names_the_file_and_key(tmp_path):

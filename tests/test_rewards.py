@@ -116,6 +116,24 @@ def test_majority_vote_ties_invalid_and_empty_groups():
     np.testing.assert_array_equal(parts["majority_vote"], [1, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(parts["format"], [1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
     np.testing.assert_allclose(total, parts["majority_vote"] + 0.5 * parts["format"])
+    alone = rewards.RewardInputs(completion_mask=jnp.ones((15, 1)), correct=jnp.zeros(15), answer_ids=ids)
+    with pytest.raises(ValueError, match="majority_vote needs RewardInputs.group_size >= 2"):
+        rewards.compute_rewards(alone, cfg)  # each sample its own majority: all answered samples would score 1
+
+
+def test_entropy_of_peaked_rows_keeps_its_relative_precision():
+    """A confident token's entropy is tiny; lse - E_p[z] in float32 cancels it to noise (or 0)."""
+    z = np.random.default_rng(1).normal(size=(5, 1000))
+    z[:, 7] += np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+    z32 = z.astype(np.float32)
+    p = np.exp(z32.astype(np.float64) - z32.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    exact = -(p * np.log(p)).sum(-1)  # down to 1e-13 for the peak of 40
+    got = np.asarray(jax.jit(rewards.token_statistics)(jnp.asarray(z32))["token_entropy"], np.float64)
+    np.testing.assert_allclose(got[:4], exact[:4], rtol=1e-5)
+    np.testing.assert_allclose(got[4], exact[4], rtol=2e-3)  # float32 exp of gaps near 40
+    ties = np.asarray(rewards.token_statistics(jnp.asarray([[2.0, 2.0, 2.0, -jnp.inf]]))["token_entropy"])
+    np.testing.assert_allclose(ties, np.log(3), rtol=1e-6)  # several maxima, and a masked (-inf) entry
 
 
 def test_entropy_and_self_certainty_against_brute_force():

@@ -4,6 +4,7 @@ greedy decoding by transformers, sharded runs by single-device runs, and its err
 import collections
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.extend.core as jax_core
@@ -243,8 +244,10 @@ def test_tiny_temperatures_sample_the_argmax(temperature):
                              sampling.SamplingConfig(max_new_tokens=N, temperature=temperature, eos_ids=(EOS,)))
     np.testing.assert_array_equal(np.asarray(cold.tokens), np.tile(np.asarray(greedy.tokens), (8, 1)))
     np.testing.assert_array_equal(np.asarray(cold.sampled_logprobs), 0.0)
-    with pytest.raises(ValueError, match=r"SamplingConfig\.temperature=1e-40; allowed: 0 \(greedy\) or a float >= 1.18e-38"):
-        sampling.SamplingConfig(max_new_tokens=N, temperature=1e-40)
+    for bad in (1e-40, math.inf, math.nan):
+        with pytest.raises(ValueError, match=rf"SamplingConfig\.temperature={bad}; allowed: 0 \(greedy\) or a finite "
+                                             r"float >= 1.18e-38"):
+            sampling.SamplingConfig(max_new_tokens=N, temperature=bad)
 
 
 def test_signed_zeros_are_one_value_under_jit():
@@ -490,7 +493,7 @@ def test_repeated_calls_do_not_recompile():
 
 
 @pytest.mark.parametrize("field,value,allowed", [
-    ("temperature", -0.5, r"0 \(greedy\) or a float"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
+    ("temperature", -0.5, r"0 \(greedy\) or a finite float"), ("top_p", 0.0, r"\(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
     ("top_k", -1, ">= 0"), ("num_samples", 0, ">= 1"), ("max_new_tokens", 0, ">= 1"), ("prompt_width", 0, "None"),
     ("max_new_tokens", None, ">= 1"), ("top_k", 2.5, "integer >= 0"), ("eos_ids", None, "token id"),
     ("greedy", 2, "True or False"), ("ignore_eos", None, "True or False"), ("fast_decode", 1, "True or False"),

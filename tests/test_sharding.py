@@ -25,6 +25,8 @@ def test_make_mesh_fills_the_rest():
     assert dict(m.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     with pytest.raises(ValueError, match="needs 12 devices"):
         shd.make_mesh({"data": 3, "fsdp": 2, "tensor": 2})
+    with pytest.raises(ValueError, match="axis sizes must be integers >= 1, or -1"):
+        shd.make_mesh({"data": -1, "fsdp": 0})
 
 
 def test_rules_refuse_two_dims_on_one_mesh_axis(mesh):
@@ -39,6 +41,17 @@ def test_rules_refuse_two_dims_on_one_mesh_axis(mesh):
     assert shd.logical_to_spec(("embed", "mlp"), mesh, bare) == P("fsdp", "tensor")
     with pytest.raises(ValueError, match="both map to mesh axis 'fsdp'"):
         shd.logical_to_spec(("embed", "batch"), mesh, bare)
+
+
+def test_rules_and_mesh_that_do_not_fit_are_refused(mesh):
+    """A misspelt mesh axis in the rules, or a mesh axis no rule uses, would replicate silently."""
+    typo = {**shd.LOGICAL_RULES, "mlp": ("tensr",)}
+    with pytest.raises(ValueError, match=r"rules name mesh axis 'tensr', which is neither one of the mesh's axes"):
+        shd.logical_to_spec(("embed", "mlp"), mesh, typo)
+    other = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+    with pytest.raises(ValueError, match=r"mesh axis 'model' \(size 2\) is used by no sharding rule"):
+        shd.named_sharding(other, ("embed", "mlp"))
+    assert shd.logical_to_spec(("batch", "mlp"), shd.make_mesh({"data": 8})) == P("data", None)  # axes it lacks: dropped
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])

@@ -5,7 +5,10 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,8 @@ from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.task_setup import build_task
 from rl_sharpen.tasks import prompts as prompt_lib
 from tests.experiment_configs import get_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _rl_run(workdir, steps, mesh=None, **overrides):
@@ -94,7 +99,7 @@ def test_a_run_resumes_on_another_mesh_with_other_validation_settings(tmp_path):
 
 def test_batch_prompt_padding_changes_shapes_not_results(tmp_path):
     """Padding each batch to its own bucket instead of the problem set's width gives the same step."""
-    longer = {"data.synthetic_max_steps": 4, "seed": 4}  # prompts of 41-71 tokens: set width 128, batches 64
+    longer = {"data.synthetic_max_steps": 4, "seed": 3}  # prompts up to 71 tokens: set width 96, both batches 64
     runs = {mode: _rl_run(tmp_path / mode, 2, **{"rl.prompt_padding": mode}, **longer) for mode in ("dataset", "batch")}
     assert runs["batch"].sampling_cfg.prompt_width is None
     dataset_width = runs["dataset"].sampling_cfg.prompt_width
@@ -160,6 +165,15 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("data.synthetic_max_steps", 0, r"DataConfig.synthetic_max_steps=0; allowed: an integer >= 1"),
     ("data.synthetic_max_operand", 13, r"DataConfig.synthetic_max_operand=13; allowed: an integer in \[1, synthetic_max_value\]"),
     ("data.sft_guess", -0.5, r"DataConfig.sft_guess=-0.5; allowed: a float >= 0"),
+    ("data.template", "Solve it.", r"DataConfig.template='Solve it.'; allowed: a string with '\{problem\}' exactly once"),
+    ("model.arch", "llama", r"ModelSource.arch='llama'; allowed: '' \(with a checkpoint\), 'custom' or a preset: "
+                            r".*qwen2.5-3b-instruct"),
+    ("model.custom", {"family": "llama", "hiden_size": 8}, r"ModelSource.custom.hiden_size: not a ModelConfig field; "
+                                                           r"allowed: .*hidden_size"),
+    ("loss.eps_low", 1.0, r"LossConfig.eps_low=1.0, eps_high=0.2; allowed: eps_low in \[0, 1\)"),
+    ("rl.micro_batch", 3, r"ExperimentConfig.rl.micro_batch=3; allowed: 0 or a multiple of sampling.num_samples=4 "
+                          r"that divides the minibatch of 8 sequences"),
+    ("sampling.pad_id", 3, r"ExperimentConfig.sampling.pad_id=3; allowed: 0. Runs pad with the tokenizer's pad id"),
 ])
 def test_bad_values_are_refused_before_any_work(field, value, message):
     c = get_config("demo", "tiny")
@@ -191,8 +205,43 @@ def test_a_mesh_larger_than_one_device_is_refused_there(monkeypatch):
         experiment.build_mesh(experiment.parse(c))
 
 
+def test_data_splits_of_named_sources_are_checked_with_the_config():
+    c = get_config("demo", "tiny")
+    c.data.train, c.data.validation, c.data.train_split = "gsm8k", "math500", "validation"
+    with pytest.raises(ConfigError, match=r"DataConfig.train_split='validation'; allowed: a split of 'gsm8k': test, train"):
+        experiment.parse(c)
+
+
+def test_a_custom_model_missing_a_field_is_a_config_error():
+    c = get_config("demo", "tiny")
+    c.model.custom = {"family": "llama", "vocab_size": 52}
+    with pytest.raises(ConfigError, match=r"config.model.custom: .*missing .*hidden_size"):
+        experiment.build_model(experiment.parse(c))
+
+
+def test_seq_mean_token_sum_normalizer_follows_max_new_tokens_after_overrides():
+    """loss.max_len = 0 (the paper configs) is sampling.max_new_tokens as finally set; a value set stays."""
+    c = get_config("qwen25_3b_math", "tiny")
+    assert experiment.parse(c).loss.max_len == c.sampling.max_new_tokens == 32
+    c.sampling.max_new_tokens = 16  # as --config.sampling.max_new_tokens=16 does
+    assert experiment.parse(c).loss.max_len == 16
+    c.loss.max_len = 7
+    assert (experiment.parse(c).loss.max_len, experiment.parse(c).sampling.max_new_tokens) == (7, 16)
+
+
+def test_a_field_whose_default_is_none_can_be_set_from_the_command_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "rl_sharpen.main", f"--config={ROOT / 'configs' / 'demo.py'}:tiny",
+         "--config.sampling.prompt_width=64", "--config.mode=bogus", f"--workdir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    # the override is accepted by the flag parser; the run then stops at the (deliberately) wrong mode
+    assert done.stderr.splitlines()[-1] == ("config error: config.mode='bogus'; allowed: 'rl', 'sft', 'eval', "
+                                            "'demo', 'binary_rewards'"), done.stderr[-2000:]
+    assert experiment.parse(get_config("demo", "tiny")).sampling.prompt_width is None
+
+
 def test_micro_batch_must_hold_whole_groups(tmp_path):
-    with pytest.raises(ValueError, match=r"RLConfig.micro_batch=2; allowed: a multiple of the 4 samples"):
+    with pytest.raises(ValueError, match=r"rl.micro_batch=2; allowed: 0 or a multiple of sampling.num_samples=4"):
         _rl_run(tmp_path, 2, **{"rl.micro_batch": 2})
     with pytest.raises(ValueError, match="one reward preset at most"):
         get_config("qwen3_4b_math", "sharpening,task_reward")
@@ -314,7 +363,7 @@ def test_validation_samples_depend_on_the_step_not_on_earlier_evaluations(tmp_pa
 def test_logged_learning_rate_is_the_optimizer_s_at_the_step_s_last_update(tmp_path):
     run = _rl_run(tmp_path, 2, **{"optim.warmup_steps": 10, "rl.minibatches": 2, "rl.epochs": 2})
     peak = run.optim_cfg.learning_rate
-    assert run._lr(0) == pytest.approx(peak * 3 / 10)  # updates 0..3 in step 0; the 4th is at 3/10 of warmup
+    assert run._lr(0) == pytest.approx(peak * 4 / 10)  # updates 0..3 in step 0; update t warms at (t + 1) / 10
     assert run._lr(2) == pytest.approx(peak)
 
 
@@ -397,6 +446,18 @@ def test_validation_problems_seen_in_training_are_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         experiment.make_rl_run(exp, str(tmp_path), cfg, params, task)
     assert f"{shared} of 30 validation problems also appear, word for word" in caplog.text
+
+
+def test_a_cosine_horizon_other_than_the_run_s_updates_is_reported(tmp_path, caplog):
+    c = get_config("demo", "tiny")
+    c.optim.schedule, c.optim.total_steps = "cosine", 5  # the run: 3 steps x 1 epoch x 1 minibatch
+    exp = experiment.parse(c)
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    with caplog.at_level(logging.WARNING):
+        experiment.make_rl_run(exp, str(tmp_path), cfg, params, task)
+    assert "optim.total_steps=5, but the run makes 3 optimizer updates" in caplog.text
+    assert "will not reach its floor" in caplog.text
 
 
 def test_checkpoints_are_saved_every_n_steps_and_at_the_end_only(tmp_path):

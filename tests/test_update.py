@@ -138,6 +138,21 @@ def test_bfloat16_params_get_the_adam_updates_of_float32_params():
     np.testing.assert_array_equal(updates(jnp.bfloat16), updates(jnp.float32))
 
 
+@pytest.mark.parametrize("kind", ["constant", "cosine"])
+def test_warmup_starts_above_zero_and_reaches_the_peak_at_its_last_update(kind):
+    from rl_sharpen.optim import schedule
+
+    cfg = OptimConfig(learning_rate=2.0, warmup_steps=4, schedule=kind, total_steps=12, min_lr_ratio=0.25)
+    rates = np.array([float(schedule(cfg)(t)) for t in range(14)])
+    np.testing.assert_allclose(rates[:5], [0.5, 1.0, 1.5, 2.0, 2.0], rtol=1e-6)
+    if kind == "cosine":  # from the peak at update 4 to the floor at update 4 + (12 - 4)
+        t = np.arange(4, 14)
+        expected = 2.0 * (0.25 + 0.75 * 0.5 * (1 + np.cos(np.pi * np.minimum(t - 4, 8) / 8)))
+        np.testing.assert_allclose(rates[4:], expected, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(rates[4:], 2.0)
+
+
 def test_a_checkpoint_with_a_bfloat16_second_moment_restores_into_float32(tmp_path):
     """Checkpoints of bfloat16 runs saved before the moments were float32 still resume."""
     from rl_sharpen.checkpoint import Checkpointer

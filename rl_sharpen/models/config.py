@@ -65,6 +65,9 @@ class ModelConfig:
         for field in ("param_dtype", "compute_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; allowed: {tuple(DTYPES)}")
+        for field in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            if not getattr(self, field) >= 1:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}; allowed: an integer >= 1")
         if self.head_dim < 2 or self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim}; allowed: an even integer >= 2 "
                              "(rope rotates pairs of dimensions)")

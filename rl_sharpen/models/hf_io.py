@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Iterator
 
@@ -208,12 +209,26 @@ def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 
         _write(tensors, cfg, local, max_shard_bytes)
         remote = epath.Path(path)
         remote.mkdir(parents=True, exist_ok=True)
-        for name in sorted(os.listdir(local)):
+        written = sorted(os.listdir(local))
+        for name in written:
             epath.Path(local, name).copy(remote / name, overwrite=True)
+        for stale in remote.iterdir():
+            if _is_weight_file(stale.name) and stale.name not in written:
+                stale.unlink()
+
+
+_SHARD_FILE = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def _is_weight_file(name: str) -> bool:
+    return name in (SINGLE_FILE, INDEX_FILE) or bool(_SHARD_FILE.fullmatch(name))
 
 
 def _write(tensors: dict[str, np.ndarray], cfg: ModelConfig, path: str, max_shard_bytes: int) -> None:
     os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):  # an earlier save's weights, split otherwise, would shadow these
+        if _is_weight_file(name):
+            os.remove(os.path.join(path, name))
     shards, current, size = [], {}, 0
     for name, t in tensors.items():
         if current and size + t.nbytes > max_shard_bytes:

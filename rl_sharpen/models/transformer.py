@@ -149,6 +149,10 @@ def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, po
     The projection onto the vocabulary runs over `chunk` positions at a time (rematerialized in the
     backward pass), so the full [B, T, V] logits never exist at once.
     """
+    scored = tokens.shape[1] - 1
+    if scored < 1 or last is not None and not 1 <= last <= scored:
+        raise ValueError(f"next_token_map: `last`={last} for tokens of length {tokens.shape[1]}; allowed: None or an "
+                         f"integer in [1, {scored}] (a length >= 2 has a next token to score)")
     if positions is None:
         positions = positions_from_segments(segment_ids)
     h, _ = hidden_states(params, cfg, tokens, positions, segment_ids, remat=remat)

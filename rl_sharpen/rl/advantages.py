@@ -70,33 +70,42 @@ def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
     return rewards.astype(jnp.float32).reshape(-1, group_size)
 
 
-def _shifted_groups(rewards: jax.Array, group_size: int) -> jax.Array:
+def _shifted_groups(rewards: jax.Array, group_size: int, estimator: str) -> jax.Array:
     """Rewards [N] as [N/G, G] minus each group's first reward (see the module docstring)."""
+    if group_size < 2:  # a group of one is its own baseline: A = 0, no learning signal
+        raise ValueError(f"{estimator} needs group_size >= 2 (a baseline from the other samples of "
+                         f"the prompt), got {group_size}")
     r = _grouped(rewards, group_size)
     return r - r[:, :1]
 
 
+def _over(centered: jax.Array, scale: jax.Array) -> jax.Array:
+    """centered / scale, and 0 where scale is 0: with eps = 0, a group (or batch) of equal rewards
+    has std 0 and, after the shift, centered rewards that are exactly 0."""
+    return centered / jnp.where(scale > 0, scale, 1.0)
+
+
 @register_estimator("rloo")
 def rloo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    if group_size < 2:
-        raise ValueError(f"rloo needs group_size >= 2, got {group_size}")
-    r = _shifted_groups(rewards, group_size)
+    r = _shifted_groups(rewards, group_size, "rloo")
     loo_mean = (jnp.sum(r, axis=1, keepdims=True) - r) / (group_size - 1)
     return (r - loo_mean).reshape(-1)
 
 
 @register_estimator("grpo")
 def grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    if group_size < 2:
-        raise ValueError(f"grpo needs group_size >= 2 (std over the group), got {group_size}")
-    r = _shifted_groups(rewards, group_size)
+    r = _shifted_groups(rewards, group_size, "grpo")
     centered = r - jnp.mean(r, axis=1, keepdims=True)
-    return (centered / (jnp.std(r, axis=1, keepdims=True, ddof=1) + cfg.eps)).reshape(-1)
+    return _over(centered, jnp.std(r, axis=1, keepdims=True, ddof=1) + cfg.eps).reshape(-1)
 
 
 @register_estimator("dr_grpo")
 def dr_grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    r = _shifted_groups(rewards, group_size)
+    return _group_centered(rewards, group_size, "dr_grpo")
+
+
+def _group_centered(rewards: jax.Array, group_size: int, estimator: str) -> jax.Array:
+    r = _shifted_groups(rewards, group_size, estimator)
     return (r - jnp.mean(r, axis=1, keepdims=True)).reshape(-1)
 
 
@@ -105,7 +114,7 @@ def _batch_whiten(values: jax.Array, eps: float, estimator: str) -> jax.Array:
         raise ValueError(f"{estimator} needs at least 2 samples per rollout batch (std over the batch), "
                          f"got {values.shape[0]}")
     v = values - values[:1]
-    return (v - jnp.mean(v)) / (jnp.std(v, ddof=1) + eps)
+    return _over(v - jnp.mean(v), jnp.std(v, ddof=1) + eps)
 
 
 @register_estimator("reinforce_pp")
@@ -115,7 +124,8 @@ def reinforce_pp(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> j
 
 @register_estimator("reinforce_pp_baseline")
 def reinforce_pp_baseline(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
-    return _batch_whiten(dr_grpo(rewards, group_size, cfg), cfg.eps, "reinforce_pp_baseline")
+    return _batch_whiten(_group_centered(rewards, group_size, "reinforce_pp_baseline"), cfg.eps,
+                         "reinforce_pp_baseline")
 
 
 def inverse_success_scale(advantages: jax.Array, correct: jax.Array, group_size: int,

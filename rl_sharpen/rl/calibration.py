@@ -1,8 +1,9 @@
 """Distribution-level calibration (Fan et al. 2026, "When Sharpening Becomes Collapse").
 
-A memory network m, a small language model over the policy's vocabulary, is trained on the
-policy's past rollouts, so it learns what the policy has been producing. Rollouts are then drawn
-from the calibrated law
+A memory network m, a small language model over the policy's vocabulary, is trained on past
+rollouts, so it learns what has been produced. With mu > 0 those rollouts are samples of the
+calibrated law q below, not of pi itself: the memory sees the rollouts the trainer sees. Rollouts
+are then drawn from
 
     q(y_t | x, y_<t) ∝ exp((z_pi - mu z_m) / T)          (then top-k / top-p as usual)
 

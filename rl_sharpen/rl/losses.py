@@ -76,7 +76,7 @@ class LossInputs:
 class LossConfig:
     name: str = "reinforce"  # a name in LOSSES
     aggregation: str = "token-mean"  # one of AGGREGATIONS
-    max_len: int = 0  # constant normalizer of seq-mean-token-sum (e.g. the max generation length)
+    max_len: int = 0  # constant normalizer of seq-mean-token-sum; 0 in an experiment: sampling.max_new_tokens
     is_cap: float = 20.0  # truncation of the importance weights (math.inf: untruncated)
     is_level: str = "token"  # weights per token, or one per sequence (noisier; exact when untruncated, above)
     eps_low: float = 0.2  # ppo_clip: lower clip of the ratio, 1 - eps_low
@@ -96,8 +96,9 @@ class LossConfig:
             raise ValueError(f"LossConfig.is_level={self.is_level!r}; allowed: {IS_LEVELS}")
         if not self.is_cap > 0:
             raise ValueError(f"LossConfig.is_cap={self.is_cap}; must be > 0 (math.inf disables truncation)")
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"LossConfig.eps_low={self.eps_low}, eps_high={self.eps_high}; must be >= 0")
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            raise ValueError(f"LossConfig.eps_low={self.eps_low}, eps_high={self.eps_high}; allowed: eps_low in "
+                             "[0, 1) (the ratio's lower clip 1 - eps_low stays > 0), eps_high >= 0")
         if self.kl_coef < 0:
             raise ValueError(f"LossConfig.kl_coef={self.kl_coef}; must be >= 0")
         if self.kl_estimator not in kl.KL_ESTIMATORS:
@@ -155,13 +156,14 @@ MAX_LOG_WEIGHT = 80.0  # importance weights stop at e^80 even untruncated: float
 def _importance_weights(log_ratio, mask, cfg):
     """(truncated, weight) [N, T], constants, from per-token log(pi / mu): per token, or with
     is_level = "sequence" the sequence's sum_t of them, on each of its tokens. Taken in log space, so a
-    long sequence's ratio cannot overflow to inf (and inf * 0 advantages to NaN)."""
+    long sequence's ratio cannot overflow to inf (and inf * 0 advantages to NaN). `truncated` counts
+    the weights held at e^80 too, so an untruncated run (is_cap = inf) reports when it is not exact."""
     log_ratio = jax.lax.stop_gradient(log_ratio)
     if cfg.is_level == "sequence":
         log_ratio = jnp.broadcast_to(jnp.sum(jnp.where(mask, log_ratio, 0.0), axis=-1, keepdims=True),
                                      log_ratio.shape)
-    log_cap = math.log(cfg.is_cap)
-    return log_ratio > log_cap, jnp.exp(jnp.minimum(log_ratio, min(log_cap, MAX_LOG_WEIGHT)))
+    log_cap = min(math.log(cfg.is_cap), MAX_LOG_WEIGHT)
+    return log_ratio > log_cap, jnp.exp(jnp.minimum(log_ratio, log_cap))
 
 
 def _reinforce_terms(logprobs, batch, advantages, cfg):
@@ -179,7 +181,7 @@ def ppo_clip(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
     advantages = _required(batch, "advantages", "ppo_clip")[:, None]
     old = batch.behaviour_logprobs if batch.old_logprobs is None else batch.old_logprobs
     truncated, weight = _importance_weights(old - batch.behaviour_logprobs, batch.mask, cfg)
-    rho = jnp.exp(logprobs - old)
+    rho = jnp.exp(jnp.minimum(logprobs - old, MAX_LOG_WEIGHT))  # inf * A < 0 would make the loss inf
     unclipped = rho * advantages
     clipped = jnp.clip(rho, 1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * advantages
     metrics = _is_metrics(truncated, weight, batch.mask)
@@ -225,6 +227,9 @@ def alpha_dpg(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig):
     ref = _required(batch, "ref_logprobs", "alpha_dpg")
     correct = _required(batch, "correct", "alpha_dpg")
     n = mask.shape[0]
+    if batch.group_size < 2:  # one sample's self-normalized weight is 1: A = 0, a zero gradient
+        raise ValueError(f"alpha_dpg needs LossInputs.group_size >= 2 (the G samples of a prompt), "
+                         f"got {batch.group_size}")
     if n % batch.group_size:
         raise ValueError(f"alpha_dpg needs whole groups: LossInputs.group_size={batch.group_size} must divide N={n}")
     s_pi = jnp.sum(jnp.where(mask, jax.lax.stop_gradient(logprobs), 0.0), axis=-1)

@@ -209,6 +209,9 @@ def majority_vote(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
 
     Ties go to the answer that appears first in the group; invalid answers (-1) never score.
     """
+    if inputs.group_size < 2:  # a sample is its own majority: every answered sample would score 1
+        raise ValueError(f"majority_vote needs RewardInputs.group_size >= 2 (the G samples of a prompt), "
+                         f"got {inputs.group_size}")
     ids = inputs.answer_ids.reshape(-1, inputs.group_size)
     valid = ids >= 0
     same = (ids[:, :, None] == ids[:, None, :]) & valid[:, None, :]
@@ -289,7 +292,13 @@ def token_statistics(logits: jax.Array) -> dict[str, jax.Array]:
     """Per-position 'token_entropy', 'logit_lse' and 'logit_mean' of temperature-1 logits [..., V], float32."""
     z = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(z, axis=-1)
-    entropy = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+    # H = log s + sum_v e_v (m - z_v) / s with m = max z, e = exp(z - m), s = sum e: two sums of
+    # non-negative terms, where lse - E_p[z] cancels to nothing on a peaked row (a peak of 30 over
+    # 1000 entries gives 0 instead of 3e-9). log s = log1p(s - 1), s - 1 summed without the max's 1s.
+    gap = jnp.max(z, axis=-1, keepdims=True) - z
+    e = jnp.exp(-gap)
+    rest = jnp.sum(jnp.where(gap > 0, e, 0.0), axis=-1) + (jnp.sum(gap == 0, axis=-1) - 1)
+    entropy = jnp.log1p(rest) + jnp.sum(jnp.where(e > 0, e * gap, 0.0), axis=-1) / (1.0 + rest)  # -inf logits: 0
     return {"token_entropy": entropy, "logit_lse": lse, "logit_mean": jnp.mean(z, axis=-1)}
 
 

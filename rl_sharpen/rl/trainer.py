@@ -86,6 +86,11 @@ class TrainConfig:
 
 
 _MEMORY_STREAM = 0x6D656D  # folded into the seed key for the memory network's initialization
+# numpy streams of a run are seeded [seed, <tag>, ...] with a tag of their own, so that no two of them
+# (nor the synthetic problem draws, [seed, 0] and [validation seed, 1]) share random numbers: numpy
+# reads [s], [s, 0] and [s, 0, 0] as the same seed.
+ORDER_STREAM = 0x6F72646572  # epoch permutations of the training problems
+_SHUFFLE_STREAM = 0x73687566  # a step's minibatch split
 
 
 def prompt_order(num_problems: int, seed: int, position: int, count: int) -> np.ndarray:
@@ -93,7 +98,7 @@ def prompt_order(num_problems: int, seed: int, position: int, count: int) -> np.
     out = []
     while len(out) < count:
         epoch, offset = divmod(position + len(out), num_problems)
-        perm = np.random.default_rng([seed, epoch]).permutation(num_problems)
+        perm = np.random.default_rng([seed, ORDER_STREAM, epoch]).permutation(num_problems)
         out.extend(perm[offset:offset + count - len(out)].tolist())
     return np.asarray(out)
 
@@ -213,7 +218,7 @@ class RLRun:
                                      self.adv_cfg, self.scorer, self.mesh, contrast=contrast)
             t0 = time.perf_counter()
             memory = state.pop("memory", None)  # the jitted policy update donates and returns the rest
-            shuffle = np.random.default_rng([self.seed, step, 1])
+            shuffle = np.random.default_rng([self.seed, _SHUFFLE_STREAM, step])
             per_update = []
             for _ in range(self.rl_cfg.epochs):
                 for mb in _minibatches(batch, self.rl_cfg.minibatches, G, shuffle):

@@ -76,8 +76,9 @@ class SamplingConfig:
             *[(name, isinstance(getattr(self, name), bool), "True or False")
               for name in ("greedy", "ignore_eos", "fast_decode")],
             ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
-            ("temperature", real(self.temperature) and (self.temperature == 0 or self.temperature >= _MIN_TEMPERATURE),
-             f"0 (greedy) or a float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"),
+            ("temperature", real(self.temperature) and (self.temperature == 0 or _MIN_TEMPERATURE <= self.temperature
+                                                         < math.inf),
+             f"0 (greedy) or a finite float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"),
             ("top_p", real(self.top_p) and 0 < self.top_p <= 1, "a float in (0, 1]"),
             ("top_k", integer(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 disables top-k)"),
             ("num_samples", integer(self.num_samples) and self.num_samples >= 1, "an integer >= 1"),
