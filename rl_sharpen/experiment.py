@@ -26,7 +26,7 @@ from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import losses
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.calibration import CalibrationConfig
-from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig
+from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig, batch_layout
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
 from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width, shared_problems
@@ -91,13 +91,7 @@ class ExperimentConfig:
              f"sizes (integers >= 1, or -1 for the rest of the devices) of the axes {', '.join(shd.MESH_AXES)}"),
         ])
         if self.mode in ("rl", "demo"):
-            samples = self.sampling.num_samples
-            minibatch = self.rl.prompts_per_step * samples // self.rl.minibatches
-            micro = self.rl.micro_batch or minibatch
-            if minibatch % micro or micro % samples:
-                raise ValueError(f"ExperimentConfig.rl.micro_batch={self.rl.micro_batch}; allowed: 0 or a multiple of "
-                                 f"sampling.num_samples={samples} that divides the minibatch of {minibatch} sequences "
-                                 "(rl.prompts_per_step x sampling.num_samples / rl.minibatches)")
+            batch_layout(self.rl, self.sampling.num_samples)
         if self.sampling.pad_id != 0:
             raise ValueError(f"ExperimentConfig.sampling.pad_id={self.sampling.pad_id}; allowed: 0. Runs pad with "
                              "the tokenizer's pad id; the field is for direct sampling.generate calls")

@@ -171,8 +171,8 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("model.custom", {"family": "llama", "hiden_size": 8}, r"ModelSource.custom.hiden_size: not a ModelConfig field; "
                                                            r"allowed: .*hidden_size"),
     ("loss.eps_low", 1.0, r"LossConfig.eps_low=1.0, eps_high=0.2; allowed: eps_low in \[0, 1\)"),
-    ("rl.micro_batch", 3, r"ExperimentConfig.rl.micro_batch=3; allowed: 0 or a multiple of sampling.num_samples=4 "
-                          r"that divides the minibatch of 8 sequences"),
+    ("rl.micro_batch", 3, r"rl.micro_batch=3; allowed: 0 or a multiple of the 4 samples per prompt "
+                          r"\(sampling.num_samples\) that divides the minibatch of 8 sequences"),
     ("sampling.pad_id", 3, r"ExperimentConfig.sampling.pad_id=3; allowed: 0. Runs pad with the tokenizer's pad id"),
 ])
 def test_bad_values_are_refused_before_any_work(field, value, message):
@@ -241,7 +241,7 @@ def test_a_field_whose_default_is_none_can_be_set_from_the_command_line(tmp_path
 
 
 def test_micro_batch_must_hold_whole_groups(tmp_path):
-    with pytest.raises(ValueError, match=r"rl.micro_batch=2; allowed: 0 or a multiple of sampling.num_samples=4"):
+    with pytest.raises(ValueError, match=r"rl.micro_batch=2; allowed: 0 or a multiple of the 4 samples per prompt"):
         _rl_run(tmp_path, 2, **{"rl.micro_batch": 2})
     with pytest.raises(ValueError, match="one reward preset at most"):
         get_config("qwen3_4b_math", "sharpening,task_reward")

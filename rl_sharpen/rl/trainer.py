@@ -85,6 +85,18 @@ class TrainConfig:
         ])
 
 
+def batch_layout(rl_cfg: RLConfig, group_size: int) -> tuple[int, int]:
+    """(sequences per optimizer minibatch, per gradient micro-batch) of a step of
+    rl.prompts_per_step x G samples; raises naming rl.micro_batch where a micro-batch would split a group."""
+    minibatch = rl_cfg.prompts_per_step * group_size // rl_cfg.minibatches
+    micro = rl_cfg.micro_batch or minibatch
+    if minibatch % micro or micro % group_size:
+        raise ValueError(f"rl.micro_batch={rl_cfg.micro_batch}; allowed: 0 or a multiple of the {group_size} samples "
+                         f"per prompt (sampling.num_samples) that divides the minibatch of {minibatch} sequences "
+                         "(rl.prompts_per_step x sampling.num_samples / rl.minibatches)")
+    return minibatch, micro
+
+
 _MEMORY_STREAM = 0x6D656D  # folded into the seed key for the memory network's initialization
 # numpy streams of a run are seeded [seed, <tag>, ...] with a tag of their own, so that no two of them
 # (nor the synthetic problem draws, [seed, 0] and [validation seed, 1]) share random numbers: numpy
@@ -158,11 +170,7 @@ class RLRun:
 
     def __post_init__(self):
         G = self.sampling_cfg.num_samples
-        minibatch = self.rl_cfg.prompts_per_step * G // self.rl_cfg.minibatches
-        micro = self.rl_cfg.micro_batch or minibatch
-        if minibatch % micro or micro % G:
-            raise ValueError(f"RLConfig.micro_batch={micro}; allowed: a multiple of the {G} samples per prompt "
-                             f"that divides the minibatch of {minibatch} sequences")
+        minibatch, micro = batch_layout(self.rl_cfg, G)
         self.optimizer = make_optimizer(self.optim_cfg)
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
