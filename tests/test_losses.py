@@ -227,11 +227,11 @@ def test_alpha_dpg_loss_gradient_enumerated_over_every_group():
             prob = pi[groups].prod(1)
             y = groups.reshape(-1)
             cfg = losses.LossConfig("alpha_dpg", dpg_alpha=alpha, aggregation="seq-mean-token-sum", max_len=1)
-            b = losses.LossInputs(mask=jnp.ones((y.size, 1)), behaviour_logprobs=jax.nn.log_softmax(K_THETA)[y][:, None],
-                                  ref_logprobs=K_REF[y][:, None], correct=K_CORRECT[y], group_size=g)
+            lp = jax.nn.log_softmax(K_THETA)[y][:, None]
+            b = losses.LossInputs(mask=jnp.ones((y.size, 1)), behaviour_logprobs=lp, ref_logprobs=K_REF[y][:, None],
+                                  correct=K_CORRECT[y], group_size=g)
             # d loss / d logprob_i = -A_i / N: recover each sample's A_i times N, then weight groups by prob
-            per_sample = -y.size * np.asarray(jax.jit(jax.grad(
-                lambda lp: losses.policy_loss(lp, b, cfg)[0]))(jax.nn.log_softmax(K_THETA)[y][:, None]))[:, 0]
+            per_sample = -y.size * np.asarray(jax.jit(jax.grad(lambda x: losses.policy_loss(x, b, cfg)[0]))(lp))[:, 0]
             package = prob @ np.einsum("ng,ngd->nd", per_sample.reshape(-1, g), score[groups]) / g
             w = np.where(correct[groups] > 0, (correct[groups] * ref[groups] / pi[groups]) ** alpha, 0.0)
             a = np.where(w.sum(1, keepdims=True) > 0, g * w / np.maximum(w.sum(1, keepdims=True), 1e-300) - 1, 0.0)

@@ -139,7 +139,8 @@ def test_scoring_a_window_longer_than_the_sequence_is_refused(tiny):
     _, cfg, params, _ = tiny
     tokens = jnp.ones((2, 5), jnp.int32)
     for last in (0, 5, 7):
-        with pytest.raises(ValueError, match=rf"`last`={last} for tokens of length 5; allowed: None or an integer in \[1, 4\]"):
+        with pytest.raises(ValueError, match=rf"`last`={last} for tokens of length 5; "
+                                             r"allowed: None or an integer in \[1, 4\]"):
             models.token_logprobs(params, cfg, tokens, jnp.ones_like(tokens), last=last)
     with pytest.raises(ValueError, match="a length >= 2 has a next token to score"):
         models.token_logprobs(params, cfg, tokens[:, :1], jnp.ones((2, 1), jnp.int32))

@@ -51,7 +51,8 @@ def test_rules_and_mesh_that_do_not_fit_are_refused(mesh):
     other = jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
     with pytest.raises(ValueError, match=r"mesh axis 'model' \(size 2\) is used by no sharding rule"):
         shd.named_sharding(other, ("embed", "mlp"))
-    assert shd.logical_to_spec(("batch", "mlp"), shd.make_mesh({"data": 8})) == P("data", None)  # axes it lacks: dropped
+    # the library's axes that a mesh lacks are dropped
+    assert shd.logical_to_spec(("batch", "mlp"), shd.make_mesh({"data": 8})) == P("data", None)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])

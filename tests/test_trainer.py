@@ -165,7 +165,8 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("data.synthetic_max_steps", 0, r"DataConfig.synthetic_max_steps=0; allowed: an integer >= 1"),
     ("data.synthetic_max_operand", 13, r"DataConfig.synthetic_max_operand=13; allowed: an integer in \[1, synthetic_max_value\]"),
     ("data.sft_guess", -0.5, r"DataConfig.sft_guess=-0.5; allowed: a float >= 0"),
-    ("data.template", "Solve it.", r"DataConfig.template='Solve it.'; allowed: a string with '\{problem\}' exactly once"),
+    ("data.template", "Solve it.",
+     r"DataConfig.template='Solve it.'; allowed: a string with '\{problem\}' exactly once"),
     ("model.arch", "llama", r"ModelSource.arch='llama'; allowed: '' \(with a checkpoint\), 'custom' or a preset: "
                             r".*qwen2.5-3b-instruct"),
     ("model.custom", {"family": "llama", "hiden_size": 8}, r"ModelSource.custom.hiden_size: not a ModelConfig field; "
@@ -208,7 +209,8 @@ def test_a_mesh_larger_than_one_device_is_refused_there(monkeypatch):
 def test_data_splits_of_named_sources_are_checked_with_the_config():
     c = get_config("demo", "tiny")
     c.data.train, c.data.validation, c.data.train_split = "gsm8k", "math500", "validation"
-    with pytest.raises(ConfigError, match=r"DataConfig.train_split='validation'; allowed: a split of 'gsm8k': test, train"):
+    with pytest.raises(ConfigError,
+                       match=r"DataConfig.train_split='validation'; allowed: a split of 'gsm8k': test, train"):
         experiment.parse(c)
 
 
