@@ -77,10 +77,11 @@ def decoder_specs(cfg: ModelConfig) -> dict:
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """y = x / sqrt(mean(x^2) + eps) * w, computed in float32."""
+    """y = x / sqrt(mean(x^2) + eps) * w: the normalization in float32, rounded to x's dtype, then
+    times the weight, as transformers does it (bitwise equal in bfloat16; in float32 nothing rounds)."""
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (y * weight.astype(jnp.float32)).astype(x.dtype)
+    return y.astype(x.dtype) * weight.astype(x.dtype)
 
 
 def qkv_bias_and_norm(cfg: ModelConfig, p: dict, q: jax.Array, k: jax.Array, v: jax.Array):
