@@ -9,9 +9,15 @@ problems drawn and their order, sampling and the evaluation's samples, not in th
 the validation problems. A run already finished (its demo_results.json exists) is not run again, so
 a killed campaign resumes. The JSON holds each
 run's headline and time, and for each comparison (e.g. task reward - warm start) the per-seed paired
-change on the shared validation problems (`evaluation.paired_difference`), its standard error, the
-mean over seeds and sqrt(sum se^2) / #seeds (problem and sample noise; the training's shows in the
-spread of the seeds).
+change on the shared validation problems (`evaluation.paired_scores`) with its standard error, and
+the mean over seeds with the standard error of that mean: each problem's change averaged over the
+seeds, its spread over the N problems, / sqrt(N). Every seed validates on the same problems, so their
+spread counts once; combining the seeds' errors as if independent (sqrt(sum se^2) / #seeds, as this
+script did before) understates it by up to sqrt(#seeds). The error covers problem and sample noise,
+and the training's in so far as the seeds average it.
+
+`--pool-with ROOT` (repeatable) adds the runs of finished campaigns on the same validation problems
+(e.g. from another warm start) as further replicates, in a "pooled" section computed the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from run_info import ROOT, run_info
 
 CALIBRATION = ["--config.calibration.mu=0.5", "--config.calibration.memory_layers=1",
@@ -82,34 +89,24 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.add_argument("--flags", default="", help="more config flags for every run, space-separated, e.g. "
                         "'--config.data.synthetic_hold_out=False'")
+    parser.add_argument("--pool-with", action="append", default=[], metavar="ROOT",
+                        help="a finished campaign's root (same seeds' runs, same validation problems) to pool with")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(args.root, exist_ok=True)
     sys.path.insert(0, ROOT)
-    from rl_sharpen import evaluation
-
     flags = args.flags.split()
     runs = {f"s{seed}_{run}": run_demo(args.root, seed, run, flags) for seed in seeds for run in RUNS}
-
-    def results(seed, run, model):
-        return evaluation.load_results(os.path.join(args.root, f"s{seed}_{run}", "eval", model, "eval.json"))
 
     table = {}
     for label, (run, model) in ROWS.items():
         table[label] = {str(seed): runs[f"s{seed}_{run}"]["headline"][model] for seed in seeds}
-    comparisons = {}
-    for label, (a, b) in COMPARISONS.items():
-        changes = [evaluation.paired_difference(results(seed, *a), results(seed, *b), [1, 8]) for seed in seeds]
-        comparisons[label] = {}
-        for table_name, k in METRICS:
-            values = [c[table_name][int(k)] for c in changes]
-            errors = [c["stderr"][table_name][int(k)] for c in changes]
-            comparisons[label][f"{table_name[:-2]}@{k}"] = {
-                "per_seed": values, "per_seed_stderr": errors, "mean": sum(values) / len(values),
-                "stderr_of_mean": sum(e * e for e in errors) ** 0.5 / len(errors)}
-
+    comparisons = paired_comparisons([(args.root, seed) for seed in seeds])
     out = {**run_info(seeds=seeds, root=args.root, flags=flags), "warm_start": "s0_base/sft_model, copied into every other run",
            "runs": runs, "table": table, "paired_comparisons": comparisons}
+    if args.pool_with:
+        replicates = [(root, seed) for root in [args.root, *args.pool_with] for seed in seeds]
+        out["pooled"] = {"roots": [args.root, *args.pool_with], "comparisons": paired_comparisons(replicates)}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 
@@ -118,12 +115,45 @@ def main(argv=None) -> int:
         cells = [" / ".join(f"{100 * h[m]:.1f}" for m in ("pass@1", "pass@8", "maj@8")) for h in per_seed.values()]
         means = [sum(h[m] for h in per_seed.values()) / len(per_seed) for m in ("pass@1", "pass@8", "maj@8")]
         print(f"| {label} | " + " | ".join(cells) + " | " + " / ".join(f"{100 * v:.1f}" for v in means) + " |")
-    print("\nA - B, points: mean of the seeds ± sqrt(sum se^2) / #seeds (per-seed changes)")
-    for label, metrics in comparisons.items():
-        cells = [f"{100 * m['mean']:+.1f} ± {100 * m['stderr_of_mean']:.1f} ("
-                 + ", ".join(f"{100 * v:+.1f}" for v in m["per_seed"]) + ")" for m in metrics.values()]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    sections = [("", comparisons)] + ([(f" pooled over {len(out['pooled']['roots'])} campaigns",
+                                        out["pooled"]["comparisons"])] if args.pool_with else [])
+    for title, section in sections:
+        print(f"\nA - B, points{title}: mean of the seeds ± the standard error of the problems' mean change "
+              "(per-seed changes)")
+        for label, metrics in section.items():
+            cells = [f"{100 * m['mean']:+.1f} ± {100 * m['stderr_of_mean']:.1f} ("
+                     + ", ".join(f"{100 * v:+.1f}" for v in m["per_seed"]) + ")" for m in metrics.values()]
+            print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
+
+
+def paired_comparisons(replicates: list[tuple[str, int]]) -> dict:
+    """Every COMPARISONS entry over the runs of `replicates` ((root, seed) pairs): per replicate the
+    paired change on the shared problems and its standard error; over them the mean and the standard
+    error of the per-problem changes averaged over the replicates (see the module docstring)."""
+    from rl_sharpen import evaluation
+
+    def results(root, seed, run, model):
+        return evaluation.load_results(os.path.join(root, f"s{seed}_{run}", "eval", model, "eval.json"))
+
+    out = {}
+    for label, (a, b) in COMPARISONS.items():
+        per_problem = {f"{table[:-2]}@{k}": [] for table, k in METRICS}  # one {id: change} per replicate
+        for root, seed in replicates:
+            ids, new, old = evaluation.paired_scores(results(root, seed, *a), results(root, seed, *b), [1, 8])
+            for table, k in METRICS:
+                change = np.asarray(new[table][int(k)]) - np.asarray(old[table][int(k)])
+                per_problem[f"{table[:-2]}@{k}"].append(dict(zip(ids, change)))
+        out[label] = {}
+        for metric, changes in per_problem.items():
+            shared = [i for i in changes[0] if all(i in c for c in changes)]
+            d = np.array([[c[i] for i in shared] for c in changes])  # [replicates, problems]
+            n = len(shared)
+            out[label][metric] = {
+                "per_seed": d.mean(1).tolist(), "per_seed_stderr": (d.std(1, ddof=1) / np.sqrt(n)).tolist(),
+                "mean": float(d.mean()), "stderr_of_mean": float(d.mean(0).std(ddof=1) / np.sqrt(n)),
+                "num_problems": n}
+    return out
 
 
 if __name__ == "__main__":

@@ -45,14 +45,26 @@ def compare_files(a: str, b: str, k_list: Sequence[int] | None = None) -> dict:
         raise ValueError(f"k = {list(k_list)}: allowed: integers in [1, {samples}], the samples per problem "
                          "that both files have")
     change = evaluation.paired_difference(results["A"], results["B"], k_list, names=(f"A ({a})", f"B ({b})"))
-    return {"a": a, "b": b, "a_problems": len(results["A"]), "b_problems": len(results["B"]), "change": change}
+    notes = []
+    counts = {name: sorted({len(r.rewards) for r in rs}) for name, rs in results.items()}
+    if counts["A"] != counts["B"]:  # pass@k and maj@k are unbiased at any n >= k; distinct answers grow with n
+        notes.append(f"A has {'/'.join(map(str, counts['A']))} samples per problem, B {'/'.join(map(str, counts['B']))}: "
+                     "distinct answers, which grow with the samples, are left out")
+        for part in (change, change["new"], change["old"], change["stderr"]):
+            part.pop("mean_distinct_answers", None)
+    greedy = {name: any(r.greedy_reward is not None for r in rs) for name, rs in results.items()}
+    if greedy["A"] != greedy["B"]:
+        notes.append(f"greedy answers only in {'A' if greedy['A'] else 'B'}: no greedy row")
+    return {"a": a, "b": b, "a_problems": len(results["A"]), "b_problems": len(results["B"]), "change": change,
+            "notes": notes}
 
 
 def format_comparison(comparison: dict) -> str:
     change = comparison["change"]
+    notes = "".join(f"note: {note}\n" for note in comparison.get("notes", []))
     return (f"A = {comparison['a']}\nB = {comparison['b']}\n{change['num_problems']} problems in both (A has "
             f"{comparison['a_problems']}, B {comparison['b_problems']}); accuracies in %, ± one paired standard "
-            "error\n\n" + evaluation.text_table(["metric", "A", "B", "A - B", "z"], comparison_rows(change)))
+            f"error\n{notes}\n" + evaluation.text_table(["metric", "A", "B", "A - B", "z"], comparison_rows(change)))
 
 
 def main(argv=None) -> int:

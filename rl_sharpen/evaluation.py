@@ -295,15 +295,12 @@ def summarize(results: Sequence[ProblemResult], k_list: Sequence[int] | None = N
     return summary
 
 
-def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult],
-                      k_list: Sequence[int] | None = None, maj_draws: int = 1000,
-                      names: tuple[str, str] = ("new", "old")) -> dict[str, Any]:
-    """The change from `old` to `new` on the problems both evaluated (matched by problem id), with paired
-    standard errors: for each metric, d_i = x_i(new) - x_i(old), its mean over the N shared problems and
-    s_d / sqrt(N). Pairing cancels the part of the spread between problems that both runs share (a hard
-    problem stays hard), so the error of a change is usually below that of two independent summaries
-    combined. Same layout as `summarize`, plus "new" and "old": each side's means and errors on the
-    shared problems (their difference is the change). `names` name the two sides in errors."""
+def paired_scores(new: Sequence[ProblemResult], old: Sequence[ProblemResult], k_list: Sequence[int] | None = None,
+                  maj_draws: int = 1000, names: tuple[str, str] = ("new", "old")) -> tuple[list[str], dict, dict]:
+    """(ids of the problems both evaluated, `problem_scores` of `new` and of `old` on them, in that order):
+    the per-problem values a paired comparison averages. Problems pair by id; a shared id whose gold
+    answer, level or subject differ between the two is an error: two problem sets numbered alike (e.g.
+    synthetic problems drawn with other settings) are not the same problems."""
     def by_id(results, name):
         ids = [r.problem.id for r in results]
         repeated = sorted(i for i, count in collections.Counter(ids).items() if count > 1)
@@ -315,6 +312,14 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
     shared = [i for i in old_by_id if i in new_by_id]
     if not shared:
         raise ValueError(f"{names[0]} and {names[1]} share no problem id")
+    def label(result):
+        return result.problem.answer, result.problem.level, result.problem.subject
+
+    if differing := [i for i in shared if label(new_by_id[i]) != label(old_by_id[i])]:
+        first = differing[0]
+        raise ValueError(f"{names[0]} and {names[1]} are not the same problems: {len(differing)} of the {len(shared)} "
+                         f"shared ids differ in gold answer, level or subject, e.g. {first}: "
+                         f"{label(new_by_id[first])} against {label(old_by_id[first])}")
     k_list = list(k_list or default_k_list(min(len(new[0].rewards), len(old[0].rewards))))
     def scores(by_id, name):
         try:
@@ -322,7 +327,19 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
 
-    new_scores, old_scores = scores(new_by_id, names[0]), scores(old_by_id, names[1])
+    return shared, scores(new_by_id, names[0]), scores(old_by_id, names[1])
+
+
+def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult],
+                      k_list: Sequence[int] | None = None, maj_draws: int = 1000,
+                      names: tuple[str, str] = ("new", "old")) -> dict[str, Any]:
+    """The change from `old` to `new` on the problems both evaluated (`paired_scores`), with paired
+    standard errors: for each metric, d_i = x_i(new) - x_i(old), its mean over the N shared problems and
+    s_d / sqrt(N). Pairing cancels the part of the spread between problems that both runs share (a hard
+    problem stays hard), so the error of a change is usually below that of two independent summaries
+    combined. Same layout as `summarize`, plus "new" and "old": each side's means and errors on the
+    shared problems (their difference is the change). `names` name the two sides in errors."""
+    shared, new_scores, old_scores = paired_scores(new, old, k_list, maj_draws, names)
     diff = jax.tree.map(lambda a, b: a - b, new_scores, old_scores)
     return {"num_problems": len(shared), **_mean_and_errors(diff), "new": _mean_and_errors(new_scores),
             "old": _mean_and_errors(old_scores)}

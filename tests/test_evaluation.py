@@ -362,6 +362,25 @@ def test_paired_difference_matches_problems_by_id_and_has_the_paired_error():
         E.paired_difference(new[3:], old[:1])
     with pytest.raises(ValueError, match="repeated problem ids"):
         E.paired_difference(new + new[:1], old)
+    other = [E.ProblemResult(Problem("a", "q", "7"), ["7"] * 4, np.ones(4, np.float32), np.full(4, 5))]
+    with pytest.raises(ValueError, match=r"not the same problems: 1 of the 1 shared ids differ in gold answer, level "
+                                         r"or subject, e.g. a: \('7', None, None\) against \('1', None, None\)"):
+        E.paired_difference(other, old)  # problem sets numbered alike, e.g. synthetic draws of other settings
+
+
+def test_compare_notes_what_differs_between_the_files(tmp_path, capsys):
+    from rl_sharpen import compare
+
+    eight = [result(f"p{i}", [i % 2, 1, 0, 0, 1, 0, 1, 0], greedy=1.0) for i in range(6)]
+    four = [result(f"p{i}", [1, 0, 0, i % 2]) for i in range(6)]
+    for name, results in (("eight", eight), ("four", four)):
+        E.save_json(E.EvalReport(E.summarize(results), results, []), str(tmp_path / f"{name}.json"))
+    assert compare.main([str(tmp_path / "eight.json"), str(tmp_path / "four.json"), "--k", "1,4"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: A has 8 samples per problem, B 4: distinct answers, which grow with the samples, are left out"
+            in out)
+    assert "note: greedy answers only in A: no greedy row" in out
+    assert "distinct" not in out.split("note: greedy")[1] and "pass@4" in out
 
 
 def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_command_line(tmp_path, capsys):
