@@ -17,7 +17,9 @@ script did before) understates it by up to sqrt(#seeds). The error covers proble
 and the training's in so far as the seeds average it.
 
 `--pool-with ROOT` (repeatable) adds the runs of finished campaigns on the same validation problems
-(e.g. from another warm start) as further replicates, in a "pooled" section computed the same way.
+(e.g. from another warm start) as further replicates, in a "pooled" section computed the same way,
+and each such campaign's difference from this one (per problem: this campaign's change averaged over
+its seeds minus that campaign's).
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def main(argv=None) -> int:
            "runs": runs, "table": table, "paired_comparisons": comparisons}
     if args.pool_with:
         replicates = [(root, seed) for root in [args.root, *args.pool_with] for seed in seeds]
-        out["pooled"] = {"roots": [args.root, *args.pool_with], "comparisons": paired_comparisons(replicates)}
+        out["pooled"] = {"roots": [args.root, *args.pool_with], "comparisons": paired_comparisons(replicates),
+                         "differences": {root: campaign_difference(args.root, root, seeds) for root in args.pool_with}}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 
@@ -124,13 +127,17 @@ def main(argv=None) -> int:
             cells = [f"{100 * m['mean']:+.1f} ± {100 * m['stderr_of_mean']:.1f} ("
                      + ", ".join(f"{100 * v:+.1f}" for v in m["per_seed"]) + ")" for m in metrics.values()]
             print(f"| {label} | " + " | ".join(cells) + " |")
+    for root, differences in out.get("pooled", {}).get("differences", {}).items():
+        print(f"\nthis campaign's mean change minus that of {root}, points, ± its error over the problems")
+        for label, metrics in differences.items():
+            print(f"| {label} | " + " | ".join(f"{100 * m['mean']:+.1f} ± {100 * m['stderr']:.1f}"
+                                              for m in metrics.values()) + " |")
     return 0
 
 
-def paired_comparisons(replicates: list[tuple[str, int]]) -> dict:
-    """Every COMPARISONS entry over the runs of `replicates` ((root, seed) pairs): per replicate the
-    paired change on the shared problems and its standard error; over them the mean and the standard
-    error of the per-problem changes averaged over the replicates (see the module docstring)."""
+def per_problem_changes(replicates: list[tuple[str, int]]) -> dict:
+    """{comparison: {metric: [replicates, problems] array of paired changes}} on the problems every
+    replicate ((root, seed) pair) evaluated, in one order."""
     from rl_sharpen import evaluation
 
     def results(root, seed, run, model):
@@ -147,12 +154,37 @@ def paired_comparisons(replicates: list[tuple[str, int]]) -> dict:
         out[label] = {}
         for metric, changes in per_problem.items():
             shared = [i for i in changes[0] if all(i in c for c in changes)]
-            d = np.array([[c[i] for i in shared] for c in changes])  # [replicates, problems]
-            n = len(shared)
+            out[label][metric] = np.array([[c[i] for i in shared] for c in changes])
+    return out
+
+
+def paired_comparisons(replicates: list[tuple[str, int]]) -> dict:
+    """Every COMPARISONS entry over the runs of `replicates`: per replicate the paired change on the
+    shared problems and its standard error; over them the mean and the standard error of the
+    per-problem changes averaged over the replicates (see the module docstring)."""
+    out = {}
+    for label, metrics in per_problem_changes(replicates).items():
+        out[label] = {}
+        for metric, d in metrics.items():
+            n = d.shape[1]
             out[label][metric] = {
                 "per_seed": d.mean(1).tolist(), "per_seed_stderr": (d.std(1, ddof=1) / np.sqrt(n)).tolist(),
                 "mean": float(d.mean()), "stderr_of_mean": float(d.mean(0).std(ddof=1) / np.sqrt(n)),
                 "num_problems": n}
+    return out
+
+
+def campaign_difference(root_a: str, root_b: str, seeds: list[int]) -> dict:
+    """Per comparison and metric, campaign A's mean change minus campaign B's (same validation problems):
+    each problem's change averaged over each campaign's seeds, A's minus B's, its mean and standard
+    error over the problems."""
+    changes = per_problem_changes([(root_a, s) for s in seeds] + [(root_b, s) for s in seeds])
+    out = {}
+    for label, metrics in changes.items():
+        out[label] = {}
+        for metric, d in metrics.items():
+            gap = d[:len(seeds)].mean(0) - d[len(seeds):].mean(0)
+            out[label][metric] = {"mean": float(gap.mean()), "stderr": float(gap.std(ddof=1) / np.sqrt(gap.size))}
     return out
 
 
