@@ -161,17 +161,11 @@ def per_problem_changes(replicates: list[tuple[str, int]]) -> dict:
 def paired_comparisons(replicates: list[tuple[str, int]]) -> dict:
     """Every COMPARISONS entry over the runs of `replicates`: per replicate the paired change on the
     shared problems and its standard error; over them the mean and the standard error of the
-    per-problem changes averaged over the replicates (see the module docstring)."""
-    out = {}
-    for label, metrics in per_problem_changes(replicates).items():
-        out[label] = {}
-        for metric, d in metrics.items():
-            n = d.shape[1]
-            out[label][metric] = {
-                "per_seed": d.mean(1).tolist(), "per_seed_stderr": (d.std(1, ddof=1) / np.sqrt(n)).tolist(),
-                "mean": float(d.mean()), "stderr_of_mean": float(d.mean(0).std(ddof=1) / np.sqrt(n)),
-                "num_problems": n}
-    return out
+    per-problem changes averaged over the replicates (`evaluation.replicated_change`)."""
+    from rl_sharpen import evaluation
+
+    return {label: {metric: evaluation.replicated_change(d) for metric, d in metrics.items()}
+            for label, metrics in per_problem_changes(replicates).items()}
 
 
 def campaign_difference(root_a: str, root_b: str, seeds: list[int]) -> dict:

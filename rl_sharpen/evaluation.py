@@ -259,6 +259,19 @@ def standard_error(values) -> float | None:
     return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) >= 2 else None
 
 
+def replicated_change(changes) -> dict[str, Any]:
+    """A change measured by R replicates (seeds, warm starts) on the same N problems, from the per-problem
+    changes d [R, N]: each replicate's mean and standard error, and the mean over replicates with
+    the standard error of the problems' mean change, std_i(mean_r d_ri) / sqrt(N). The replicates share
+    the problems, so the spread between problems counts once; sqrt(sum_r se_r^2) / R, which treats the
+    replicates as independent, understates the error by up to sqrt(R) when that spread dominates."""
+    d = np.asarray(changes, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1] < 2:
+        raise ValueError(f"changes must be [replicates, problems] with at least 2 problems, got shape {d.shape}")
+    return {"per_seed": d.mean(1).tolist(), "per_seed_stderr": [standard_error(row) for row in d],
+            "mean": float(d.mean()), "stderr_of_mean": standard_error(d.mean(0)), "num_problems": d.shape[1]}
+
+
 def _mean_and_errors(scores: dict[str, Any]) -> dict[str, Any]:
     """Means of `problem_scores`-shaped values, with their standard errors under "stderr" (NaNs skipped;
     a metric no problem has is left out)."""
