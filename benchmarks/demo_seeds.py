@@ -25,6 +25,7 @@ its seeds minus that campaign's).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -103,13 +104,16 @@ def main(argv=None) -> int:
     table = {}
     for label, (run, model) in ROWS.items():
         table[label] = {str(seed): runs[f"s{seed}_{run}"]["headline"][model] for seed in seeds}
-    comparisons = paired_comparisons([(args.root, seed) for seed in seeds])
+    roots = [args.root, *args.pool_with]
+    changes = changes_by_problem([(root, seed) for root in roots for seed in seeds])  # every campaign's, once
+    campaign = {root: slice(i * len(seeds), (i + 1) * len(seeds)) for i, root in enumerate(roots)}
+    comparisons = replicated_changes(changes, campaign[args.root])
     out = {**run_info(seeds=seeds, root=args.root, flags=flags), "warm_start": "s0_base/sft_model, copied into every other run",
            "runs": runs, "table": table, "paired_comparisons": comparisons}
     if args.pool_with:
-        replicates = [(root, seed) for root in [args.root, *args.pool_with] for seed in seeds]
-        out["pooled"] = {"roots": [args.root, *args.pool_with], "comparisons": paired_comparisons(replicates),
-                         "differences": {root: campaign_difference(args.root, root, seeds) for root in args.pool_with}}
+        out["pooled"] = {"roots": roots, "comparisons": replicated_changes(changes, slice(None)),
+                         "differences": {root: campaign_difference(changes, campaign[args.root], campaign[root])
+                                         for root in args.pool_with}}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 
@@ -135,50 +139,56 @@ def main(argv=None) -> int:
     return 0
 
 
-def per_problem_changes(replicates: list[tuple[str, int]]) -> dict:
-    """{comparison: {metric: [replicates, problems] array of paired changes}} on the problems every
-    replicate ((root, seed) pair) evaluated, in one order."""
+def changes_by_problem(replicates: list[tuple[str, int]]) -> dict:
+    """{comparison: {metric: [{problem id: paired change} per replicate]}} for the (root, seed) pairs
+    `replicates`; each evaluation file is read once."""
     from rl_sharpen import evaluation
 
+    @functools.lru_cache(maxsize=None)
     def results(root, seed, run, model):
         return evaluation.load_results(os.path.join(root, f"s{seed}_{run}", "eval", model, "eval.json"))
 
     out = {}
     for label, (a, b) in COMPARISONS.items():
-        per_problem = {f"{table[:-2]}@{k}": [] for table, k in METRICS}  # one {id: change} per replicate
+        out[label] = {f"{table[:-2]}@{k}": [] for table, k in METRICS}
         for root, seed in replicates:
             ids, new, old = evaluation.paired_scores(results(root, seed, *a), results(root, seed, *b), [1, 8])
             for table, k in METRICS:
                 change = np.asarray(new[table][int(k)]) - np.asarray(old[table][int(k)])
-                per_problem[f"{table[:-2]}@{k}"].append(dict(zip(ids, change)))
-        out[label] = {}
-        for metric, changes in per_problem.items():
-            shared = [i for i in changes[0] if all(i in c for c in changes)]
-            out[label][metric] = np.array([[c[i] for i in shared] for c in changes])
+                out[label][f"{table[:-2]}@{k}"].append(dict(zip(ids, change)))
     return out
 
 
-def paired_comparisons(replicates: list[tuple[str, int]]) -> dict:
-    """Every COMPARISONS entry over the runs of `replicates`: per replicate the paired change on the
-    shared problems and its standard error; over them the mean and the standard error of the
-    per-problem changes averaged over the replicates (`evaluation.replicated_change`)."""
+def _matrix(changes: list[dict]) -> np.ndarray:
+    """[replicates, problems] on the problems every replicate evaluated, in one order."""
+    shared = [i for i in changes[0] if all(i in c for c in changes)]
+    return np.array([[c[i] for i in shared] for c in changes])
+
+
+def replicated_changes(changes: dict, replicates: slice) -> dict:
+    """Every comparison over the `replicates` of `changes_by_problem`: per replicate the paired change
+    and its standard error; over them the mean and the standard error of the per-problem changes
+    averaged over the replicates (`evaluation.replicated_change`)."""
     from rl_sharpen import evaluation
 
-    return {label: {metric: evaluation.replicated_change(d) for metric, d in metrics.items()}
-            for label, metrics in per_problem_changes(replicates).items()}
+    return {label: {metric: evaluation.replicated_change(_matrix(per_replicate[replicates]))
+                    for metric, per_replicate in metrics.items()} for label, metrics in changes.items()}
 
 
-def campaign_difference(root_a: str, root_b: str, seeds: list[int]) -> dict:
-    """Per comparison and metric, campaign A's mean change minus campaign B's (same validation problems):
-    each problem's change averaged over each campaign's seeds, A's minus B's, its mean and standard
-    error over the problems."""
-    changes = per_problem_changes([(root_a, s) for s in seeds] + [(root_b, s) for s in seeds])
+def campaign_difference(changes: dict, a: slice, b: slice) -> dict:
+    """Per comparison and metric, campaign A's mean change minus campaign B's (the replicates `a` and `b`
+    of `changes_by_problem`, on the same problems): each problem's change averaged over each
+    campaign's seeds, A's minus B's, its mean and standard error over the problems."""
+    from rl_sharpen import evaluation
+
     out = {}
     for label, metrics in changes.items():
         out[label] = {}
-        for metric, d in metrics.items():
-            gap = d[:len(seeds)].mean(0) - d[len(seeds):].mean(0)
-            out[label][metric] = {"mean": float(gap.mean()), "stderr": float(gap.std(ddof=1) / np.sqrt(gap.size))}
+        for metric, per_replicate in metrics.items():
+            first = per_replicate[a]
+            d = _matrix(first + per_replicate[b])  # on the problems both campaigns evaluated
+            gap = d[:len(first)].mean(0) - d[len(first):].mean(0)
+            out[label][metric] = {"mean": float(gap.mean()), "stderr": evaluation.standard_error(gap)}
     return out
 
 

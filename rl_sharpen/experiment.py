@@ -5,7 +5,6 @@ builders directly.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -100,8 +99,8 @@ class ExperimentConfig:
 def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
     """The typed config; `loss.max_len` = 0 with the seq-mean-token-sum aggregation becomes
     `sampling.max_new_tokens`, after any command-line override of either."""
-    data = config.to_dict() if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)) \
-        else copy.deepcopy(dict(config))
+    data = dict(config.to_dict() if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict))
+                else config)  # a shallow copy: only its "loss" entry is replaced, never changed in place
     loss = data.get("loss")
     if isinstance(loss, Mapping) and loss.get("aggregation") == "seq-mean-token-sum" and loss.get("max_len", 0) == 0:
         sampling_fields = data.get("sampling")
