@@ -61,7 +61,12 @@ ROWS = {"warm start": ("base", "sft_start"), "task reward": ("base", "task_rewar
         "sharpening, sum": ("base", "sharpening"), "sharpening, mean": ("mean", "sharpening"),
         "tempered, alpha = 4": ("tt", "tempered_a4"), "tilted, alpha = 4, beta_inv = 100": ("tt", "tilted_a4_b100"),
         "sharpening, sum, calibrated": ("cal", "sharpening")}
-METRICS = (("pass@k", "1"), ("pass@k", "8"), ("maj@k", "8"))
+
+
+def headline_metrics(headline: dict) -> list[str]:
+    """The pass@ / maj@ names of a demo headline, ["pass@1", "pass@8", "maj@8"] with 8 samples: the
+    smallest and largest k the runs evaluated (`--flags='--config.eval.num_samples=4'` gives k = 4)."""
+    return [name for name in headline if name.startswith(("pass@", "maj@"))]
 
 
 def run_demo(root: str, seed: int, run: str, flags: list[str]) -> dict:
@@ -101,11 +106,12 @@ def main(argv=None) -> int:
     flags = args.flags.split()
     runs = {f"s{seed}_{run}": run_demo(args.root, seed, run, flags) for seed in seeds for run in RUNS}
 
+    metrics = headline_metrics(runs[f"s{seeds[0]}_base"]["headline"]["sft_start"])
     table = {}
     for label, (run, model) in ROWS.items():
         table[label] = {str(seed): runs[f"s{seed}_{run}"]["headline"][model] for seed in seeds}
     roots = [args.root, *args.pool_with]
-    changes = changes_by_problem([(root, seed) for root in roots for seed in seeds])  # every campaign's, once
+    changes = changes_by_problem([(root, seed) for root in roots for seed in seeds], metrics)  # each campaign's, once
     campaign = {root: slice(i * len(seeds), (i + 1) * len(seeds)) for i, root in enumerate(roots)}
     comparisons = replicated_changes(changes, campaign[args.root])
     out = {**run_info(seeds=seeds, root=args.root, flags=flags), "warm_start": "s0_base/sft_model, copied into every other run",
@@ -117,10 +123,10 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
 
-    print("\npass@1 / pass@8 / maj@8 (%) per seed, then the mean")
+    print(f"\n{' / '.join(metrics)} (%) per seed, then the mean")
     for label, per_seed in table.items():
-        cells = [" / ".join(f"{100 * h[m]:.1f}" for m in ("pass@1", "pass@8", "maj@8")) for h in per_seed.values()]
-        means = [sum(h[m] for h in per_seed.values()) / len(per_seed) for m in ("pass@1", "pass@8", "maj@8")]
+        cells = [" / ".join(f"{100 * h[m]:.1f}" for m in metrics) for h in per_seed.values()]
+        means = [sum(h[m] for h in per_seed.values()) / len(per_seed) for m in metrics]
         print(f"| {label} | " + " | ".join(cells) + " | " + " / ".join(f"{100 * v:.1f}" for v in means) + " |")
     sections = [("", comparisons)] + ([(f" pooled over {len(out['pooled']['roots'])} campaigns",
                                         out["pooled"]["comparisons"])] if args.pool_with else [])
@@ -139,9 +145,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def changes_by_problem(replicates: list[tuple[str, int]]) -> dict:
+def changes_by_problem(replicates: list[tuple[str, int]], metrics: list[str]) -> dict:
     """{comparison: {metric: [{problem id: paired change} per replicate]}} for the (root, seed) pairs
-    `replicates`; each evaluation file is read once."""
+    `replicates` and the `metrics` ("pass@1", "maj@8"); each evaluation file is read once."""
     from rl_sharpen import evaluation
 
     @functools.lru_cache(maxsize=None)
@@ -150,12 +156,14 @@ def changes_by_problem(replicates: list[tuple[str, int]]) -> dict:
 
     out = {}
     for label, (a, b) in COMPARISONS.items():
-        out[label] = {f"{table[:-2]}@{k}": [] for table, k in METRICS}
+        out[label] = {metric: [] for metric in metrics}
+        tables = {metric: (metric.split("@")[0] + "@k", int(metric.split("@")[1])) for metric in metrics}  # pass@k, 8
+        k_list = sorted({k for _, k in tables.values()})
         for root, seed in replicates:
-            ids, new, old = evaluation.paired_scores(results(root, seed, *a), results(root, seed, *b), [1, 8])
-            for table, k in METRICS:
-                change = np.asarray(new[table][int(k)]) - np.asarray(old[table][int(k)])
-                out[label][f"{table[:-2]}@{k}"].append(dict(zip(ids, change)))
+            ids, new, old = evaluation.paired_scores(results(root, seed, *a), results(root, seed, *b), k_list)
+            for metric, (table, k) in tables.items():
+                change = np.asarray(new[table][k]) - np.asarray(old[table][k])
+                out[label][metric].append(dict(zip(ids, change)))
     return out
 
 

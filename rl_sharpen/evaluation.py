@@ -351,8 +351,12 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
     s_d / sqrt(N). Pairing cancels the part of the spread between problems that both runs share (a hard
     problem stays hard), so the error of a change is usually below that of two independent summaries
     combined. Same layout as `summarize`, plus "new" and "old": each side's means and errors on the
-    shared problems (their difference is the change). `names` name the two sides in errors."""
+    shared problems (their difference is the change; a greedy accuracy is averaged over the problems
+    both sides have one for). `names` name the two sides in errors."""
     shared, new_scores, old_scores = paired_scores(new, old, k_list, maj_draws, names)
+    for key in _SCALARS:  # a value one side lacks (greedy) is left out of both sides' means, as of the change's
+        missing = np.isnan(new_scores[key]) | np.isnan(old_scores[key])
+        new_scores[key], old_scores[key] = (np.where(missing, np.nan, s[key]) for s in (new_scores, old_scores))
     diff = jax.tree.map(lambda a, b: a - b, new_scores, old_scores)
     return {"num_problems": len(shared), **_mean_and_errors(diff), "new": _mean_and_errors(new_scores),
             "old": _mean_and_errors(old_scores)}

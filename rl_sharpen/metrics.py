@@ -112,7 +112,7 @@ class MetricWriter:
             else:
                 row[k] = _scalar(v)
         if self.is_main:
-            line = json.dumps(row) + "\n"
+            line = json.dumps(strict_json(row), allow_nan=False) + "\n"  # NaN: null, inf: "inf"
             if self._appendable:
                 with self.path.open("a") as f:
                     f.write(line)
@@ -139,7 +139,13 @@ class MetricWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in workdir_path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics file, with the non-finite values `strict_json` wrote as such: null reads as
+    NaN, "inf" / "-inf" as floats."""
+    def value(v):
+        return math.nan if v is None else _NONFINITE.get(v, v) if isinstance(v, str) else v
+
+    return [{k: value(v) for k, v in json.loads(line).items()}
+            for line in workdir_path(path).read_text().splitlines() if line.strip()]
 
 
 def json_value(x):
@@ -151,9 +157,30 @@ def json_value(x):
     return float(x)
 
 
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf}
+
+
+def strict_json(obj):
+    """`obj` with numpy / JAX values as Python ones (`json_value`), NaN as None and +-inf as the strings
+    "inf" / "-inf", so that `json.dumps(..., allow_nan=False)` holds: strict readers (jq, JavaScript,
+    DuckDB) reject the bare NaN and Infinity that Python writes."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if not isinstance(obj, float):
+        return strict_json(json_value(obj))
+    if math.isnan(obj):
+        return None
+    return obj if math.isfinite(obj) else ("inf" if obj > 0 else "-inf")
+
+
 def write_json(obj, path: str | os.PathLike) -> None:
-    """`obj` as indented JSON at `path` (local or a gs:// / s3:// URL), numpy / JAX values included."""
-    workdir_path(path).write_text(json.dumps(obj, indent=1, default=json_value))
+    """`obj` as indented strict JSON at `path` (local or a gs:// / s3:// URL), numpy / JAX values
+    included; NaN becomes null and +-inf "inf" / "-inf" (`strict_json`)."""
+    workdir_path(path).write_text(json.dumps(strict_json(obj), indent=1, allow_nan=False))
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 150) -> None:

@@ -208,3 +208,38 @@ def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tok
     assert done.returncode != 0
     assert done.stderr.rstrip().splitlines()[-1].startswith("config error: unknown problem source")
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_seeds_summarizes_a_campaign_at_the_k_its_runs_evaluated(tmp_path, monkeypatch):
+    """A finished campaign evaluated with 4 samples (`--flags='--config.eval.num_samples=4'`): the script
+    reports pass@1 / pass@4 / maj@4, each comparison's change per seed equal to `paired_difference`."""
+    from rl_sharpen import evaluation
+    from rl_sharpen.tasks import Problem
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    import demo_seeds
+
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        for run, (_, models) in demo_seeds.RUNS.items():
+            headline = {}
+            for model in models:
+                results = [evaluation.ProblemResult(Problem(f"p{i}", "q", "3"), ["3" if x else "5" for x in rewards],
+                                                    rewards, np.full(4, 7.0))
+                           for i, rewards in enumerate(rng.random((6, 4)).round().astype(np.float32))]
+                folder = tmp_path / f"s{seed}_{run}" / "eval" / model
+                folder.mkdir(parents=True)
+                evaluation.save_json(evaluation.EvalReport(evaluation.summarize(results), results, []),
+                                     str(folder / "eval.json"))
+                headline[model] = {"pass@1": 0.1, "pass@4": 0.2, "maj@4": 0.3, "greedy": None}
+            (tmp_path / f"s{seed}_{run}" / "demo_results.json").write_text(json.dumps({"headline": headline}))
+    assert demo_seeds.main(["--root", str(tmp_path), "--seeds", "0,1", "--out", str(tmp_path / "out.json")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    change = out["paired_comparisons"]["task reward - warm start"]
+    assert list(change) == ["pass@1", "pass@4", "maj@4"]
+    for seed in (0, 1):
+        eval_file = str(tmp_path / f"s{seed}_base" / "eval" / "{}" / "eval.json")
+        expected = evaluation.paired_difference(evaluation.load_results(eval_file.format("task_reward")),
+                                                evaluation.load_results(eval_file.format("sft_start")), [1, 4])
+        assert change["pass@4"]["per_seed"][seed] == pytest.approx(expected["pass@k"][4])
+        assert change["maj@4"]["per_seed"][seed] == pytest.approx(expected["maj@k"][4])

@@ -368,6 +368,17 @@ def test_paired_difference_matches_problems_by_id_and_has_the_paired_error():
         E.paired_difference(other, old)  # problem sets numbered alike, e.g. synthetic draws of other settings
 
 
+
+def test_paired_greedy_means_are_over_the_problems_both_sides_have_greedy_answers_for():
+    old = [result("a", [1, 0], greedy=1.0), result("b", [0, 0], greedy=0.0), result("c", [1, 1], greedy=1.0)]
+    new = [result("a", [1, 1], greedy=1.0), result("b", [1, 0], greedy=1.0), result("c", [1, 1])]  # c: none
+    change = E.paired_difference(new, old, k_list=[1])
+    assert change["greedy_accuracy"] == pytest.approx(0.5)  # over a and b: (1 - 1 + 1 - 0) / 2
+    assert change["old"]["greedy_accuracy"] == pytest.approx(0.5)  # not 2/3: c has no greedy answer in new
+    assert change["new"]["greedy_accuracy"] - change["old"]["greedy_accuracy"] == pytest.approx(
+        change["greedy_accuracy"])
+    assert change["old"]["pass@k"][1] == pytest.approx(np.mean([0.5, 0.0, 1.0]))  # other metrics keep every problem
+
 def test_replicated_change_counts_the_shared_problems_spread_once():
     """Seeds evaluated on the same problems: a problem's own effect is common to every seed. Over 400
     simulated campaigns (N = 100 problems with effects of spread 0.3, R = 3 seeds with noise 0.1), the

@@ -305,3 +305,23 @@ def test_tensorboard_tags_spell_at_as_a_word_and_json_keeps_numpy_integers(tmp_p
     assert read_jsonl(tmp_path / "eval.jsonl") == [{"step": 1, "pass@8": 0.5, "maj@8": 0.25}]
     write_json({"num_problems": np.int64(8), "pass@k": {1: np.float32(0.5)}}, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == {"num_problems": 8, "pass@k": {"1": 0.5}}
+
+
+def test_metric_files_are_strict_json_and_read_back_non_finite_values(tmp_path):
+    import json
+    import math
+
+    from rl_sharpen.metrics import write_json
+
+    def strict(text):  # a reader that, like jq or JavaScript, rejects NaN and Infinity
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in a JSON file"))
+
+    w = MetricWriter(tmp_path, "train", is_main=True, tensorboard=False)
+    returned = w.write(1, {"loss": np.float32(np.nan), "kl": math.inf, "ratio": -np.inf, "reward": 0.5})
+    assert math.isnan(returned["loss"]) and returned["kl"] == math.inf  # the caller's row keeps the floats
+    assert strict((tmp_path / "train.jsonl").read_text()) == {"step": 1, "loss": None, "kl": "inf", "ratio": "-inf",
+                                                             "reward": 0.5}
+    row = read_jsonl(tmp_path / "train.jsonl")[0]
+    assert math.isnan(row["loss"]) and row["kl"] == math.inf and row["ratio"] == -math.inf and row["reward"] == 0.5
+    write_json({"greedy": np.array([1.0, np.nan]), "cap": math.inf, "n": np.int64(2)}, tmp_path / "r.json")
+    assert strict((tmp_path / "r.json").read_text()) == {"greedy": [1.0, None], "cap": "inf", "n": 2}
