@@ -13,4 +13,5 @@ if [ $# -lt 2 ]; then
   exit 2
 fi
 CONFIG=$1; WORKDIR=$2; shift 2
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}  # as launch/gpu.sh; srun passes it on
 srun python -m rl_sharpen.main --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@"

@@ -10,6 +10,7 @@
 # DETACH=1 starts the run with nohup on every host and returns once it has started, so that closing
 # this terminal or losing the ssh connection does not stop it; each host logs to ~/$LOG (default
 # rl_sharpen_<date>_<time>.log). Setup (clone, checkout, pip) still runs in the foreground.
+# REV: the revision the hosts check out (default: this checkout's HEAD, which must be on a pushed branch).
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]" >&2
@@ -27,7 +28,17 @@ for flag in DRY_RUN DETACH; do
     exit 2
   fi
 done
-REV=${REV:-$(git rev-parse HEAD)}
+if [ -z "${REV:-}" ]; then  # this checkout's commit: the hosts can fetch it only from a pushed branch
+  REV=$(git rev-parse HEAD)
+  if [ -z "$(git branch -r --contains "$REV" 2>/dev/null)" ]; then
+    echo "tpu_pod.sh: HEAD ($REV) is on no remote branch (as of the last git fetch), so the hosts cannot check it out;" \
+      "push it, or set REV to a pushed revision" >&2
+    exit 2
+  fi
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "tpu_pod.sh: warning: this checkout has uncommitted changes; the hosts run $REV without them" >&2
+  fi
+fi
 quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
 RUN="python3 -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
 if [ "${DETACH:-0}" = 1 ]; then

@@ -42,6 +42,14 @@ class ModelSource:
     def __post_init__(self):
         check_fields(self, [("arch", self.arch in ("", "custom", *models.PRESETS),
                              f"'' (with a checkpoint), 'custom' or a preset: {', '.join(sorted(models.PRESETS))}")])
+        if self.checkpoint and (self.arch or self.custom):  # the checkpoint's config.json sets the architecture
+            field = "arch" if self.arch else "custom"
+            raise ValueError(f"ModelSource.{field}={getattr(self, field)!r} with checkpoint={self.checkpoint!r}: "
+                             f"the checkpoint's config.json sets the model, so {field} would be ignored; "
+                             f"allowed with a checkpoint: {field} empty (--config.model.{field}="
+                             f"{'' if field == 'arch' else '{}'})")
+        if self.custom and self.arch != "custom":
+            raise ValueError(f"ModelSource.custom is set with arch={self.arch!r}; it is read only with arch='custom'")
         if self.arch == "custom":
             allowed = {f.name for f in dataclasses.fields(models.ModelConfig)} - {"param_dtype", "compute_dtype"}
             if unknown := sorted(set(self.custom) - allowed):

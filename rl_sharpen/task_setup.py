@@ -72,9 +72,16 @@ class DataConfig:
             ("template", self.template.count(prompt_lib.PROBLEM_PLACEHOLDER) == 1,
              f"a string with {prompt_lib.PROBLEM_PLACEHOLDER!r} exactly once"),
         ])
-        for which in ("train", "validation"):  # a named source's splits (a local file of that name is read instead)
+        if SYNTHETIC in (self.train, self.validation):  # the arithmetic task writes its own prompts, character tokens
+            defaults = DataConfig.__dataclass_fields__
+            for name in ("tokenizer", "template", "system_prompt", "use_chat_template"):
+                if getattr(self, name) != defaults[name].default:
+                    raise ValueError(f"DataConfig.{name}={getattr(self, name)!r}: unused by the synthetic task (its "
+                                     f"prompts and character tokenizer are fixed); allowed with it: the default, "
+                                     f"{defaults[name].default!r}")
+        for which in ("train", "validation"):  # a named source's splits
             name = getattr(self, which)
-            if name in SOURCES and not os.path.exists(name):
+            if name in SOURCES:
                 check_fields(self, [(f"{which}_split", getattr(self, f"{which}_split") in SOURCES[name].splits,
                                      f"a split of {name!r}: {', '.join(sorted(SOURCES[name].splits))}")])
 

@@ -204,8 +204,8 @@ def test_registry_and_argument_errors(tmp_path):
     ("math", "train", ("DigitalLearningGmbH/MATH-lighteval", "default", "train"), "math/train", "25"),
     ("deepscaler", None, ("agentica-org/DeepScaleR-Preview-Dataset", None, "train"), "deepscaler/train", "25"),
 ])
-def test_hub_sources_call_datasets_with_their_name_config_and_split(monkeypatch, name, split, hub_call, source,
-                                                                     answer):
+def test_hub_sources_call_datasets_with_their_name_config_and_split(monkeypatch, tmp_path, name, split, hub_call,
+                                                                     source, answer):
     import datasets
 
     calls = []
@@ -217,6 +217,8 @@ def test_hub_sources_call_datasets_with_their_name_config_and_split(monkeypatch,
         return rows
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()  # a folder named like the source (a download of it) does not hide the source
     problems, _ = load_problems(name, split=split)
     assert calls == [hub_call]
     assert (problems[0].answer, problems[0].source) == (answer, source)

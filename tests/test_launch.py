@@ -85,3 +85,34 @@ def test_detached_run_starts_with_nohup_and_logs_to_the_home_folder(tmp_path):
 def test_bad_requests_exit_2_and_say_why(tmp_path, args, env, message):
     done = _remote_script(tmp_path, args, **env)
     assert done.returncode == 2 and message in done.stderr and not done.stdout
+
+
+def test_without_rev_the_checkouts_head_must_be_on_a_pushed_branch(tmp_path):
+    def git(*args, cwd):
+        subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+    origin, work = tmp_path / "origin.git", tmp_path / "work"
+    git("init", "-q", "--bare", str(origin), cwd=tmp_path)
+    git("init", "-q", str(work), cwd=tmp_path)
+    (work / "a.txt").write_text("1")
+    git("add", "a.txt", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one", cwd=work)
+    git("remote", "add", "origin", str(origin), cwd=work)
+    env = {**os.environ, "DRY_RUN": "1"}
+    env.pop("REV", None)
+
+    def launch():
+        return subprocess.run(["bash", str(SCRIPT), *ARGS], capture_output=True, text=True, env=env, cwd=work,
+                              timeout=60)
+
+    unpushed = launch()
+    assert unpushed.returncode == 2 and not unpushed.stdout
+    assert "is on no remote branch (as of the last git fetch), so the hosts cannot check it out" in unpushed.stderr
+    git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+    git("fetch", "-q", "origin", cwd=work)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+    pushed = launch()
+    assert pushed.returncode == 0 and f"git checkout -q {head}" in pushed.stdout and not pushed.stderr
+    (work / "a.txt").write_text("2")
+    dirty = launch()
+    assert dirty.returncode == 0 and f"the hosts run {head} without them" in dirty.stderr

@@ -263,6 +263,11 @@ def test_head_dim_defaults_follow_transformers():
     llama = transformers.LlamaConfig(**no_head_dim)
     assert models.from_hf_config(_hf_dict("LlamaForCausalLM")).head_dim == llama.head_dim == 16
     assert models.from_hf_config(_hf_dict("Qwen2ForCausalLM")).head_dim == 16
+    for arch, config in (("LlamaForCausalLM", transformers.LlamaConfig), ("Qwen2ForCausalLM", transformers.Qwen2Config),
+                         ("Qwen3ForCausalLM", transformers.Qwen3Config)):  # and so do the context lengths
+        hf = _hf_dict(arch)
+        hf.pop("max_position_embeddings", None)
+        assert models.from_hf_config(hf).max_position_embeddings == config().max_position_embeddings
     with pytest.raises(ValueError, match=r"ModelConfig.head_dim=7; allowed: an even integer >= 2"):
         models.ModelConfig("llama", 50, 28, 64, 1, 4, 2, 7)
     with pytest.raises(ValueError, match=r"ModelConfig.num_kv_heads=0; allowed: an integer >= 1"):

@@ -171,6 +171,12 @@ def test_config_errors_name_the_field_and_allowed_values():
                             r".*qwen2.5-3b-instruct"),
     ("model.custom", {"family": "llama", "hiden_size": 8}, r"ModelSource.custom.hiden_size: not a ModelConfig field; "
                                                            r"allowed: .*hidden_size"),
+    ("model.checkpoint", "/some/folder", r"ModelSource.arch='custom' with checkpoint='/some/folder': the checkpoint's "
+                                         r"config.json sets the model, so arch would be ignored; allowed with a "
+                                         r"checkpoint: arch empty \(--config.model.arch=\)"),
+    ("data.system_prompt", "Be brief.", r"DataConfig.system_prompt='Be brief.': unused by the synthetic task \(its "
+                                        r"prompts and character tokenizer are fixed\); allowed with it: the default, ''"),
+    ("model.arch", "", r"ModelSource.custom is set with arch=''; it is read only with arch='custom'"),
     ("loss.eps_low", 1.0, r"LossConfig.eps_low=1.0, eps_high=0.2; allowed: eps_low in \[0, 1\)"),
     ("rl.micro_batch", 3, r"rl.micro_batch=3; allowed: 0 or a multiple of the 4 samples per prompt "
                           r"\(sampling.num_samples\) that divides the minibatch of 8 sequences"),

@@ -123,6 +123,9 @@ def _ids(value) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
+_DEFAULT_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768, "qwen3": 32768}  # transformers' when config.json has none
+
+
 def _check_supported(hf: Mapping[str, Any], family: str, source: str) -> None:
     """ValueError for a config.json setting the decoder of `family` does not implement."""
     checks = [("hidden_act", "silu", ("silu", "swish"))]  # transformers defaults; swish is SiLU
@@ -135,7 +138,7 @@ def _check_supported(hf: Mapping[str, Any], family: str, source: str) -> None:
         if value not in allowed:
             raise ValueError(f"{source}: {key}={value!r} is not supported; allowed: {' or '.join(map(repr, allowed))}")
     if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
-        window, longest = hf.get("sliding_window"), hf.get("max_position_embeddings", 4096)
+        window, longest = hf.get("sliding_window"), hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family])
         n, first = int(hf.get("num_hidden_layers", 0)), int(hf.get("max_window_layers", 28))
         kinds = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
         if window is not None and window < longest and "sliding_attention" in kinds:
@@ -148,8 +151,8 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
     """ModelConfig from a parsed HF config dict, or from the path of a folder / config.json.
 
     Missing keys take transformers' defaults where it has one (head_dim: 128 for Qwen3, else
-    hidden_size / num_attention_heads); a missing required key or an unsupported setting raises
-    ValueError naming the key."""
+    hidden_size / num_attention_heads; max_position_embeddings: 2048 for Llama, 32768 for Qwen); a
+    missing required key or an unsupported setting raises ValueError naming the key."""
     source = "config.json"
     if isinstance(hf, (str, os.PathLike)):
         source = os.path.join(hf, "config.json") if os.path.isdir(hf) else str(hf)
@@ -184,7 +187,7 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
         rope_scaling=scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family])),
         param_dtype=param_dtype,
         compute_dtype=compute_dtype or param_dtype,
         bos_token_id=hf.get("bos_token_id"),

@@ -90,7 +90,7 @@ _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions
     trillions dozen dozens pi""".split())
 # Words that may change the value of a number they follow (beyond the scales above), so they are never
 # dropped as units or counted nouns, and an answer of a plain number and such words is not that
-# number ("3 squared", "2 point five", "1 half", "5 below zero").
+# number ("3 squared", "2 point five", "1 half", "5 below zero", "4 or more").
 _NUMBER_WORDS = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
     sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety""".split()
 _CHANGING_WORDS = frozenset(_NUMBER_WORDS + [w + "s" for w in _NUMBER_WORDS[2:]] + """percentage half halves halfs
@@ -98,7 +98,7 @@ _CHANGING_WORDS = frozenset(_NUMBER_WORDS + [w + "s" for w in _NUMBER_WORDS[2:]]
     reciprocal opposite double doubled triple tripled twice thrice halved tens grand lakh lakhs crore crores gross
     score scores quadrillion quintillion sextillion septillion octillion zillion myriad googol mil doz kilo mega
     giga micro milli nano permille pis sixes sqrt infinity choose to below above sine cosine tangent sin cos tan
-    exp log ln""".split())
+    exp log ln or least most""".split())  # the last three: ranges and bounds ("4 or more", "3 at most")
 _FRACTION_WORD_RE = re.compile(  # "1 twelfth", "3 millionths", "5 hundreths"
     r"(?:tieth|teenth|hundredth|hundreth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh"
     r"|twelfth|tyth)s?$")

@@ -269,7 +269,14 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    if os.path.exists(name_or_path):
+    if name_or_path in SOURCES:  # a registered name, even where a folder of that name exists
+        source = SOURCES[name_or_path]
+        split = split or ("test" if "test" in source.splits else "train")
+        if split not in source.splits:
+            raise ValueError(f"split of {name_or_path!r} must be one of {sorted(source.splits)}, got {split!r}")
+        rows, source_name, format = (_read_hub(source, name_or_path, split), f"{name_or_path}/{split}",
+                                     format or source.format)
+    elif os.path.exists(name_or_path):
         _check_local_path(name_or_path)
         folder = os.path.basename(os.path.dirname(os.path.abspath(name_or_path)))
         stem = os.path.splitext(os.path.basename(name_or_path))[0]
@@ -277,13 +284,6 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         if format is None:
             head = list(itertools.islice(rows, _INFER_ROWS))
             format, rows = infer_format(head), itertools.chain(head, rows)
-    elif name_or_path in SOURCES:
-        source = SOURCES[name_or_path]
-        split = split or ("test" if "test" in source.splits else "train")
-        if split not in source.splits:
-            raise ValueError(f"split of {name_or_path!r} must be one of {sorted(source.splits)}, got {split!r}")
-        rows, source_name, format = (_read_hub(source, name_or_path, split), f"{name_or_path}/{split}",
-                                     format or source.format)
     else:
         raise SourceError(f"unknown problem source {name_or_path!r}: not a file, and not one of {sorted(SOURCES)} "
                           "(set by data.train / data.validation)")
