@@ -27,7 +27,7 @@ from rl_sharpen.metrics import workdir_path
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
                      "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat",
                      "demo.regimes")  # a demo's regime runs each record their own reward
-RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation")
+RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation", "binary_rewards.")  # the last: a mode without checkpoints
 NOT_RESUMABLE = ("eval.verify_timeout",)
 # Fields added to the config after runs were checkpointed, with the value that does what those runs
 # did: a record without the field resumes as if it held that value (any other value is a change).

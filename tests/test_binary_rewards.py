@@ -103,7 +103,7 @@ def test_forward_kl_in_the_factorized_family_is_the_product_of_marginals():
 
 def test_kl_control_collapses_in_the_factorized_family_and_alpha_dpg_keeps_coverage():
     cfg = br.BinaryRewardsConfig(vocab_size=3, length=4, max_token_sum=3, betas=(1.0, 0.1, 0.01), alphas=(1.0,),
-                                 steps=2000, ks=(1, 16))
+                                 steps=2000, ks=(1, 16), restarts=3)
     runs = {(r["name"], r["family"]): r for r in br.run_experiment(cfg, seed=0)["runs"]}
     star = runs[("filtered p*", "exact")]
     # well specified: the policy tends to p* as beta -> 0, with all of its valid outputs
@@ -123,6 +123,14 @@ def test_kl_control_collapses_in_the_factorized_family_and_alpha_dpg_keeps_cover
     dpg = runs[("alpha-DPG alpha=1", "factorized")]
     assert dpg["effective_valid_outputs"] > 2 * support[-1]
     assert dpg["coverage@16"] > factorized[-1]["coverage@16"] + 0.05
+    # the restarts keep the lowest objective, the start from the base model's included; the collapse is
+    # a property of the objective, not of where the fit started
+    for r in factorized + [dpg]:
+        assert r["best_of_restarts"]["objective"] <= r["objective"]
+    best = factorized[-1]["best_of_restarts"]
+    assert best["effective_valid_outputs"] < 0.5 * star["effective_valid_outputs"] and best["validity"] > 0.95
+    assert dpg["effective_valid_outputs"] > 2 * best["effective_valid_outputs"]
+    assert "best_of_restarts" not in exact and exact["objective"] < factorized[-1]["objective"]
 
 
 def test_config_errors_name_the_field():
@@ -132,6 +140,18 @@ def test_config_errors_name_the_field():
         br.BinaryRewardsConfig(vocab_size=3, length=20)
     with pytest.raises(ValueError, match="BinaryRewardsConfig.learning_rate"):
         br.BinaryRewardsConfig(learning_rate=0.0)
+    for field in ("learning_rate", "base_scale"):  # inf passed `> 0` and made every fit NaN
+        with pytest.raises(ValueError, match=rf"BinaryRewardsConfig.{field}=inf; allowed: a finite float"):
+            br.BinaryRewardsConfig(**{field: math.inf})
+    with pytest.raises(ValueError, match=r"BinaryRewardsConfig.betas=\(1.0, inf\); allowed: finite floats > 0"):
+        br.BinaryRewardsConfig(betas=(1.0, math.inf))
+    with pytest.raises(ValueError, match="BinaryRewardsConfig.restarts=-1; allowed: an integer >= 0"):
+        br.BinaryRewardsConfig(restarts=-1)
+    for mu in (0.0, -0.1, 1.0):  # a division by zero or a math domain error before
+        with pytest.raises(ValueError, match=rf"base validity mu={mu}; allowed: 0 < mu < 1"):
+            br.beta_for_validity(mu, 0.5)
+        with pytest.raises(ValueError, match=rf"base validity mu={mu}; allowed: 0 < mu < 1"):
+            br.validity_rate(mu, 1.0)
 
 
 def test_main_mode_writes_json_and_plot(tmp_path):

@@ -123,6 +123,11 @@ def test_changed_config_refuses_to_resume(tmp_path):
     with pytest.raises(CheckpointMismatch, match="optim.learning_rate"):
         _rl_run(tmp_path, 4, **{"optim.learning_rate": 5e-4}).run()
     assert json.loads((tmp_path / "config.json").read_text()) == saved  # the refused config is not recorded
+    with pytest.raises(CheckpointMismatch, match=r"checkpoints/2 is past train.steps=1: the run would report a "
+                                                 r"model trained for 2 steps; set --config.train.steps=2 or more"):
+        _rl_run(tmp_path, 1).run()
+    assert json.loads((tmp_path / "config.json").read_text()) == saved
+    _rl_run(tmp_path, 2, **{"binary_rewards.restarts": 3}).run()  # a section RL runs do not read
     # how the update is computed may change (e.g. smaller micro-batches after running out of memory)
     _rl_run(tmp_path, 3, **{"rl.micro_batch": 4, "rl.remat": True, "rl.logprob_chunk": 8}).run()
     assert sorted(_rows(tmp_path)) == [1, 2, 3]

@@ -3,7 +3,9 @@
     forward(params, cfg, tokens, positions, segment_ids, cache) -> (logits, cache)
 
 `segment_ids` [B, T] int32 marks padding with 0 and real tokens with a segment number; a token
-attends to earlier tokens of its own segment only (left padding, or several packed sequences).
+attends to earlier tokens of its own segment only (left padding, or several packed sequences). A
+number names one contiguous run of a row (1 1 2 2 3, as packing writes): a number used again later
+in the row joins the earlier run in attention, while `positions_from_segments` restarts there.
 The KV cache is an explicit pytree:
 
     {"k": [L, B, S, K, E], "v": [L, B, S, K, E], "segment_ids": [B, S] int32, "end": int32 []}

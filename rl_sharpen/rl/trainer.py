@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from rl_sharpen import sampling
 from rl_sharpen import sharding as shd
-from rl_sharpen.checkpoint import Checkpointer
+from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer
 from rl_sharpen.metrics import MetricWriter, format_row, workdir_path, write_json
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, schedule
@@ -196,6 +196,11 @@ class RLRun:
         if ckpt.latest_step() is not None:
             state, record = ckpt.restore(state, self.config_record)
             restored = int(record["step"])
+            if restored > self.train_cfg.steps:  # the loop would not run, and the results would be the checkpoint's
+                raise CheckpointMismatch(
+                    f"{self.workdir}/checkpoints/{restored} is past train.steps={self.train_cfg.steps}: the run "
+                    f"would report a model trained for {restored} steps; set --config.train.steps={restored} "
+                    "or more, or use a new --workdir")
             logging.info("resumed %s from step %d", self.workdir, restored)
         if jax.process_index() == 0:  # after the checkpoint accepted it: a refused config leaves the old file
             workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)

@@ -109,8 +109,10 @@ _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm
 _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
     centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
     pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s")) | {"inches"}
-# A plain number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers".
-_UNIT_WORD_RE = re.compile(r"^(-?[\d.,/]*\d)\s+((?:[a-zA-Z]{2,}\.?\s+){0,2}[a-zA-Z]{2,})\.?$")
+# A number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers"; the number
+# may be written in LaTeX without letters outside its commands ("6\sqrt{3} units", "\frac{3}{4} cup").
+_NUMBER_PART = r"(?:[\d.,/^{}()+]|\\(?:d|t)?frac\b|\\sqrt\b|\\pi\b)"
+_UNIT_WORD_RE = re.compile(rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}})\.?$")
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
 _PERCENT_WORD_RE = re.compile(
     r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
@@ -167,9 +169,9 @@ def _is_counted_noun(words: list[str]) -> bool:
 
 
 def _drop_counted_noun(s: str) -> tuple[str, bool]:
-    """(s without the plain words after a plain number that `_is_counted_noun` drops, whether s is a
-    plain number and words of which one may change its value, none a scale that `_parse_number`
-    reads: "3 squared", "4 fifteen", not "3 thousand apples"; such an answer is not that number)."""
+    """(s without the plain words after a number that `_is_counted_noun` drops, whether s is a number
+    and words of which one may change its value, none a scale that `_parse_number` reads: "3 squared",
+    "4 fifteen", "2\\pi squared", not "3 thousand apples"; such an answer is not that number)."""
     number_words = _UNIT_WORD_RE.fullmatch(s)
     if number_words is None:
         return s, False
