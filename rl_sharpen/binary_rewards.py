@@ -249,8 +249,8 @@ def run_experiment(cfg: BinaryRewardsConfig, seed: int = 0, workdir: str | None 
         out = record(name, family, logits, **extra, objective=objective)
         if family == "factorized" and cfg.restarts:
             shape = space.param_shape(family)
-            best, best_logits = min([(objective, logits)] + [run(starts[family] + 2.0 * jax.random.normal(k, shape)) for k in restart_keys],
-                                    key=lambda fit_: fit_[0])
+            perturbed = [run(starts[family] + 2.0 * jax.random.normal(k, shape)) for k in restart_keys]
+            best, best_logits = min([(objective, logits)] + perturbed, key=lambda fit_: fit_[0])
             out["best_of_restarts"] = {"objective": best, **diagnostics(space.log_probs(best_logits, family),
                                                                           log_star, valid, cfg.ks)}
         return out

@@ -101,7 +101,7 @@ CASES = [rewards.regime_preset(name) for name in ("task_reward", "sharpening", "
                                                    "tempered_a4", "tilted_a1.25_b100", "tilted_a2_b10000")] + [
     rewards.regime_preset("sharpening", normalization="mean"),
     rewards.regime_preset("tempered_a2", normalization="mean"),
-    rewards.regime_preset("tilted_a0.5_b100", normalization="none"),
+    rewards.regime_preset("tilted_a1_b100", normalization="none"),  # N = 0: alpha other than 1 is refused
     rewards.regime_preset("task_reward", alpha=0.5, normalization="mean"),
 ]
 

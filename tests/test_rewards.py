@@ -205,6 +205,13 @@ def test_errors_name_the_field_and_allowed_values():
     np.testing.assert_array_equal(total, CORRECT)
 
 
+def test_an_exponent_that_cannot_act_is_refused():
+    with pytest.raises(ValueError, match=r"RewardConfig.alpha=0.5 with normalization='none' in sampling mode has no "
+                                         r"effect \(N = 0, so pi\* ∝ p_ref e\^\{beta_inv r\} whatever alpha\)"):
+        rewards.regime_preset("tilted_a0.5_b100", normalization="none")
+    rewards.regime_preset("tilted_a1_b100", normalization="none")  # alpha = 1 asks for nothing N would do
+
+
 def test_a_reward_that_is_zero_for_every_sample_is_refused():
     with pytest.raises(ValueError, match=r"gives R = 0 for every sample; allowed: a nonzero term"):
         rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none")

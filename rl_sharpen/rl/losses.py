@@ -23,8 +23,9 @@ from (sampler temperature / top-p applied), lp_old those of the policy that anch
               the current sg(lp) at every step; batch.advantages is ignored
 
 Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py). Its expected gradient is
-that of a per-position KL at the prefixes the policy visits, with their visit probabilities held fixed
-(k2: sum_u P_pi(u) KL(pi(.|u) || p_ref(.|u)); k3 the same with KL(p_ref(.|u) || pi(.|u))), not the
+that of a per-position KL at the prefixes the sampler visits, with their visit probabilities held fixed
+(those of pi, unless calibration or a temperature samples from q != pi: the penalty takes no importance
+weight) (k2: sum_u P_pi(u) KL(pi(.|u) || p_ref(.|u)); k3 the same with KL(p_ref(.|u) || pi(.|u))), not the
 gradient of the sequence-level KL(pi || p_ref). For the objective's sequence-level KL, and its optimum
 p_ref e^{r / beta} / Z, put it in the reward instead: `RewardConfig.kl_coef` with k1.
 

@@ -33,11 +33,14 @@ The four regimes of the paper (`regime_preset`):
 pi* ∝ p_ref e^{r / kl_coef}.
 
 More components (register one with `@register_component(name)`; weight it with `extra`):
-  neg_entropy     -(1/L) sum_t m_t H(pi(. | x, y_<t))                         entropy minimization
+  neg_entropy     -(1/L) sum_t m_t H(pi(. | x, y_<t))                         low entropy along the sampled path
   self_certainty  (1/L) sum_t m_t KL(U || pi(. | x, y_<t))                    Zhao et al. 2025 (Intuitor)
                   = (1/L) sum_t m_t [logsumexp(z_t) - mean(z_t) - log V]
   majority_vote   1[answer_id = majority answer id of the group]              Zuo et al. 2025 (TTRL)
   format          1[an answer was extracted]
+As rewards, neg_entropy and self_certainty get the score-function gradient only (R held constant),
+not their pathwise gradient: the update favours samples along which pi is confident, which is not
+the gradient of E_pi[-H] (as in Intuitor and RENT).
 """
 
 from __future__ import annotations
@@ -114,6 +117,10 @@ class RewardConfig:
         weights = mixture_weights(self)
         if self.normalization == "none":
             weights.pop("sharpening", None)  # N = 0
+            if self.mode == "sampling" and self.alpha != 1.0:  # the exponent acts through N alone: pi* = p_ref
+                raise ValueError(f"RewardConfig.alpha={self.alpha} with normalization='none' in sampling mode has no "
+                                 "effect (N = 0, so pi* ∝ p_ref e^{beta_inv r} whatever alpha); allowed: "
+                                 "normalization 'sum', 'mean' or 'weighted_mean', or alpha=1.0")
         if not any(weights.values()) and self.kl_coef == 0:
             raise ValueError(f"RewardConfig(mode={self.mode!r}, alpha={self.alpha}, beta_inv={self.beta_inv}, "
                              f"normalization={self.normalization!r}, extra={self.extra}, kl_coef=0) gives R = 0 for "
