@@ -1,7 +1,7 @@
 """Binary rewards on an exactly enumerable toy model (Dymetman 2026; Kruszewski et al. 2026): KL
 control toward the filtered model p* at decreasing beta, and alpha-DPG, in a policy family that can
-represent p* (autoregressive) and one that cannot (factorized). Exact sums, no sampling; about a
-minute on CPU.
+represent p* (autoregressive) and one that cannot (factorized). Exact sums, no sampling; about 20 s
+on a 2-core CPU.
 
   python -m rl_sharpen.main --config=configs/binary_rewards.py --workdir=/tmp/binary_rewards
   python -m rl_sharpen.main --config=configs/binary_rewards.py:tiny --workdir=/tmp/br_tiny   # seconds
