@@ -26,7 +26,8 @@ from rl_sharpen.metrics import workdir_path
 # and does not feed training (its verifier timeout does: it also grades the rollouts).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
                      "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat",
-                     "demo.regimes")  # a demo's regime runs each record their own reward
+                     "demo.regimes",  # a demo's regime runs each record their own reward
+                     "sft.checkpoint_every", "sft.log_every")
 RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation", "binary_rewards.")  # the last: a mode without checkpoints
 NOT_RESUMABLE = ("eval.verify_timeout",)
 # Fields added to the config after runs were checkpointed, with the value that does what those runs

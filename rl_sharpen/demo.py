@@ -21,7 +21,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rl_sharpen import evaluation, models
-from rl_sharpen.checkpoint import CheckpointMismatch, config_changes
+from rl_sharpen.checkpoint import CheckpointMismatch, config_changes, resumable_change
 from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
@@ -37,7 +37,7 @@ def _check_warm_start(path: str, record: dict) -> None:
         raise CheckpointMismatch(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; "
                                  "use a new --workdir")
     with open(saved) as f:
-        detail = config_changes(json.load(f), record)
+        detail = config_changes(json.load(f), record, resumable_change)  # sft.log_every, sft.checkpoint_every
     if detail:
         raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
                                  "or delete sft_model and the regime folders to start over")
@@ -63,7 +63,8 @@ def sft_start(exp, workdir, task, mesh):
         logging.info("reusing the warm start in %s (an RL seed may differ from the one it was trained with)", path)
         return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
     cfg, params = build_model(exp, mesh, task.tokenizer)
-    params = train_sft(params, cfg, task.sft_pairs, sft_cfg, sft_optim, task.pad_id, workdir, exp.seed)
+    params = train_sft(params, cfg, task.sft_pairs, sft_cfg, sft_optim, task.pad_id, workdir, exp.seed,
+                       config_record=record)
     models.save_hf(params, cfg, path + ".tmp")
     if jax.process_index() == 0:
         with open(os.path.join(path + ".tmp", _WARM_START_RECORD), "w") as f:

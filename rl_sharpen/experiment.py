@@ -215,7 +215,8 @@ def run(config, workdir: str) -> dict:
         from rl_sharpen.sft import train_sft
 
         record_config()  # the synthetic task (the only one with worked solutions) is built: it loaded
-        params = train_sft(params, model_cfg, task.sft_pairs, exp.sft, exp.optim, task.pad_id, workdir, exp.seed)
+        params = train_sft(params, model_cfg, task.sft_pairs, exp.sft, exp.optim, task.pad_id, workdir, exp.seed,
+                           config_record=to_record(exp))
         models.save_hf(params, model_cfg, os.path.join(workdir, "sft_model"))
         result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed)(params, 0)
     else:

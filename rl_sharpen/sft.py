@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from rl_sharpen.checkpoint import Checkpointer
 from rl_sharpen.metrics import MetricWriter
 from rl_sharpen.models import param_shardings
 from rl_sharpen.models.config import ModelConfig
@@ -32,6 +33,7 @@ class SFTConfig:
     batch_size: int = 64  # (prompt, completion) pairs per step
     max_completion_tokens: int = 128  # completions are cut (and their EOS lost) beyond this
     log_every: int = 50  # write metrics every N steps
+    checkpoint_every: int = 100  # save params, optimizer state, batch stream every N steps and the last (0: never)
 
     def __post_init__(self):
         check_fields(self, [
@@ -39,6 +41,7 @@ class SFTConfig:
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("max_completion_tokens", self.max_completion_tokens >= 1, "an integer >= 1"),
             ("log_every", self.log_every >= 1, "an integer >= 1"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0: no checkpoints)"),
         ])
 
 
@@ -78,16 +81,33 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
 
 def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Generator, int], list],
               sft_cfg: SFTConfig, optim_cfg: OptimConfig, pad_id: int, workdir: str, seed: int = 0,
-              prompt_width: int | None = None):
-    """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params."""
+              prompt_width: int | None = None, config_record: dict | None = None):
+    """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params.
+
+    Every `sft_cfg.checkpoint_every` steps (0: never) and at the last one it saves params, optimizer
+    state, the batch stream's numpy state and the padded width under `<workdir>/sft_checkpoints`, with
+    `config_record` (default: the SFT and optimizer settings and the seed), so a killed run started
+    again resumes where it was and draws the same batches as an uninterrupted one; a record that
+    differs in a field that changes the math is refused (`Checkpointer.restore`)."""
     optimizer = make_optimizer(optim_cfg)
-    opt_state = init_state(optimizer, params)
+    state = {"params": params, "opt_state": init_state(optimizer, params)}
     mesh = mesh_of(params)
     step_fn = make_sft_step(cfg, optimizer, mesh)
     rng = np.random.default_rng([seed, SFT_STREAM])  # default_rng(seed) would be the synthetic draw's [seed, 0]
-    writer = MetricWriter(workdir, "sft", resume_step=-1)  # SFT always starts over: so does its log
-    bar = tqdm(range(sft_cfg.steps), desc="sft", dynamic_ncols=True, disable=jax.process_index() != 0)
     width = prompt_width or 0
+    record = config_record or {"sft": dataclasses.asdict(sft_cfg), "optim": dataclasses.asdict(optim_cfg),
+                               "seed": seed}
+    ckpt = None
+    if sft_cfg.checkpoint_every:
+        ckpt = Checkpointer(f"{workdir}/sft_checkpoints", sft_cfg.checkpoint_every, keep=1)
+    start = 0
+    if ckpt is not None and ckpt.latest_step() is not None:
+        state, saved = ckpt.restore(state, record)
+        start, width = int(saved["step"]), int(saved["width"])
+        rng.bit_generator.state = saved["rng"]
+    writer = MetricWriter(workdir, "sft", resume_step=start)  # keeps the rows up to the checkpoint
+    bar = tqdm(range(start, sft_cfg.steps), initial=start, total=sft_cfg.steps, desc="sft", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
     for step in bar:
         pairs = sample_pairs(rng, sft_cfg.batch_size)
         # the padded width only grows (by bucket widths), so a run compiles the step a few times at most
@@ -96,9 +116,14 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
         if mesh is not None:  # rows over the data axes (replicated where they do not divide the batch)
             batch = [jax.device_put(x, named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
                      for x in batch]
-        params, opt_state, loss, gnorm = step_fn(params, opt_state, *batch)
+        state["params"], state["opt_state"], loss, gnorm = step_fn(state["params"], state["opt_state"], *batch)
         if (step + 1) % sft_cfg.log_every == 0 or step + 1 == sft_cfg.steps:
             row = writer.write(step + 1, {"nll": loss, "grad_norm": gnorm})
             bar.set_postfix(nll=f"{row['nll']:.3f}")
+        if ckpt is not None:
+            ckpt.save(step + 1, state, {"step": step + 1, "width": width, "rng": rng.bit_generator.state,
+                                        "config": record}, force=step + 1 == sft_cfg.steps)
     writer.close()
-    return params
+    if ckpt is not None:
+        ckpt.close()
+    return state["params"]

@@ -506,6 +506,40 @@ def test_sft_started_again_logs_each_step_once(tmp_path):
         assert [json.loads(line)["step"] for line in f] == [1, 2]
 
 
+def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_path):
+    """Killed while drawing step 4's batch (after the step-2 checkpoint and step 3's row): the rerun
+    restores params, optimizer state and the batch stream at step 2 and ends where an uninterrupted
+    run ends, bit for bit, each step logged once; a changed learning rate is refused."""
+    from rl_sharpen.sft import train_sft
+
+    exp = experiment.parse(get_config("demo", "tiny"))
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    sft_cfg = dataclasses.replace(exp.sft, steps=5, log_every=1, checkpoint_every=2)
+
+    def train(workdir, sample_pairs=task.sft_pairs, optim=exp.optim):
+        return train_sft(jax.tree.map(jnp.copy, params), cfg, sample_pairs, sft_cfg, optim, task.pad_id, str(workdir))
+
+    calls = []
+
+    def killed_at_step_4(rng, n):
+        calls.append(n)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return task.sft_pairs(rng, n)
+
+    full = train(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "killed", killed_at_step_4)
+    with pytest.raises(CheckpointMismatch, match=r"optim.learning_rate"):
+        train(tmp_path / "killed", optim=dataclasses.replace(exp.optim, learning_rate=1e-2))
+    resumed = train(tmp_path / "killed")
+    jax.tree.map(np.testing.assert_array_equal, resumed, full)
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "sft.jsonl").read_text().splitlines()]
+            for name in ("full", "killed")}
+    assert [r["step"] for r in rows["killed"]] == [1, 2, 3, 4, 5] and rows["killed"] == rows["full"]
+
+
 def test_steps_after_the_last_checkpoint_are_logged_once_after_a_resume(tmp_path):
     """A kill after step 3's metrics but before its checkpoint: the rerun replaces rows 3, not adds them."""
     import shutil
