@@ -40,7 +40,7 @@ def _check_warm_start(path: str, record: dict) -> None:
         detail = config_changes(json.load(f), record, resumable_change)  # sft.log_every, sft.checkpoint_every
     if detail:
         raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
-                                 "or delete sft_model and the regime folders to start over")
+                                 "or delete sft_model, sft_checkpoints and the regime folders to start over")
 
 
 def sft_start(exp, workdir, task, mesh):
