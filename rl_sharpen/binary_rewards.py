@@ -225,8 +225,9 @@ def run_experiment(cfg: BinaryRewardsConfig, seed: int = 0, workdir: str | None 
     that gradient flow from the base reaches. Each run records its final objective (the loss fitted).
     The factorized objectives have several local minima, so each factorized fit also runs from
     `cfg.restarts` perturbed starts (its start + 2 N(0, 1) per logit), and the run records the lowest
-    objective found and its diagnostics under "best_of_restarts" (the start from the base included). Returns (and
-    writes to workdir/binary_rewards.json, with a PNG) the closed forms and every fit's diagnostics."""
+    objective found and its diagnostics under "best_of_restarts" (the start from the base included).
+    Returns (and writes to workdir/binary_rewards.json, with a PNG) the closed forms and every fit's
+    diagnostics."""
     space = SequenceSpace.build(cfg.vocab_size, cfg.length)
     valid = validity(space, cfg.max_token_sum)
     base_logits = cfg.base_scale * jax.random.normal(jax.random.key(seed), space.param_shape("autoregressive"))
@@ -248,8 +249,8 @@ def run_experiment(cfg: BinaryRewardsConfig, seed: int = 0, workdir: str | None 
         objective, logits = run(starts[family])
         out = record(name, family, logits, **extra, objective=objective)
         if family == "factorized" and cfg.restarts:
-            shape = space.param_shape(family)
-            perturbed = [run(starts[family] + 2.0 * jax.random.normal(k, shape)) for k in restart_keys]
+            start = starts[family]
+            perturbed = [run(start + 2.0 * jax.random.normal(k, start.shape)) for k in restart_keys]
             best, best_logits = min([(objective, logits)] + perturbed, key=lambda fit_: fit_[0])
             out["best_of_restarts"] = {"objective": best, **diagnostics(space.log_probs(best_logits, family),
                                                                           log_star, valid, cfg.ks)}

@@ -356,7 +356,8 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
     shared, new_scores, old_scores = paired_scores(new, old, k_list, maj_draws, names)
     for key in _SCALARS:  # a value one side lacks (greedy) is left out of both sides' means, as of the change's
         missing = np.isnan(new_scores[key]) | np.isnan(old_scores[key])
-        new_scores[key], old_scores[key] = (np.where(missing, np.nan, s[key]) for s in (new_scores, old_scores))
+        for scores in (new_scores, old_scores):
+            scores[key] = np.where(missing, np.nan, scores[key])
     diff = jax.tree.map(lambda a, b: a - b, new_scores, old_scores)
     return {"num_problems": len(shared), **_mean_and_errors(diff), "new": _mean_and_errors(new_scores),
             "old": _mean_and_errors(old_scores)}
