@@ -94,8 +94,11 @@ def test_an_unreachable_hub_names_the_source_and_the_local_way(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ValueError, match=r"problem source 'gsm8k' \(split 'test'\) could not be loaded .*"
-                                         r"ConnectionError.*pass a local .*jsonl.* file"):
+                                         r"ConnectionError.*set data.train / data.validation to a local "
+                                         r".*jsonl.* file"):
         load_problems("gsm8k", "test")
+    with pytest.raises(ValueError, match=r"set data.validation to a local"):
+        load_problems("gsm8k", "test", field="data.validation")
 
 
 def test_limit_counts_valid_problems(tmp_path):

@@ -286,7 +286,7 @@ def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, 
         get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},small")
 
 
-def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data_dir):
+def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data_dir, monkeypatch):
     from rl_sharpen.task_setup import DataConfig, MathTask
 
     data = DataConfig(train=str(math_data_dir / "gsm8k" / "test.jsonl"),
@@ -308,6 +308,16 @@ def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data
     assert correct.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert answers[0] == answers[1] and answers[3] is None
     assert stats["timeouts"] == 0 and stats["errors"] == 0
+    # Offline, the error names the field that chose the source (an eval run reads only data.validation).
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'HuggingFaceH4/MATH-500' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    hub_eval = MathTask(dataclasses.replace(data, validation="math500"), smollm2_tokenizer_dir)
+    with pytest.raises(ValueError, match=r"'math500' \(split 'test'\).*set data.validation to a local"):
+        hub_eval.problems("validation")
 
 
 def test_rollout_reward_and_validation_grade_alike():

@@ -244,27 +244,30 @@ def _read_local(path: str) -> Iterable[Any]:
         yield from _json_lines(itertools.chain([first], lines))
 
 
-def _read_hub(source: Source, name: str, split: str) -> Iterable[Any]:
+def _read_hub(source: Source, name: str, split: str, field: str) -> Iterable[Any]:
     import datasets
 
     try:
         return datasets.load_dataset(source.hub_name, source.config, split=source.splits[split])
     except Exception as e:  # offline, unreachable, or not authorized: say how to go on without the hub
         raise SourceError(f"problem source {name!r} (split {split!r}) could not be loaded from the Hugging Face "
-                         f"hub dataset {source.hub_name!r}: {type(e).__name__}: {e}. Without the hub, pass a "
-                         f"local {' / '.join(LOCAL_EXTENSIONS)} file of its rows as data.train / data.validation"
-                         ) from e
+                         f"hub dataset {source.hub_name!r}: {type(e).__name__}: {e}. Without the hub, set "
+                         f"{field} to a local {' / '.join(LOCAL_EXTENSIONS)} file of its rows") from e
 
 
 def load_problems(name_or_path: str, split: str | None = None, limit: int | None = None,
-                  format: str | None = None) -> tuple[list[Problem], LoadStats]:
+                  format: str | None = None, field: str | None = None
+                  ) -> tuple[list[Problem], LoadStats]:
     """Problems of a registered source (`SOURCES`) or of a local JSONL/parquet file.
 
     split: for a registered name, one of its splits (default: "test" if it has one, else "train");
       ignored for files. limit: keep the first `limit` valid problems. format: one of `FORMATS`;
-      default: the source's format, or `infer_format` of a file's first 64 rows.
+      default: the source's format, or `infer_format` of a file's first 64 rows. field: the config
+      field that named the source, for errors (default: both data fields; its split is `{field}_split`).
     Raises ValueError when no row loads (unless limit=0).
     """
+    split_field = f" ({field}_split)" if field else ""
+    field = field or "data.train / data.validation"
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
     if limit is not None and limit < 0:
@@ -273,8 +276,9 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         source = SOURCES[name_or_path]
         split = split or ("test" if "test" in source.splits else "train")
         if split not in source.splits:
-            raise ValueError(f"split of {name_or_path!r} must be one of {sorted(source.splits)}, got {split!r}")
-        rows, source_name, format = (_read_hub(source, name_or_path, split), f"{name_or_path}/{split}",
+            raise ValueError(f"split of {name_or_path!r}{split_field} must be one of {sorted(source.splits)}, "
+                             f"got {split!r}")
+        rows, source_name, format = (_read_hub(source, name_or_path, split, field), f"{name_or_path}/{split}",
                                      format or source.format)
     elif os.path.exists(name_or_path):
         _check_local_path(name_or_path)
@@ -286,7 +290,7 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
             format, rows = infer_format(head), itertools.chain(head, rows)
     else:
         raise SourceError(f"unknown problem source {name_or_path!r}: not a file, and not one of {sorted(SOURCES)} "
-                          "(set by data.train / data.validation)")
+                          f"(set by {field})")
 
     problems: list[Problem] = []
     skipped: collections.Counter[str] = collections.Counter()
