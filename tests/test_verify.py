@@ -52,7 +52,9 @@ EQUAL = [
     # counted nouns after a plain number, with or without a \text{}
     ("81", "81 teachers"), ("81", "81 math teachers."), ("575", "575 students"), ("5", "x = 5 apples"),
     ("21", "21 more candies"), ("5", "5 more than Mary"), ("24", "24 times"),
-    (r"6\sqrt{3}", r"6\sqrt{3} units"), (r"10\pi", r"10\pi feet"), (r"\frac34", r"\frac{3}{4} cup"),  # after LaTeX ("0.05", "5 percent"), (r"\frac14", "25 percent"),
+    (r"6\sqrt{3}", r"6\sqrt{3} units"), (r"10\pi", r"10\pi feet"), (r"\frac34", r"\frac{3}{4} cup"),  # after LaTeX
+    (r"\frac52", r"2 \frac{1}{2} cups"), (r"\frac{35}{3}", r"11 \dfrac{2}{3} hours"),  # after a mixed number
+    ("0.05", "5 percent"), (r"\frac14", "25 percent"),
     (r"25\%", "25 percent"), ("60", "60 percent"), ("60", "60 miles per hour"), ("12", "12 meters squared"),
     ("27", "27 inches cubed"), ("12", "12 men"), ("49", "49 fourth graders"),
     # a plus-minus inside a fraction, repeating decimals
@@ -96,7 +98,8 @@ UNEQUAL = [
     ("2", "2 point five"), ("2", "2 negative"), ("5", "5 thirteen"), ("3", "3 eighths"), ("1", "1 trillionth"),
     ("2", "2 to the third"), ("2", "2 sqrt"), ("3", "3 square"),  # sympy alone would read some as the number
     ("4", "4 or more"), ("4", "4 or fewer apples"), ("3", "3 at most"), ("3", r"3\text{ or less}"),  # ranges, bounds
-    (r"2\sqrt{3}", r"2\sqrt{3} squared"), (r"\frac12", r"\frac{1}{2} cos"), (r"3\sqrt{2}", r"3\sqrt{2} or more"),
+    (r"2\sqrt{3}", r"2\sqrt{3} squared"), (r"\frac12", r"\frac{1}{2} cos"), ("2", r"2 \frac{1}{2} cups"),
+    (r"\frac52", r"2 \frac{1}{2} squared"), (r"3\sqrt{2}", r"3\sqrt{2} or more"),
     # the letter of an assignment, percent on both sides, words (sympy reads them as products of letters)
     (r"y = -\frac{1}{4}", r"x = -\frac14"), (r"x = \frac{3}{2}", r"y = \frac32"), (r"y = \sqrt{2}", r"x = \sqrt2"),
     (r"25\%", r"0.25\%"), (r"50\%", r"0.5\%"), (r"25\%", r"2500\%"), (r"25\%", "2500"), ("2500", r"25\%"),

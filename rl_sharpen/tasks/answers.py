@@ -110,8 +110,9 @@ _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inc
     centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
     pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s")) | {"inches"}
 # A number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers"; the number
-# may be written in LaTeX without letters outside its commands ("6\sqrt{3} units", "\frac{3}{4} cup").
-_NUMBER_PART = r"(?:[\d.,/^{}()+]|\\(?:d|t)?frac\b|\\sqrt\b|\\pi\b)"
+# may be written in LaTeX without letters outside its commands ("6\sqrt{3} units", "\frac{3}{4} cup",
+# "2 \frac{1}{2} cups": a mixed number).
+_NUMBER_PART = r"(?:[\d.,/^{}()+]|(?<=\d) (?=\\frac\b)|\\(?:d|t)?frac\b|\\sqrt\b|\\pi\b)"
 _UNIT_WORD_RE = re.compile(
     rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}})\.?$")
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
