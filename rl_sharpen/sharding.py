@@ -142,9 +142,9 @@ def mesh_of(tree) -> Mesh | None:
     return None
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Shards dim 0 over the data axes, replicates the rest."""
-    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), mesh))
+def batch_sharding(mesh: Mesh, ndim: int, shape: Sequence[int] | None = None) -> NamedSharding:
+    """Shards dim 0 over the data axes (those that divide `shape[0]`, when given), replicates the rest."""
+    return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
 
 
 def host_array(x) -> np.ndarray:

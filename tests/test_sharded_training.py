@@ -8,6 +8,7 @@ so nothing here depends on how the code asks for them.
 """
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -300,3 +301,13 @@ def test_sft_batches_are_split_over_the_data_axes(run, tmp_path, monkeypatch):
     assert len(placements) == 3
     for sharding in placements:
         assert sharding.is_equivalent_to(shd.batch_sharding(run.mesh, 2), 2), _spec(sharding)
+
+
+def test_a_step_whose_rows_the_data_axes_do_not_divide_runs(tmp_path):
+    """6 rows over 4 row shards (data x fsdp): the update and the memory replicate the rows over fsdp,
+    as the sampler does, instead of failing after the rollout."""
+    small = _rl_run(tmp_path, 1, mesh=MESH, **CALIBRATED, **{"rl.prompts_per_step": 3, "sampling.num_samples": 2,
+                                                           "rl.micro_batch": 6})
+    small.run()
+    with open(tmp_path / "train.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1]

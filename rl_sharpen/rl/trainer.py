@@ -118,7 +118,7 @@ def prompt_order(num_problems: int, seed: int, position: int, count: int) -> np.
 def _place(batch: TrainBatch, mesh) -> TrainBatch:
     if mesh is None:
         return batch
-    return jax.tree.map(lambda x: jax.device_put(x, shd.batch_sharding(mesh, x.ndim)), batch)
+    return jax.tree.map(lambda x: jax.device_put(x, shd.batch_sharding(mesh, x.ndim, x.shape)), batch)
 
 
 def _minibatches(batch: TrainBatch, count: int, group_size: int, rng: np.random.Generator) -> list[TrainBatch]:
