@@ -11,6 +11,8 @@
 # this terminal or losing the ssh connection does not stop it; each host logs to ~/$LOG (default
 # rl_sharpen_<date>_<time>.log). Setup (clone, checkout, pip) still runs in the foreground.
 # REV: the revision the hosts check out (default: this checkout's HEAD, which must be on a pushed branch).
+# FORWARD_ENV: names of local environment variables to set on every host, e.g. FORWARD_ENV="HF_TOKEN
+# XLA_FLAGS" (the hosts get no other variable of this shell; a gated model such as Llama needs HF_TOKEN).
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]" >&2
@@ -40,6 +42,15 @@ if [ -z "${REV:-}" ]; then  # this checkout's commit: the hosts can fetch it onl
   fi
 fi
 quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell
+EXPORTS=""
+for name in ${FORWARD_ENV:-}; do
+  if ! [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ -z "${!name+set}" ]; then
+    echo "tpu_pod.sh: FORWARD_ENV names '$name', which is not a variable set in this shell" >&2
+    exit 2
+  fi
+  EXPORTS+="export $name=$(printf '%q' "${!name}")
+"
+done
 RUN="python3 -m rl_sharpen.main $(quoted --config="$CONFIG" --workdir="$WORKDIR" --multihost "$@")"
 if [ "${DETACH:-0}" = 1 ]; then
   LOG=${LOG:-rl_sharpen_$(date +%Y%m%d_%H%M%S).log}
@@ -51,7 +62,7 @@ if [ "${DETACH:-0}" = 1 ]; then
 echo \"\$(hostname): started, log ~/$LOG\""
 fi
 REMOTE="set -e
-if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
+${EXPORTS}if [ ! -d rl_sharpen ]; then git clone $(quoted "$REPO_URL") rl_sharpen; fi
 cd rl_sharpen && git fetch -q && git checkout -q $(quoted "$REV")
 python3 -m pip install -q -e '.[gcs]' 'jax[tpu]'
 $RUN"

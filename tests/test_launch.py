@@ -76,11 +76,21 @@ def test_detached_run_starts_with_nohup_and_logs_to_the_home_folder(tmp_path):
     assert (home / "run_1.log").exists()
 
 
+def test_forwarded_variables_reach_every_host_as_they_are(tmp_path):
+    token = "hf_a b$c'd\\e"
+    printed = _remote_script(tmp_path, FORWARD_ENV="HF_TOKEN XLA_FLAGS", HF_TOKEN=token, XLA_FLAGS="--xla_x=1")
+    assert printed.returncode == 0, printed.stderr
+    _, calls, stdout = _run_on_fake_host(tmp_path, printed.stdout + '\nprintf "%s|%s" "$HF_TOKEN" "$XLA_FLAGS"')
+    assert _calls(calls, 4)[3] == MAIN
+    assert stdout == f"{token}|--xla_x=1"
+
+
 @pytest.mark.parametrize("args, env, message", [
     (ARGS[:3], {}, "usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR"),
     (ARGS, {"DETACH": "1", "LOG": "../x y.log"}, "LOG=../x y.log; it must be a file name of letters"),
     (ARGS, {"DETACH": "1", "LOG": ".."}, "LOG=..; it must be a file name of letters"),
     (ARGS, {"DETACH": "yes"}, "DETACH=yes; allowed: 0 or 1"),
+    (ARGS, {"FORWARD_ENV": "HF_TOKEN_NOT_SET_HERE"}, "FORWARD_ENV names 'HF_TOKEN_NOT_SET_HERE', which is not"),
 ])
 def test_bad_requests_exit_2_and_say_why(tmp_path, args, env, message):
     done = _remote_script(tmp_path, args, **env)
