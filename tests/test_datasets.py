@@ -84,6 +84,19 @@ def test_byte_order_marks_and_bad_bytes_lose_one_row_at_most(tmp_path):
     (tmp_path / "bom.json").write_bytes(codecs.BOM_UTF8 + json.dumps(rows).encode())
     problems, stats = load_problems(str(tmp_path / "bom.json"), format="qa")
     assert [p.answer for p in problems] == ["0", "1"] and stats.num_skipped == 0
+    # A JSON array with one bad byte loses only the row that holds it.
+    array = [{"problem": f"p{i}", "answer": str(i)} for i in range(5)]
+    data = json.dumps(array, indent=1).encode().replace(b'"p3"', b'"p3\xff"')
+    (tmp_path / "bad_byte.json").write_bytes(data)
+    problems, stats = load_problems(str(tmp_path / "bad_byte.json"))
+    assert [p.answer for p in problems] == ["0", "1", "2", "4"] and stats.skipped == {"invalid UTF-8": 1}
+
+
+def test_repeated_ids_keep_the_first_row(tmp_path):
+    rows = [{"unique_id": "u0", "problem": "first", "answer": "1"}, {"unique_id": "u1", "problem": "p", "answer": "2"},
+            {"unique_id": "u0", "problem": "second", "answer": "3"}]
+    problems, stats = load_problems(write_jsonl(tmp_path / "ids.jsonl", rows), format="qa")
+    assert [p.problem for p in problems] == ["first", "p"] and stats.skipped == {"repeated id": 1}
 
 
 def test_an_unreachable_hub_names_the_source_and_the_local_way(monkeypatch):

@@ -222,6 +222,14 @@ def _json_lines(lines: Iterable[bytes]) -> Iterable[Any]:
                 yield _BadLine("invalid JSON")
 
 
+def _encodes(row: Any) -> bool:
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_local(path: str) -> Iterable[Any]:
     """Rows of a local file (see the module docstring for the file types)."""
     if path.endswith(".parquet"):
@@ -233,11 +241,16 @@ def _read_local(path: str) -> Iterable[Any]:
         if path.endswith(".json"):
             data = f.read().removeprefix(codecs.BOM_UTF8)
             try:
-                whole = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines under a .json name
+                text, clean = data.decode("utf-8"), True
+            except UnicodeDecodeError:  # bad bytes become lone surrogates; rows holding one are skipped
+                text, clean = data.decode("utf-8", errors="surrogateescape"), False
+            try:
+                whole = json.loads(text)
+            except json.JSONDecodeError:  # JSON Lines under a .json name
                 yield from _json_lines([data])
                 return
-            yield from whole if isinstance(whole, list) else [whole]
+            for row in whole if isinstance(whole, list) else [whole]:
+                yield row if clean or _encodes(row) else _BadLine("invalid UTF-8")
             return
         lines = iter(f)  # streamed: a large JSONL file is never held whole
         first = next(lines, b"").removeprefix(codecs.BOM_UTF8)
@@ -294,6 +307,7 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
 
     problems: list[Problem] = []
     skipped: collections.Counter[str] = collections.Counter()
+    ids: set[str] = set()
     num_rows = 0
     for index, row in enumerate(rows):
         if limit is not None and len(problems) >= limit:
@@ -303,9 +317,15 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
             skipped[row.reason if isinstance(row, _BadLine) else "not a JSON object"] += 1
             continue
         try:
-            problems.append(FORMATS[format](row, index, source_name))
+            problem = FORMATS[format](row, index, source_name)
         except _SkipRow as reason:
             skipped[str(reason)] += 1
+            continue
+        if problem.id in ids:  # paired comparisons and caches key problems by id
+            skipped["repeated id"] += 1
+            continue
+        ids.add(problem.id)
+        problems.append(problem)
     if not problems and limit != 0:
         raise ValueError(f"{name_or_path}: none of its {num_rows} rows loads as format {format!r}"
                          + (f"; skipped: {dict(skipped)}" if skipped else ""))
