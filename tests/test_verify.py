@@ -2,6 +2,9 @@
 
 import gc
 import importlib
+import multiprocessing.connection
+import os
+import signal
 import time
 from fractions import Fraction
 
@@ -66,6 +69,14 @@ EQUAL = [
     (r"\{1 \pm \sqrt2\} \cup \{3\}", r"\{1+\sqrt2, 1-\sqrt2, 3\}"),
     (r"1+\sqrt{2}, 1-\sqrt{2}", r"x \in \{1 \pm \sqrt{2}\}"),
     (r"\begin{pmatrix} \frac{\pm 1}{3} \\ 3 \end{pmatrix}", r"\begin{pmatrix} \pm\frac{1}{3} \\ 3 \end{pmatrix}"),
+    # equations: the same up to a factor
+    ("x+y=3", "2x+2y=6"), ("x^2+y^2=1", "x^2+y^2-1=0"), ("3, 5, 7", "(3, 5, 7)"),
+    ("(1,2)", "1, 2"), ("1, 2", "(1, 2)"), ("(15,-29)", "15, -29"),  # "(1,2)" may be a point
+    # base subscripts (the answer may leave the base out), thousands separated by a thin space
+    ("52_8", "52"), ("52_8", "52_{8}"), ("4210_{5}", "4210_5"), ("52", "52_{10}"), ("A3_{16}", "a3_{16}"),
+    (r"11,\! 111,\! 111,\! 100", "11111111100"), (r"11,\! 111,\! 111,\! 100", "11,111,111,100"),
+    ("1000000", r"1,\! 000,\! 000"), ("49", "49 fourth graders"), ("30", "30 boys and girls"),
+    ("15", "15 degrees lower"), ("3", "3 third graders"), ("12", "12 quarters"),
 ]
 
 # (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
@@ -107,6 +118,15 @@ UNEQUAL = [
     (r"\frac{1+\sqrt{5}}{2}, \frac{1-\sqrt{5}}{2}", r"\frac{-1 \pm \sqrt{5}}{2}"),
     (r"\frac{1+\sqrt{5}}{2}", r"\frac{1 \pm \sqrt{5}}{2}"), (r"\frac{1}{3}", r"0.\overline{6}"),
     (r"\frac{1}{3}", r"0.3\overline{4}"), (r"\{\{1\pm 2\}, 3\}", r"\{\{3\}, \{-1\}, 3\}"),
+    # an equation is not its right-hand side, an interval not its endpoints (math-verify matches both)
+    ("x=5", "x^2=5"), ("x=5", "2x=5"), ("x=5", "f(x)=5"), ("5", "y^2=5"), ("x+y=3", "x+y=4"),
+    (r"(-\sqrt{3}, \sqrt{3})", r"\pm\sqrt{3}"), (r"(-\sqrt{3}, \sqrt{3})", r"x = \pm\sqrt{3}"),
+    (r"(2,\infty)", r"2, \infty"), ("[1,2]", "1, 2"), (r"\pm 1", "(-1,1)"),
+    # another base (sympy reads each as 52), a thin-space number is not a list, hedges and last fraction words
+    ("52_8", "52_9"), ("52_8", "52_{10}"), ("4210_{5}", "4210_{6}"), ("52", "52_9"),
+    (r"11,\! 111,\! 111,\! 100", "100,111,11"), (r"11,\! 111,\! 111,\! 100", "111, 100, 11"),
+    ("5", "5 not"), ("5", "5 is not right"), ("5", r"5\text{ is not the answer}"), ("5", r"5\text{ (or 6)}"),
+    ("5", "5 and higher"), ("5", "5 and up"), ("1", "1 third"), ("1", "1 fourth"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -266,6 +286,16 @@ def test_memory_limit_applies_in_workers(pool):
         equal, timeouts, errors = tiny.run([("x" * 50_000_000, "5")], timeout=10.0)
         assert (equal.tolist(), timeouts, errors) == ([False], 0, 1)
     assert pool.run([("x" * 50_000_000, "5")], timeout=1.0)[1:] == (1, 0)
+
+
+def test_pairs_sent_to_a_dead_worker_are_graded_by_its_replacement(pool):
+    pool.run([("1", "1")], timeout=5.0)  # the workers exist
+    for w in pool._workers:  # killed while idle (by the OS, say): the pool learns of it at its next send
+        os.kill(w.pid, signal.SIGKILL)
+        multiprocessing.connection.wait([w.conn], timeout=10.0)  # its end of the pipe has closed
+    pairs = [("x^2+2x+1", "(x+1)^2"), (r"\frac{1}{2}\sqrt{3}", r"\frac{\sqrt{3}}{2}"), ("2+1", "3")]
+    equal, timeouts, errors = pool.run(pairs, timeout=5.0)
+    assert (equal.tolist(), timeouts, errors) == ([True] * 3, 0, 0)
 
 
 def test_pathological_answers_time_out_and_score_zero(pool):

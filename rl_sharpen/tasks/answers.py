@@ -80,6 +80,8 @@ def extract_answer(text: str) -> str | None:
 # Canonical strings and exact numbers.
 
 _DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|(?<!\\)\\[!,;:]|\\?\$")
+_THIN_THOUSANDS_RE = re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))")
+_BASE_RE = re.compile(r"([0-9A-Za-z]*\d[0-9A-Za-z]*)_\{?(\d+)\}?")  # "52_8", "A3_{16}": digits in a base
 _SPACE_RE = re.compile(r"(?<!\\)\\ |~")  # "\ " but not the row break "\\" before a space
 _DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
 _UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}"
@@ -90,7 +92,8 @@ _VALUE_WORDS = frozenset("""hundred hundreds thousand thousands million millions
     trillions dozen dozens pi""".split())
 # Words that may change the value of a number they follow (beyond the scales above), so they are never
 # dropped as units or counted nouns, and an answer of a plain number and such words is not that
-# number ("3 squared", "2 point five", "1 half", "5 below zero", "4 or more").
+# number ("3 squared", "2 point five", "1 half", "5 below zero"), and words of ranges, bounds and hedges
+# ("4 or more", "3 at most", "5 and higher", "5 is not the answer").
 _NUMBER_WORDS = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
     sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety""".split()
 _CHANGING_WORDS = frozenset(_NUMBER_WORDS + [w + "s" for w in _NUMBER_WORDS[2:]] + """percentage half halves halfs
@@ -98,7 +101,10 @@ _CHANGING_WORDS = frozenset(_NUMBER_WORDS + [w + "s" for w in _NUMBER_WORDS[2:]]
     reciprocal opposite double doubled triple tripled twice thrice halved tens grand lakh lakhs crore crores gross
     score scores quadrillion quintillion sextillion septillion octillion zillion myriad googol mil doz kilo mega
     giga micro milli nano permille pis sixes sqrt infinity choose to below above sine cosine tangent sin cos tan
-    exp log ln or least most""".split())  # the last three: ranges and bounds ("4 or more", "3 at most")
+    exp log ln or least most not no nor but except""".split())
+# Fraction words that are also ordinals, read as fractions only at the end: "1 third", not "49 fourth graders".
+_LAST_FRACTION_WORDS = frozenset("third fourth".split())
+_OPEN_RANGE_RE = re.compile(r"\band (?:up|higher|lower|above|below|more|over|less|fewer|greater|larger|smaller)\b")
 _FRACTION_WORD_RE = re.compile(  # "1 twelfth", "3 millionths", "5 hundreths"
     r"(?:tieth|teenth|hundredth|hundreth|thousandth|illionth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh"
     r"|twelfth|tyth)s?$")
@@ -142,14 +148,15 @@ _SCALED_RE = re.compile(rf"(.+?)({'|'.join(_SCALES)})s?")  # "2.5million" (space
 
 
 def _words(text: str) -> list[str]:
-    return [w.strip(".").lower() for w in text.split()]
+    return [w.strip(".,;:!?()").lower() for w in text.split()]
 
 
 def _changes_value(words: list[str]) -> bool:
     """Whether words after a number may change its value: scales, number, fraction and operator words,
-    or unit links without a unit ("3 squared", "3 square")."""
+    range and hedge words, a last "third" or "fourth", or unit links without a unit ("3 squared", "3 square")."""
     return bool(_VALUE_WORDS.intersection(words) or _CHANGING_WORDS.intersection(words)
-                or any(_FRACTION_WORD_RE.search(w) for w in words) or _UNIT_LINKS.issuperset(words))
+                or any(_FRACTION_WORD_RE.search(w) for w in words) or _UNIT_LINKS.issuperset(words)
+                or words[-1:] and words[-1] in _LAST_FRACTION_WORDS or _OPEN_RANGE_RE.search(" ".join(words)))
 
 
 def _is_unit(text: str) -> bool:
@@ -157,6 +164,8 @@ def _is_unit(text: str) -> bool:
     "square feet", "students") rather than changing its value ("million", "squared", "i", "e")."""
     if len(text.strip()) == 1:
         return text.strip() in _ONE_LETTER_UNITS
+    if re.search(r"\d", text):  # "5\text{ (or 6)}"
+        return False
     return not _changes_value(_words(text))
 
 
@@ -226,7 +235,7 @@ def _clean(answer: str) -> _Cleaned:
         else:
             break
     s = s.rstrip(". ")  # a sentence's period, before units that must end the answer: "81\\text{ teachers}."
-    s = s.replace("{,}", ",")
+    s = _THIN_THOUSANDS_RE.sub(",", s.replace("{,}", ","))  # "11,\! 111" -> "11,111"
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
@@ -392,12 +401,26 @@ def too_long(answer: str, gold: str) -> bool:
     return len(answer) > max(_MAX_ANSWER_CHARS, 2 * len(gold))
 
 
+def _in_base(core: str) -> tuple[str, int] | None:
+    """(digits, base) of a numeral with a base subscript ("52_8", "A3_{16}"), else None."""
+    m = _BASE_RE.fullmatch(core)
+    if m is None or not 2 <= int(m.group(2)) <= 36:
+        return None
+    try:
+        int(m.group(1), int(m.group(2)))
+    except ValueError:
+        return None
+    return m.group(1), int(m.group(2))
+
+
 def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible; None = undecided (left to sympy).
 
     False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
-    `y = ...`, letters other than a gold word's, or a plain number followed by words that may change
-    its value ("3 squared", "1 twelfth") against a plain number. True: equal canonical forms (up to an
+    `y = ...`, letters other than a gold word's, a plain number followed by words that may change
+    its value ("3 squared", "1 twelfth") against a plain number. A numeral with a base subscript on
+    either side ("52_8") decides alone: the same digits, and the same base or none on the answer
+    ("52" = "52_8", "52_9" != "52_8", "52_9" != "52"). True: equal canonical forms (up to an
     `x =` on one side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may
     be a product).
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
@@ -415,6 +438,10 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
         return a.core.lower() == g.core.lower()
     if a.changing and g.value is not None:  # sympy would read "4 fifteen" or "3 eighths" as the number
         return False
+    in_base = _in_base(a.core), _in_base(g.core)
+    if in_base != (None, None):  # sympy reads "52_9" as 52
+        (a_digits, a_base), (g_digits, g_base) = (b or (c.core, None) for b, c in zip(in_base, (a, g)))
+        return a_digits.lower() == g_digits.lower() and a_base in (None, g_base or 10)
     if a.value is not None and g.value is not None:
         if a.percent == g.percent:
             return a.value == g.value

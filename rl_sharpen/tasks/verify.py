@@ -72,12 +72,13 @@ def _numbers_differ(a, b) -> bool:
     return bool(abs(x - y) > _REL_TOL * max(abs(x), abs(y)))
 
 
-def _substitute_symbols(a, b):
-    """Replaces each free symbol (shared by name) with a fixed, distinct non-integer rational."""
+def _substitute_symbols(a, b, point: int = 0):
+    """Replaces each free symbol (shared by name) with a fixed, distinct non-integer rational; another
+    `point` gives other values."""
     import sympy
 
     names = sorted({s.name for s in a.free_symbols | b.free_symbols})
-    values = {name: sympy.Rational(2 * i + 7, i + 3) for i, name in enumerate(names)}
+    values = {name: sympy.Rational(2 * i + 7 + 11 * point, i + 3 + 2 * point) for i, name in enumerate(names)}
     sub = lambda e: e.subs({s: values[s.name] for s in e.free_symbols})  # noqa: E731
     return sub(a), sub(b)
 
@@ -89,6 +90,22 @@ def _unwrap_assignment(e):
     return e.rhs if isinstance(e, sympy.Eq) and isinstance(e.lhs, sympy.Symbol) else e
 
 
+def _equations_differ(a, b) -> bool:
+    """True iff the equations a and b provably differ: lhs - rhs of each are not proportional (their
+    ratio differs between two points), as "2x = 5" and "x^2 = 5" are; "x + y = 3" and "y = 3 - x"
+    agree."""
+    try:
+        ratios = []
+        for point in (0, 1):
+            x, y = (_as_number(e) for e in _substitute_symbols(a.lhs - a.rhs, b.lhs - b.rhs, point))
+            if x is None or y is None or y == 0:
+                return False
+            ratios.append(x / y)
+    except TypeError:  # sides that do not subtract, e.g. sets
+        return False
+    return bool(abs(ratios[0] - ratios[1]) > _REL_TOL * max(abs(ratios[0]), abs(ratios[1])))
+
+
 def _numeric_sort_key(e) -> tuple[float, float] | None:
     import sympy
 
@@ -97,11 +114,17 @@ def _numeric_sort_key(e) -> tuple[float, float] | None:
 
 
 def _provably_distinct(a, b) -> bool:
-    """Veto for math-verify's tolerant matches: True iff aligned numbers in a and b differ."""
+    """Veto for math-verify's tolerant matches: True iff aligned numbers in a and b differ, or one is an
+    equation and the other a value."""
     import sympy
     from sympy.matrices import MatrixBase
 
+    equations = isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq)
+    if equations and not (isinstance(a.lhs, sympy.Symbol) and isinstance(b.lhs, sympy.Symbol)):
+        return _equations_differ(a, b)
     a, b = _unwrap_assignment(a), _unwrap_assignment(b)
+    if isinstance(a, sympy.Eq) != isinstance(b, sympy.Eq):  # an equation is not a value: "x^2 = 5" vs 5
+        return True
     if isinstance(a, MatrixBase) and isinstance(b, MatrixBase):
         return a.shape == b.shape and any(_provably_distinct(x, y) for x, y in zip(a, b))
     if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
@@ -143,7 +166,23 @@ def symbolic_equal(answer: str, gold: str) -> bool:
         return False
     if not math_verify.verify(gold_parsed, answer_parsed, timeout_seconds=None):
         return False
+    plus_minus = any(sign in text for text in (answer, gold) for sign in (r"\pm", r"\mp"))
+    if _interval_against_points(gold_parsed[0], answer_parsed[0], plus_minus):
+        return False
     return not _provably_distinct(gold_parsed[0], answer_parsed[0])
+
+
+def _interval_against_points(a, b, plus_minus: bool) -> bool:
+    """Whether one of a, b is an interval and the other a list of its endpoints that cannot mean it.
+    "(a, b)" may be a point, which "a, b" writes too; but not when one side has a ± ("\pm\sqrt{3}"
+    against (-sqrt(3), sqrt(3))), or the interval is closed at an end or unbounded ("2, \infty")."""
+    import sympy
+
+    interval, points = (a, b) if isinstance(a, sympy.Interval) else (b, a)
+    if not isinstance(interval, sympy.Interval) or not isinstance(points, (sympy.FiniteSet, sympy.Tuple)):
+        return False
+    return bool(plus_minus or not (interval.left_open and interval.right_open)
+                or not (interval.start.is_finite and interval.end.is_finite))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,13 +300,27 @@ class VerifierPool:
                 "a script that starts it needs an `if __name__ == '__main__':` guard") from e
         return _Worker(pid, multiprocessing.connection.Connection(fd))
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker) -> _Worker:
         try:
             os.kill(worker.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         worker.conn.close()
-        self._workers[self._workers.index(worker)] = self._fork_worker()
+        new = self._workers[self._workers.index(worker)] = self._fork_worker()
+        return new
+
+    def _retry_once(self, worker: _Worker, todo: list[int], resent: set[int], errors: int,
+                    done: int) -> tuple[int, int]:
+        """Replaces a worker that died on a pair; the pair goes once more to a new worker (last in line),
+        then counts as an error."""
+        if worker.job in resent:
+            errors, done = errors + 1, done + 1
+        else:
+            resent.add(worker.job)
+            todo.insert(0, worker.job)
+        worker.job = None
+        self._replace(worker)
+        return errors, done
 
     def run(self, pairs: Sequence[tuple[str, str]], timeout: float) -> tuple[np.ndarray, int, int]:
         """`symbolic_equal(answer, gold)` for each (answer, gold) pair.
@@ -280,16 +333,18 @@ class VerifierPool:
             self._workers.append(self._fork_worker())
         equal = np.zeros(len(pairs), dtype=bool)
         todo = list(range(len(pairs)))[::-1]
+        resent: set[int] = set()
         timeouts = errors = done = 0
         while done < len(pairs):
             for w in list(self._workers):
                 if w.job is None and todo:
+                    if w.conn.poll():  # an idle worker never writes: this is the end of a dead one's pipe
+                        w = self._replace(w)
                     w.job, w.deadline = todo.pop(), time.monotonic() + timeout
                     try:
                         w.conn.send(pairs[w.job])
                     except OSError:  # the worker died, e.g. unable to receive this pair
-                        w.job, errors, done = None, errors + 1, done + 1
-                        self._replace(w)
+                        errors, done = self._retry_once(w, todo, resent, errors, done)
             busy = [w for w in self._workers if w.job is not None]
             if not busy:
                 continue
@@ -300,9 +355,8 @@ class VerifierPool:
                     try:
                         (equal[w.job], error), w.job = w.conn.recv(), None
                         errors, done = errors + (error is not None), done + 1
-                    except (EOFError, OSError):  # died mid-pair, e.g. killed by the OS
-                        errors, done = errors + 1, done + 1
-                        self._replace(w)
+                    except (EOFError, OSError):  # died: before this pair came, or on it (killed by the OS)
+                        errors, done = self._retry_once(w, todo, resent, errors, done)
                 elif time.monotonic() >= w.deadline:
                     timeouts, done = timeouts + 1, done + 1
                     self._replace(w)
