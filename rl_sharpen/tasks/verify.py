@@ -174,8 +174,8 @@ def symbolic_equal(answer: str, gold: str) -> bool:
 
 def _interval_against_points(a, b, plus_minus: bool) -> bool:
     """Whether one of a, b is an interval and the other a list of its endpoints that cannot mean it.
-    "(a, b)" may be a point, which "a, b" writes too; but not when one side has a ± ("\pm\sqrt{3}"
-    against (-sqrt(3), sqrt(3))), or the interval is closed at an end or unbounded ("2, \infty")."""
+    "(a, b)" may be a point, which "a, b" writes too; but not when one side has a ± ("\\pm\\sqrt{3}"
+    against (-sqrt(3), sqrt(3))), or the interval is closed at an end or unbounded ("2, \\infty")."""
     import sympy
 
     interval, points = (a, b) if isinstance(a, sympy.Interval) else (b, a)
