@@ -93,7 +93,8 @@ def _plot_curves(workdir: str, regimes, path: str) -> None:
     fig = Figure(figsize=(13, 3.6))
     axes = fig.subplots(1, 3)
     for regime in regimes:
-        rows = read_jsonl(os.path.join(workdir, regime, f"{regime}.jsonl"))
+        log = os.path.join(workdir, regime, f"{regime}.jsonl")
+        rows = read_jsonl(log) if os.path.exists(log) else []  # none with train.steps = 0
         steps = [r["step"] for r in rows]
         for ax, (key, label) in zip(axes, _CURVES):
             ax.plot(steps, [r[key] for r in rows], label=regime)
@@ -111,7 +112,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
     if "://" in workdir:
         raise ValueError(f"--workdir={workdir}: the demo needs a local workdir (RL, SFT and eval runs take gs:// URLs)")
     cfg, start = sft_start(exp, workdir, task, mesh)
-    summaries, results = {}, {}
+    reports, summaries, results = {}, {}, {}
 
     problems = task.problems("validation")
     write = jax.process_index() == 0
@@ -123,12 +124,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
             problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
             k_list=exp.eval.ks, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
             verify_timeout=exp.eval.verify_timeout)
-        if write:
-            report_dir = workdir_path(workdir) / "eval" / name
-            report_dir.mkdir(parents=True, exist_ok=True)
-            evaluation.save_json(report, report_dir / "eval.json")
-        summaries[name], results[name] = report.summary, report.results
-        return report.summary
+        reports[name], summaries[name], results[name] = report, report.summary, report.results
 
     evaluate(start, "sft_start")
     for regime in exp.demo.regimes:
@@ -145,8 +141,12 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
                for name in exp.demo.regimes}
     if write:
         # written once the warm start and every regime's checkpoints accepted the settings (each regime
-        # folder has its own config.json, with its reward)
+        # folder has its own config.json, with its reward), so that a refused resume changes no file
         write_json(to_record(exp), os.path.join(workdir, "config.json"))
+        for name, report in reports.items():
+            report_dir = workdir_path(workdir) / "eval" / name
+            report_dir.mkdir(parents=True, exist_ok=True)
+            evaluation.save_json(report, report_dir / "eval.json")
         print("\n" + evaluation.format_table(summaries))
         print(_format_headlines(table, errors))
         print(f"\nchange from sft_start, paired over the {len(problems)} validation problems:")

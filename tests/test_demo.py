@@ -4,6 +4,7 @@ evaluations, and the files a user reads afterwards (on the suite's 8 fake device
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -84,6 +85,19 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     exp = experiment.parse(c)
     _, reused = sft_start(exp, str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
     jax.tree.map(np.testing.assert_array_equal, reused, models.load_hf(str(tmp_path / "sft_model"))[1])
+    # Its regimes' checkpoints were made with seed 0: the refused resume leaves every result file as it was.
+    from rl_sharpen.checkpoint import CheckpointMismatch
+
+    results = {p: p.read_bytes() for p in tmp_path.rglob("*.json*") if "checkpoints" not in p.parts}
+    with pytest.raises(CheckpointMismatch, match=r"seed: 0 -> 1"):
+        experiment.run(c, str(tmp_path))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.json*") if "checkpoints" not in p.parts} == results
+    # No RL steps (the warm start evaluated as each regime): the curves are empty, not a missing file.
+    shutil.copytree(tmp_path / "sft_model", tmp_path / "no_steps" / "sft_model")
+    steps, c.train.steps = c.train.steps, 0
+    assert experiment.run(c, str(tmp_path / "no_steps"))["sharpening"]["pass@1"] is not None
+    assert (tmp_path / "no_steps" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    c.train.steps = steps
     c.demo.sft_steps += 1
     with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(optim.total_steps: 10 -> 11, "
                                          r"optim.warmup_steps: 10 -> 11, sft.steps: 10 -> 11\)"):
