@@ -77,7 +77,7 @@ class ExperimentConfig:
     model: ModelSource = ModelSource()
     mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})  # axis sizes
     data: DataConfig = DataConfig()
-    sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=1024)
+    sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=1024, num_samples=8)  # G = 8 per prompt
     reward: rw.RewardConfig = rw.RewardConfig()
     advantage: adv.AdvantageConfig = adv.AdvantageConfig()
     calibration: CalibrationConfig = CalibrationConfig()  # sampling against a memory of past rollouts (mu = 0: off)
@@ -98,6 +98,12 @@ class ExperimentConfig:
              f"sizes (integers >= 1, or -1 for the rest of the devices) of the axes {', '.join(shd.MESH_AXES)}"),
         ])
         if self.mode in ("rl", "demo"):
+            if self.sampling.num_samples < 2 and self.advantage.estimator in adv.GROUP_BASELINE_ESTIMATORS:
+                others = sorted(set(adv.ADVANTAGE_ESTIMATORS) - set(adv.GROUP_BASELINE_ESTIMATORS))
+                raise ValueError(
+                    f"ExperimentConfig.sampling.num_samples={self.sampling.num_samples} with advantage.estimator="
+                    f"{self.advantage.estimator!r}, whose baseline comes from the other samples of a prompt; allowed: "
+                    f"num_samples >= 2, or an estimator without one: {', '.join(others)}")
             batch_layout(self.rl, self.sampling.num_samples)
         if self.sampling.pad_id != 0:
             raise ValueError(f"ExperimentConfig.sampling.pad_id={self.sampling.pad_id}; allowed: 0. Runs pad with "

@@ -186,6 +186,9 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("rl.micro_batch", 3, r"rl.micro_batch=3; allowed: 0 or a multiple of the 4 samples per prompt "
                           r"\(sampling.num_samples\) that divides the minibatch of 8 sequences"),
     ("sampling.pad_id", 3, r"ExperimentConfig.sampling.pad_id=3; allowed: 0. Runs pad with the tokenizer's pad id"),
+    ("sampling.num_samples", 1, r"ExperimentConfig.sampling.num_samples=1 with advantage.estimator='rloo', whose "
+                                r"baseline comes from the other samples of a prompt; allowed: num_samples >= 2, or "
+                                r"an estimator without one: reinforce_pp"),
 ])
 def test_bad_values_are_refused_before_any_work(field, value, message):
     c = get_config("demo", "tiny")

@@ -70,6 +70,10 @@ def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
     return rewards.astype(jnp.float32).reshape(-1, group_size)
 
 
+# Estimators with a baseline from the other samples of the prompt: they need G >= 2 samples per prompt.
+GROUP_BASELINE_ESTIMATORS = ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline")
+
+
 def _shifted_groups(rewards: jax.Array, group_size: int, estimator: str) -> jax.Array:
     """Rewards [N] as [N/G, G] minus each group's first reward (see the module docstring)."""
     if group_size < 2:  # a group of one is its own baseline: A = 0, no learning signal
