@@ -75,7 +75,10 @@ EQUAL = [
     # base subscripts (the answer may leave the base out), thousands separated by a thin space
     ("52_8", "52"), ("52_8", "52_{8}"), ("4210_{5}", "4210_5"), ("52", "52_{10}"), ("A3_{16}", "a3_{16}"),
     (r"11,\! 111,\! 111,\! 100", "11111111100"), (r"11,\! 111,\! 111,\! 100", "11,111,111,100"),
-    ("1000000", r"1,\! 000,\! 000"), ("49", "49 fourth graders"), ("30", "30 boys and girls"),
+    ("1000000", r"1,\! 000,\! 000"), (r"111, \! 111", "111111"), ("-221_3", "-221"), ("0.0011_{2}", "0.0011_2"),
+    # one-token fraction arguments, a time or ratio as text
+    (r"\frac \pi4 + 2 - \sqrt2", r"\frac{\pi}{4}+2-\sqrt{2}"), (r"\frac{\pi}{4}", r"\frac \pi{4}"), (r"\frac12", r"\frac1{2}"),
+    (r"\text{4:30 p.m.}", "4:30 pm"), ("1:2", "1:2"), ("49", "49 fourth graders"), ("30", "30 boys and girls"),
     ("15", "15 degrees lower"), ("3", "3 third graders"), ("12", "12 quarters"),
 ]
 
@@ -127,6 +130,9 @@ UNEQUAL = [
     (r"11,\! 111,\! 111,\! 100", "100,111,11"), (r"11,\! 111,\! 111,\! 100", "111, 100, 11"),
     ("5", "5 not"), ("5", "5 is not right"), ("5", r"5\text{ is not the answer}"), ("5", r"5\text{ (or 6)}"),
     ("5", "5 and higher"), ("5", "5 and up"), ("1", "1 third"), ("1", "1 fourth"),
+    (r"\frac \pi4 + 2 - \sqrt2", "2"), (r"\frac \pi4 + 2 - \sqrt2", r"\frac \pi4 + 2 - \sqrt3"),  # it read as 2
+    (r"\text{4:30 p.m.}", r"\text{4:31 p.m.}"), ("1:1", r"\left(1:1\right)^2"), (r"111, \! 111", "111"),
+    ("-221_3", "-221_4"), ("0.0011_{2}", "0.0011_{3}"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -294,6 +300,13 @@ def test_pairs_sent_to_a_dead_worker_are_graded_by_its_replacement(pool):
         os.kill(w.pid, signal.SIGKILL)
         multiprocessing.connection.wait([w.conn], timeout=10.0)  # its end of the pipe has closed
     pairs = [("x^2+2x+1", "(x+1)^2"), (r"\frac{1}{2}\sqrt{3}", r"\frac{\sqrt{3}}{2}"), ("2+1", "3")]
+    equal, timeouts, errors = pool.run(pairs, timeout=5.0)
+    assert (equal.tolist(), timeouts, errors) == ([True] * 3, 0, 0)
+    # The template the workers fork from, killed too: the pool starts another.
+    for w in pool._workers:
+        os.kill(w.pid, signal.SIGKILL)
+    os.kill(pool._template.pid, signal.SIGKILL)
+    pool._template.join(timeout=10.0)
     equal, timeouts, errors = pool.run(pairs, timeout=5.0)
     assert (equal.tolist(), timeouts, errors) == ([True] * 3, 0, 0)
 

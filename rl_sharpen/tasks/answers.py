@@ -80,8 +80,9 @@ def extract_answer(text: str) -> str | None:
 # Canonical strings and exact numbers.
 
 _DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|(?<!\\)\\[!,;:]|\\?\$")
-_THIN_THOUSANDS_RE = re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))")
-_BASE_RE = re.compile(r"([0-9A-Za-z]*\d[0-9A-Za-z]*)_\{?(\d+)\}?")  # "52_8", "A3_{16}": digits in a base
+_THIN_THOUSANDS_RE = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
+_COLON_RE = re.compile(r"\d:\d")  # a time or a ratio: "4:30 p.m.", "1:2"
+_BASE_RE = re.compile(r"(-?[0-9A-Za-z.]*\d[0-9A-Za-z.]*)_\{?(\d+)\}?")  # "52_8", "-A3_{16}", "0.01_2": digits in a base
 _SPACE_RE = re.compile(r"(?<!\\)\\ |~")  # "\ " but not the row break "\\" before a space
 _DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
 _UNIT_MACRO = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}"
@@ -131,6 +132,8 @@ _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
 _LETTERS_RE = re.compile(r"(?=[A-Za-z\s]*[A-Za-z]{2})[A-Za-z]+(?:\s+[A-Za-z]+)*")
 _TEXT_MACRO_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_TOKEN = r"(\\[a-zA-Z]+|[0-9a-zA-Z])"  # one TeX argument without braces: a character or a macro
+_BARE_FRAC_RE = re.compile(rf"\\frac\s*{_TOKEN}\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")  # "\frac \pi4", "\frac1{2}"
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
 _FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
 _BOXED_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox)\s*(?=\{)")
@@ -239,6 +242,7 @@ def _clean(answer: str) -> _Cleaned:
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    s = _BARE_FRAC_RE.sub(lambda m: rf"\frac{{{m[1]}}}{{{m[2] if m[2] is not None else m[3]}}}", s)
     s = _DEGREES_RE.sub("", s)
     percent_word = bool(_PERCENT_WORD_RE.search(s))
     s = _PERCENT_WORD_RE.sub("", _PERCENT_RE.sub("", s))
@@ -407,7 +411,7 @@ def _in_base(core: str) -> tuple[str, int] | None:
     if m is None or not 2 <= int(m.group(2)) <= 36:
         return None
     try:
-        int(m.group(1), int(m.group(2)))
+        int(m.group(1).replace(".", "", 1), int(m.group(2)))
     except ValueError:
         return None
     return m.group(1), int(m.group(2))
@@ -420,7 +424,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     `y = ...`, letters other than a gold word's, a plain number followed by words that may change
     its value ("3 squared", "1 twelfth") against a plain number. A numeral with a base subscript on
     either side ("52_8") decides alone: the same digits, and the same base or none on the answer
-    ("52" = "52_8", "52_9" != "52_8", "52_9" != "52"). True: equal canonical forms (up to an
+    ("52" = "52_8", "52_9" != "52_8", "52_9" != "52"), and so does a time or ratio with a colon, as
+    text ("4:30 p.m." = "4:30 pm", "1:2" != "2:4"). True: equal canonical forms (up to an
     `x =` on one side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may
     be a product).
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
@@ -438,6 +443,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
         return a.core.lower() == g.core.lower()
     if a.changing and g.value is not None:  # sympy would read "4 fifteen" or "3 eighths" as the number
         return False
+    if _COLON_RE.search(a.core) or _COLON_RE.search(g.core):  # times and ratios: sympy reads "4:31 p.m." as 4
+        return a.core.lower().replace(".", "") == g.core.lower().replace(".", "")
     in_base = _in_base(a.core), _in_base(g.core)
     if in_base != (None, None):  # sympy reads "52_9" as 52
         (a_digits, a_base), (g_digits, g_base) = (b or (c.core, None) for b, c in zip(in_base, (a, g)))

@@ -280,10 +280,11 @@ class VerifierPool:
             # guard, as with any spawn/forkserver start).
             self._ctx.set_forkserver_preload(["__main__", "math_verify", "sympy"])
         self._template: multiprocessing.Process | None = None
+        self._template_served = False  # it has forked a worker
         self._control: multiprocessing.connection.Connection | None = None
         self._workers: list[_Worker] = []
 
-    def _fork_worker(self) -> _Worker:
+    def _fork_worker(self, restarted: bool = False) -> _Worker:
         if self._template is None:
             self._control, child = self._ctx.Pipe()
             self._template = self._ctx.Process(target=_template_main, args=(child, self._memory_limit), daemon=True)
@@ -295,9 +296,14 @@ class VerifierPool:
             fd = multiprocessing.reduction.recv_handle(self._control)
         except (EOFError, OSError) as e:
             self._template.join(timeout=1)
+            if self._template_served and not restarted:  # it worked before, then died (killed): start another
+                self._control.close()
+                self._template = None
+                return self._fork_worker(restarted=True)
             raise RuntimeError(
                 f"the verifier template process exited (exit code {self._template.exitcode}); "
                 "a script that starts it needs an `if __name__ == '__main__':` guard") from e
+        self._template_served = True
         return _Worker(pid, multiprocessing.connection.Connection(fd))
 
     def _replace(self, worker: _Worker) -> _Worker:
