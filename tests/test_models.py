@@ -203,6 +203,12 @@ def test_config_reads_both_rope_key_styles():
     new["rope_parameters"] = {"rope_theta": 500000.0, **old["rope_scaling"]}
     a, b = models.from_hf_config(old), models.from_hf_config(new)
     assert a == b and a.rope_scaling.factor == 32.0 and a.rope_theta == 500000.0
+    no_low = dict(old, rope_scaling={k: v for k, v in old["rope_scaling"].items() if k != "low_freq_factor"})
+    with pytest.raises(ValueError, match=r"rope_scaling \(rope_type 'llama3'\) is missing 'low_freq_factor'"):
+        models.from_hf_config(no_low)
+    with pytest.raises(ValueError, match=r"config.json: num_attention_heads=2 is not a multiple of "
+                                         r"num_key_value_heads=3"):
+        models.from_hf_config(dict(old, num_key_value_heads=3))
 
 
 def test_bad_inputs_name_the_file_and_tensor(tmp_path, tiny):
@@ -247,6 +253,11 @@ def test_sliding_window_is_refused_only_where_it_changes_attention():
         with pytest.raises(ValueError, match="use_sliding_window"):
             models.from_hf_config(_hf_dict(arch, **dict(qwen, max_window_layers=5),
                                            layer_types=["full_attention", "sliding_attention"]))
+        # No sliding_window key: transformers' 4096, shorter than this context.
+        no_key = {k: v for k, v in qwen.items() if k != "sliding_window"}
+        with pytest.raises(ValueError, match=r"sliding_window=4096 < max_position_embeddings=8192"):
+            models.from_hf_config(_hf_dict(arch, **no_key, max_position_embeddings=8192))
+        models.from_hf_config(_hf_dict(arch, **dict(qwen, sliding_window=None), max_position_embeddings=8192))
     # Off, a window as long as the context, or no layer that uses it: plain causal attention.
     for ok in (dict(qwen, use_sliding_window=False), dict(qwen, sliding_window=4096), dict(qwen, max_window_layers=2)):
         models.from_hf_config(_hf_dict("Qwen2ForCausalLM", **ok))

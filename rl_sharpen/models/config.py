@@ -109,6 +109,10 @@ def _rope_fields(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         return float(theta), None
     if kind != "llama3":
         raise ValueError(f"config.json rope_scaling.rope_type={kind!r}; supported: 'default', 'llama3'")
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    missing = [key for key in keys if scaling.get(key) is None]
+    if missing:
+        raise ValueError(f"config.json rope_scaling (rope_type 'llama3') is missing {', '.join(map(repr, missing))}")
     return float(theta), RopeScaling(
         factor=float(scaling["factor"]),
         low_freq_factor=float(scaling["low_freq_factor"]),
@@ -138,7 +142,8 @@ def _check_supported(hf: Mapping[str, Any], family: str, source: str) -> None:
         if value not in allowed:
             raise ValueError(f"{source}: {key}={value!r} is not supported; allowed: {' or '.join(map(repr, allowed))}")
     if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
-        window, longest = hf.get("sliding_window"), hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family])
+        window = hf.get("sliding_window", 4096)  # transformers' default when the key is absent (null: no window)
+        longest = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family])
         n, first = int(hf.get("num_hidden_layers", 0)), int(hf.get("max_window_layers", 28))
         kinds = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
         if window is not None and window < longest and "sliding_attention" in kinds:
@@ -174,6 +179,9 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
     _check_supported(hf, family, source)
     theta, scaling = _rope_fields(hf)
     heads, hidden = required("num_attention_heads"), required("hidden_size")
+    kv_heads = int(hf.get("num_key_value_heads") or heads)
+    if heads % kv_heads:
+        raise ValueError(f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     return ModelConfig(
         family=family,
         vocab_size=required("vocab_size"),
@@ -181,7 +189,7 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
         intermediate_size=required("intermediate_size"),
         num_layers=required("num_hidden_layers"),
         num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        num_kv_heads=kv_heads,
         head_dim=int(hf.get("head_dim") or (128 if family == "qwen3" else hidden // heads)),
         rope_theta=theta,
         rope_scaling=scaling,
