@@ -244,6 +244,8 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     """The setting of Mittal, Gagnon, Lajoie 2026: MATH-lighteval train, MATH-500 validation, 32 prompts
     x 8 samples, lr 1e-6, 2048 new tokens, RLOO advantages, REINFORCE with truncated importance weights,
     and the loss summed over tokens / max_new_tokens, so that the update follows the objective's gradient.
+    Weights are float32 and matmuls bfloat16 (model.compute_dtype), so the sampler and the trainer
+    differ by bfloat16 rounding, which the truncated importance weights correct.
 
     `arg` is a comma list: a reward preset name (rl/rewards.py, default task_reward) and/or "tiny",
     which keeps the algorithm but swaps in a random 2-layer model of the same family and the synthetic
