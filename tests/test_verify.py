@@ -78,7 +78,9 @@ EQUAL = [
     ("1000000", r"1,\! 000,\! 000"), (r"111, \! 111", "111111"), ("-221_3", "-221"), ("0.0011_{2}", "0.0011_2"),
     # one-token fraction arguments, a time or ratio as text
     (r"\frac \pi4 + 2 - \sqrt2", r"\frac{\pi}{4}+2-\sqrt{2}"), (r"\frac{\pi}{4}", r"\frac \pi{4}"), (r"\frac12", r"\frac1{2}"),
-    (r"\text{4:30 p.m.}", "4:30 pm"), ("1:2", "1:2"), ("49", "49 fourth graders"), ("30", "30 boys and girls"),
+    (r"\text{4:30 p.m.}", "4:30 pm"), ("1:2", "1:2"), (r"\text{1:03 PM}", r"1:03\text{ PM}"), ("1:2", "2:4"),
+    ("3:1", "3"), ("1:2", r"\frac12"), ("1:2", r"1 \colon 2"), (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+    ("4t", "4t"), ("5", r"\(5\)"), (r"76^\circ", r"76^\circ degrees"), (r"9\pi", r"9\pi\text{ cubic feet}"), ("49", "49 fourth graders"), ("30", "30 boys and girls"),
     ("15", "15 degrees lower"), ("3", "3 third graders"), ("12", "12 quarters"),
 ]
 
@@ -133,6 +135,12 @@ UNEQUAL = [
     (r"\frac \pi4 + 2 - \sqrt2", "2"), (r"\frac \pi4 + 2 - \sqrt2", r"\frac \pi4 + 2 - \sqrt3"),  # it read as 2
     (r"\text{4:30 p.m.}", r"\text{4:31 p.m.}"), ("1:1", r"\left(1:1\right)^2"), (r"111, \! 111", "111"),
     ("-221_3", "-221_4"), ("0.0011_{2}", "0.0011_{3}"),
+    (r"\text{1:03 PM}", r"1:03\text{ AM}"), ("1:2", "2:1"), ("1:2", "2"),
+    # two values in one answer, of which math-verify reads one; letters math-verify dropped as units
+    ("9", r"1234567 \lor 9"), ("9", r"1234567 \\ 9"), ("9", r"\begin{cases} 1234567 \\ 9 \end{cases}"),
+    ("9", r"1234567 \) \( 9"), ("9", r"\tag{1234567} 9"), ("9", r"\cancel{1234567} 9"), ("9", r"9 \approx 1234567"),
+    ("18", "25 (or 18)"), ("18", "18\u201325"), ("9", r"9\text{ otherwise }\text{XI}"),
+    ("4t", "4"), ("4t", "4s"), ("9", "9h"), (r"\frac{14}{3}", r"\frac{14}{3}c"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -183,6 +191,7 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     ("We get 6. Therefore, the answer is 42.", "42"),
     ("The answer is: $3.5$.\nDone.", "3.5"),
     ("The answer is: **42**", "42"), ("#### **17**", "17"),
+    ("Final Answer: 18", "18"), ("**Answer:** 18", "18"), ("Final answer: $x = 2$.", "x = 2"),
     ("#### Step 1: Add\n2+3=5\n#### Conclusion\nThe answer is 5.", "5"),  # markdown headings are not answers
     ("#### 5\nOn second thought, the answer is 6.", "6"), ("The answer is 6.\n#### 7", "7"),  # the last one
     ("#### x = 5", "x = 5"), ("#### Yes", "Yes"),

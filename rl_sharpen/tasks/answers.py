@@ -24,7 +24,7 @@ _MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) sc
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 # "#### 72" (GSM8K's format), "#### x = 5", "#### Yes"; not a markdown heading such as "#### Step 2: ...".
 _HASH_RE = re.compile(r"####[ \t]*(?![A-Za-z]{2,}[ \t:]+\S)([^\s#][^\n]*)")
-_ANSWER_IS_RE = re.compile(r"answer is[:\s]*", re.IGNORECASE)
+_ANSWER_IS_RE = re.compile(r"answer(?:\s+is|\s*\**\s*:)[:\s*]*", re.IGNORECASE)  # "the answer is", "Final Answer:"
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -82,6 +82,13 @@ def extract_answer(text: str) -> str | None:
 _DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|(?<!\\)\\[!,;:]|\\?\$")
 _THIN_THOUSANDS_RE = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
 _COLON_RE = re.compile(r"\d:\d")  # a time or a ratio: "4:30 p.m.", "1:2"
+_RATIO_RE = re.compile(r"(\d+):(\d+)")
+# Two values in one answer, of which math-verify reads one: "1 \lor 9", "9 \approx 10", "25 (or 18)",
+# "18–25", "\begin{cases} 1 \\ 9 \end{cases}"; a row break "\\" outside a matrix is one too.
+_HEDGE_RE = re.compile(r"\\(?:lor|vee|approx|Rightarrow|Leftrightarrow|implies|mapsto|sim|tag|cancel|substack)"
+                       r"(?![a-zA-Z])|\\begin\{(?:cases|aligned|align\*?|gathered|split)\}|\\[()]"
+                       r"|(?<![A-Za-z\\])or(?![A-Za-z])|\d\s*[\u2013\u2014]\s*\d")
+_MATRIX_RE = re.compile(r"\\begin\{(?:[pbvBV]?matrix|array)\}")
 _BASE_RE = re.compile(r"(-?[0-9A-Za-z.]*\d[0-9A-Za-z.]*)_\{?(\d+)\}?")  # "52_8", "-A3_{16}", "0.01_2": digits in a base
 _SPACE_RE = re.compile(r"(?<!\\)\\ |~")  # "\ " but not the row break "\\" before a space
 _DELIMITED_RE = re.compile(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", re.DOTALL)
@@ -102,7 +109,7 @@ _CHANGING_WORDS = frozenset(_NUMBER_WORDS + [w + "s" for w in _NUMBER_WORDS[2:]]
     reciprocal opposite double doubled triple tripled twice thrice halved tens grand lakh lakhs crore crores gross
     score scores quadrillion quintillion sextillion septillion octillion zillion myriad googol mil doz kilo mega
     giga micro milli nano permille pis sixes sqrt infinity choose to below above sine cosine tangent sin cos tan
-    exp log ln or least most not no nor but except""".split())
+    exp log ln or least most not no nor but except otherwise else am pm a.m p.m""".split())
 # Fraction words that are also ordinals, read as fractions only at the end: "1 third", not "49 fourth graders".
 _LAST_FRACTION_WORDS = frozenset("third fourth".split())
 _OPEN_RANGE_RE = re.compile(r"\band (?:up|higher|lower|above|below|more|over|less|fewer|greater|larger|smaller)\b")
@@ -125,7 +132,7 @@ _UNIT_WORD_RE = re.compile(
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
 _PERCENT_WORD_RE = re.compile(
     r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
-_DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
+_DEGREES_RE = re.compile(r"\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°|\\degree")  # keeps the space after: "76^\circ degrees"
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
 # Letters only, with two or more in a row ("east", "Navin", "neither", but also "ab": a product?).
@@ -241,7 +248,7 @@ def _clean(answer: str) -> _Cleaned:
     s = _THIN_THOUSANDS_RE.sub(",", s.replace("{,}", ","))  # "11,\! 111" -> "11,111"
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
-    s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace(r"\colon", ":")
     s = _BARE_FRAC_RE.sub(lambda m: rf"\frac{{{m[1]}}}{{{m[2] if m[2] is not None else m[3]}}}", s)
     s = _DEGREES_RE.sub("", s)
     percent_word = bool(_PERCENT_WORD_RE.search(s))
@@ -417,6 +424,20 @@ def _in_base(core: str) -> tuple[str, int] | None:
     return m.group(1), int(m.group(2))
 
 
+def _hedges(answer: str) -> bool:
+    """Whether an answer holds two values joined by a construct math-verify reads one side of."""
+    delimited = _DELIMITED_RE.match(answer.strip())  # "\(5\)" is one value
+    inner = next(g for g in delimited.groups() if g is not None) if delimited else answer
+    return bool(_HEDGE_RE.search(inner) or ("\\\\" in inner and not _MATRIX_RE.search(inner)))
+
+
+def _ratio_value(a: _Analysis) -> Fraction | None:
+    ratio = _RATIO_RE.fullmatch(a.core)
+    if ratio:
+        return Fraction(int(ratio[1]), int(ratio[2])) if int(ratio[2]) else None
+    return a.value
+
+
 def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible; None = undecided (left to sympy).
 
@@ -432,7 +453,7 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
     matches nothing else ("0.25\\%" != "25\\%").
     """
-    if answer is None or too_long(answer, gold):
+    if answer is None or too_long(answer, gold) or _hedges(answer) and not _hedges(gold):
         return False
     a, g = _analyze(answer), _analyze(gold)
     if a.variable and g.variable and a.variable.lower() != g.variable.lower():
@@ -444,6 +465,8 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     if a.changing and g.value is not None:  # sympy would read "4 fifteen" or "3 eighths" as the number
         return False
     if _COLON_RE.search(a.core) or _COLON_RE.search(g.core):  # times and ratios: sympy reads "4:31 p.m." as 4
+        if _RATIO_RE.fullmatch(g.core) and _ratio_value(a) is not None:  # "1:2" = "2:4" = "\frac12"
+            return _ratio_value(a) == _ratio_value(g)
         return a.core.lower().replace(".", "") == g.core.lower().replace(".", "")
     in_base = _in_base(a.core), _in_base(g.core)
     if in_base != (None, None):  # sympy reads "52_9" as 52

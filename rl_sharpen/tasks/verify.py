@@ -152,7 +152,11 @@ def _parse(answer: str) -> list:
     gold answer is compared with many samples)."""
     import math_verify
 
-    configs = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
+    # Units are dropped by clean_latex, by rules that keep value words; math-verify's own unit rule
+    # also strips letters such as t, s, m, h after a number ("4t" read as 4).
+    latex = math_verify.LatexExtractionConfig(normalization_config=math_verify.LatexNormalizationConfig(
+        basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False))
+    configs = [latex, math_verify.ExprExtractionConfig()]
     return math_verify.parse(f"${expand_plus_minus(clean_latex(answer))}$", configs, parsing_timeout=None)
 
 
