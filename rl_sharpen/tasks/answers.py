@@ -441,19 +441,20 @@ def _ratio_value(a: _Analysis) -> Fraction | None:
 def fast_verdict(answer: str | None, gold: str) -> bool | None:
     """Decides cheaply when possible; None = undecided (left to sympy).
 
-    False: no answer, one longer than max(1000, 2 len(gold)) characters, `x = ...` against
-    `y = ...`, letters other than a gold word's, a plain number followed by words that may change
-    its value ("3 squared", "1 twelfth") against a plain number. A numeral with a base subscript on
-    either side ("52_8") decides alone: the same digits, and the same base or none on the answer
-    ("52" = "52_8", "52_9" != "52_8", "52_9" != "52"), and so does a time or ratio with a colon, as
-    text ("4:30 p.m." = "4:30 pm", "1:2" != "2:4"). True: equal canonical forms (up to an
-    `x =` on one side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may
-    be a product).
+    False: no answer, one longer than max(1000, 2 len(gold)) characters, two values in one answer
+    ("1 \\lor 9", "25 (or 18)") unless the gold has the same construct, `x = ...` against `y = ...`,
+    letters other than a gold word's, a plain number followed by words that may change its value
+    ("3 squared", "1 twelfth") against a plain number. True: equal canonical forms (up to an `x =` on
+    one side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may be a
+    product).
+    A numeral with a base subscript on either side ("52_8") decides alone: the same digits, and the
+    same base or none on the answer ("52" = "52_8", "52_9" != "52_8", "52_9" != "52"); so does a
+    colon: a ratio gold by value ("1:2" = "2:4" = "\\frac12"), else as text ("4:30 p.m." = "4:30 pm").
     Plain numbers on both sides are compared as exact rationals and the verdict is final; a percent
     sign on one side only also matches p/100 ("25\\%" = 0.25 and = 25, not 2500), on both sides it
     matches nothing else ("0.25\\%" != "25\\%").
     """
-    if answer is None or too_long(answer, gold) or _hedges(answer) and not _hedges(gold):
+    if answer is None or too_long(answer, gold) or (_hedges(answer) and not _hedges(gold)):
         return False
     a, g = _analyze(answer), _analyze(gold)
     if a.variable and g.variable and a.variable.lower() != g.variable.lower():
