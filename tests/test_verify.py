@@ -80,6 +80,8 @@ EQUAL = [
     (r"\frac \pi4 + 2 - \sqrt2", r"\frac{\pi}{4}+2-\sqrt{2}"), (r"\frac{\pi}{4}", r"\frac \pi{4}"), (r"\frac12", r"\frac1{2}"),
     (r"\text{4:30 p.m.}", "4:30 pm"), ("1:2", "1:2"), (r"\text{1:03 PM}", r"1:03\text{ PM}"), ("1:2", "2:4"),
     ("3:1", "3"), ("1:2", r"\frac12"), ("1:2", r"1 \colon 2"), (r"\begin{pmatrix}1\\2\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+    (r"\begin{pmatrix} -1/3 \\ 2/3 \\ 5/3 \end{pmatrix}", r"\left(-\frac13,\frac23,\frac53\right)"),  # a vector as a tuple
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "(1, 2)"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\langle 1, 2 \rangle"),
     ("4t", "4t"), ("5", r"\(5\)"), (r"76^\circ", r"76^\circ degrees"), (r"9\pi", r"9\pi\text{ cubic feet}"), ("49", "49 fourth graders"), ("30", "30 boys and girls"),
     ("15", "15 degrees lower"), ("3", "3 third graders"), ("12", "12 quarters"),
 ]
@@ -136,6 +138,8 @@ UNEQUAL = [
     (r"\text{4:30 p.m.}", r"\text{4:31 p.m.}"), ("1:1", r"\left(1:1\right)^2"), (r"111, \! 111", "111"),
     ("-221_3", "-221_4"), ("0.0011_{2}", "0.0011_{3}"),
     (r"\text{1:03 PM}", r"1:03\text{ AM}"), ("1:2", "2:1"), ("1:2", "2"),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", "(2, 1)"), (r"\begin{pmatrix} 1 \\ 2 \\ 3 \end{pmatrix}", "(1, 2)"),
+    (r"\begin{pmatrix} 1 & 2 \\ 3 & 4 \end{pmatrix}", "(1, 2, 3, 4)"),
     # two values in one answer, of which math-verify reads one; letters math-verify dropped as units
     ("9", r"1234567 \lor 9"), ("9", r"1234567 \\ 9"), ("9", r"\begin{cases} 1234567 \\ 9 \end{cases}"),
     ("9", r"1234567 \) \( 9"), ("9", r"\tag{1234567} 9"), ("9", r"\cancel{1234567} 9"), ("9", r"9 \approx 1234567"),

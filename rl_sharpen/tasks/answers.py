@@ -249,6 +249,7 @@ def _clean(answer: str) -> _Cleaned:
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace(r"\colon", ":")
+    s = s.replace(r"\langle", "(").replace(r"\rangle", ")")  # a vector "\langle 1, 2 \rangle"
     s = _BARE_FRAC_RE.sub(lambda m: rf"\frac{{{m[1]}}}{{{m[2] if m[2] is not None else m[3]}}}", s)
     s = _DEGREES_RE.sub("", s)
     percent_word = bool(_PERCENT_WORD_RE.search(s))

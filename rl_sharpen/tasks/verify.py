@@ -169,11 +169,28 @@ def symbolic_equal(answer: str, gold: str) -> bool:
     if not gold_parsed or not answer_parsed:
         return False
     if not math_verify.verify(gold_parsed, answer_parsed, timeout_seconds=None):
-        return False
+        return _vector_equal(gold_parsed[0], answer_parsed[0])
     plus_minus = any(sign in text for text in (answer, gold) for sign in (r"\pm", r"\mp"))
     if _interval_against_points(gold_parsed[0], answer_parsed[0], plus_minus):
         return False
     return not _provably_distinct(gold_parsed[0], answer_parsed[0])
+
+
+def _vector_equal(a, b) -> bool:
+    """A column or row vector written as a tuple, "(1, 2)", against the matrix form (math-verify
+    compares them as different kinds): equal when every entry is."""
+    import math_verify
+    import sympy
+    from sympy.matrices import MatrixBase
+
+    vector, entries = (a, b) if isinstance(a, MatrixBase) else (b, a)
+    if isinstance(entries, sympy.Interval):  # "(1, 2)" parses as an open interval
+        entries = sympy.Tuple(entries.start, entries.end)
+    if not (isinstance(vector, MatrixBase) and 1 in vector.shape and isinstance(entries, sympy.Tuple)
+            and len(entries) == len(vector)):
+        return False
+    return all(math_verify.verify(x, y, timeout_seconds=None) and not _provably_distinct(x, y)
+               for x, y in zip(vector, entries))
 
 
 def _interval_against_points(a, b, plus_minus: bool) -> bool:
