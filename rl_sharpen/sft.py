@@ -22,7 +22,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
-from rl_sharpen.sharding import mesh_of, named_sharding
+from rl_sharpen.sharding import batch_sharding, mesh_of
 
 SFT_STREAM = 0x736674  # tags the numpy stream of warm-start batches (see rl/trainer.py ORDER_STREAM)
 
@@ -114,8 +114,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
         width = max(width, bucket_width(max(len(p) for p, _ in pairs)))
         batch = make_batch(pairs, pad_id, width, sft_cfg.max_completion_tokens)  # the same on every host
         if mesh is not None:  # rows over the data axes (replicated where they do not divide the batch)
-            batch = [jax.device_put(x, named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
-                     for x in batch]
+            batch = [jax.device_put(x, batch_sharding(mesh, x.ndim, x.shape)) for x in batch]
         state["params"], state["opt_state"], loss, gnorm = step_fn(state["params"], state["opt_state"], *batch)
         if (step + 1) % sft_cfg.log_every == 0 or step + 1 == sft_cfg.steps:
             row = writer.write(step + 1, {"nll": loss, "grad_norm": gnorm})

@@ -197,11 +197,9 @@ class MathTask:
         self.verify_timeout = verify_timeout
 
     def problems(self, split: str) -> list[Problem]:
-        field = "data.train" if split == "train" else "data.validation"
-        name = self.data.train if split == "train" else self.data.validation
-        which = self.data.train_split if split == "train" else self.data.validation_split
-        limit = self.data.train_limit if split == "train" else self.data.validation_limit
-        problems, stats = load_problems(name, which, limit or None, field=field)
+        key = "train" if split == "train" else "validation"
+        name, which, limit = (getattr(self.data, key + suffix) for suffix in ("", "_split", "_limit"))
+        problems, stats = load_problems(name, which, limit or None, field=f"data.{key}")
         logging.info("%s/%s: %d problems, %d malformed rows skipped %s", name, which, stats.num_loaded,
                      stats.num_skipped, dict(stats.skipped))
         return problems

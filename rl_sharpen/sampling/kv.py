@@ -48,7 +48,7 @@ def place_rows(x, mesh):
     """Host array -> device array with dim 0 over the data axes of `mesh` (replicated if they do not divide it)."""
     if mesh is None:
         return jnp.asarray(x)
-    return jax.device_put(x, shd.named_sharding(mesh, ("batch",) + (None,) * (x.ndim - 1), x.shape))
+    return jax.device_put(x, shd.batch_sharding(mesh, x.ndim, x.shape))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "copies", "cache_len", "per_layer", "mesh"))
