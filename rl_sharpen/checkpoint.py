@@ -35,7 +35,10 @@ NOT_RESUMABLE = ("eval.verify_timeout",)
 # (Before `synthetic_validation_seed`, the synthetic validation set was drawn with the run's seed: a
 # resumed older seed-s run validates on seed 0's set instead, a change of validation only, since
 # nothing was held out of its training problems.)
-ADDED_FIELDS = {"loss.is_level": "token", "data.synthetic_hold_out": False, "data.synthetic_validation_seed": 0}
+# A callable value computes it from the old record (flattened): runs with weight decay decayed every
+# parameter; without it, norms and biases were not decayed either.
+ADDED_FIELDS = {"loss.is_level": "token", "data.synthetic_hold_out": False, "data.synthetic_validation_seed": 0,
+                "optim.decay_norms_and_biases": lambda old: old.get("optim.weight_decay", 0) > 0}
 
 
 def resumable_change(field: str) -> bool:
@@ -52,7 +55,7 @@ def config_changes(old: dict, new: dict, allowed=lambda field: False) -> str:
     8 named, then how many more), leaving out the `allowed` ones; "" when none. A field missing from
     `old` that is in `ADDED_FIELDS` counts as the value given there."""
     old, new = flatten_config(old), flatten_config(new)
-    old.update({k: v for k, v in ADDED_FIELDS.items() if k in new and k not in old})
+    old.update({k: v(old) if callable(v) else v for k, v in ADDED_FIELDS.items() if k in new and k not in old})
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not allowed(k))
     detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
     return detail + (f", and {len(changed) - 8} more" if len(changed) > 8 else "")

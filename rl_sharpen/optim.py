@@ -21,7 +21,8 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"  # after warmup
     total_steps: int = 1000  # horizon of the cosine decay, in optimizer updates (RL steps x epochs x minibatches)
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak
-    weight_decay: float = 0.0  # decoupled (AdamW)
+    weight_decay: float = 0.0  # decoupled (AdamW), of the parameters the model declares decayed
+    decay_norms_and_biases: bool = False  # weight decay also shrinks norm scales and biases toward 0
     b1: float = 0.9  # Adam decay of the first-moment average
     b2: float = 0.999  # Adam decay of the second-moment average
     eps: float = 1e-8  # Adam denominator floor
@@ -74,12 +75,18 @@ def _state_in_float32(inner: optax.GradientTransformation) -> optax.GradientTran
     return optax.GradientTransformation(init, inner.update)
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, decay_mask=None) -> optax.GradientTransformation:
+    """AdamW: theta <- theta - lr_t (m_hat / (sqrt(v_hat) + eps) + wd theta), the wd term only on
+    the leaves where `decay_mask` (a bool pytree like the params, e.g.
+    `registry.weight_decay_mask`) is True; on every leaf when it is None or
+    `cfg.decay_norms_and_biases`."""
     # Both moments in float32 from the start (`_state_in_float32`): the first is float32 after any
     # update anyway (gradients are accumulated in float32), and a state whose dtypes change after
     # step 0 would be restored into the initial dtypes, so a resumed bfloat16 run would not reproduce.
+    # no mask without decay: the state of a run without weight decay keeps its structure
+    mask = None if cfg.decay_norms_and_biases or cfg.weight_decay == 0 else decay_mask
     adamw = _state_in_float32(optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                                          weight_decay=cfg.weight_decay))
+                                          weight_decay=cfg.weight_decay, mask=mask))
     if cfg.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
     return adamw

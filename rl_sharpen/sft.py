@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from rl_sharpen.checkpoint import Checkpointer
 from rl_sharpen.metrics import MetricWriter
-from rl_sharpen.models import param_shardings
+from rl_sharpen.models import param_shardings, weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
@@ -89,7 +89,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
     `config_record` (default: the SFT and optimizer settings and the seed), so a killed run started
     again resumes where it was and draws the same batches as an uninterrupted one; a record that
     differs in a field that changes the math is refused (`Checkpointer.restore`)."""
-    optimizer = make_optimizer(optim_cfg)
+    optimizer = make_optimizer(optim_cfg, weight_decay_mask(cfg))
     state = {"params": params, "opt_state": init_state(optimizer, params)}
     mesh = mesh_of(params)
     step_fn = make_sft_step(cfg, optimizer, mesh)

@@ -612,6 +612,38 @@ def test_a_resumed_run_validates_later_steps_again_without_the_killed_run_s_repo
         assert samples == ({1} if step <= 2 else {2}), step
 
 
+def test_a_run_s_weight_decay_leaves_norm_scales_alone(tmp_path):
+    """One RL step (one optimizer update) with weight decay, norms decayed or not: both runs see the same
+    gradients, so their params differ only by the decay term, -lr wd theta_0 on the norm scales
+    (Qwen3's four kinds) and 0 on every weight matrix."""
+    from rl_sharpen.checkpoint import Checkpointer
+    from rl_sharpen.optim import schedule
+
+    final = {}
+    for decay_norms in (False, True):
+        over = {"optim.weight_decay": 0.1, "optim.learning_rate": 1e-2, "optim.warmup_steps": 0,
+                "optim.decay_norms_and_biases": decay_norms}
+        _rl_run(tmp_path / str(decay_norms), 1, **over).run()
+        run = _rl_run(tmp_path / str(decay_norms), 1, **over)
+        ckpt = Checkpointer(str(tmp_path / str(decay_norms) / "checkpoints"), 1)
+        final[decay_norms] = ckpt.restore(run.initial_state(), run.config_record)[0]["params"]
+        ckpt.close()
+    start = run.policy_params
+    shrink = float(schedule(run.optim_cfg)(0)) * 0.1  # 1e-3, against rounding steps of 1.2e-7 near 1
+    norms = {"final_norm", "attn_norm", "mlp_norm", "q_norm", "k_norm"}
+    for path, p0 in jax.tree_util.tree_leaves_with_path(start):
+        name = path[-1].key
+        diff = _leaf(final[True], path) - _leaf(final[False], path)
+        np.testing.assert_allclose(diff, -shrink * p0 if name in norms else 0.0, atol=2.5e-7, err_msg=name)
+    assert {p[-1].key for p, _ in jax.tree_util.tree_leaves_with_path(start)} >= norms
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return np.asarray(tree, np.float64)
+
+
 def test_a_checkpoint_from_before_a_config_field_was_added_resumes_with_its_old_behaviour(tmp_path):
     """A record without `loss.is_level` (written before it existed) resumes with the value that does
     what that run did, "token", and is refused with another."""
@@ -633,4 +665,24 @@ def test_a_checkpoint_from_before_a_config_field_was_added_resumes_with_its_old_
         ckpt.restore(state, config(is_level="sequence"))
     with pytest.raises(CheckpointMismatch, match="data.synthetic_hold_out: False -> True"):
         ckpt.restore(state, config(hold_out=True))  # the run trained on problems it now validates on
+    ckpt.close()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_a_checkpoint_from_before_norms_were_spared_weight_decay_resumes_only_as_it_ran(tmp_path, weight_decay):
+    """Runs checkpointed before `optim.decay_norms_and_biases` existed decayed every parameter: with
+    weight decay they resume only with the field set True; without it, with the default False."""
+    from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), every=1)
+    state = {"x": np.arange(2, dtype=np.float32)}
+    ckpt.save(1, state, {"step": 1, "config": {"optim": {"weight_decay": weight_decay}}})
+
+    def config(decay_norms):
+        return {"optim": {"weight_decay": weight_decay, "decay_norms_and_biases": decay_norms}}
+
+    ckpt.restore(state, config(decay_norms=weight_decay > 0))
+    if weight_decay > 0:
+        with pytest.raises(CheckpointMismatch, match="optim.decay_norms_and_biases: True -> False"):
+            ckpt.restore(state, config(decay_norms=False))
     ckpt.close()

@@ -109,6 +109,32 @@ def test_reinforce_gradient_is_advantage_weighted_score():
     np.testing.assert_allclose(metrics["grad_norm"], want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("decay_norms_and_biases", [False, True])
+def test_weight_decay_shrinks_the_weight_matrices_and_not_norms_or_biases(family, decay_norms_and_biases):
+    """With zero gradients Adam's step is 0, so one AdamW update at rate lr is theta <- (1 - lr wd) theta
+    on the decayed leaves and leaves norm scales (1) and biases alone, unless asked otherwise."""
+    cfg = dataclasses.replace(CFG, family=family)
+    params = jax.tree.map(lambda p: p + 0.5, models.init_params(cfg, jax.random.key(0)))  # biases nonzero
+    mask = models.weight_decay_mask(cfg)
+    not_decayed = sorted(jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(mask) if not v)
+    want = {"llama": [], "qwen2": ["['layers']['k_bias']", "['layers']['q_bias']", "['layers']['v_bias']"],
+            "qwen3": ["['layers']['k_norm']", "['layers']['q_norm']"]}[family]
+    assert not_decayed == sorted(want + ["['final_norm']", "['layers']['attn_norm']", "['layers']['mlp_norm']"])
+    opt = make_optimizer(OptimConfig(learning_rate=0.5, weight_decay=0.1, clip_norm=0.0,
+                                     decay_norms_and_biases=decay_norms_and_biases), mask)
+    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    for path, p in jax.tree_util.tree_leaves_with_path(params):
+        shrink = 0.05 if decay_norms_and_biases or jax.tree_util.keystr(path) not in not_decayed else 0.0
+        np.testing.assert_allclose(_leaf(updates, path), -shrink * p, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_optimizer_state_keeps_its_dtypes_after_an_update(dtype):
     """A checkpoint restores into the initial state's dtypes, so an update must not change them

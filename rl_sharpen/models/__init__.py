@@ -9,7 +9,7 @@ from rl_sharpen.models.config import (FAMILIES, PRESETS, ModelConfig, RopeScalin
                                       to_hf_config)
 from rl_sharpen.models.hf_io import CheckpointError, load_hf, save_hf
 from rl_sharpen.models.registry import (abstract_params, count_params, init_params, param_axes, param_shardings,
-                                        param_specs)
+                                        param_specs, weight_decay_mask)
 from rl_sharpen.models.transformer import (CACHE_AXES, forward, hidden_states, init_cache, logits_from_hidden,
                                            next_token_map, picked_logprob, positions_from_segments,
                                            token_logprobs)
@@ -17,6 +17,6 @@ from rl_sharpen.models.transformer import (CACHE_AXES, forward, hidden_states, i
 __all__ = [
     "FAMILIES", "PRESETS", "ModelConfig", "RopeScaling", "from_hf_config", "preset", "to_hf_config",
     "CheckpointError", "load_hf", "save_hf", "abstract_params", "count_params", "init_params", "param_axes",
-    "param_shardings", "param_specs", "CACHE_AXES", "forward", "hidden_states", "init_cache",
+    "param_shardings", "param_specs", "weight_decay_mask", "CACHE_AXES", "forward", "hidden_states", "init_cache",
     "logits_from_hidden", "next_token_map", "picked_logprob", "positions_from_segments", "token_logprobs",
 ]

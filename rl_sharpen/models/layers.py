@@ -33,11 +33,13 @@ def precision(dtype) -> jax.lax.Precision | None:
 
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
-    """A parameter declared once: its shape, logical axes and initializer (dtype = cfg.param_dtype)."""
+    """A parameter declared once: its shape, logical axes, initializer (dtype = cfg.param_dtype) and
+    whether AdamW's decoupled weight decay applies to it."""
 
     shape: tuple[int, ...]
     axes: tuple[str | None, ...]
     init: str = "normal"  # "normal" (std 0.02), "ones" or "zeros"
+    decay: bool = True  # weight decay shrinks it; False for norm scales and biases (their 1 and 0 are not "small")
 
     def __post_init__(self):
         if len(self.shape) != len(self.axes):
@@ -56,12 +58,12 @@ def decoder_specs(cfg: ModelConfig) -> dict:
     L, D, H, K, E, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
                            cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
     layer = {
-        "attn_norm": ParamSpec((L, D), ("layers", None), "ones"),
+        "attn_norm": ParamSpec((L, D), ("layers", None), "ones", decay=False),
         "q": ParamSpec((L, D, H, E), ("layers", "embed", "heads", "head_dim")),
         "k": ParamSpec((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim")),
         "v": ParamSpec((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim")),
         "o": ParamSpec((L, H, E, D), ("layers", "heads", "head_dim", "embed")),
-        "mlp_norm": ParamSpec((L, D), ("layers", None), "ones"),
+        "mlp_norm": ParamSpec((L, D), ("layers", None), "ones", decay=False),
         "gate": ParamSpec((L, D, F), ("layers", "embed", "mlp")),
         "up": ParamSpec((L, D, F), ("layers", "embed", "mlp")),
         "down": ParamSpec((L, F, D), ("layers", "mlp", "embed")),
@@ -69,7 +71,7 @@ def decoder_specs(cfg: ModelConfig) -> dict:
     specs = {
         "embed": ParamSpec((V, D), ("vocab", "embed")),
         "layers": layer,
-        "final_norm": ParamSpec((D,), (None,), "ones"),
+        "final_norm": ParamSpec((D,), (None,), "ones", decay=False),
     }
     if not cfg.tie_embeddings:
         specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"))

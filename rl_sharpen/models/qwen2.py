@@ -16,8 +16,8 @@ def param_specs(cfg: ModelConfig) -> dict:
     specs = layers.decoder_specs(cfg)
     L, H, K, E = cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     specs["layers"].update(
-        q_bias=layers.ParamSpec((L, H, E), ("layers", "heads", "head_dim"), "zeros"),
-        k_bias=layers.ParamSpec((L, K, E), ("layers", "kv_heads", "head_dim"), "zeros"),
-        v_bias=layers.ParamSpec((L, K, E), ("layers", "kv_heads", "head_dim"), "zeros"),
+        q_bias=layers.ParamSpec((L, H, E), ("layers", "heads", "head_dim"), "zeros", decay=False),
+        k_bias=layers.ParamSpec((L, K, E), ("layers", "kv_heads", "head_dim"), "zeros", decay=False),
+        v_bias=layers.ParamSpec((L, K, E), ("layers", "kv_heads", "head_dim"), "zeros", decay=False),
     )
     return specs

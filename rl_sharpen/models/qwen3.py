@@ -16,7 +16,7 @@ def param_specs(cfg: ModelConfig) -> dict:
     specs = layers.decoder_specs(cfg)
     L, E = cfg.num_layers, cfg.head_dim
     specs["layers"].update(
-        q_norm=layers.ParamSpec((L, E), ("layers", "head_dim"), "ones"),
-        k_norm=layers.ParamSpec((L, E), ("layers", "head_dim"), "ones"),
+        q_norm=layers.ParamSpec((L, E), ("layers", "head_dim"), "ones", decay=False),
+        k_norm=layers.ParamSpec((L, E), ("layers", "head_dim"), "ones", decay=False),
     )
     return specs

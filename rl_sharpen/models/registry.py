@@ -31,6 +31,11 @@ def param_axes(cfg: ModelConfig) -> dict:
     return jax.tree.map(lambda s: s.axes, param_specs(cfg), is_leaf=_is_spec)
 
 
+def weight_decay_mask(cfg: ModelConfig) -> dict:
+    """Pytree of bools, matching the params pytree: True where AdamW's weight decay applies."""
+    return jax.tree.map(lambda s: s.decay, param_specs(cfg), is_leaf=_is_spec)
+
+
 def abstract_params(cfg: ModelConfig) -> dict:
     """Pytree of ShapeDtypeStructs (no memory)."""
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, cfg.weight_dtype), param_specs(cfg),

@@ -32,6 +32,7 @@ from rl_sharpen import sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer
 from rl_sharpen.metrics import MetricWriter, format_row, workdir_path, write_json
+from rl_sharpen.models import weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, schedule
 from rl_sharpen.rl import advantages as adv
@@ -134,8 +135,8 @@ def _minibatches(batch: TrainBatch, count: int, group_size: int, rng: np.random.
 @functools.lru_cache(maxsize=8)
 def _jitted_train_step(model_cfg, loss_cfg, optim_cfg, num_micro, group_size, chunk, remat, mesh):
     """One compiled update per distinct setting, shared by runs in a process (e.g. demo regimes)."""
-    step = make_train_step(model_cfg, loss_cfg, make_optimizer(optim_cfg), num_micro=num_micro,
-                           group_size=group_size, chunk=chunk, remat=remat, mesh=mesh)
+    step = make_train_step(model_cfg, loss_cfg, make_optimizer(optim_cfg, weight_decay_mask(model_cfg)),
+                           num_micro=num_micro, group_size=group_size, chunk=chunk, remat=remat, mesh=mesh)
     return jax.jit(step, donate_argnums=0)
 
 
@@ -171,7 +172,7 @@ class RLRun:
     def __post_init__(self):
         G = self.sampling_cfg.num_samples
         minibatch, micro = batch_layout(self.rl_cfg, G)
-        self.optimizer = make_optimizer(self.optim_cfg)
+        self.optimizer = make_optimizer(self.optim_cfg, weight_decay_mask(self.model_cfg))
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
         self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
