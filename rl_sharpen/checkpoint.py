@@ -25,7 +25,7 @@ from rl_sharpen.metrics import workdir_path
 # restore, and sampling draws the same tokens on any mesh); and validation, which has its own keys
 # and does not feed training (its verifier timeout does: it also grades the rollouts).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
-                     "train.keep_checkpoints", "rl.micro_batch", "rl.logprob_chunk", "rl.remat",
+                     "train.keep_checkpoints", "train.save_policy", "rl.micro_batch", "rl.logprob_chunk", "rl.remat",
                      "demo.regimes",  # a demo's regime runs each record their own reward
                      "sft.checkpoint_every", "sft.log_every")
 RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation", "binary_rewards.")  # the last: a mode without checkpoints

@@ -190,6 +190,15 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                  mesh=mesh, name=name, calibration_cfg=exp.calibration)
 
 
+def save_policy(params, model_cfg: models.ModelConfig, exp: ExperimentConfig, task, path: str) -> None:
+    """The trained policy as a Hugging Face folder with its tokenizer and the base checkpoint's
+    generation config: `--config.model.checkpoint=<path>` evaluates it (mode "eval") on any dataset."""
+    tokenizer = task.tokenizer if hasattr(task.tokenizer, "save_pretrained") else None  # not the toy one
+    source = checkpoint_folder(exp.model.checkpoint) if exp.model.checkpoint else None
+    models.save_hf(params, model_cfg, path, tokenizer=tokenizer, copy_from=source)
+    logging.info("saved the final policy to %s", path)
+
+
 def run(config, workdir: str) -> dict:
     exp = parse(config)
     main = jax.process_index() == 0
@@ -216,7 +225,10 @@ def run(config, workdir: str) -> dict:
         return run_demo(exp, workdir, task, mesh)
     model_cfg, params = build_model(exp, mesh, task.tokenizer)
     if exp.mode == "rl":
-        result = make_rl_run(exp, workdir, model_cfg, params, task, mesh).run()
+        rl_run = make_rl_run(exp, workdir, model_cfg, params, task, mesh)
+        result = rl_run.run()
+        if exp.train.save_policy:
+            save_policy(rl_run.final_state["params"], model_cfg, exp, task, os.path.join(workdir, "policy_model"))
     elif exp.mode == "sft":
         from rl_sharpen.sft import train_sft
 

@@ -289,6 +289,43 @@ def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, 
         get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},small")
 
 
+def test_an_rl_run_saves_its_policy_as_a_complete_hf_folder_that_eval_mode_loads(smollm2_tokenizer_dir,
+                                                                                     math_data_dir, tmp_path):
+    """A tiny random model with SmolLM2's tokenizer, trained one RL step on GSM8K rows: <workdir>/policy_model
+    holds the trained weights, the tokenizer and the base checkpoint's generation config, and is the
+    `model.checkpoint` of an evaluation with no `data.tokenizer`."""
+    import transformers
+
+    from rl_sharpen import models
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    cfg = models.ModelConfig("llama", len(tokenizer), 32, 64, 1, 4, 2, 8)
+    base = str(tmp_path / "base")
+    models.save_hf(models.init_params(cfg, jax.random.key(0)), cfg, base, tokenizer=tokenizer,
+                   copy_from=smollm2_tokenizer_dir)
+    c = get_config("qwen3_4b_math", "sharpening,tiny")  # a reward that differs between samples: an update
+    c.model.checkpoint, c.model.arch, c.model.custom = base, "", {}
+    c.data.train = c.data.validation = str(math_data_dir / "gsm8k" / "test.jsonl")
+    c.data.train_limit, c.data.validation_limit = 4, 2
+    c.sampling.max_new_tokens = c.eval.max_new_tokens = 6
+    c.train.steps = 1
+    experiment.run(c, str(tmp_path / "rl"))
+    policy = tmp_path / "rl" / "policy_model"
+    generation_config = "generation_config.json"
+    assert (policy / generation_config).read_text() == (pathlib.Path(smollm2_tokenizer_dir) / generation_config).read_text()
+    reloaded = transformers.AutoTokenizer.from_pretrained(policy)
+    text = "Natalia sold clips to 48 of her friends. <|im_end|>"
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert reloaded.chat_template == tokenizer.chat_template
+    _, trained = models.load_hf(str(policy))
+    _, start = models.load_hf(base)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), trained, start)
+    assert min(jax.tree.leaves(moved)) > 0  # one update moves every parameter
+    c.mode, c.model.checkpoint = "eval", str(policy)
+    result = experiment.run(c, str(tmp_path / "eval"))
+    assert {"pass@1", "maj@4"} <= set(result)
+
+
 def test_math_task_prompts_and_scores_real_data(smollm2_tokenizer_dir, math_data_dir, monkeypatch):
     from rl_sharpen.task_setup import DataConfig, MathTask
 

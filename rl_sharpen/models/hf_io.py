@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -30,6 +31,7 @@ from rl_sharpen.models.config import DTYPES, ModelConfig, from_hf_config, to_hf_
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
 
 
 class CheckpointError(ValueError):
@@ -182,9 +184,13 @@ def load_hf(path: str, dtype: str = "float32", mesh=None, compute_dtype: str | N
     return cfg, params
 
 
-def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 << 30) -> None:
+def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 << 30, *, tokenizer=None,
+            copy_from: str | None = None) -> None:
     """Writes `config.json` and safetensors shards (with an index when there is more than one) to a
-    local folder or a gs:// / s3:// URL (written locally first, then copied).
+    local folder or a gs:// / s3:// URL (written locally first, then copied). With a transformers
+    `tokenizer` (its `save_pretrained` files) and the `generation_config.json` of a local folder
+    `copy_from` (the checkpoint the params came from), the folder is a complete model that
+    transformers, vLLM or `--config.model.checkpoint` load on their own.
 
     Under multi-process JAX every process must call it (sharded params are all-gathered); process 0
     writes."""
@@ -201,12 +207,12 @@ def save_hf(params: dict, cfg: ModelConfig, path: str, max_shard_bytes: int = 4 
     if jax.process_index() != 0:
         return
     if "://" not in path:
-        _write(tensors, cfg, path, max_shard_bytes)
+        _write(tensors, cfg, path, max_shard_bytes, tokenizer, copy_from)
         return
     from etils import epath
 
     with tempfile.TemporaryDirectory() as local:
-        _write(tensors, cfg, local, max_shard_bytes)
+        _write(tensors, cfg, local, max_shard_bytes, tokenizer, copy_from)
         remote = epath.Path(path)
         remote.mkdir(parents=True, exist_ok=True)
         written = sorted(os.listdir(local))
@@ -224,7 +230,8 @@ def _is_weight_file(name: str) -> bool:
     return name in (SINGLE_FILE, INDEX_FILE) or bool(_SHARD_FILE.fullmatch(name))
 
 
-def _write(tensors: dict[str, np.ndarray], cfg: ModelConfig, path: str, max_shard_bytes: int) -> None:
+def _write(tensors: dict[str, np.ndarray], cfg: ModelConfig, path: str, max_shard_bytes: int, tokenizer=None,
+           copy_from: str | None = None) -> None:
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):  # an earlier save's weights, split otherwise, would shadow these
         if _is_weight_file(name):
@@ -251,3 +258,8 @@ def _write(tensors: dict[str, np.ndarray], cfg: ModelConfig, path: str, max_shar
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(to_hf_config(cfg), f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    source, target = os.path.join(copy_from or "", GENERATION_CONFIG), os.path.join(path, GENERATION_CONFIG)
+    if copy_from and os.path.isfile(source) and not (os.path.isfile(target) and os.path.samefile(source, target)):
+        shutil.copyfile(source, target)

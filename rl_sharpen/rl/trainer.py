@@ -75,6 +75,7 @@ class TrainConfig:
     eval_every: int = 0  # validation every N steps (0: only at the start and the end)
     checkpoint_every: int = 25  # save every N steps
     keep_checkpoints: int = 2  # newest checkpoints kept
+    save_policy: bool = True  # write the final policy to <workdir>/policy_model as an HF folder (with the tokenizer)
 
     def __post_init__(self):
         check_fields(self, [
