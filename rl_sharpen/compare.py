@@ -1,12 +1,15 @@
 """Paired comparison of two saved evaluations of the same problems:
 
-    python -m rl_sharpen.compare RUN_A/eval/eval_step500.json RUN_B/eval/eval_step500.json [--out change.json]
+    python -m rl_sharpen.compare RUN_A/eval/eval_step500.json RUN_B/eval/eval_step500.json \
+        [--out change.json] [--plot pass_at_k.png]
 
 Reads two `evaluation.save_json` files (an RL run's validations, <workdir>/eval/eval_step<N>.json; an
 eval run's <workdir>/eval_step0.json; the demo's <workdir>/eval/<model>/eval.json) and prints, for
 pass@k, maj@k, greedy accuracy, mean length and distinct answers, A, B and A - B over the problems
 both evaluated, ± its paired standard error (`evaluation.paired_difference`), with
-z = (A - B) / error; |z| > 2 is a change that the problems' own noise rarely produces.
+z = (A - B) / error; |z| > 2 is a change that the problems' own noise rarely produces. `--plot` draws
+both sides' pass@k and maj@k against k on the shared problems (where an RL model's pass@1 gain and a
+base model's lead at large k show as crossing curves).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("b", help="evaluation JSON of the baseline (B), on the same problems")
     parser.add_argument("--k", default="", help="comma-separated k (default: 1, 2, 4, ... up to the samples both have)")
     parser.add_argument("--out", default="", help="also write the comparison as JSON here")
+    parser.add_argument("--plot", default="", help="also draw pass@k and maj@k of A and B against k here (PNG)")
     args = parser.parse_args(argv)
     try:
         try:
@@ -82,6 +86,10 @@ def main(argv=None) -> int:
         comparison = compare_files(args.a, args.b, k_list)
         if args.out:
             write_json(comparison, args.out)
+        if args.plot:
+            change = comparison["change"]
+            evaluation.plot_pass_at_k({"A": change["new"], "B": change["old"]}, args.plot,
+                                      f"{change['num_problems']} problems in both")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -406,7 +406,9 @@ def test_compare_notes_what_differs_between_the_files(tmp_path, capsys):
     four = [result(f"p{i}", [1, 0, 0, i % 2]) for i in range(6)]
     for name, results in (("eight", eight), ("four", four)):
         E.save_json(E.EvalReport(E.summarize(results), results, []), str(tmp_path / f"{name}.json"))
-    assert compare.main([str(tmp_path / "eight.json"), str(tmp_path / "four.json"), "--k", "1,4"]) == 0
+    assert compare.main([str(tmp_path / "eight.json"), str(tmp_path / "four.json"), "--k", "1,4",
+                         "--plot", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     out = capsys.readouterr().out
     assert ("note: A has 8 samples per problem, B 4: distinct answers, which grow with the samples, are left out"
             in out)
