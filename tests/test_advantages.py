@@ -36,6 +36,13 @@ def test_grpo_and_dr_grpo_brute_force():
     np.testing.assert_array_equal(compute("grpo")[12:], 0.0)
 
 
+def test_grpo_adds_eps_to_the_group_std():
+    """Rewards 0 1 0 0: centered -1/4 3/4 -1/4 -1/4, std (ddof 1) 1/2; at eps = 1 the advantages are
+    centered / 1.5 (an eps of 1e-6, the default, is below the other tests' tolerance)."""
+    np.testing.assert_allclose(compute("grpo", np.array([0.0, 1.0, 0.0, 0.0], np.float32), eps=1.0),
+                               [-1 / 6, 1 / 2, -1 / 6, -1 / 6], rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(adv.ADVANTAGE_ESTIMATORS))
 def test_equal_rewards_give_exactly_zero_advantages(name):
     """A collapsed policy's group (G identical completions, bit-identical rewards) carries no signal.

@@ -73,6 +73,17 @@ def test_beta_for_validity_rejects_impossible_rates():
         br.beta_for_validity(0.3, 0.2)
 
 
+def test_diagnostics_of_a_two_sequence_space_by_hand():
+    """pi = (1/2, 1/2), only the first sequence valid, so p* = (1, 0): validity 1/2, one valid output,
+    KL(p* || pi) = log 2, coverage@k = sum_y p*(y) (1 - (1 - pi(y))^k) = 1/2 at k = 1, 3/4 at k = 2."""
+    out = br.diagnostics(jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([1.0, 1e-30])),
+                         jnp.array([True, False]), ks=(1, 2))
+    assert out["validity"] == pytest.approx(0.5)
+    assert out["effective_valid_outputs"] == pytest.approx(1.0)
+    assert out["kl_filtered_to_policy"] == pytest.approx(math.log(2), rel=1e-6)
+    assert (out["coverage@1"], out["coverage@2"]) == pytest.approx((0.5, 0.75))
+
+
 def test_alpha_divergence_against_its_definition_and_limits():
     log_pi = SPACE.log_probs(jax.random.normal(jax.random.key(2), SPACE.param_shape("autoregressive")),
                              "autoregressive")

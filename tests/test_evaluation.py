@@ -67,6 +67,14 @@ def test_maj_at_k_exact_enumeration_matches_brute_force(keys, correct):
         assert E.maj_at_k(keys, correct, k) == pytest.approx(float(brute_maj_at_k(keys, correct, k)), abs=1e-12)
 
 
+def test_maj_at_k_monte_carlo_draws_subsets_without_repeats():
+    """11 votes for the right answer and 9 for a wrong one: every 19 of the 20 samples hold at least 10
+    right votes, so maj@19 is exactly 1 in Monte Carlo too (subsets with repeated samples would lose
+    about a third of the draws)."""
+    keys, correct = ["a"] * 11 + ["b"] * 9, [True] * 11 + [False] * 9
+    assert E.maj_at_k(keys, correct, 19, maj_draws=10) == 1.0  # C(20, 19) = 20 > 10 draws: Monte Carlo
+
+
 def test_maj_at_k_monte_carlo_is_close_and_seeded():
     rng = np.random.default_rng(0)
     keys = [str(v) for v in rng.integers(0, 4, size=14)]

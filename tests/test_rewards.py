@@ -98,6 +98,15 @@ def test_kl_in_reward_with_k3():
     np.testing.assert_allclose(total, np.array(CORRECT) - 0.5 * np.array(expected_kl), rtol=1e-6)
 
 
+@pytest.mark.parametrize("normalization,length_exponent", [("mean", 1.0), ("weighted_mean", 0.5)])
+def test_an_empty_completion_s_normalized_sharpening_is_zero_not_nan(normalization, length_exponent):
+    """N = S_ref / max(L, 1)^w: a completion of no tokens (L = 0, S_ref = 0) scores 0."""
+    cfg = rewards.RewardConfig("optimization", alpha=1.0, beta_inv=0.0, normalization=normalization,
+                               length_exponent=length_exponent)
+    total, _ = rewards.compute_rewards(inputs(completion_mask=jnp.array([[1, 1, 0], [0, 0, 0]])), cfg)
+    np.testing.assert_allclose(total, [-3.0 / 2 ** length_exponent, 0.0], rtol=1e-6)
+
+
 def test_compute_rewards_is_jittable_and_padding_does_not_leak():
     cfg = rewards.regime_preset("tilted_a2_b100", kl_coef=0.1)
     eager, eager_parts = rewards.compute_rewards(inputs(), cfg)

@@ -109,6 +109,32 @@ def test_reinforce_gradient_is_advantage_weighted_score():
     np.testing.assert_allclose(metrics["grad_norm"], want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("num_micro", [1, 2])
+def test_a_step_moves_params_down_the_gradient_of_the_loss_over_non_empty_sequences(num_micro):
+    """seq-mean-token-sum, on-policy, a batch whose first sequence is empty (no completion token): the
+    loss is -(1/(N - 1)) sum_i A_i sum_t m_it log pi(y_it) / max_len over the N - 1 sequences with
+    tokens, and one SGD step at rate lr is theta - lr grad(loss)."""
+    params = models.init_params(CFG, jax.random.key(2))
+    batch = _batch(8, seed=5)
+    mask = batch.completion_mask.at[0].set(0.0)
+    lp = completion_logprobs(params, CFG, batch.tokens, batch.segments, T)
+    batch = TrainBatch(**{**batch.__dict__, "completion_mask": mask, "behaviour_logprobs": lp, "old_logprobs": lp})
+    loss_cfg = losses.LossConfig(name="reinforce", aggregation="seq-mean-token-sum", max_len=T)
+    lr = 0.1
+
+    def manual(p):
+        lp = completion_logprobs(p, CFG, batch.tokens, batch.segments, T)
+        return -jnp.sum(batch.advantages[:, None] * lp * mask) / T / 7  # 7 non-empty sequences
+
+    opt = optax.sgd(lr)
+    state, metrics = jax.jit(make_train_step(CFG, loss_cfg, opt, num_micro=num_micro, group_size=G))(
+        _state(params, opt), batch)
+    np.testing.assert_allclose(metrics["loss"], manual(params), rtol=1e-5)
+    want = jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(manual)(params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state["params"], want)
+    assert manual(state["params"]) < manual(params)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("decay_norms_and_biases", [False, True])
 def test_weight_decay_shrinks_the_weight_matrices_and_not_norms_or_biases(family, decay_norms_and_biases):
