@@ -287,6 +287,66 @@ def test_head_dim_defaults_follow_transformers():
         models.ModelConfig("llama", 50, 28, 64, 1, 0, 2, 8)
 
 
+def test_norm_eps_and_tied_embeddings_default_as_in_transformers():
+    import transformers
+
+    for arch, config in (("LlamaForCausalLM", transformers.LlamaConfig), ("Qwen2ForCausalLM", transformers.Qwen2Config),
+                         ("Qwen3ForCausalLM", transformers.Qwen3Config)):
+        cfg = models.from_hf_config(_hf_dict(arch))  # neither rms_norm_eps nor tie_word_embeddings given
+        assert (cfg.rms_norm_eps, cfg.tie_embeddings) == (config().rms_norm_eps, config().tie_word_embeddings), arch
+
+
+def test_llama3_rope_frequencies_match_transformers():
+    """Llama-3.2's rope scaling: frequencies with wavelengths above original_max / low_freq_factor are
+    divided by the factor, those below original_max / high_freq_factor kept, and the 6 between them
+    interpolated (the test models are too small to have any there)."""
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from rl_sharpen.models import layers
+
+    cfg = models.preset("llama-3.2-3b-instruct")
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](transformers.LlamaConfig(**models.to_hf_config(cfg)), "cpu")
+    np.testing.assert_allclose(np.asarray(layers.rope_frequencies(cfg)), want.numpy(), rtol=1e-6)
+    s = cfg.rope_scaling
+    wavelengths = 2 * np.pi * cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2) / cfg.head_dim)  # unscaled
+    between = (wavelengths > s.original_max_position_embeddings / s.high_freq_factor) & (
+        wavelengths < s.original_max_position_embeddings / s.low_freq_factor)
+    assert between.sum() == 6
+
+
+def test_packed_segments_restart_positions_and_attend_only_within_themselves(tiny):
+    """Two sequences packed in one row (segments 1 1 2 2 2) give the logits of each run alone."""
+    _, cfg, params, _ = tiny
+    segments = jnp.array([[1, 1, 2, 2, 2], [0, 1, 1, 2, 2]], jnp.int32)
+    positions = models.positions_from_segments(segments)
+    np.testing.assert_array_equal(positions, [[0, 1, 0, 1, 2], [0, 0, 1, 0, 1]])
+    tokens = jnp.array([[5, 17, 3, 44, 9], [0, 70, 4, 11, 90]], jnp.int32)
+    packed, _ = models.forward(params, cfg, tokens, positions, segments)
+    for row, cols in ((0, slice(0, 2)), (0, slice(2, 5)), (1, slice(1, 3)), (1, slice(3, 5))):
+        t, s = _left_padded([np.asarray(tokens[row, cols]).tolist()])
+        alone, _ = models.forward(params, cfg, t, models.positions_from_segments(s), s)
+        np.testing.assert_allclose(np.asarray(packed)[row, cols], np.asarray(alone)[0], atol=1e-5)
+
+
+def test_a_query_with_no_key_to_attend_to_gets_zeros():
+    from rl_sharpen.models import layers
+
+    q, k, v = (jax.random.normal(jax.random.key(i), shape) for i, shape in
+               enumerate([(1, 2, 4, 8), (1, 3, 2, 8), (1, 3, 2, 8)]))
+    allowed = jnp.array([[[False, False, False], [True, True, False]]])
+    out = np.asarray(layers.attention(q, k, v, allowed))
+    np.testing.assert_array_equal(out[0, 0], 0.0)
+    assert np.abs(out[0, 1]).min() > 0
+
+
+def test_load_hf_casts_every_parameter_to_the_requested_dtype(tiny):
+    _, cfg, _, path = tiny
+    cfg16, params16 = models.load_hf(path, dtype="bfloat16")
+    assert {leaf.dtype for leaf in jax.tree.leaves(params16)} == {jnp.dtype(jnp.bfloat16)}
+    assert cfg16.weight_dtype == jnp.bfloat16
+
+
 def test_missing_required_key_names_the_file_and_key(tmp_path):
     import json
 

@@ -527,6 +527,28 @@ def test_bad_prompts_are_refused_clearly():
         sampling.generate(params, cfg, [[3, 64]], rng, sc)
     with pytest.raises(ValueError, match=r"SamplingConfig.eos_ids contains 99"):
         sampling.generate(params, cfg, [[3]], rng, sampling.SamplingConfig(max_new_tokens=8, eos_ids=(99,)))
+    with pytest.raises(ValueError, match=r"SamplingConfig.eos_ids contains 64; allowed: ids in \[0, vocab_size=64\)"):
+        sampling.generate(params, cfg, [[3]], rng, sampling.SamplingConfig(max_new_tokens=8, eos_ids=(64,)))
+    # exactly max_position_embeddings positions: allowed
+    out = sampling.generate(params, cfg, [[1] * 120], rng, sampling.SamplingConfig(max_new_tokens=8, ignore_eos=True))
+    assert out.tokens.shape == (1, 8)
+
+
+def test_a_prompt_batch_s_padding_tokens_become_pad_id_and_its_segment_number_carries_on():
+    """Padding columns of a PromptBatch may hold any id; they are written as pad_id. A prompt numbered
+    2 (not 1) is continued by its completion in segment 2: teacher forcing `sequences()` reproduces
+    the sampler's log-probs only if the completion attends to its prompt."""
+    cfg, params = _tiny()
+    sc = sampling.SamplingConfig(max_new_tokens=4, temperature=1.0, num_samples=2, pad_id=0, ignore_eos=True)
+    batch = sampling.PromptBatch(np.array([[9, 9, 3, 4, 5], [9, 7, 7, 2, 6]]), np.array([[0, 0, 2, 2, 2],
+                                                                                          [0, 2, 2, 2, 2]]))
+    out = sampling.generate(params, cfg, batch, jax.random.key(3), sc)
+    prompt_segments = np.asarray(out.prompt_segment_ids)
+    assert np.all(np.asarray(out.prompt_tokens)[prompt_segments == 0] == 0)
+    tokens, segments = out.sequences()
+    assert set(np.unique(np.asarray(segments))) == {0, 2}
+    lp = np.asarray(models.token_logprobs(params, cfg, tokens, segments))[:, -out.tokens.shape[1]:]
+    np.testing.assert_allclose(lp, np.asarray(out.logprobs), atol=2e-5)
 
 
 def test_prompt_batch_and_lists_agree():
@@ -552,11 +574,15 @@ def _matmul_precisions(jaxpr) -> list:
     return found
 
 
-@pytest.mark.parametrize("fast_decode", [True, False])
-def test_float32_matmuls_ask_for_full_precision(fast_decode):
+@pytest.mark.parametrize("fast_decode,cpu_kernels", [(True, True), (True, False), (False, True)])
+def test_float32_matmuls_ask_for_full_precision(fast_decode, cpu_kernels, monkeypatch, request):
     """Backends may run a default-precision float32 matmul in TF32 (GPU) or one bfloat16 pass (TPU);
     the float32 log-prob exactness needs every matmul of sampling and teacher forcing at HIGHEST,
-    while bfloat16 models keep the backend default."""
+    while bfloat16 models keep the backend default. The fast decoder's kernels for other backends than
+    the CPU are traced here too."""
+    monkeypatch.setattr(decode, "_cpu_kernels", lambda: cpu_kernels)
+    jax.clear_caches()
+    request.addfinalizer(jax.clear_caches)
     for dtype, expected in (("float32", jax.lax.Precision.HIGHEST), ("bfloat16", None)):
         cfg = models.ModelConfig("qwen3", 64, 16, 32, 2, 2, 1, 8, tie_embeddings=True, param_dtype=dtype,
                                  compute_dtype=dtype)

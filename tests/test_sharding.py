@@ -55,6 +55,27 @@ def test_rules_and_mesh_that_do_not_fit_are_refused(mesh):
     assert shd.logical_to_spec(("batch", "mlp"), shd.make_mesh({"data": 8})) == P("data", None)
 
 
+def test_a_dimension_keeps_the_mesh_axes_whose_product_divides_it(mesh):
+    """"batch" maps to (data, fsdp), 2 x 2 shards: a dimension of 4 takes both, 6 and 2 only data
+    (6 is not a multiple of 4), 3 neither (replicated)."""
+    spec = {n: shd.named_sharding(mesh, ("batch",), (n,)).spec for n in (4, 6, 2, 3)}
+    assert spec == {4: P(("data", "fsdp")), 6: P("data"), 2: P("data"), 3: P(None)}
+
+
+def test_parameters_are_laid_out_as_designed(mesh):
+    """Matrices over fsdp x tensor (vocab, heads, kv heads, MLP width over tensor; hidden over fsdp),
+    layers and norms replicated. 4 heads and 2 kv heads divide the 2 tensor shards."""
+    cfg = models.ModelConfig("qwen3", 64, 16, 32, 2, 4, 2, 8)
+    specs = jax.tree.map(lambda s: s.spec, models.param_shardings(cfg, mesh))
+    want = {"embed": P("tensor", "fsdp"), "lm_head": P("fsdp", "tensor"), "final_norm": P(None),
+            "layers": {"attn_norm": P(None, None), "mlp_norm": P(None, None), "q_norm": P(None, None),
+                       "k_norm": P(None, None), "q": P(None, "fsdp", "tensor", None),
+                       "k": P(None, "fsdp", "tensor", None), "v": P(None, "fsdp", "tensor", None),
+                       "o": P(None, "tensor", None, "fsdp"), "gate": P(None, "fsdp", "tensor"),
+                       "up": P(None, "fsdp", "tensor"), "down": P(None, "tensor", "fsdp")}}
+    assert specs == want
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_sharded_forward_equals_single_device(mesh, family, tmp_path):
     hf_models.save_tiny_hf_model(family, tie=False, path=str(tmp_path))
