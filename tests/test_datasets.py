@@ -141,6 +141,19 @@ def test_format_inference():
     assert infer_format([{"problem": "p", "solution": "s"}]) == "math"
     assert infer_format([{"question": "q", "answer": r"\frac{1}{2}"}]) == infer_format([cut, cut, gsm]) == "qa"
     assert infer_format([]) == "qa"
+    assert infer_format([cut, gsm]) == "qa"  # one of two marked is not "most"
+
+
+def test_math_rows_without_a_usable_boxed_answer_are_skipped_and_qa_integers_are_canonical(tmp_path):
+    path = write_jsonl(tmp_path / "math.jsonl", [
+        {"problem": "p0", "solution": r"so \boxed{4}", "level": "Level 1"},
+        {"problem": "p1", "solution": r"empty \boxed{}", "level": "Level 1"},
+        {"problem": "p2", "solution": r"blank \boxed{ }", "level": "Level 1"},
+    ])
+    problems, stats = load_problems(path)
+    assert [p.answer for p in problems] == ["4"] and stats.skipped == {"no \\boxed{} in solution": 2}
+    qa, _ = load_problems(write_jsonl(tmp_path / "qa.jsonl", [{"problem": "p", "answer": "007"}]), format="qa")
+    assert qa[0].answer == "7"
 
 
 def test_format_is_inferred_once_and_rows_that_do_not_fit_are_skipped(tmp_path):

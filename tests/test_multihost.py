@@ -215,6 +215,14 @@ def _write_steps(writer: MetricWriter, steps) -> None:
         writer.write(step, {"reward": 0.5 * step, "note": "x"})
 
 
+def test_a_resumed_writer_appends_after_a_last_row_without_its_newline(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"step": 1}\n{"step": 2}')  # written whole, newline not flushed
+    writer = MetricWriter(tmp_path, "train", tensorboard=False, is_main=True, resume_step=5)
+    writer.write(3, {"reward": 0.5})
+    writer.close()
+    assert [r["step"] for r in read_jsonl(tmp_path / "train.jsonl")] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("appendable", [True, False], ids=["local", "object_store"])
 def test_resumed_writer_replaces_the_steps_it_runs_again(tmp_path, monkeypatch, appendable):
     """Killed after step 23, restored from the step-20 checkpoint: steps 21-23 appear once, as rerun."""

@@ -97,3 +97,11 @@ def test_model_and_tokenizer_sources_that_cannot_be_read_name_their_config_field
         load_tokenizer("Org/Model", "model.checkpoint")
     with pytest.raises(ConfigError, match=r"data.tokenizer='\./missing': no such folder"):
         load_tokenizer("./missing")
+
+
+def test_pad_id_prefers_the_pad_token_then_eos_then_0():
+    class Stub:
+        def __init__(self, pad, eos):
+            self.pad_token_id, self.eos_token_id = pad, eos
+
+    assert (pad_id(Stub(5, 7)), pad_id(Stub(None, 7)), pad_id(Stub(None, None))) == (5, 7, 0)

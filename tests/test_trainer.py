@@ -282,7 +282,9 @@ def test_paper_configs_follow_the_gradient_and_report_every_k(name):
 
 
 def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, tmp_path):
-    result = experiment.run(get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny"), str(tmp_path))
+    c = get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny")
+    c.data.train = c.data.validation = str(math_data_dir / "gsm8k" / "test.jsonl")  # where the fixture found it
+    result = experiment.run(c, str(tmp_path))
     assert set(result) >= {"pass@1", "pass@2", "maj@2", "greedy_accuracy"}
     assert json.loads((tmp_path / "result.json").read_text()) == pytest.approx(result)
     with pytest.raises(ValueError, match="'<checkpoint folder>,tiny'"):
@@ -457,6 +459,31 @@ def test_data_limits_keep_the_first_synthetic_problems():
                                    validation_limit=3))
     assert cut.problems("train") == full.problems("train")[:7]
     assert cut.problems("validation") == full.problems("validation")[:3]
+    over = SyntheticTask(DataConfig(synthetic_train_problems=5, train_limit=8))  # a limit above the pool
+    assert len(over.problems("train")) == 5
+
+
+def test_synthetic_training_and_validation_draw_from_their_own_streams():
+    """Training problems come from default_rng([seed, 0]), validation from [validation seed, 1]: the
+    two sets are different draws even at seed 0 = validation seed 0."""
+    from rl_sharpen.task_setup import DataConfig, SyntheticTask
+    from rl_sharpen.tasks import synthetic
+
+    task = SyntheticTask(DataConfig(synthetic_train_problems=6, synthetic_validation_problems=6), seed=0)
+    train = synthetic.make_problems(6, [0, 0], task.arith)
+    validation = synthetic.make_problems(6, [0, 1], task.arith)
+    assert task.problems("train") == [p.to_problem(i) for i, p in enumerate(train)]
+    assert task.problems("validation") == [p.to_problem(i) for i, p in enumerate(validation)]
+    assert train != validation
+
+
+def test_a_math_task_limit_of_0_reads_every_row(smollm2_tokenizer_dir, tmp_path):
+    from rl_sharpen.task_setup import DataConfig, MathTask
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"p{i}", "answer": str(i)}) + "\n" for i in range(3)))
+    task = MathTask(DataConfig(train=str(path), validation=str(path), train_limit=0), smollm2_tokenizer_dir)
+    assert [p.answer for p in task.problems("train")] == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -521,6 +548,77 @@ def test_a_cosine_horizon_other_than_the_run_s_updates_is_reported(tmp_path, cap
         experiment.make_rl_run(exp, str(tmp_path), cfg, params, task)
     assert "optim.total_steps=5, but the run makes 3 optimizer updates" in caplog.text
     assert "will not reach its floor" in caplog.text
+    c.rl.minibatches = 2  # 3 steps x 1 epoch x 2 minibatches
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        experiment.make_rl_run(experiment.parse(c), str(tmp_path), cfg, params, task)
+    assert "optim.total_steps=5, but the run makes 6 optimizer updates" in caplog.text
+    assert "ends early" in caplog.text
+
+
+def test_prompt_order_is_a_fresh_seeded_permutation_each_epoch_read_across_epochs():
+    from rl_sharpen.rl.trainer import ORDER_STREAM
+
+    epochs = [np.random.default_rng([0, ORDER_STREAM, e]).permutation(5) for e in range(4)]
+    stream = np.concatenate(epochs)
+    for position, count in ((0, 4), (3, 4), (4, 10), (9, 7)):
+        np.testing.assert_array_equal(prompt_order(5, 0, position, count), stream[position:position + count])
+    assert all(sorted(e) == list(range(5)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # each epoch its own order
+
+
+def test_minibatches_hold_whole_groups_in_a_seeded_shuffled_order():
+    from rl_sharpen.rl.trainer import _minibatches
+    from rl_sharpen.rl.update import TrainBatch
+
+    rows = np.arange(8)
+    batch = TrainBatch(*[rows[:, None]] * 6, rows, rows)
+    order = np.random.default_rng(0).permutation(4)  # 4 groups of 2 rows
+    got = [np.asarray(mb.tokens)[:, 0].tolist() for mb in _minibatches(batch, 2, 2, np.random.default_rng(0))]
+    want = [[int(r) for g in order[:2] for r in (2 * g, 2 * g + 1)], [int(r) for g in order[2:] for r in (2 * g, 2 * g + 1)]]
+    assert got == want and sorted(got[0] + got[1]) == list(range(8))
+    assert got != [[0, 1, 2, 3], [4, 5, 6, 7]]  # shuffled
+
+
+def test_each_step_draws_its_own_rollout_key_and_minibatch_split_and_logs_and_validates_on_cadence(
+        tmp_path, monkeypatch):
+    """train.log_every = eval_every = 2 over 3 steps: metric rows at steps 2 and 3 (the last),
+    validations at 0, 2 and 3. Step s samples with fold_in(key(seed), s) and splits its minibatches
+    with default_rng([seed, shuffle stream, s])."""
+    from rl_sharpen.rl import trainer
+
+    keys, splits, evaluated = [], [], []
+    real_rollout, real_minibatches = trainer.rollout, trainer._minibatches
+
+    def rollout(*args, **kw):
+        keys.append(jax.random.key_data(args[5]))
+        return real_rollout(*args, **kw)
+
+    def minibatches(batch, count, group_size, rng):
+        splits.append(rng.bit_generator.state["state"])
+        return real_minibatches(batch, count, group_size, rng)
+
+    monkeypatch.setattr(trainer, "rollout", rollout)
+    monkeypatch.setattr(trainer, "_minibatches", minibatches)
+    run = _rl_run(tmp_path, 3, **{"train.log_every": 2, "train.eval_every": 2, "rl.minibatches": 2})
+    run.evaluate = lambda params, step: evaluated.append(step) or {"score": float(step)}
+    run.run()
+    assert sorted(_rows(tmp_path)) == [2, 3] and evaluated == [0, 2, 3]
+    base = jax.random.key(run.seed)
+    for step in range(3):
+        np.testing.assert_array_equal(keys[step], jax.random.key_data(jax.random.fold_in(base, step)))
+        want = np.random.default_rng([run.seed, trainer._SHUFFLE_STREAM, step]).bit_generator.state["state"]
+        assert splits[step] == want
+    assert run.sampling_cfg.eos_ids == tuple(run.task.eos_ids) != ()  # the config sets none: the task's
+
+
+def test_paper_config_pins_the_paper_s_settings():
+    c = get_config("qwen25_3b_math", "task_reward")
+    assert (c.optim.learning_rate, c.optim.warmup_steps, c.loss.name, c.loss.is_cap, c.advantage.estimator) == (
+        1e-6, 10, "reinforce", 20.0, "rloo")
+    assert (c.rl.prompts_per_step, c.sampling.num_samples, c.sampling.max_new_tokens, c.sampling.temperature) == (
+        32, 8, 2048, 1.0)
+    assert c.eval.k_list == tuple(range(1, 17)) and c.eval.num_samples == 16
 
 
 def test_checkpoints_are_saved_every_n_steps_and_at_the_end_only(tmp_path):
@@ -554,6 +652,47 @@ def test_sft_started_again_logs_each_step_once(tmp_path):
         train_sft(jax.tree.map(jnp.copy, params), cfg, task.sft_pairs, sft_cfg, exp.optim, task.pad_id, str(tmp_path))
     with open(tmp_path / "sft.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2]
+
+
+def test_sft_logs_every_n_steps_and_the_last_and_checkpoints_the_last(tmp_path):
+    from rl_sharpen.checkpoint import Checkpointer
+    from rl_sharpen.sft import SFT_STREAM, train_sft
+
+    exp = experiment.parse(get_config("demo", "tiny"))
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    draws = []
+
+    def sample_pairs(rng, n):
+        draws.append(rng.bit_generator.state["state"])
+        return task.sft_pairs(rng, n)
+
+    sft_cfg = dataclasses.replace(exp.sft, steps=3, log_every=2, checkpoint_every=2)
+    train_sft(params, cfg, sample_pairs, sft_cfg, exp.optim, task.pad_id, str(tmp_path), seed=exp.seed)
+    with open(tmp_path / "sft.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [2, 3]
+    assert Checkpointer(str(tmp_path / "sft_checkpoints"), 2).latest_step() == 3
+    # the batch stream is its own, not the synthetic problem draw's default_rng([seed, 0])
+    assert draws[0] == np.random.default_rng([exp.seed, SFT_STREAM]).bit_generator.state["state"]
+
+
+def test_sft_batches_put_the_completion_eos_included_under_the_mask_and_average_over_its_tokens():
+    from rl_sharpen import models
+    from rl_sharpen.rl.update import completion_logprobs
+    from rl_sharpen.sft import make_batch, make_sft_step
+
+    tokens, segments, mask = make_batch([([1, 2], [3, 4, 5]), ([6], [7])], 0, 2, 4)
+    np.testing.assert_array_equal(tokens, [[1, 2, 3, 4, 5, 0], [0, 6, 7, 0, 0, 0]])
+    np.testing.assert_array_equal(segments, [[1, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 0], [1, 0, 0, 0]])
+    cfg = models.ModelConfig("llama", 16, 16, 32, 1, 2, 1, 8)
+    params = models.init_params(cfg, jax.random.key(0))
+    lp = np.asarray(completion_logprobs(params, cfg, tokens, segments, 4))
+    import optax
+
+    opt = optax.sgd(0.0)
+    _, _, nll, _ = make_sft_step(cfg, opt)(params, opt.init(params), tokens, segments, mask)
+    np.testing.assert_allclose(nll, -(lp * mask).sum() / 4, rtol=1e-6)  # 4 completion tokens, not 2 rows
 
 
 def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_path):

@@ -161,6 +161,20 @@ def _leaf(tree, path):
     return tree
 
 
+@pytest.mark.parametrize("clip_norm,second_update", [(1.0, -1.0), (0.0, -0.7408)])
+def test_adam_with_clipping_by_hand(clip_norm, second_update):
+    """Gradients 10 then 1, lr 1, b1 0.9, b2 0.999. Clipped to norm 1 both are 1, and Adam's second
+    update is m_hat / sqrt(v_hat) = 1. Unclipped: m = 1.0, v = 0.1009, so the update is
+    -(1.0 / 0.19) / sqrt(0.1009 / 0.001999) = -0.7408 (one update alone would not tell: Adam's first
+    step is -sign(g) at any scale)."""
+    opt = make_optimizer(OptimConfig(learning_rate=1.0, clip_norm=clip_norm))
+    params = {"w": jnp.zeros((1,), jnp.float32)}
+    state = opt.init(params)
+    for g in (10.0, 1.0):
+        updates, state = opt.update({"w": jnp.full((1,), g)}, state, params)
+    np.testing.assert_allclose(updates["w"], [second_update], rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_optimizer_state_keeps_its_dtypes_after_an_update(dtype):
     """A checkpoint restores into the initial state's dtypes, so an update must not change them

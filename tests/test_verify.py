@@ -204,6 +204,7 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     (r"so \boxed{5}. Check: \boxed{", "5"),  # a box cut off at the end hides no earlier answer
     (r"\boxed{1} and \fbox{2 \boxed{3}", "3"),
     (r"\boxed{4} and \boxed", "4"),
+    (r"\boxed{7}, not \boxed.", "7"),  # punctuation after a bare \boxed is not a one-token answer
     (r"\boxed{}", None),
     ("no final answer here", None),
 ])
