@@ -123,3 +123,16 @@ def test_bad_beam_config_names_the_field(field, value, allowed):
     kwargs = {"width": 2, "max_new_tokens": 4, field: value}
     with pytest.raises(ValueError, match=rf"BeamConfig\.{field}=.*allowed: .*{allowed}"):
         sampling.BeamConfig(**kwargs)
+
+
+def test_take_rows_reorders_every_part_of_the_cache_and_keeps_its_end():
+    from rl_sharpen.sampling import kv
+
+    cache = {"k": jnp.arange(2 * 2 * 3, dtype=jnp.float32).reshape(1, 2, 3, 2)[..., None, :],
+             "v": -jnp.arange(2 * 2 * 3, dtype=jnp.float32).reshape(1, 2, 3, 2)[..., None, :],
+             "segment_ids": jnp.array([[1, 1, 0], [2, 2, 2]], jnp.int32), "end": jnp.array(3, jnp.int32)}
+    out = kv.take_rows(cache, jnp.array([1, 0, 1]))
+    for name in ("k", "v"):
+        np.testing.assert_array_equal(out[name], cache[name][:, [1, 0, 1]])
+    np.testing.assert_array_equal(out["segment_ids"], [[2, 2, 2], [1, 1, 0], [2, 2, 2]])
+    assert int(out["end"]) == 3

@@ -326,6 +326,9 @@ def test_sequence_level_weight_is_the_truncated_product_on_every_token():
                             is_level="sequence")
     grad = jax.grad(lambda lp: losses.policy_loss(lp, b, cfg)[0])(logprobs)
     np.testing.assert_allclose(grad, [[-1.0, -1.0, -1.0], [-10.0, -10.0, 0.0]], rtol=1e-5)  # w / N' = 2/2, 20/2
+    untruncated = dataclasses.replace(cfg, is_cap=1000.0)  # the masked token's ratio 0.9/0.7 stays out: 90, not 116
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, untruncated)[0])(logprobs)
+    np.testing.assert_allclose(grad, [[-1.0, -1.0, -1.0], [-45.0, -45.0, 0.0]], rtol=1e-5)
     metrics = losses.policy_loss(logprobs, b, cfg)[1]
     np.testing.assert_allclose(metrics["is_truncated_frac"], 2 / 5, rtol=1e-6)
     ppo = dataclasses.replace(cfg, name="ppo_clip")  # u = min(prod pi_old / mu, cap) weighs the clipped term

@@ -844,6 +844,18 @@ def test_a_checkpoint_from_before_a_config_field_was_added_resumes_with_its_old_
     ckpt.close()
 
 
+def test_config_changes_allow_validation_and_cadence_fields_and_name_at_most_8():
+    from rl_sharpen.checkpoint import config_changes, resumable_change
+
+    old = {"train": {"eval_every": 5, "steps": 10}, "data": {"validation": "a.jsonl", "validation_limit": 10}}
+    new = {"train": {"eval_every": 2, "steps": 20}, "data": {"validation": "b.jsonl", "validation_limit": 20}}
+    assert config_changes(old, new, resumable_change) == ""
+    assert config_changes(old, new) == ("data.validation: 'a.jsonl' -> 'b.jsonl', data.validation_limit: 10 -> 20, "
+                                        "train.eval_every: 5 -> 2, train.steps: 10 -> 20")
+    nine = config_changes({"x": {str(i): 0 for i in range(9)}}, {"x": {str(i): 1 for i in range(9)}})
+    assert nine.count("->") == 8 and nine.endswith(", and 1 more")
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_a_checkpoint_from_before_norms_were_spared_weight_decay_resumes_only_as_it_ran(tmp_path, weight_decay):
     """Runs checkpointed before `optim.decay_norms_and_biases` existed decayed every parameter: with
