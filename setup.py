@@ -31,7 +31,9 @@ setup(
     extras_require={
         # Parity references (transformers on torch) and the SmolLM2 GGUF checkpoint used by the tests, which
         # build reference models with the transformers 5 API (config rope_parameters=, from_pretrained dtype=).
-        "test": ["pytest>=8", "transformers>=5.0", "torch>=2.4", "gguf>=0.10", "accelerate>=1.0"],
+        # pytest-xdist runs the suite in two processes (`-n 2`), one per core of a small CI machine.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "transformers>=5.0", "torch>=2.4", "gguf>=0.10",
+                 "accelerate>=1.0"],
         # gs:// workdirs (checkpoints, metrics, saved models on Google Cloud Storage).
         "gcs": ["gcsfs"],
     },

@@ -223,6 +223,8 @@ def run(config, workdir: str) -> dict:
         from rl_sharpen.demo import run_demo
 
         return run_demo(exp, workdir, task, mesh)
+    for split in {"rl": ("train", "validation"), "eval": ("validation",)}.get(exp.mode, ()):
+        task.problems(split)  # a data error shows before a checkpoint's weights load, not minutes after
     model_cfg, params = build_model(exp, mesh, task.tokenizer)
     if exp.mode == "rl":
         rl_run = make_rl_run(exp, workdir, model_cfg, params, task, mesh)

@@ -195,14 +195,18 @@ class MathTask:
         self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in {tokenizer_path, checkpoint} if p])
         self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template)
         self.verify_timeout = verify_timeout
+        self._loaded: dict[str, list[Problem]] = {}
 
     def problems(self, split: str) -> list[Problem]:
+        """The split's problems, read once (later calls return a copy of the same list)."""
         key = "train" if split == "train" else "validation"
-        name, which, limit = (getattr(self.data, key + suffix) for suffix in ("", "_split", "_limit"))
-        problems, stats = load_problems(name, which, limit or None, field=f"data.{key}")
-        logging.info("%s/%s: %d problems, %d malformed rows skipped %s", name, which, stats.num_loaded,
-                     stats.num_skipped, dict(stats.skipped))
-        return problems
+        if key not in self._loaded:
+            name, which, limit = (getattr(self.data, key + suffix) for suffix in ("", "_split", "_limit"))
+            problems, stats = load_problems(name, which, limit or None, field=f"data.{key}")
+            logging.info("%s/%s: %d problems, %d malformed rows skipped %s", name, which, stats.num_loaded,
+                         stats.num_skipped, dict(stats.skipped))
+            self._loaded[key] = problems
+        return list(self._loaded[key])
 
     def prompt_text(self, problem: Problem) -> str:
         return prompt_lib.render_prompt(self.tokenizer, problem.problem, self.prompt_cfg)

@@ -1,9 +1,21 @@
-"""Suite-wide settings: eight fake CPU devices (for sharding tests) before JAX starts."""
+"""Suite-wide settings, before JAX starts: eight fake CPU devices (for sharding tests), and one
+compilation cache for the session, so that a program compiled by one test (or by a `python -m
+rl_sharpen.main` the tests start) is not compiled again by the next. The cache is a temporary folder,
+removed at exit, unless JAX_COMPILATION_CACHE_DIR names one."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # environment variables: subprocesses share it
+    _cache = tempfile.mkdtemp(prefix="rl_sharpen_jax_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the suite's programs compile in < 1 s
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 

@@ -79,9 +79,14 @@ def smollm2_folder() -> str:
     loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     plain = transformers.AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = out + ".tmp"
+    tmp = f"{out}.tmp{os.getpid()}"  # test processes running side by side each write their own
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.exists(os.path.join(out, "model.safetensors")):
+            raise
     return out

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from rl_sharpen import experiment
+from rl_sharpen.config import SourceError
 from tests.experiment_configs import get_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -223,6 +224,41 @@ def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tok
     assert done.returncode != 0
     assert done.stderr.rstrip().splitlines()[-1].startswith("config error: unknown problem source")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mode,field", [("eval", "validation"), ("rl", "train"), ("rl", "validation")])
+def test_a_data_error_shows_before_the_model_loads(tmp_path, smollm2_tokenizer_dir, monkeypatch, mode, field):
+    def build_model(*args, **kwargs):
+        raise AssertionError("the model was built before the data loaded")
+
+    monkeypatch.setattr(experiment, "build_model", build_model)
+    c = get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny")
+    c.mode = mode
+    c.data.train = c.data.validation = str(tmp_path / "gsm8k.jsonl")
+    (tmp_path / "gsm8k.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    setattr(c.data, field, str(tmp_path / "missing.jsonl"))
+    with pytest.raises(SourceError, match=f"data.{field}"):
+        experiment.run(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_math_task_reads_each_split_once(tmp_path, smollm2_tokenizer_dir, monkeypatch):
+    from rl_sharpen import task_setup
+
+    reads = []
+    monkeypatch.setattr(task_setup, "load_problems", lambda *a, **k: reads.append(a) or ([object()], _Stats()))
+    c = get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny")
+    task = task_setup.build_task(experiment.parse(c).data, experiment.parse(c).model)
+    first = task.problems("validation")
+    first.append("a caller's own edit")
+    assert task.problems("validation") == first[:1] and len(reads) == 1
+    task.problems("train")
+    task.problems("train")
+    assert len(reads) == 2
+
+
+class _Stats:
+    num_loaded, num_skipped, skipped = 1, 0, {}
 
 
 def test_demo_seeds_summarizes_a_campaign_at_the_k_its_runs_evaluated(tmp_path, monkeypatch):
