@@ -1,7 +1,7 @@
 """Paired comparison of two saved evaluations of the same problems:
 
     python -m rl_sharpen.compare RUN_A/eval/eval_step500.json RUN_B/eval/eval_step500.json \
-        [--out change.json] [--plot pass_at_k.png]
+        [--out change.json] [--plot pass_at_k.png [--names "RL,base"]]
 
 Reads two `evaluation.save_json` files (an RL run's validations, <workdir>/eval/eval_step<N>.json; an
 eval run's <workdir>/eval_step0.json; the demo's <workdir>/eval/<model>/eval.json) and prints, for
@@ -77,18 +77,22 @@ def main(argv=None) -> int:
     parser.add_argument("--k", default="", help="comma-separated k (default: 1, 2, 4, ... up to the samples both have)")
     parser.add_argument("--out", default="", help="also write the comparison as JSON here")
     parser.add_argument("--plot", default="", help="also draw pass@k and maj@k of A and B against k here (PNG)")
+    parser.add_argument("--names", default="A,B", help="the plot's legend names of A and B, e.g. 'sharpening,base'")
     args = parser.parse_args(argv)
     try:
         try:
             k_list = [int(k) for k in args.k.split(",") if k.strip()] or None
         except ValueError:
             raise ValueError(f"--k={args.k}: allowed: comma-separated integers") from None
+        names = [n.strip() for n in args.names.split(",")]
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise ValueError(f"--names={args.names}: allowed: two different non-empty names, comma-separated")
         comparison = compare_files(args.a, args.b, k_list)
         if args.out:
             write_json(comparison, args.out)
         if args.plot:
             change = comparison["change"]
-            evaluation.plot_pass_at_k({"A": change["new"], "B": change["old"]}, args.plot,
+            evaluation.plot_pass_at_k({names[0]: change["new"], names[1]: change["old"]}, args.plot,
                                       f"{change['num_problems']} problems in both")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

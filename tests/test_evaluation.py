@@ -407,21 +407,28 @@ def test_replicated_change_counts_the_shared_problems_spread_once():
         E.replicated_change([0.1, 0.2])
 
 
-def test_compare_notes_what_differs_between_the_files(tmp_path, capsys):
+def test_compare_notes_what_differs_between_the_files(tmp_path, capsys, monkeypatch):
     from rl_sharpen import compare
+
+    legends, plot = [], E.plot_pass_at_k
+    monkeypatch.setattr(E, "plot_pass_at_k", lambda summaries, *a: legends.append(list(summaries)) or plot(summaries, *a))
 
     eight = [result(f"p{i}", [i % 2, 1, 0, 0, 1, 0, 1, 0], greedy=1.0) for i in range(6)]
     four = [result(f"p{i}", [1, 0, 0, i % 2]) for i in range(6)]
     for name, results in (("eight", eight), ("four", four)):
         E.save_json(E.EvalReport(E.summarize(results), results, []), str(tmp_path / f"{name}.json"))
     assert compare.main([str(tmp_path / "eight.json"), str(tmp_path / "four.json"), "--k", "1,4",
-                         "--plot", str(tmp_path / "curves.png")]) == 0
+                         "--plot", str(tmp_path / "curves.png"), "--names", "eight samples, four samples"]) == 0
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert legends == [["eight samples", "four samples"]]
     out = capsys.readouterr().out
     assert ("note: A has 8 samples per problem, B 4: distinct answers, which grow with the samples, are left out"
             in out)
     assert "note: greedy answers only in A: no greedy row" in out
     assert "distinct" not in out.split("note: greedy")[1] and "pass@4" in out
+    for names in ("A", "A,A", "A,", "A,B,C"):
+        assert compare.main([str(tmp_path / "eight.json"), str(tmp_path / "four.json"), "--names", names]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --names={names}: allowed: two different")
 
 
 def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_command_line(tmp_path, capsys):
