@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -242,11 +243,11 @@ def test_a_data_error_shows_before_the_model_loads(tmp_path, smollm2_tokenizer_d
     assert not (tmp_path / "run").exists()
 
 
-def test_a_math_task_reads_each_split_once(tmp_path, smollm2_tokenizer_dir, monkeypatch):
+def test_a_math_task_reads_each_split_once(smollm2_tokenizer_dir, monkeypatch):
     from rl_sharpen import task_setup
 
-    reads = []
-    monkeypatch.setattr(task_setup, "load_problems", lambda *a, **k: reads.append(a) or ([object()], _Stats()))
+    reads, stats = [], types.SimpleNamespace(num_loaded=1, num_skipped=0, skipped={})
+    monkeypatch.setattr(task_setup, "load_problems", lambda *a, **k: reads.append(a) or ([object()], stats))
     c = get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny")
     task = task_setup.build_task(experiment.parse(c).data, experiment.parse(c).model)
     first = task.problems("validation")
@@ -255,10 +256,6 @@ def test_a_math_task_reads_each_split_once(tmp_path, smollm2_tokenizer_dir, monk
     task.problems("train")
     task.problems("train")
     assert len(reads) == 2
-
-
-class _Stats:
-    num_loaded, num_skipped, skipped = 1, 0, {}
 
 
 def test_demo_seeds_summarizes_a_campaign_at_the_k_its_runs_evaluated(tmp_path, monkeypatch):
