@@ -152,14 +152,15 @@ class SyntheticTask:
         """The arithmetic of every validation problem, when `data.synthetic_hold_out` (else empty)."""
         return frozenset(p.arithmetic for p in self._validation_draw) if self.data.synthetic_hold_out else frozenset()
 
+    @functools.cached_property
+    def _train_draw(self) -> list[synthetic.ArithmeticProblem]:
+        limit = self.data.train_limit
+        count = min(self.data.synthetic_train_problems, limit) if limit else self.data.synthetic_train_problems
+        return synthetic.make_problems(count, [self.seed, 0], self.arith, self.held_out)
+
     def problems(self, split: str) -> list[Problem]:
-        if split == "train":
-            limit = self.data.train_limit
-            count = min(self.data.synthetic_train_problems, limit) if limit else self.data.synthetic_train_problems
-            drawn = synthetic.make_problems(count, [self.seed, 0], self.arith, self.held_out)
-        else:
-            limit = self.data.validation_limit
-            drawn = self._validation_draw[:limit or None]
+        """The split's problems, drawn once."""
+        drawn = self._train_draw if split == "train" else self._validation_draw[:self.data.validation_limit or None]
         return [p.to_problem(i) for i, p in enumerate(drawn)]
 
     def prompt_text(self, problem: Problem) -> str:

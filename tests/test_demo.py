@@ -248,8 +248,8 @@ def test_a_math_task_reads_each_split_once(smollm2_tokenizer_dir, monkeypatch):
 
     reads, stats = [], types.SimpleNamespace(num_loaded=1, num_skipped=0, skipped={})
     monkeypatch.setattr(task_setup, "load_problems", lambda *a, **k: reads.append(a) or ([object()], stats))
-    c = get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny")
-    task = task_setup.build_task(experiment.parse(c).data, experiment.parse(c).model)
+    exp = experiment.parse(get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},tiny"))
+    task = task_setup.build_task(exp.data, exp.model)
     first = task.problems("validation")
     first.append("a caller's own edit")
     assert task.problems("validation") == first[:1] and len(reads) == 1
