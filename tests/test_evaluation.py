@@ -426,6 +426,8 @@ def test_compare_notes_what_differs_between_the_files(tmp_path, capsys, monkeypa
             in out)
     assert "note: greedy answers only in A: no greedy row" in out
     assert "distinct" not in out.split("note: greedy")[1] and "pass@4" in out
+    saved = json.dumps(compare.compare_files(str(tmp_path / "eight.json"), str(tmp_path / "four.json")))
+    assert "mean_distinct_answers" not in saved and "pass@k" in saved  # nor in the sides' standard errors
     for names in ("A", "A,A", "A,", "A,B,C"):
         assert compare.main([str(tmp_path / "eight.json"), str(tmp_path / "four.json"), "--names", names]) == 2
         assert capsys.readouterr().err.startswith(f"error: --names={names}: allowed: two different")
