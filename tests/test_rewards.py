@@ -25,8 +25,8 @@ def inputs(**kw):
 @pytest.mark.parametrize("cfg,expected", [
     # optimization, beta_inv = 0: alpha N
     (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0), [-7.0, -1.0]),
-    (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none", kl_coef=1.0),
-     [-1.75, 0.0]),  # N = 0: only the KL penalty -(S_pi - S_ref)
+    (rewards.RewardConfig("optimization", alpha=0.0, beta_inv=0.0, normalization="none", kl_coef=1.0),
+     [-1.75, 0.0]),  # only the KL penalty -(S_pi - S_ref)
     # optimization, beta_inv > 0: r + (alpha / beta_inv) N, N = mean
     (rewards.RewardConfig("optimization", alpha=2.0, beta_inv=100.0, normalization="mean"),
      [1.0 + 0.02 * (-3.5 / 3), 0.02 * (-0.25)]),
@@ -219,6 +219,11 @@ def test_an_exponent_that_cannot_act_is_refused():
                                          r"effect \(N = 0, so pi\* ∝ p_ref e\^\{beta_inv r\} whatever alpha\)"):
         rewards.regime_preset("tilted_a0.5_b100", normalization="none")
     rewards.regime_preset("tilted_a1_b100", normalization="none")  # alpha = 1 asks for nothing N would do
+    for alpha in (2.0, -1.0):  # optimization mode: R = r + (alpha / beta_inv) N, and N = 0
+        with pytest.raises(ValueError, match=rf"RewardConfig.alpha={alpha} with normalization='none' in optimization "
+                                             r"mode has no effect \(N = 0, so R does not depend on alpha\)"):
+            rewards.regime_preset("task_reward", alpha=alpha, normalization="none")
+    rewards.regime_preset("task_reward", normalization="none")  # alpha = 0: nothing asked of N
 
 
 def test_a_reward_that_is_zero_for_every_sample_is_refused():

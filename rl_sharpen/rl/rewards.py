@@ -126,6 +126,10 @@ class RewardConfig:
                              f"normalization={self.normalization!r}, extra={self.extra}, kl_coef=0) gives R = 0 for "
                              "every sample; allowed: a nonzero term (alpha with a normalization other than 'none', "
                              "beta_inv > 0, an `extra` weight or kl_coef > 0)")
+        if self.normalization == "none" and self.mode == "optimization" and self.alpha != 0.0:
+            raise ValueError(f"RewardConfig.alpha={self.alpha} with normalization='none' in optimization mode has no "
+                             "effect (N = 0, so R does not depend on alpha); allowed: normalization 'sum', 'mean' "
+                             "or 'weighted_mean', or alpha=0.0")
 
     def replace(self, **kw) -> "RewardConfig":
         return dataclasses.replace(self, **kw)
