@@ -211,6 +211,50 @@ def test_config_reads_both_rope_key_styles():
         models.from_hf_config(dict(old, num_key_value_heads=3))
 
 
+L3_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("family,rope", [
+    ("llama", dict(rope_theta=10000.0, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+    ("llama", dict(rope_scaling={"rope_type": "llama3", **L3_SCALING, "rope_theta": 500000.0})),
+    ("llama", dict(rope_theta=20000.0, rope_scaling={"type": "llama3", **L3_SCALING})),
+    ("llama", dict(rope_parameters={"type": "llama3", **L3_SCALING, "rope_theta": 500000.0})),
+    ("llama", dict(rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0})),  # original max: max positions
+    ("llama", dict(rope_scaling={"rope_type": "default", "rope_theta": 40000.0})),
+    ("qwen3", dict(head_dim=16, rope_theta=1e6)),
+    ("qwen2", dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+])
+def test_config_reads_rope_settings_as_transformers_does(family, rope):
+    """Every config.json rope layout transformers accepts gives its rotary frequencies: theta inside
+    the rope dict wins over the top-level key, `type` stands for `rope_type`, and llama3's missing
+    original_max_position_embeddings is max_position_embeddings."""
+    import transformers
+
+    from rl_sharpen.models import layers
+
+    hf = {"vocab_size": 50, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 1,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, **rope}
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+    ours = models.from_hf_config({"architectures": [arch], **hf})
+    config = transformers.AutoConfig.for_model(family, **hf)
+    rotary = transformers.AutoModelForCausalLM.from_config(config).model.rotary_emb
+    np.testing.assert_allclose(np.asarray(layers.rope_frequencies(ours)), rotary.inv_freq.numpy(), rtol=1e-6)
+    assert (ours.rope_scaling is not None) == (config.rope_parameters["rope_type"] == "llama3")
+
+
+def test_config_defaults_and_refusals_follow_transformers():
+    base = {"vocab_size": 50, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 64, "head_dim": 8}
+    for arch, kv_heads in (("Qwen2ForCausalLM", 32), ("Qwen3ForCausalLM", 32), ("LlamaForCausalLM", 64)):
+        assert models.from_hf_config({"architectures": [arch], **base}).num_kv_heads == kv_heads, arch
+        assert models.from_hf_config({"architectures": [arch], **base, "num_key_value_heads": None}).num_kv_heads == 64
+    per_layer = {"full_attention": {"rope_type": "default", "rope_theta": 1e6}}
+    with pytest.raises(ValueError, match=r"rope_parameters per layer type \('full_attention'\) is not supported; "
+                                         r"allowed: one dict for every layer"):
+        models.from_hf_config({"architectures": ["Qwen3ForCausalLM"], **base, "rope_parameters": per_layer})
+
+
 def test_bad_inputs_name_the_file_and_tensor(tmp_path, tiny):
     _, cfg, params, path = tiny
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -230,7 +274,7 @@ def test_bad_inputs_name_the_file_and_tensor(tmp_path, tiny):
 
 def _hf_dict(arch, **overrides):
     base = {"architectures": [arch], "vocab_size": 10, "hidden_size": 64, "intermediate_size": 16,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 4096}
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 4096}
     return {**base, **overrides}
 
 

@@ -95,29 +95,31 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
 
-def _rope_fields(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
-    """Reads rope settings from the pre-v5 keys (`rope_theta`, `rope_scaling`) or `rope_parameters`."""
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or None
-    theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
-    if scaling is None and params.get("rope_type", "default") != "default":
-        scaling = params
-    if not scaling:
-        return float(theta), None
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+def _rope_fields(hf: Mapping[str, Any], max_positions: int) -> tuple[float, RopeScaling | None]:
+    """Rope settings read as transformers reads them: the `rope_scaling` dict (pre-v5 key), else
+    `rope_parameters`; theta from that dict, else the top-level `rope_theta`, else 10000; the type
+    from its `rope_type`, else `type`; llama3's missing original_max_position_embeddings is
+    `max_positions`."""
+    rope = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    if any(isinstance(value, Mapping) for value in rope.values()):
+        raise ValueError(f"config.json rope_parameters per layer type ({', '.join(map(repr, rope))}) is not "
+                         "supported; allowed: one dict for every layer")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = rope.get("rope_type", rope.get("type", "default"))
     if kind == "default":
         return float(theta), None
     if kind != "llama3":
         raise ValueError(f"config.json rope_scaling.rope_type={kind!r}; supported: 'default', 'llama3'")
-    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-    missing = [key for key in keys if scaling.get(key) is None]
+    rope.setdefault("original_max_position_embeddings", max_positions)
+    keys = ("factor", "low_freq_factor", "high_freq_factor")
+    missing = [key for key in keys if rope.get(key) is None]
     if missing:
         raise ValueError(f"config.json rope_scaling (rope_type 'llama3') is missing {', '.join(map(repr, missing))}")
     return float(theta), RopeScaling(
-        factor=float(scaling["factor"]),
-        low_freq_factor=float(scaling["low_freq_factor"]),
-        high_freq_factor=float(scaling["high_freq_factor"]),
-        original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+        factor=float(rope["factor"]),
+        low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
     )
 
 
@@ -156,8 +158,9 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
     """ModelConfig from a parsed HF config dict, or from the path of a folder / config.json.
 
     Missing keys take transformers' defaults where it has one (head_dim: 128 for Qwen3, else
-    hidden_size / num_attention_heads; max_position_embeddings: 2048 for Llama, 32768 for Qwen); a
-    missing required key or an unsupported setting raises ValueError naming the key."""
+    hidden_size / num_attention_heads; max_position_embeddings: 2048 for Llama, 32768 for Qwen;
+    num_key_value_heads: 32 for Qwen, num_attention_heads for Llama or when null; rope as in
+    `_rope_fields`); a missing required key or an unsupported setting raises ValueError naming the key."""
     source = "config.json"
     if isinstance(hf, (str, os.PathLike)):
         source = os.path.join(hf, "config.json") if os.path.isdir(hf) else str(hf)
@@ -177,9 +180,10 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
         return int(hf[key])
 
     _check_supported(hf, family, source)
-    theta, scaling = _rope_fields(hf)
+    max_positions = int(hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family]))
+    theta, scaling = _rope_fields(hf, max_positions)
     heads, hidden = required("num_attention_heads"), required("hidden_size")
-    kv_heads = int(hf.get("num_key_value_heads") or heads)
+    kv_heads = int(hf.get("num_key_value_heads", 32 if family in ("qwen2", "qwen3") else None) or heads)
     if heads % kv_heads:
         raise ValueError(f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     return ModelConfig(
@@ -195,7 +199,7 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
         rope_scaling=scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_position_embeddings=int(hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family])),
+        max_position_embeddings=max_positions,
         param_dtype=param_dtype,
         compute_dtype=compute_dtype or param_dtype,
         bos_token_id=hf.get("bos_token_id"),
