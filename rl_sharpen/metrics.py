@@ -56,6 +56,17 @@ def _can_append(path: epath.Path) -> bool:
     return "://" not in os.fspath(path)  # object stores (gs://, s3://) hold immutable objects
 
 
+def _replace_text(path: epath.Path, text: str) -> None:
+    """Makes `text` the whole file, so that a kill leaves either the old file or the new one: a local
+    file is written beside it and renamed over it; an object-store write is atomic already."""
+    if not _can_append(path):
+        path.write_text(text)
+        return
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def _scalar(v) -> float:
     return float(np.asarray(v))
 
@@ -97,7 +108,7 @@ class MetricWriter:
             self._text = self.path.read_text()
             if resume_step is not None:
                 self._text = _rows_through(self._text, resume_step)
-                self.path.write_text(self._text)
+                _replace_text(self.path, self._text)
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -118,7 +129,7 @@ class MetricWriter:
                     f.write(line)
             else:
                 self._text += line
-                self.path.write_text(self._text)
+                _replace_text(self.path, self._text)
             if self._tb is not None:
                 for k, v in row.items():
                     if isinstance(v, float) and math.isfinite(v):  # TensorBoard tags allow no '@': pass_at_8
@@ -179,8 +190,9 @@ def strict_json(obj):
 
 def write_json(obj, path: str | os.PathLike) -> None:
     """`obj` as indented strict JSON at `path` (local or a gs:// / s3:// URL), numpy / JAX values
-    included; NaN becomes null and +-inf "inf" / "-inf" (`strict_json`)."""
-    workdir_path(path).write_text(json.dumps(strict_json(obj), indent=1, allow_nan=False))
+    included; NaN becomes null and +-inf "inf" / "-inf" (`strict_json`). A kill while it writes leaves
+    the previous file."""
+    _replace_text(workdir_path(path), json.dumps(strict_json(obj), indent=1, allow_nan=False))
 
 
 def save_png(fig, path: str | os.PathLike, dpi: int = 150) -> None:

@@ -10,6 +10,7 @@ The worker is this module run as a script: python -m tests.test_multihost PROCES
 """
 
 import importlib.util
+import json
 import os
 import socket
 import struct
@@ -245,6 +246,32 @@ def test_resumed_writer_replaces_the_steps_it_runs_again(tmp_path, monkeypatch, 
     assert [r["step"] for r in read_jsonl(tmp_path / "train.jsonl")] == list(range(1, 25))
     writer(-1)  # a fresh start (no checkpoint to restore) begins an empty file
     assert read_jsonl(tmp_path / "train.jsonl") == []
+
+
+def test_a_kill_while_a_file_is_rewritten_leaves_the_old_file(tmp_path, monkeypatch):
+    """The metric rows a resume rewrites and the JSON results are replaced whole: a kill in the middle
+    of writing (here: half the text written, then the process gone) leaves the previous file."""
+    _write_steps(MetricWriter(tmp_path, "train", tensorboard=False, is_main=True), range(1, 9))
+    metrics.write_json({"step": 8, "accuracy": 0.5}, tmp_path / "result.json")
+    before = {name: (tmp_path / name).read_text() for name in ("train.jsonl", "result.json")}
+    local = type(workdir_path(tmp_path))
+    write_text = local.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):
+        write_text(self, text[:len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(local, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        MetricWriter(tmp_path, "train", tensorboard=False, is_main=True, resume_step=4)
+    with pytest.raises(KeyboardInterrupt):
+        metrics.write_json({"step": 12, "accuracy": 0.75}, tmp_path / "result.json")
+    assert {name: (tmp_path / name).read_text() for name in before} == before
+    monkeypatch.undo()
+    MetricWriter(tmp_path, "train", tensorboard=False, is_main=True, resume_step=4)
+    metrics.write_json({"step": 12, "accuracy": 0.75}, tmp_path / "result.json")
+    assert [r["step"] for r in read_jsonl(tmp_path / "train.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "result.json").read_text()) == {"step": 12, "accuracy": 0.75}
 
 
 def _tensorboard_events(folder: Path) -> list:
