@@ -641,6 +641,24 @@ def test_a_finished_run_started_again_returns_its_last_validation(tmp_path):
     assert runs[1].run() == {"step": 2, "accuracy": 0.5}  # nothing left to train: the logged result
 
 
+def test_a_run_resumed_at_its_lowered_last_step_validates_that_step(tmp_path):
+    """Killed after its step-2 checkpoint, with validation only at the start and the end (step 4), and
+    started again with train.steps=2: its result is the step-2 policy's validation, not step 0's."""
+    import shutil
+
+    def run(steps):
+        r = _rl_run(tmp_path, steps)
+        r.evaluate = lambda params, step: {"accuracy": 0.25 * step}
+        return r.run()
+
+    assert run(4) == {"step": 4, "accuracy": 1.0}
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    assert run(2) == {"step": 2, "accuracy": 0.5}
+    assert run(2) == {"step": 2, "accuracy": 0.5}  # validated now: the logged result again
+    with open(tmp_path / "train_eval.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [0, 2]
+
+
 def test_sft_started_again_logs_each_step_once(tmp_path):
     from rl_sharpen.sft import train_sft
 

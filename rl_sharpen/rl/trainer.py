@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rl_sharpen import sampling
@@ -219,8 +220,11 @@ class RLRun:
         last_eval = None
         if start == 0 and self.evaluate is not None:
             last_eval = eval_writer.write(0, self.evaluate(state["params"], 0))
-        elif start >= self.train_cfg.steps and self.evaluate is not None:  # a finished run started again
-            last_eval = eval_writer.last_row()
+        elif start >= self.train_cfg.steps and self.evaluate is not None:  # nothing left to train
+            last_eval = eval_writer.last_row()  # the finished run's result, if it validated this step
+            validated = last_eval is not None and last_eval["step"] == start
+            if not multihost_utils.broadcast_one_to_all(np.int32(validated)):  # e.g. train.steps lowered to it
+                last_eval = eval_writer.write(start, self.evaluate(state["params"], start))
         bar = tqdm(range(start, self.train_cfg.steps), initial=start, total=self.train_cfg.steps,
                    desc=self.name, disable=jax.process_index() != 0, dynamic_ncols=True)
         for step in bar:
