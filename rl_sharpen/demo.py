@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from rl_sharpen import evaluation, models
 from rl_sharpen.checkpoint import CheckpointMismatch, config_changes, resumable_change
 from rl_sharpen.metrics import read_jsonl, save_png, workdir_path, write_json
+from rl_sharpen.optim import OptimConfig
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.sft import train_sft
 from rl_sharpen.task_setup import make_generate_fn, prompt_width
@@ -51,9 +52,8 @@ def sft_start(exp, workdir, task, mesh):
 
     path = os.path.join(workdir, "sft_model")
     sft_cfg = dataclasses.replace(exp.sft, steps=exp.demo.sft_steps)
-    sft_optim = dataclasses.replace(exp.optim, learning_rate=3e-3, warmup_steps=min(50, exp.demo.sft_steps),
-                                    schedule="cosine", total_steps=max(exp.demo.sft_steps, 1), min_lr_ratio=0.1,
-                                    weight_decay=0.0)
+    sft_optim = OptimConfig(learning_rate=3e-3, warmup_steps=min(50, exp.demo.sft_steps), schedule="cosine",
+                            total_steps=max(exp.demo.sft_steps, 1), min_lr_ratio=0.1)  # none of the RL run's optim.*
     record = json.loads(json.dumps({
         "model": dataclasses.asdict(exp.model), "sft": dataclasses.asdict(sft_cfg),
         "optim": dataclasses.asdict(sft_optim),

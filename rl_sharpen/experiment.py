@@ -28,7 +28,8 @@ from rl_sharpen.rl.calibration import CalibrationConfig
 from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig, batch_layout
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
-from rl_sharpen.task_setup import DataConfig, EvalConfig, build_task, make_evaluator, prompt_width, shared_problems
+from rl_sharpen.task_setup import (SYNTHETIC, DataConfig, EvalConfig, build_task, make_evaluator, prompt_width,
+                                   shared_problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ class ModelSource:
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     regimes: tuple[str, ...] = ("task_reward", "sharpening")  # presets from the SFT start; keep reward.normalization
-    sft_steps: int = 600  # warm-start steps (in place of sft.steps; the warm start's optimizer is the demo's own)
+    sft_steps: int = 600  # warm-start steps (in place of sft.steps); its optimizer settings are its own, not optim.*
 
     def __post_init__(self):
         check_fields(self, [
@@ -105,6 +106,10 @@ class ExperimentConfig:
                     f"{self.advantage.estimator!r}, whose baseline comes from the other samples of a prompt; allowed: "
                     f"num_samples >= 2, or an estimator without one: {', '.join(others)}")
             batch_layout(self.rl, self.sampling.num_samples)
+        if self.mode in ("sft", "demo") and self.data.train != SYNTHETIC:
+            raise ValueError(f"ExperimentConfig.data.train={self.data.train!r} with mode={self.mode!r}, whose warm "
+                             "start trains on worked solutions, which only the synthetic task has; allowed: "
+                             f"data.train={SYNTHETIC!r} (and data.validation={SYNTHETIC!r})")
         if self.sampling.pad_id != 0:
             raise ValueError(f"ExperimentConfig.sampling.pad_id={self.sampling.pad_id}; allowed: 0. Runs pad with "
                              "the tokenizer's pad id; the field is for direct sampling.generate calls")
@@ -205,7 +210,7 @@ def run(config, workdir: str) -> dict:
     out = workdir_path(workdir)  # local, or gs://... (etils.epath)
     check_shared_workdir(workdir)  # several hosts: one folder they all see
 
-    def record_config():  # once the config's model and data load (RL and demo runs: once their checkpoints accept it)
+    def record_config():  # once the config's model and data load (RL, SFT, demo: once their checkpoints accept it)
         if main:
             out.mkdir(parents=True, exist_ok=True)
             write_json(to_record(exp), out / "config.json")
@@ -234,9 +239,8 @@ def run(config, workdir: str) -> dict:
     elif exp.mode == "sft":
         from rl_sharpen.sft import train_sft
 
-        record_config()  # the synthetic task (the only one with worked solutions) is built: it loaded
         params = train_sft(params, model_cfg, task.sft_pairs, exp.sft, exp.optim, task.pad_id, workdir, exp.seed,
-                           config_record=to_record(exp))
+                           config_record=to_record(exp), on_start=record_config)
         models.save_hf(params, model_cfg, os.path.join(workdir, "sft_model"))
         result = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed)(params, 0)
     else:

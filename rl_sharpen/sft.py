@@ -81,14 +81,16 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
 
 def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Generator, int], list],
               sft_cfg: SFTConfig, optim_cfg: OptimConfig, pad_id: int, workdir: str, seed: int = 0,
-              prompt_width: int | None = None, config_record: dict | None = None):
+              prompt_width: int | None = None, config_record: dict | None = None,
+              on_start: Callable[[], None] | None = None):
     """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params.
 
     Every `sft_cfg.checkpoint_every` steps (0: never) and at the last one it saves params, optimizer
     state, the batch stream's numpy state and the padded width under `<workdir>/sft_checkpoints`, with
     `config_record` (default: the SFT and optimizer settings and the seed), so a killed run started
     again resumes where it was and draws the same batches as an uninterrupted one; a record that
-    differs in a field that changes the math is refused (`Checkpointer.restore`)."""
+    differs in a field that changes the math is refused (`Checkpointer.restore`). `on_start()` runs once
+    the checkpoint, if any, has accepted the record, before the first step."""
     optimizer = make_optimizer(optim_cfg, weight_decay_mask(cfg))
     state = {"params": params, "opt_state": init_state(optimizer, params)}
     mesh = mesh_of(params)
@@ -105,6 +107,8 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
         state, saved = ckpt.restore(state, record)
         start, width = int(saved["step"]), int(saved["width"])
         rng.bit_generator.state = saved["rng"]
+    if on_start is not None:
+        on_start()
     writer = MetricWriter(workdir, "sft", resume_step=start)  # keeps the rows up to the checkpoint
     bar = tqdm(range(start, sft_cfg.steps), initial=start, total=sft_cfg.steps, desc="sft", dynamic_ncols=True,
                disable=jax.process_index() != 0)

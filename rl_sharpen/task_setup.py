@@ -20,6 +20,7 @@ from absl import logging
 from rl_sharpen import evaluation, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.metrics import workdir_path
+from rl_sharpen.sampling import ancestral
 from rl_sharpen.sampling.prompts import bucket_width, check_fields
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
@@ -102,7 +103,7 @@ class EvalConfig:
             ("num_samples", self.num_samples >= 1, "an integer >= 1"),
             ("k_list", all(k >= 1 for k in self.k_list), "() or integers >= 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
-            ("temperature", self.temperature >= 0, "a float >= 0 (0: greedy samples)"),
+            ("temperature", ancestral.valid_temperature(self.temperature), ancestral.TEMPERATURES),
             ("top_p", 0 < self.top_p <= 1, "a float in (0, 1]"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("verify_timeout", self.verify_timeout > 0, "a float > 0 (seconds)"),

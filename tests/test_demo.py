@@ -87,6 +87,9 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     exp = experiment.parse(c)
     _, reused = sft_start(exp, str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
     jax.tree.map(np.testing.assert_array_equal, reused, models.load_hf(str(tmp_path / "sft_model"))[1])
+    c.optim.b2, c.optim.clip_norm = 0.99, 0.5  # the RL runs' optimizer: the warm start has its own
+    sft_start(experiment.parse(c), str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
+    c.optim.b2, c.optim.clip_norm = 0.999, 1.0
     # Its regimes' checkpoints were made with seed 0: the refused resume leaves every result file as it was.
     from rl_sharpen.checkpoint import CheckpointMismatch
 
@@ -104,6 +107,20 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(optim.total_steps: 10 -> 11, "
                                          r"optim.warmup_steps: 10 -> 11, sft.steps: 10 -> 11\)"):
         experiment.run(c, str(tmp_path))
+
+
+def test_an_sft_run_refused_by_its_checkpoint_leaves_its_config_file(tmp_path):
+    from rl_sharpen.checkpoint import CheckpointMismatch
+
+    c = get_config("demo", "tiny")
+    c.mode, c.sft.steps, c.sft.checkpoint_every = "sft", 2, 2
+    c.eval.num_samples, c.data.validation_limit, c.eval.greedy = 1, 2, False
+    experiment.run(c, str(tmp_path))
+    recorded = (tmp_path / "config.json").read_text()
+    c.sft.batch_size = 4
+    with pytest.raises(CheckpointMismatch, match=r"sft.batch_size: 8 -> 4"):
+        experiment.run(c, str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == recorded
 
 
 def _main(*flags: str, timeout: float = 300) -> subprocess.CompletedProcess:

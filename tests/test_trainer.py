@@ -185,6 +185,10 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("loss.eps_low", 1.0, r"LossConfig.eps_low=1.0, eps_high=0.2; allowed: eps_low in \[0, 1\)"),
     ("rl.micro_batch", 3, r"rl.micro_batch=3; allowed: 0 or a multiple of the 4 samples per prompt "
                           r"\(sampling.num_samples\) that divides the minibatch of 8 sequences"),
+    ("eval.temperature", 1e-40, r"EvalConfig.temperature=1e-40; allowed: 0 \(greedy\) or a finite float >= 1.18e-38"),
+    ("eval.temperature", float("inf"), r"EvalConfig.temperature=inf; allowed: 0 \(greedy\) or a finite float"),
+    ("data.train", "gsm8k", r"ExperimentConfig.data.train='gsm8k' with mode='demo', whose warm start trains on "
+                            r"worked solutions, which only the synthetic task has; allowed: data.train='synthetic'"),
     ("sampling.pad_id", 3, r"ExperimentConfig.sampling.pad_id=3; allowed: 0. Runs pad with the tokenizer's pad id"),
     ("sampling.num_samples", 1, r"ExperimentConfig.sampling.num_samples=1 with advantage.estimator='rloo', whose "
                                 r"baseline comes from the other samples of a prompt; allowed: num_samples >= 2, or "

@@ -32,6 +32,12 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
 
 _MIN_TEMPERATURE = float(jnp.finfo(jnp.float32).tiny)  # below it, T is 0 or subnormal in float32
+TEMPERATURES = f"0 (greedy) or a finite float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"
+
+
+def valid_temperature(temperature) -> bool:
+    """Whether the sampler takes `temperature` (see TEMPERATURES)."""
+    return prompt_lib.is_real(temperature) and (temperature == 0 or _MIN_TEMPERATURE <= temperature < math.inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +82,7 @@ class SamplingConfig:
             *[(name, isinstance(getattr(self, name), bool), "True or False")
               for name in ("greedy", "ignore_eos", "fast_decode")],
             ("max_new_tokens", integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
-            ("temperature", real(self.temperature) and (self.temperature == 0 or _MIN_TEMPERATURE <= self.temperature
-                                                         < math.inf),
-             f"0 (greedy) or a finite float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"),
+            ("temperature", valid_temperature(self.temperature), TEMPERATURES),
             ("top_p", real(self.top_p) and 0 < self.top_p <= 1, "a float in (0, 1]"),
             ("top_k", integer(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 disables top-k)"),
             ("num_samples", integer(self.num_samples) and self.num_samples >= 1, "an integer >= 1"),
