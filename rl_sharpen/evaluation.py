@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from rl_sharpen.metrics import save_png, workdir_path, write_json
 from rl_sharpen.tasks.datasets import Problem
-from rl_sharpen.tasks.answers import canonical_answer, fast_verdict
+from rl_sharpen.tasks.answers import canonical_answer, fast_verdict, too_long
 from rl_sharpen.tasks.verify import VerifierPool, VerifyStats, default_pool, grade_batch
 
 
@@ -111,7 +111,8 @@ def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequenc
     A correct answer equals the gold, so all correct samples share the key `canonical_answer(gold)`.
     A wrong sample starts from its own `canonical_answer` (one equal to the gold's, which only a
     grader other than this one can give, is kept apart). With `compare_wrong`, the
-    MAX_COMPARED_WRONG_ANSWERS most frequent wrong keys (ties by key) are compared pairwise by the
+    MAX_COMPARED_WRONG_ANSWERS most frequent wrong keys (ties by key; not those too long to be graded,
+    `answers.too_long` against the gold, which keep their own key) are compared pairwise by the
     verifier (`fast_verdict`, else `symbolic_equal` in the worker pool under `timeout`; a pair that
     times out or fails counts as unequal), and two groups join only if every pair across them is equal:
     the verifier is not transitive ("25%" equals both 0.25 and 25), so 0.25 and 25 stay apart. The
@@ -130,9 +131,10 @@ def vote_keys(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequenc
         for answer, ok, key in zip(problem_answers, problem_correct, sample_keys):
             if answer is not None and not ok:
                 by_key[key].append(answer)
-        order = sorted(by_key, key=lambda key: (-len(by_key[key]), key))
+        representative = {key: min(forms) for key, forms in by_key.items()}
+        parsed = [key for key in by_key if not too_long(representative[key], gold)]  # grading never parsed the rest
+        order = sorted(parsed, key=lambda key: (-len(by_key[key]), key))
         top = order[:MAX_COMPARED_WRONG_ANSWERS] if compare_wrong else []
-        representative = {key: min(by_key[key]) for key in top}
         verdicts = {(a, b): fast_verdict(representative[b], representative[a])
                     for i, a in enumerate(top) for b in top[i + 1:]}
         undecided.update((representative[b], representative[a]) for (a, b), v in verdicts.items() if v is None)

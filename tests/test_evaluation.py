@@ -226,6 +226,19 @@ def test_vote_keys_counters_timeouts_and_the_comparison_limit(pool, monkeypatch)
     assert len(set(keys[0])) == 3 and stats["pairs_symbolic"] == 0
 
 
+def test_answers_too_long_to_grade_are_not_compared_for_votes(pool):
+    """Grading scores an answer over max(1000, 2 len(gold)) characters 0 without parsing it; grouping
+    the votes does not send such answers to sympy either, where each pair could take the whole timeout."""
+    long_forms = [f"x^{{{n}}}+" + "+".join(f"{i}x" for i in range(300)) for n in range(4)]
+    assert all(len(a) > 1000 for a in long_forms)
+    answers = long_forms + long_forms[:1] + ["3", "3", "12"]
+    correct = [False] * 7 + [True]
+    keys, stats = E.vote_keys([answers], [correct], ["12"], pool=pool)
+    assert stats["pairs_symbolic"] == 0 and stats["keys_joined"] == 0
+    assert keys[0][0] == keys[0][4] and len(set(keys[0])) == 6  # each long form votes with its copies only
+    assert E.maj_at_k(keys[0], correct, 8) == 0.0  # "3" twice, and the first long form twice: a tie of wrong ones
+
+
 def test_default_k_list():
     assert E.default_k_list(1) == [1]
     assert E.default_k_list(8) == [1, 2, 4, 8]
