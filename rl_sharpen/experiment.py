@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Literal, Mapping
 
@@ -180,6 +181,15 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                         "rl.minibatches): the cosine %s", exp.optim.total_steps, updates,
                         "ends early; later updates stay at its floor" if exp.optim.total_steps < updates
                         else "will not reach its floor")
+    if mesh is not None:
+        rows = {"rl.micro_batch": batch_layout(exp.rl, exp.sampling.num_samples)[1],
+                "rl.prompts_per_step x sampling.num_samples": exp.rl.prompts_per_step * exp.sampling.num_samples}
+        shards = math.prod(mesh.shape.get(axis, 1) for axis in shd.LOGICAL_RULES["batch"])
+        for field, count in rows.items():
+            if count % shards:
+                logging.warning("%s: %d sequences do not divide over the %d batch shards of the mesh (%s), so "
+                                "devices compute the same rows: use a multiple of %d", field, count, shards,
+                                dict(mesh.shape), shards)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":

@@ -311,3 +311,21 @@ def test_a_step_whose_rows_the_data_axes_do_not_divide_runs(tmp_path):
     small.run()
     with open(tmp_path / "train.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1]
+
+
+def test_rows_that_do_not_divide_over_the_batch_shards_are_reported(tmp_path, caplog):
+    """Rows that do not divide are replicated over the data axes (`sharding._fits`): correct, but each
+    device then computes the same rows, which a pod user must hear about."""
+    import logging
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py forces 8 fake CPU devices)")
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "even", 1, mesh={"data": 4, "fsdp": 2, "tensor": 1}, **{"rl.micro_batch": 8})
+    assert "batch shards" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "odd", 1, mesh={"data": 8, "fsdp": 1, "tensor": 1}, **{"rl.micro_batch": 4})
+    assert ("rl.micro_batch: 4 sequences do not divide over the 8 batch shards of the mesh ({'data': 8, 'fsdp': 1, "
+            "'tensor': 1}), so devices compute the same rows: use a multiple of 8") in caplog.text
+    assert "rl.prompts_per_step x sampling.num_samples" not in caplog.text  # 16 rows a step divide
+
