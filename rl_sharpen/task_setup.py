@@ -47,6 +47,7 @@ class DataConfig:
     synthetic_validation_problems: int = 200  # synthetic validation problems (their own seed, below)
     synthetic_validation_seed: int = 0  # seed of the synthetic validation problems: one set for every run seed
     synthetic_hold_out: bool = True  # keep the validation problems' arithmetic out of training and warm-start data
+    synthetic_hold_out_openings: bool = False  # also keep out problems that open with a validation problem's steps
     synthetic_max_steps: int = 3  # operations per synthetic problem, 1..N
     synthetic_max_value: int = 20  # every synthetic number lies in [0, N]
     synthetic_max_operand: int = 9  # operands of + and - lie in [1, N]
@@ -70,6 +71,9 @@ class DataConfig:
             ("sft_correct", self.sft_correct + self.sft_guess + self.sft_wrong_step > 0,
              "weights whose sum with sft_guess and sft_wrong_step is > 0"),
             ("synthetic_hold_out", isinstance(self.synthetic_hold_out, bool), "True or False"),
+            ("synthetic_hold_out_openings", isinstance(self.synthetic_hold_out_openings, bool)
+             and (self.synthetic_hold_out or not self.synthetic_hold_out_openings),
+             "True or False (True only with synthetic_hold_out=True)"),
             ("template", self.template.count(prompt_lib.PROBLEM_PLACEHOLDER) == 1,
              f"a string with {prompt_lib.PROBLEM_PLACEHOLDER!r} exactly once"),
         ])
@@ -130,7 +134,10 @@ class SyntheticTask:
     set drawn from `data.synthetic_validation_seed` whatever the run's seed; with
     `data.synthetic_hold_out`, every problem of that set (all `synthetic_validation_problems`, however
     many `validation_limit` keeps) is held out of the training problems and the warm-start examples
-    by its arithmetic (start and steps), so a name or item swap does not leak an answer."""
+    by its arithmetic (start and steps), so a name or item swap does not leak an answer. A longer
+    problem that opens with a validation problem's steps stays in (its text and correct chain open with
+    the validation problem's; with max_steps = 3, most 1- and 2-step validation problems open some
+    training problem) unless `data.synthetic_hold_out_openings`."""
 
     def __init__(self, data: DataConfig, seed: int = 0, verify_timeout: float = 5.0):
         self.data = data
@@ -149,9 +156,12 @@ class SyntheticTask:
                                        [self.data.synthetic_validation_seed, 1], self.arith)
 
     @functools.cached_property
-    def held_out(self) -> frozenset:
-        """The arithmetic of every validation problem, when `data.synthetic_hold_out` (else empty)."""
-        return frozenset(p.arithmetic for p in self._validation_draw) if self.data.synthetic_hold_out else frozenset()
+    def held_out(self) -> synthetic.HeldOut:
+        """The arithmetic of every validation problem, when `data.synthetic_hold_out` (else none)."""
+        if not self.data.synthetic_hold_out:
+            return synthetic.HeldOut()
+        return synthetic.HeldOut(frozenset(p.arithmetic for p in self._validation_draw),
+                                 self.data.synthetic_hold_out_openings)
 
     @functools.cached_property
     def _train_draw(self) -> list[synthetic.ArithmeticProblem]:

@@ -516,6 +516,33 @@ def test_synthetic_validation_problems_are_held_out_of_training_and_the_warm_sta
     assert leaky.problems("validation") == validation
 
 
+def test_the_stricter_hold_out_also_keeps_out_problems_that_open_with_a_validation_problem():
+    """By default a 3-step training problem may open with a 1- or 2-step validation problem's text (and
+    its correct chain with that problem's chain); `synthetic_hold_out_openings` redraws those too."""
+    from rl_sharpen.task_setup import DataConfig, SyntheticTask
+
+    data = DataConfig(synthetic_max_value=12, synthetic_max_operand=5, synthetic_validation_problems=100,
+                      synthetic_train_problems=3000)
+
+    def sentences(text):  # independent reader: the start and the steps' phrases, without name, item and question
+        return tuple(re.sub(r"^\S+ has (\d+) \S+\.", r"\1.", text).removesuffix(" how many?").rstrip(".").split(". "))
+
+    validation = {sentences(p.problem) for p in SyntheticTask(data).problems("validation")}
+
+    def opened(task):  # training problems and warm-start prompts that open with a validation problem
+        texts = [p.problem for p in task.problems("train")]
+        texts += [task.tokenizer.decode(prompt).removeprefix("q: ").split("\na:")[0]
+                  for prompt, _ in task.sft_pairs(np.random.default_rng(0), 2000)]
+        return sum(any(sentences(t)[:j] in validation for j in range(2, len(sentences(t)) + 1)) for t in texts)
+
+    assert opened(SyntheticTask(data)) > 100
+    strict = SyntheticTask(dataclasses.replace(data, synthetic_hold_out_openings=True))
+    assert opened(strict) == 0 and strict.problems("validation") == SyntheticTask(data).problems("validation")
+    with pytest.raises(ValueError, match=r"DataConfig.synthetic_hold_out_openings=True; allowed: True or False "
+                                         r"\(True only with synthetic_hold_out=True\)"):
+        DataConfig(synthetic_hold_out=False, synthetic_hold_out_openings=True)
+
+
 def test_held_out_problems_covering_the_whole_space_are_an_error():
     from rl_sharpen.tasks import synthetic
 

@@ -25,7 +25,7 @@ w_guess / (max_value + 1) and w_wrong / (2 * s), so sharpening towards the model
 from __future__ import annotations
 
 import dataclasses
-from typing import Collection, Sequence
+from typing import Container, Sequence
 
 import numpy as np
 
@@ -128,10 +128,26 @@ def _apply(op: str, a: int, b: int) -> int:
 _MAX_REDRAWS = 1000
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """Problems kept out of training, by their `arithmetic` (start, steps). `x in held_out` is True for
+    a held-out problem and, with `openings`, also for one whose first steps are a held-out problem's
+    ((start, steps[:j]) held out for some j): its text and its correct chain open with that problem's."""
+    arithmetic: frozenset = frozenset()
+    openings: bool = False
+
+    def __contains__(self, item) -> bool:
+        start, steps = item
+        if not self.openings:
+            return item in self.arithmetic
+        return any((start, steps[:j]) in self.arithmetic for j in range(1, len(steps) + 1))
+
+
 def sample_problem(rng: np.random.Generator, cfg: ArithmeticConfig = ArithmeticConfig(),
-                   held_out: Collection = frozenset()) -> ArithmeticProblem:
-    """A random problem; one whose `arithmetic` is in `held_out` (the validation problems') is drawn
-    again, so that training never sees a validation problem under another name or item."""
+                   held_out: Container = frozenset()) -> ArithmeticProblem:
+    """A random problem; one whose `arithmetic` is in `held_out` (the validation problems', a set or a
+    `HeldOut`) is drawn again, so that training never sees a validation problem under another name or
+    item."""
     for _ in range(_MAX_REDRAWS):
         problem = _draw_problem(rng, cfg)
         if problem.arithmetic not in held_out:
@@ -157,7 +173,7 @@ def _draw_problem(rng: np.random.Generator, cfg: ArithmeticConfig) -> Arithmetic
 
 
 def make_problems(num: int, seed: int | Sequence[int], cfg: ArithmeticConfig = ArithmeticConfig(),
-                  held_out: Collection = frozenset()) -> list[ArithmeticProblem]:
+                  held_out: Container = frozenset()) -> list[ArithmeticProblem]:
     rng = np.random.default_rng(seed)
     return [sample_problem(rng, cfg, held_out) for _ in range(num)]
 
@@ -196,7 +212,7 @@ class Example:
 
 
 def make_examples(num: int, seed: int, cfg: ArithmeticConfig = ArithmeticConfig(),
-                  mix: SolutionMix = SolutionMix(), held_out: Collection = frozenset()) -> list[Example]:
+                  mix: SolutionMix = SolutionMix(), held_out: Container = frozenset()) -> list[Example]:
     """Warm-start (SFT) data: problems (none in `held_out`) with solutions drawn from the mixture."""
     rng = np.random.default_rng(seed)
     examples = []
