@@ -4,7 +4,8 @@
 
 Each problem gets `--samples` answers: its own gold, written as a correct sample of a model would be
 in one of a few notations, for a fraction `--accuracy` of them; the others are wrong answers drawn
-from the golds of `--pool-size` other problems (symbolic, intervals, tuples, numbers), so that wrong
+from the golds of `--pool-size` other problems (symbolic, intervals, tuples, numbers; none with this
+problem's canonical answer, though the grader may still find one equal), so that wrong
 answers repeat and some are equal in value (the worst case for the pairwise comparisons is many
 distinct symbolic wrong answers). Prints the sympy pairs, seconds, and maj@k with canonical keys
 against the verifier's keys.
@@ -35,9 +36,10 @@ def main(argv) -> int:
     problems, _ = load_problems(args.path)
     rng = random.Random(args.seed)
     golds = [p.answer for p in problems]
+    canonical_golds = [E.canonical_answer(g) for g in golds]
     answers = []
-    for p in problems:
-        wrong = rng.sample(golds, args.pool_size)
+    for p, own in zip(problems, canonical_golds):
+        wrong = rng.sample([g for g, c in zip(golds, canonical_golds) if c != own], args.pool_size)
         answers.append([rng.choice(NOTATIONS) % p.answer if rng.random() < args.accuracy else rng.choice(wrong)
                         for _ in range(args.samples)])
     start = time.perf_counter()
@@ -49,7 +51,8 @@ def main(argv) -> int:
     extracted = [extracted[i * args.samples:(i + 1) * args.samples] for i in range(len(problems))]
     keys, stats = E.vote_keys(extracted, correct, golds, timeout=10)
     canonical = [[None if a is None else E.canonical_answer(a) for a in row] for row in extracted]
-    print(f"{len(problems)} problems x {args.samples} samples; grading {grade_s:.1f} s; vote keys: {stats}")
+    print(f"{len(problems)} problems x {args.samples} samples, {100 * correct.mean():.1f}% graded correct; "
+          f"grading {grade_s:.1f} s; vote keys: {stats}")
     for k in (1, 4, args.samples):
         before = np.mean([E.maj_at_k(c, ok, k) for c, ok in zip(canonical, correct)])
         after = np.mean([E.maj_at_k(v, ok, k) for v, ok in zip(keys, correct)])
