@@ -197,6 +197,10 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
     sampling_cfg = dataclasses.replace(exp.sampling, eos_ids=exp.sampling.eos_ids or tuple(task.eos_ids),
                                        pad_id=task.pad_id, prompt_width=width)
     reward_cfg = reward_cfg or exp.reward
+    if exp.loss.name == "alpha_dpg" and (reward_cfg != rw.RewardConfig() or exp.advantage != adv.AdvantageConfig()):
+        logging.warning("loss.name='alpha_dpg' fits p* = p_ref(. | correct) from the verified correctness and the "
+                        "log-probs alone: the reward (%s) and advantage (%s) settings do not enter its update (they "
+                        "are still computed and logged)", reward_cfg, exp.advantage)
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
                  train_problems=train_problems, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,

@@ -543,6 +543,18 @@ def test_the_stricter_hold_out_also_keeps_out_problems_that_open_with_a_validati
         DataConfig(synthetic_hold_out=False, synthetic_hold_out_openings=True)
 
 
+def test_settings_alpha_dpg_ignores_are_reported(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "a", 1, **{"loss.name": "alpha_dpg"})  # the config's sharpening reward
+    assert "loss.name='alpha_dpg' fits p* = p_ref(. | correct)" in caplog.text and "alpha=1.0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "b", 1, **{"loss.name": "alpha_dpg", "reward.alpha": 0.0, "reward.beta_inv": 1.0})
+    assert "alpha_dpg" not in caplog.text  # the default task reward and advantages: nothing ignored
+
+
 def test_held_out_problems_covering_the_whole_space_are_an_error():
     from rl_sharpen.tasks import synthetic
 
