@@ -206,6 +206,8 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     (r"\boxed{4} and \boxed", "4"),
     (r"\boxed{7}, not \boxed.", "7"),  # punctuation after a bare \boxed is not a one-token answer
     (r"\boxed{}", None),
+    (r"\boxed{\$}", None), (r"\boxed{\text{}}", None), (r"\boxed{\,}", None),  # nothing in the box either
+    ("The answer is $$.", None), (r"\boxed{\$5}", r"\$5"),
     ("no final answer here", None),
 ])
 def test_extract_answer(text, expected):

@@ -60,7 +60,13 @@ def last_boxed(text: str) -> str | None:
 def extract_answer(text: str) -> str | None:
     """The final answer in a completion or worked solution, or None if it states none: the last
     complete box, else whichever of `#### n` and "the answer is ..." comes last (markdown bold and
-    `$` around the answer are dropped)."""
+    `$` around the answer are dropped). An answer with nothing left in its canonical form
+    (`\\boxed{\\$}`, `\\boxed{\\text{}}`) states none, as an empty box does."""
+    answer = _stated_answer(text)
+    return answer if answer is not None and canonical_answer(answer) else None
+
+
+def _stated_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip() or None
