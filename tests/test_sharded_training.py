@@ -328,4 +328,3 @@ def test_rows_that_do_not_divide_over_the_batch_shards_are_reported(tmp_path, ca
     assert ("rl.micro_batch: 4 sequences do not divide over the 8 batch shards of the mesh ({'data': 8, 'fsdp': 1, "
             "'tensor': 1}), so devices compute the same rows: use a multiple of 8") in caplog.text
     assert "rl.prompts_per_step x sampling.num_samples" not in caplog.text  # 16 rows a step divide
-
