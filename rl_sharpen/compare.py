@@ -53,9 +53,9 @@ def compare_files(a: str, b: str, k_list: Sequence[int] | None = None) -> dict:
     if counts["A"] != counts["B"]:  # pass@k and maj@k are unbiased at any n >= k; distinct answers grow with n
         notes.append(f"A has {'/'.join(map(str, counts['A']))} samples per problem, B {'/'.join(map(str, counts['B']))}: "
                      "distinct answers, which grow with the samples, are left out")
-        for part in (change, change["stderr"], *(change[side] for side in ("new", "old")),
-                     *(change[side]["stderr"] for side in ("new", "old"))):
+        for part in (change, change["new"], change["old"]):
             part.pop("mean_distinct_answers", None)
+            part["stderr"].pop("mean_distinct_answers", None)
     greedy = {name: any(r.greedy_reward is not None for r in rs) for name, rs in results.items()}
     if greedy["A"] != greedy["B"]:
         notes.append(f"greedy answers only in {'A' if greedy['A'] else 'B'}: no greedy row")

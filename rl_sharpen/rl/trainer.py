@@ -218,12 +218,10 @@ class RLRun:
         base_key = jax.random.key(self.seed)
         B, G = self.rl_cfg.prompts_per_step, self.sampling_cfg.num_samples
         last_eval = None
-        if start == 0 and self.evaluate is not None:
-            last_eval = eval_writer.write(0, self.evaluate(state["params"], 0))
-        elif start >= self.train_cfg.steps and self.evaluate is not None:  # nothing left to train
-            last_eval = eval_writer.last_row()  # the finished run's result, if it validated this step
-            validated = last_eval is not None and last_eval["step"] == start
-            if not multihost_utils.broadcast_one_to_all(np.int32(validated)):  # e.g. train.steps lowered to it
+        if self.evaluate is not None and (start == 0 or start >= self.train_cfg.steps):  # the start, or the end
+            last_eval = eval_writer.last_row()  # a finished run's result, if it validated this step
+            validated = last_eval is not None and last_eval["step"] == start  # not with train.steps lowered to it
+            if not multihost_utils.broadcast_one_to_all(np.int32(validated)):
                 last_eval = eval_writer.write(start, self.evaluate(state["params"], start))
         bar = tqdm(range(start, self.train_cfg.steps), initial=start, total=self.train_cfg.steps,
                    desc=self.name, disable=jax.process_index() != 0, dynamic_ncols=True)
