@@ -37,6 +37,34 @@ def test_chat_template_renders_user_turn_and_generation_prompt(tokenizer):
     assert custom.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
 
 
+def test_a_template_that_prints_the_date_gets_a_fixed_one(tokenizer, monkeypatch):
+    """Llama 3.x templates write "Today Date: <date_string, else strftime_now>" into the system turn:
+    the prompt must not change with the day a run (or its resume) renders it."""
+    import copy
+    import datetime
+
+    import transformers.utils.chat_template_utils as chat_utils
+
+    dated = copy.deepcopy(tokenizer)
+    dated.chat_template = (
+        "{{ bos_token }}{% if date_string is not defined %}{% set date_string = strftime_now('%d %b %Y') %}"
+        "{% endif %}<|im_start|>system\nToday Date: {{ date_string }}<|im_end|>\n"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+    def rendered_on(day):
+        class Clock(datetime.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return day
+
+        monkeypatch.setattr(chat_utils, "datetime", Clock)
+        return render_prompt(dated, PROBLEM)
+
+    first, later = rendered_on(datetime.datetime(2026, 12, 6)), rendered_on(datetime.datetime(2031, 1, 2))
+    assert "Today Date: 26 Jul 2024" in first and first == later
+
+
 def test_plain_fallback_without_chat_template(tokenizer):
     assert render_prompt(tokenizer, PROBLEM, PromptConfig(use_chat_template=False)) == user_message(PROBLEM) + "\n"
     assert (render_prompt(tokenizer, PROBLEM, PromptConfig(use_chat_template=False, system_prompt="S"))

@@ -8,6 +8,9 @@ The default instruction asks for step-by-step reasoning and a boxed final answer
 A prompt is rendered as one user turn (plus an optional system turn) through the tokenizer's
 chat template, with the generation prompt for the assistant appended. A tokenizer without a chat
 template (or `use_chat_template=False`) gets the plain format "{system}\\n\\n{user}\\n".
+Templates that write a date into the system turn (Llama 3.x: "Today Date: ...") get the fixed
+`TEMPLATE_DATE`, so a prompt, and every log-prob given it, is the same on every day a run or its
+resume happens to run.
 `encode_prompts` returns the sampler's left-padded `PromptBatch`, so every row's last prompt token
 is at column T - 1 and generation appends at the same position for all rows.
 """
@@ -25,6 +28,8 @@ PROBLEM_PLACEHOLDER = "{problem}"
 DEFAULT_TEMPLATE = (
     "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
 )
+# The date handed to chat templates that print one (their `date_string`); Llama 3.x's own default.
+TEMPLATE_DATE = "26 Jul 2024"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +77,8 @@ def render_prompt(tokenizer, problem: str, cfg: PromptConfig = PromptConfig()) -
         messages = [{"role": "user", "content": user}]
         if cfg.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             date_string=TEMPLATE_DATE)
     return f"{cfg.system_prompt}\n\n{user}\n" if cfg.system_prompt else f"{user}\n"
 
 
@@ -108,7 +114,7 @@ def _end_of_turn_id(tokenizer) -> int | None:
     marker = "rl_sharpen end of turn marker"
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, date_string=TEMPLATE_DATE)
     except Exception:  # templates that refuse this conversation: no end-of-turn token to learn
         return None
     at = text.rfind(marker)
