@@ -182,6 +182,21 @@ def test_numeric_answers_are_accepted_and_other_types_named(tmp_path):
     assert [p.answer for p in aime] == ["12", "3"]
 
 
+def test_text_a_tokenizer_cannot_take_and_numbers_as_problems_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join([
+        '{"problem": "emoji cut in half \\ud83d", "answer": "1"}',  # valid JSON, but no UTF-8 encodes it
+        '{"problem": 12345, "answer": "2"}', '{"question": 7.5, "answer": "3"}',
+        '{"problem": "kept", "answer": "4", "level": 3.0, "subject": "Algebra "}',
+    ]))
+    problems, stats = load_problems(str(path), format="math")
+    assert [(p.problem, p.level, p.subject) for p in problems] == [("kept", 3, "Algebra")]
+    assert stats.skipped == {"invalid UTF-8": 1, "problem of type int": 1, "missing problem": 1}
+    qa, stats = load_problems(str(path), format="qa")
+    assert [p.problem for p in qa] == ["kept"]
+    assert stats.skipped == {"invalid UTF-8": 1, "problem of type int": 1, "question of type float": 1}
+
+
 def test_numeric_answers_from_parquet(tmp_path):
     import datasets
 

@@ -11,7 +11,8 @@ the problem text and the gold answer live:
   aime   `problem` or `question`; gold = `answer` as an integer ("025" -> "25")
   qa     `problem` or `question`; gold = `answer` (e.g. Minerva)
 
-Text fields are strings; an integer or finite float answer is accepted too (2.0 -> "2", 0.5 -> "0.5").
+Text fields are strings that UTF-8 can encode; an integer or finite float answer is accepted too
+(2.0 -> "2", 0.5 -> "0.5"), a number as problem text is not.
 A local file's format, unless given, is inferred once from its first rows (`infer_format`) and applies
 to every row: a row that does not fit it (invalid JSON or UTF-8, not a JSON object, a missing field,
 no extractable gold) is skipped and counted in `LoadStats`, never read under another format. A UTF-8
@@ -91,25 +92,31 @@ class _MissingField(_SkipRow):
     """None of the field's names is present with a non-empty value."""
 
 
-def _field_text(name: str, value: Any) -> str | None:
-    """A field's value as stripped text; None when empty; _SkipRow naming a type that is not text."""
+def _field_text(name: str, value: Any, numbers: bool = False) -> str | None:
+    """A field's value as stripped text; None when empty; _SkipRow for a value that is not text
+    (a finite number is text for an answer field, `numbers`) or text that UTF-8 cannot encode (a
+    JSON-escaped lone surrogate, "\\ud83d", which a tokenizer refuses)."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _SkipRow("invalid UTF-8") from None
         return value.strip() or None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    if numbers and isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return str(int(value))
-    if isinstance(value, (float, np.floating)):
+    if numbers and isinstance(value, (float, np.floating)):
         if not math.isfinite(value):
             raise _SkipRow(f"{name} is {float(value)}")
         return np.format_float_positional(float(value), trim="-")  # 2.0 -> "2", 1e-7 -> "0.0000001"
     raise _SkipRow(f"{name} of type {type(value).__name__}")
 
 
-def _field(row: Mapping[str, Any], *names: str) -> str:
+def _field(row: Mapping[str, Any], *names: str, numbers: bool = False) -> str:
     """The first of `names` present with a non-empty value, as text."""
     for name in names:
         value = row.get(name)
         if value is not None:
-            text = _field_text(name, value)
+            text = _field_text(name, value, numbers)
             if text is not None:
                 return text
     raise _MissingField(f"missing {'/'.join(names)}")
@@ -129,8 +136,15 @@ def _gsm8k_gold(solution: str) -> str:
 
 
 def _level(value: Any) -> int | None:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():  # 3.0: an int column with gaps
+        value = int(value)
     match = re.fullmatch(r"(?:Level\s*)?(\d+)", str(value).strip()) if value is not None else None
     return int(match.group(1)) if match else None
+
+
+def _subject(row: Mapping[str, Any]) -> str | None:
+    subject = row.get("subject") or row.get("type")
+    return None if subject is None else str(subject).strip() or None
 
 
 def _row_id(row: Mapping[str, Any], source: str, index: int) -> str:
@@ -148,18 +162,18 @@ def _from_gsm8k(row, index, source):
 
 def _from_math(row, index, source):
     try:
-        gold = _field(row, "answer")
+        gold = _field(row, "answer", numbers=True)
     except _MissingField:
         gold = last_boxed(_field(row, "solution"))
         if not gold or not gold.strip():
             raise _SkipRow("no \\boxed{} in solution") from None
     return Problem(_row_id(row, source, index), _field(row, "problem"), _canonical_integer(gold.strip()),
-                   level=_level(row.get("level")), subject=row.get("subject") or row.get("type"),
+                   level=_level(row.get("level")), subject=_subject(row),
                    source=source)
 
 
 def _from_aime(row, index, source):
-    answer = _field(row, "answer")
+    answer = _field(row, "answer", numbers=True)
     if not re.fullmatch(r"\d+", answer):
         raise _SkipRow("non-integer AIME answer")
     return Problem(_row_id(row, source, index), _field(row, "problem", "question"), str(int(answer)),
@@ -168,7 +182,7 @@ def _from_aime(row, index, source):
 
 def _from_qa(row, index, source):
     return Problem(_row_id(row, source, index), _field(row, "problem", "question"),
-                   _canonical_integer(_field(row, "answer")), source=source)
+                   _canonical_integer(_field(row, "answer", numbers=True)), source=source)
 
 
 FORMATS: dict[str, Callable[[Mapping[str, Any], int, str], Problem]] = {
