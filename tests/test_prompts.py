@@ -65,6 +65,27 @@ def test_a_template_that_prints_the_date_gets_a_fixed_one(tokenizer, monkeypatch
     assert "Today Date: 26 Jul 2024" in first and first == later
 
 
+def test_stop_ids_read_a_hub_checkpoint_as_they_read_a_local_folder(tokenizer, tmp_path, monkeypatch):
+    """The paper configs name hub ids: the `eos_token_id`s of their generation config stop a sample too."""
+    import json
+
+    import huggingface_hub
+
+    from rl_sharpen.tasks.prompts import stop_token_ids
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
+
+    def download(repo_id, filename, **kwargs):
+        assert repo_id == "Org/Model"
+        if not (tmp_path / filename).exists():
+            raise huggingface_hub.errors.EntryNotFoundError(filename)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert stop_token_ids(tokenizer, [str(tmp_path)]) == stop_token_ids(tokenizer, ["Org/Model"]) == (0, 2)
+    assert stop_token_ids(tokenizer) == (2,)
+
+
 def test_plain_fallback_without_chat_template(tokenizer):
     assert render_prompt(tokenizer, PROBLEM, PromptConfig(use_chat_template=False)) == user_message(PROBLEM) + "\n"
     assert (render_prompt(tokenizer, PROBLEM, PromptConfig(use_chat_template=False, system_prompt="S"))

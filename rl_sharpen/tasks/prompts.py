@@ -90,21 +90,34 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def stop_token_ids(tokenizer, folders: Sequence[str] = ()) -> tuple[int, ...]:
+def stop_token_ids(tokenizer, sources: Sequence[str] = ()) -> tuple[int, ...]:
     """Ids that end a completion: the tokenizer's EOS, the `eos_token_id`s of `generation_config.json` /
-    `config.json` in local checkpoint `folders`, and the token a chat template writes after an assistant
-    turn (e.g. <|im_end|> where the tokenizer's EOS is <|endoftext|>), so that a sample stops where its
-    turn ends instead of running into turns it invents."""
+    `config.json` of the checkpoint `sources` (local folders or hub ids), and the token a chat template
+    writes after an assistant turn (e.g. <|im_end|> where the tokenizer's EOS is <|endoftext|>), so that
+    a sample stops where its turn ends instead of running into turns it invents."""
     ids = {tokenizer.eos_token_id}
-    for folder in folders:
+    for source in sources:
         for name in ("generation_config.json", "config.json"):
-            file = os.path.join(folder, name)
-            if os.path.isfile(file):
+            file = _checkpoint_file(source, name)
+            if file is not None:
                 with open(file) as f:
                     eos = json.load(f).get("eos_token_id")
                 ids.update(eos if isinstance(eos, list) else [eos])
     ids.add(_end_of_turn_id(tokenizer))
     return tuple(sorted(int(i) for i in ids if i is not None))
+
+
+def _checkpoint_file(source: str, name: str) -> str | None:
+    """A local folder's file `name`, or the hub repository's (downloaded, or from the cache), or None."""
+    if os.path.isdir(source):
+        file = os.path.join(source, name)
+        return file if os.path.isfile(file) else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(source, name)
+    except Exception:  # the repository has no such file, or the hub is unreachable and nothing is cached
+        return None
 
 
 def _end_of_turn_id(tokenizer) -> int | None:
