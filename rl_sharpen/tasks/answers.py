@@ -21,10 +21,10 @@ _MAX_ANSWER_CHARS = 1000  # longer answers (than this and than 2 * len(gold)) sc
 # ---------------------------------------------------------------------------------------------
 # Answer extraction.
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # "#### 72" (GSM8K's format), "#### x = 5", "#### Yes"; not a markdown heading such as "#### Step 2: ...".
 _HASH_RE = re.compile(r"####[ \t]*(?![A-Za-z]{2,}[ \t:]+\S)([^\s#][^\n]*)")
-_ANSWER_IS_RE = re.compile(r"answer(?:\s+is|\s*\**\s*:)[:\s*]*", re.IGNORECASE)  # "the answer is", "Final Answer:"
+_ANSWER_IS_RE = re.compile(r"answer(?:\s+is|\s*(?:\*+\s*)?:)[:\s*]*", re.IGNORECASE)  # "the answer is", "Final Answer:"
 
 
 def _closing_braces(text: str) -> dict[int, int]:
@@ -39,20 +39,20 @@ def _closing_braces(text: str) -> dict[int, int]:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`) that is complete: a box cut
-    off before its closing brace is passed over for an earlier one. None if there is none."""
+    """Content of the last `\\boxed{...}`/`\\fbox{...}` (or `\\boxed 5`, `\\boxed5`) that is complete: a box
+    cut off before its closing brace is passed over for an earlier one. None if there is none."""
     matches = list(_BOX_RE.finditer(text))
     partner = _closing_braces(text) if matches else {}
     for match in reversed(matches):
         i = match.end()
-        while i < len(text) and text[i] == " ":
+        while i < len(text) and text[i].isspace():
             i += 1
         if i < len(text) and text[i] == "{":
             if i in partner:
                 return text[i + 1 : partner[i]]
             continue
         token = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`
-        if token and i > match.end():
+        if token and (i > match.end() or text[i].isdigit()):
             return token.group(0)
     return None
 
@@ -89,9 +89,10 @@ _DELETE_RE = re.compile(r"\\(?:left|right|displaystyle)(?![a-zA-Z])|(?<!\\)\\[!,
 _THIN_THOUSANDS_RE = re.compile(r"(?<=\d),\s*\\!\s*(?=\d{3}(?!\d))")
 _COLON_RE = re.compile(r"\d:\d")  # a time or a ratio: "4:30 p.m.", "1:2"
 _RATIO_RE = re.compile(r"(\d+):(\d+)")
-# Two values in one answer, of which math-verify reads one: "1 \lor 9", "9 \approx 10", "25 (or 18)",
+# Two values in one answer, of which math-verify reads one: "1 \lor 9", "9 \approx 10", "3 \to 9", "25 (or 18)",
 # "18–25", "\begin{cases} 1 \\ 9 \end{cases}"; a row break "\\" outside a matrix is one too.
-_HEDGE_RE = re.compile(r"\\(?:lor|vee|approx|Rightarrow|Leftrightarrow|implies|mapsto|sim|tag|cancel|substack)"
+_HEDGE_RE = re.compile(r"\\(?:lor|vee|approx|Rightarrow|Leftrightarrow|implies|mapsto|sim|tag|cancel|substack"
+                       r"|to|rightarrow|longrightarrow|Longrightarrow|iff|mid|therefore)"
                        r"(?![a-zA-Z])|\\begin\{(?:cases|aligned|align\*?|gathered|split)\}|\\[()]"
                        r"|(?<![A-Za-z\\])or(?![A-Za-z])|\d\s*[\u2013\u2014]\s*\d")
 _MATRIX_RE = re.compile(r"\\begin\{(?:[pbvBV]?matrix|array)\}")
@@ -138,23 +139,32 @@ _UNIT_WORD_RE = re.compile(
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
 _PERCENT_WORD_RE = re.compile(
     r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
-_DEGREES_RE = re.compile(r"\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°|\\degree")  # keeps the space after: "76^\circ degrees"
+_DEGREE_MARK = r"\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°|\\degree"
+_DEGREES_RE = re.compile(_DEGREE_MARK)  # keeps the space after: "76^\circ degrees"
+_TRIG_RE = re.compile(r"\\(?:arc)?(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])")
+_ANGLE_IN_DEGREES_RE = re.compile(rf"(\d+(?:\.\d+)?)\s*(?:{_DEGREE_MARK})")  # "32^\circ" in "\sin 32^\circ"
+# Unicode a model may write for LaTeX: "√2", "x²", "−3", "2π"
+_UNICODE_MATH = {"\u2212": "-", "\u221a": "\\sqrt ", "\u03c0": "\\pi ", "\u00b2": "^2", "\u00b3": "^3",
+                 "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u2264": "\\le ", "\u2265": "\\ge ", "\u221e": "\\infty "}
+_UNICODE_MATH_RE = re.compile("|".join(_UNICODE_MATH))
 _PERCENT_RE = re.compile(r"\\?%")
 _ASSIGNMENT_RE = re.compile(r"^\s*([a-zA-Z])\s*=\s*")
 # Letters only, with two or more in a row ("east", "Navin", "neither", but also "ab": a product?).
 _LETTERS_RE = re.compile(r"(?=[A-Za-z\s]*[A-Za-z]{2})[A-Za-z]+(?:\s+[A-Za-z]+)*")
 _TEXT_MACRO_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_BARE_THOUSANDS_RE = re.compile(r"\$?\s*(-?\d{1,3}(?:,\d{3})+)\s*\$?")  # a gold "70,110", "$58,500$"
 _TOKEN = r"(\\[a-zA-Z]+|[0-9a-zA-Z])"  # one TeX argument without braces: a character or a macro
 _BARE_FRAC_RE = re.compile(rf"\\frac\s*{_TOKEN}\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")  # "\frac \pi4", "\frac1{2}"
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
 _FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
-_BOXED_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox)\s*(?=\{)")
+_WRAPPER_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox|mathbf|textbf|boldsymbol|bm)\s*(?=\{)")  # box or bold
 
 _INT = r"\d+"
 _DEC = r"(?:\d+\.\d*|\.\d+)"
 _NUM = rf"(?:{_DEC}|{_INT})"
 _PLAIN_RE = re.compile(rf"(-?){_NUM}")
+_SCIENTIFIC_RE = re.compile(rf"-?{_NUM}[eE]([+-]?\d{{1,3}})")  # "1.5e6", "2.5E-3"; |exponent| < 1000
 _SLASH_RE = re.compile(rf"(-?)({_NUM})/({_NUM})")
 _FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
 _MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
@@ -241,11 +251,12 @@ class _Cleaned(NamedTuple):
 
 def _clean(answer: str) -> _Cleaned:
     s = answer.strip()
-    while True:  # "\boxed{\boxed{5}}", "\(5\)"
-        boxed = _BOXED_PREFIX_RE.match(s)  # ends at the '{' of the box
+    s = _UNICODE_MATH_RE.sub(lambda m: _UNICODE_MATH[m[0]], s)
+    while True:  # "\boxed{\boxed{5}}", "\(5\)", "\mathbf{\frac{1}{2}}"
+        wrapper = _WRAPPER_PREFIX_RE.match(s)  # ends at the '{' of the box
         delimited = _DELIMITED_RE.match(s)
-        if boxed and _closing_braces(s).get(boxed.end()) == len(s) - 1:  # the box is the whole answer
-            s = s[boxed.end() + 1 : -1].strip()
+        if wrapper and _closing_braces(s).get(wrapper.end()) == len(s) - 1:  # the box is the whole answer
+            s = s[wrapper.end() + 1 : -1].strip()
         elif delimited:
             s = next(g for g in delimited.groups() if g is not None).strip()
         else:
@@ -257,6 +268,8 @@ def _clean(answer: str) -> _Cleaned:
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace(r"\colon", ":")
     s = s.replace(r"\langle", "(").replace(r"\rangle", ")")  # a vector "\langle 1, 2 \rangle"
     s = _BARE_FRAC_RE.sub(lambda m: rf"\frac{{{m[1]}}}{{{m[2] if m[2] is not None else m[3]}}}", s)
+    if _TRIG_RE.search(s):  # an angle of a trigonometric function in radians: "\sin 30^\circ" is not "\sin 30"
+        s = _ANGLE_IN_DEGREES_RE.sub(lambda m: rf"(\frac{{{m[1]}\pi}}{{180}})", s)
     s = _DEGREES_RE.sub("", s)
     percent_word = bool(_PERCENT_WORD_RE.search(s))
     s = _PERCENT_WORD_RE.sub("", _PERCENT_RE.sub("", s))
@@ -273,6 +286,23 @@ def _clean(answer: str) -> _Cleaned:
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
     return _Cleaned(s, variable, percent_word, changing)
+
+
+_SPACED_MIXED_RE = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")  # "2 1/2"
+_SPACED_THOUSANDS_RE = re.compile(r"(?<![\d.])\d{1,3}(?:\s\d{3})+(?!\d)")  # "1 000 000"
+_DIGITS_APART_RE = re.compile(r"(?<=\d)\s+(?=\d)")
+
+
+def _group_digits(s: str) -> tuple[str, bool]:
+    """Reads whitespace between digits before it is dropped: a mixed number ("2 1/2" -> 2\\frac{1}{2})
+    or thousands ("1 000" -> 1000); other digits stay apart, as "{}" ("3 5" -> "3{}5", never 35), and
+    the second value says there were such digits."""
+    mixed = _SPACED_MIXED_RE.fullmatch(s)
+    if mixed:
+        return rf"{mixed[1]}{mixed[2]}\frac{{{mixed[3]}}}{{{mixed[4]}}}", False
+    s = _SPACED_THOUSANDS_RE.sub(lambda m: re.sub(r"\s", "", m[0]), s)
+    grouped = _DIGITS_APART_RE.sub("{}", s)
+    return grouped, grouped != s
 
 
 def _strip_outer_braces(s: str) -> str:
@@ -293,6 +323,7 @@ class _Analysis(NamedTuple):
     word: bool  # letters written in a text macro or with a run of 4+ ("\\text{odd}", "Evelyn"): a word,
     #             not a product of variables; compared as case-insensitive text, never by sympy
     changing: bool = False  # a plain number and words that may change its value ("3 squared"): not a number
+    apart: bool = False  # digits only whitespace separates ("3 5"): two numbers, not 35
 
     @property
     def canonical(self) -> str:
@@ -307,13 +338,14 @@ def _analyze(answer: str) -> _Analysis:
     if _LETTERS_RE.fullmatch(s):
         word = bool(_TEXT_MACRO_RE.search(answer) or re.search(r"[A-Za-z]{4}", s))
         return _Analysis(re.sub(r"\s+", "", s), None, variable, False, True, word)
+    s, apart = _group_digits(s)
     s = re.sub(r"\s+", "", s)
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
     s = _strip_outer_braces(s)
     value = _parse_number(s)
     percent = bool(_PERCENT_RE.search(answer)) or percent_word
-    return _Analysis(s if value is None else str(value), value, variable, percent, False, False, changing)
+    return _Analysis(s if value is None else str(value), value, variable, percent, False, False, changing, apart)
 
 
 def canonical_answer(answer: str) -> str:
@@ -331,7 +363,7 @@ def canonical_answer(answer: str) -> str:
 def exact_value(answer: str) -> Fraction | None:
     """The exact rational an answer denotes if it is a plain number, else None.
 
-    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
+    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `1.5e6`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
     mixed numbers `2\\frac{1}{2}` = 5/2, repeating decimals `0.1\\overline{6}` = 1/6, and any of these
     times a scale word: `2.5 million`, `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
     """
@@ -341,7 +373,7 @@ def exact_value(answer: str) -> Fraction | None:
 def _parse_number(s: str) -> Fraction | None:
     if not s or len(s) > _MAX_NUMBER_CHARS:
         return None
-    if _PLAIN_RE.fullmatch(s):
+    if _PLAIN_RE.fullmatch(s) or _SCIENTIFIC_RE.fullmatch(s):
         return Fraction(s)
     for pattern in (_SLASH_RE, _FRAC_RE):
         m = pattern.fullmatch(s)
@@ -453,7 +485,7 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     letters other than a gold word's, a plain number followed by words that may change its value
     ("3 squared", "1 twelfth") against a plain number. True: equal canonical forms (up to an `x =` on
     one side), or a gold word's letters in any case ("East" = "\\text{east}"; a gold "ab" may be a
-    product).
+    product), or a gold "70,110" (a number, or in MATH also a list) written with spaces ("70, 110").
     A numeral with a base subscript on either side ("52_8") decides alone: the same digits, and the
     same base or none on the answer ("52" = "52_8", "52_9" != "52_8", "52_9" != "52"); so does a
     colon: a ratio gold by value ("1:2" = "2:4" = "\\frac12"), else as text ("4:30 p.m." = "4:30 pm").
@@ -468,9 +500,14 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
         return False
     if a.core and a.core == g.core and a.percent == g.percent:
         return True
+    bare = _BARE_THOUSANDS_RE.fullmatch(gold.strip())
+    if bare and a.core == bare[1]:  # a gold "70,110" (70110, or the list 70, 110) written "70, 110"
+        return True
     if g.word and a.letters:  # the gold alone decides, so that answers sharing a vote key share a verdict
         return a.core.lower() == g.core.lower()
     if a.changing and g.value is not None:  # sympy would read "4 fifteen" or "3 eighths" as the number
+        return False
+    if a.apart and not g.apart:  # math-verify reads "3 5" as 8
         return False
     if _COLON_RE.search(a.core) or _COLON_RE.search(g.core):  # times and ratios: sympy reads "4:31 p.m." as 4
         if _RATIO_RE.fullmatch(g.core) and _ratio_value(a) is not None:  # "1:2" = "2:4" = "\frac12"

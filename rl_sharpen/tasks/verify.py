@@ -21,7 +21,8 @@ Pipeline for one (completion, gold) pair:
      1/2^{99} = 1/2^{98} and 1/2004! = 1/2006!, so a match is vetoed when the two objects contain
      numbers that differ: exactly when their difference is rational, else when
      |a - b| > 1e-12 max(|a|, |b|) at 30 significant digits (free symbols are first set to fixed
-     rationals, so x + 1/2^{99} != x + 1/2^{98}; equations are not vetoed).
+     rationals, so x + 1/2^{99} != x + 1/2^{98}; equations are not vetoed), and a decimal never
+     equals an irrational number (3.141592653589793 != pi).
 
 Step 3 runs in a pool of worker processes (`VerifierPool`). Each item has a hard wall-clock timeout;
 a worker that exceeds it (sympy can loop in C code, e.g. on `9^{9^{9^{9}}}`) is killed and replaced
@@ -140,6 +141,8 @@ def _provably_distinct(a, b) -> bool:
             xs, ys = sorted(xs, key=_numeric_sort_key), sorted(ys, key=_numeric_sort_key)
         return any(_provably_distinct(x, y) for x, y in zip(xs, ys))
     if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
+        if (a.is_Float and b.is_rational is False) or (b.is_Float and a.is_rational is False):
+            return True  # a decimal is rational: 3.141592653589793 is not pi, however many digits it has
         if a.free_symbols or b.free_symbols:
             a, b = _substitute_symbols(a, b)
         return _numbers_differ(a, b)
