@@ -106,11 +106,14 @@ def _check_rules_fit(mesh: Mesh, rules: Mapping[str, Any]) -> None:
                          f"every array would be replicated over it; the rules use {sorted(named)}")
 
 
+_REPLICATED_LOGGED: set[tuple[int, str, int]] = set()  # (dim size, mesh axis, its size) already logged
+
+
 def _fits(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
     """Drops mesh axes from dims they do not divide (e.g. 3 kv heads over 2 tensor shards).
 
     JAX cannot place an array whose dimension is not a multiple of its shard count, so such a
-    dimension is replicated over that mesh axis instead, and this is logged.
+    dimension is replicated over that mesh axis instead, and this is logged (once per size and axis).
     """
     out = []
     for size, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -119,9 +122,10 @@ def _fits(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
         for n in names:
             if size % (math.prod(mesh.shape[k] for k in kept) * mesh.shape[n]) == 0:
                 kept.append(n)
-            else:
-                logging.log_first_n(logging.INFO, "dim of size %d not divisible by mesh axis %r (%d): "
-                                    "replicated over it", 8, size, n, mesh.shape[n])
+            elif (size, n, mesh.shape[n]) not in _REPLICATED_LOGGED:
+                _REPLICATED_LOGGED.add((size, n, mesh.shape[n]))
+                logging.info("dim of size %d not divisible by mesh axis %r (%d): replicated over it",
+                             size, n, mesh.shape[n])
         out.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     return P(*out)
 

@@ -135,6 +135,23 @@ def test_saving_over_a_checkpoint_split_otherwise_leaves_no_stale_weights(tiny, 
         jax.tree.map(np.testing.assert_array_equal, models.load_hf(str(folder))[1], params)
 
 
+def test_a_folder_holding_one_file_and_an_index_is_read_as_transformers_reads_it(tiny, tmp_path):
+    """Some hub repositories ship model.safetensors beside index + shards: transformers reads the one file."""
+    import shutil
+
+    import transformers
+
+    _, cfg, params, _ = tiny
+    models.save_hf(params, cfg, str(tmp_path / "whole"))
+    models.save_hf(jax.tree.map(lambda x: x + 1, params), cfg, str(tmp_path / "split"), max_shard_bytes=1 << 12)
+    for name in os.listdir(tmp_path / "split"):
+        if name.endswith((".safetensors", ".index.json")):
+            shutil.copy(tmp_path / "split" / name, tmp_path / "whole" / name)
+    jax.tree.map(np.testing.assert_array_equal, models.load_hf(str(tmp_path / "whole"))[1], params)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "whole"))
+    np.testing.assert_array_equal(reference.model.embed_tokens.weight.detach().numpy(), params["embed"])
+
+
 def test_scoring_a_window_longer_than_the_sequence_is_refused(tiny):
     _, cfg, params, _ = tiny
     tokens = jnp.ones((2, 5), jnp.int32)

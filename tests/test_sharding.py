@@ -62,6 +62,16 @@ def test_a_dimension_keeps_the_mesh_axes_whose_product_divides_it(mesh):
     assert spec == {4: P(("data", "fsdp")), 6: P("data"), 2: P("data"), 3: P(None)}
 
 
+def test_each_replicated_dimension_is_logged_once_however_many_came_before(mesh, monkeypatch):
+    logged = []
+    monkeypatch.setattr(shd.logging, "info", lambda message, *args: logged.append(message % args))
+    for _ in range(3):
+        for size in range(100_001, 100_041, 2):  # odd sizes no other test uses: none divides 2 tensor shards
+            shd.named_sharding(mesh, ("mlp",), (size,))
+    assert len(logged) == len(set(logged)) == 20
+    assert logged[-1].startswith("dim of size 100039 not divisible by mesh axis 'tensor' (2)")
+
+
 def test_parameters_are_laid_out_as_designed(mesh):
     """Matrices over fsdp x tensor (vocab, heads, kv heads, MLP width over tensor; hidden over fsdp),
     layers and norms replicated. 4 heads and 2 kv heads divide the 2 tensor shards."""

@@ -1,7 +1,7 @@
 """Hugging Face checkpoint folders in and out.
 
-`load_hf` reads `config.json` and `model.safetensors` (or the shards of
-`model.safetensors.index.json`) one tensor at a time and places each parameter straight into its
+`load_hf` reads `config.json` and `model.safetensors` (else the shards of
+`model.safetensors.index.json`, as transformers does) one tensor at a time and places each parameter straight into its
 target sharding, so the whole model never sits on one device. Every tensor of the checkpoint must be
 one the model of its config.json uses (a stored tied `lm_head.weight` and old `rotary_emb.inv_freq`
 buffers, which rope recomputes, excepted): a leftover tensor means config.json describes another
@@ -69,13 +69,13 @@ def _tensor_files(path: str) -> dict[str, str]:
     """HF tensor name -> safetensors file holding it."""
     index = os.path.join(path, INDEX_FILE)
     single = os.path.join(path, SINGLE_FILE)
+    if os.path.exists(single):  # before the index, as transformers reads a folder holding both
+        with safe_open(single, "np") as f:
+            return {name: single for name in f.keys()}
     if os.path.exists(index):
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
         return {name: os.path.join(path, file) for name, file in weight_map.items()}
-    if os.path.exists(single):
-        with safe_open(single, "np") as f:
-            return {name: single for name in f.keys()}
     raise FileNotFoundError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
 
 
