@@ -293,7 +293,9 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     c.mode = "rl"
     c.model.checkpoint = checkpoint
     c.model.param_dtype, c.model.compute_dtype = "float32", "bfloat16"
-    c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+    # Parameters over every device: the float32 policy, reference, Adam moments and gradients of a 3-4B
+    # model (58-75 GiB) fit on no single accelerator. Rollout and update rows split over fsdp too.
+    c.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
     c.data.train, c.data.train_split = "math", "train"
     c.data.validation, c.data.validation_split = "math500", "test"
     reward = rw.regime_preset(regimes[0] if regimes else "task_reward")

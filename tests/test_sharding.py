@@ -123,3 +123,24 @@ def test_policy_and_reference_both_sharded(mesh):
     np.testing.assert_array_equal(np.asarray(policy["layers"]["gate"]), np.asarray(reference["layers"]["gate"]))
     assert models.param_shardings(cfg, mesh)["layers"]["q_bias"].spec == P(None, "tensor", None)
 
+
+@pytest.mark.parametrize("config, preset", [("qwen25_3b_math", "qwen2.5-3b-instruct"),
+                                            ("llama32_3b_math", "llama-3.2-3b-instruct"),
+                                            ("qwen3_4b_math", "qwen3-4b-instruct-2507")])
+def test_paper_configs_spread_the_training_state_over_every_device(config, preset):
+    """policy + reference + Adam's two moments + gradients, float32: 58-75 GiB for these models, an
+    eighth of it per device on 8 devices (each device holding all of it would fill an 80 GB card)."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices")
+    from rl_sharpen.models.registry import param_shardings
+    from tests.experiment_configs import get_config
+
+    c = get_config(config, "task_reward")
+    cfg = models.preset(preset, param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype)
+    mesh = shd.make_mesh(dict(c.mesh))
+    shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))
+    shardings = param_shardings(cfg, mesh)
+    whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+    per_device = sum(np.prod(s.shard_shape(x.shape)) * x.dtype.itemsize
+                     for x, s in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)))
+    assert 5 * whole > 55 * 2**30 and 5 * per_device < 5 * whole / 7.5
