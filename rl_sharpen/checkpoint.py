@@ -71,6 +71,10 @@ def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+class Preempted(Exception):
+    """A multi-process run stopped at a preemption notice (SIGTERM to a process), its step saved."""
+
+
 class Checkpointer:
     """Saves every `every` steps into `directory` (local, or a gs:// / s3:// URL), keeping the newest `keep`."""
 
@@ -89,9 +93,16 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, record: dict, force: bool = False) -> bool:
+        """Saves `step` if it is due. Raises Preempted once every process of a `jax.distributed` run
+        has reached the step agreed after a SIGTERM (JAX's preemption notifier catches the signal,
+        so the run would otherwise go on to its end); that step is saved first."""
         saved = self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=force)
         self.manager.wait_until_finished()
+        if self.manager.reached_preemption(step):
+            self.manager.close()
+            raise Preempted(f"{self.directory}: stopped at step {step} on a preemption notice (SIGTERM), "
+                            "its checkpoint saved; the same command resumes from it")
         return saved
 
     def restore(self, abstract_state, config: dict, step: int | None = None):

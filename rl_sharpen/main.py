@@ -68,7 +68,7 @@ def main(argv):
     if FLAGS.multihost:
         jax.distributed.initialize()
     from rl_sharpen import experiment
-    from rl_sharpen.checkpoint import CheckpointMismatch
+    from rl_sharpen.checkpoint import CheckpointMismatch, Preempted
     from rl_sharpen.config import ConfigError
 
     logging.info("JAX process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
@@ -78,6 +78,8 @@ def main(argv):
         sys.exit(f"config error: {e}")
     except CheckpointMismatch as e:  # a restart with a config its checkpoints refuse: the changed fields
         sys.exit(f"cannot resume: {e}")
+    except Preempted as e:  # SIGTERM under --multihost: the agreed step is saved; a failure for the scheduler
+        sys.exit(f"preempted: {e}")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,25 @@ def _warm_start_check(process_id: int, out_dir: str) -> None:
         Path(out_dir, f"process{process_id}.txt").write_text(f"{type(e).__name__}: {e}")
 
 
+def _preemption_check(process_id: int, out_dir: str) -> None:
+    """Process 0 gets a SIGTERM at step 5: both processes stop at one agreed step, saved, and say so."""
+    import signal
+
+    from rl_sharpen.checkpoint import Preempted
+
+    ckpt = Checkpointer(str(Path(out_dir, "checkpoints")), every=1000)
+    for step in range(1, 200):
+        if step == 5 and process_id == 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # what scancel or a TPU preemption sends
+        time.sleep(0.05)
+        try:
+            ckpt.save(step, {"x": np.full(2, step, np.float32)}, {"step": step})
+        except Preempted:
+            Path(out_dir, f"process{process_id}.txt").write_text(str(step))
+            return
+    Path(out_dir, f"process{process_id}.txt").write_text("finished")
+
+
 def _worker(process_id: int, port: int, out_dir: str, mode: str = "rollout") -> None:
     try:
         jax.config.update("jax_num_cpu_devices", DEVICES_PER_PROCESS)
@@ -135,6 +154,8 @@ def _worker(process_id: int, port: int, out_dir: str, mode: str = "rollout") -> 
         return _workdir_checks(process_id, out_dir)
     if mode == "warm_start":
         return _warm_start_check(process_id, out_dir)
+    if mode == "preemption":
+        return _preemption_check(process_id, out_dir)
     mesh = shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})  # data = 4 over both processes
     assert {d.process_index for d in mesh.devices.flat} == set(range(NUM_PROCESSES))
     np.savez(os.path.join(out_dir, f"process{process_id}.npz"), **sample_and_roll_out(mesh))
@@ -209,6 +230,13 @@ def test_a_demo_warm_start_with_other_settings_is_refused_on_every_process(tmp_p
     for i in range(NUM_PROCESSES):
         message = (tmp_path / f"process{i}.txt").read_text()
         assert message.startswith("CheckpointMismatch: ") and "was trained with other settings (" in message
+
+
+def test_a_sigterm_stops_every_process_at_one_saved_step(tmp_path):
+    _run_workers(tmp_path, "preemption")
+    stops = {Path(tmp_path, f"process{i}.txt").read_text() for i in range(NUM_PROCESSES)}
+    assert len(stops) == 1 and "finished" not in stops, stops
+    assert Checkpointer(str(tmp_path / "checkpoints"), every=1000).latest_step() == int(stops.pop())
 
 
 def _write_steps(writer: MetricWriter, steps) -> None:
