@@ -10,7 +10,8 @@
 # DETACH=1 starts the run with nohup on every host and returns once it has started, so that closing
 # this terminal or losing the ssh connection does not stop it; each host logs to ~/$LOG (default
 # rl_sharpen_<date>_<time>.log). Setup (clone, checkout, pip) still runs in the foreground.
-# REV: the revision the hosts check out (default: this checkout's HEAD, which must be on a pushed branch).
+# REV: the revision the hosts check out (default: this checkout's HEAD, which must be on a pushed branch);
+# a branch or tag name is read here as the commit it names in REPO_URL now, the same for every host.
 # FORWARD_ENV: names of local environment variables to set on every host, e.g. FORWARD_ENV="HF_TOKEN
 # XLA_FLAGS" (the hosts get no other variable of this shell; a gated model such as Llama needs HF_TOKEN).
 set -euo pipefail
@@ -39,6 +40,14 @@ if [ -z "${REV:-}" ]; then  # this checkout's commit: the hosts can fetch it onl
   fi
   if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     echo "tpu_pod.sh: warning: this checkout has uncommitted changes; the hosts run $REV without them" >&2
+  fi
+fi
+if ! [[ "$REV" =~ ^[0-9a-f]{6,40}$ ]]; then  # a name: a host's own branch of that name may be an old one
+  NAME=$REV
+  REV=$(git ls-remote "$REPO_URL" "refs/heads/$NAME" "refs/tags/$NAME" 2>/dev/null | awk 'NR == 1 {print $1}')
+  if [ -z "$REV" ]; then
+    echo "tpu_pod.sh: REV=$NAME is no commit id, nor a branch or tag of $REPO_URL (or it cannot be read)" >&2
+    exit 2
   fi
 fi
 quoted() { printf '%q ' "$@"; }  # each argument quoted for the remote shell

@@ -126,3 +126,35 @@ def test_without_rev_the_checkouts_head_must_be_on_a_pushed_branch(tmp_path):
     (work / "a.txt").write_text("2")
     dirty = launch()
     assert dirty.returncode == 0 and f"the hosts run {head} without them" in dirty.stderr
+
+
+def test_a_branch_name_is_the_commit_it_names_at_launch_not_a_hosts_old_branch(tmp_path):
+    def git(*args, cwd):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    origin, work, home, bin_dir = (tmp_path / n for n in ("origin.git", "work", "home", "bin"))
+    git("init", "-q", "--bare", str(origin), cwd=tmp_path)
+    git("clone", "-q", str(origin), str(work), cwd=tmp_path)
+    (work / "v.txt").write_text("1")
+    git("add", "v.txt", cwd=work)
+    git("commit", "-qm", "one", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    home.mkdir()
+    git("clone", "-q", "-b", "main", str(origin), "rl_sharpen", cwd=home)  # a host's clone from an earlier launch
+    (work / "v.txt").write_text("2")
+    git("commit", "-qam", "two", cwd=work)
+    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    printed = _remote_script(tmp_path, REPO_URL=str(origin), REV="main")
+    assert printed.returncode == 0, printed.stderr
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(RECORDER)
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home), "CALLS": str(tmp_path / "c")}
+    done = subprocess.run(["bash", "-c", printed.stdout], capture_output=True, text=True, env=env, cwd=home, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (home / "rl_sharpen" / "v.txt").read_text() == "2"
+    assert git("rev-parse", "HEAD", cwd=home / "rl_sharpen") == git("rev-parse", "HEAD", cwd=work)
+    unknown = _remote_script(tmp_path, REPO_URL=str(origin), REV="no-such-branch")
+    assert unknown.returncode == 2 and "REV=no-such-branch is no commit id, nor a branch or tag of" in unknown.stderr
+
