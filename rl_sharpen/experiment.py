@@ -29,6 +29,7 @@ from rl_sharpen.rl.calibration import CalibrationConfig
 from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig, batch_layout
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
+from rl_sharpen.tasks.synthetic import CharTokenizer
 from rl_sharpen.task_setup import (SYNTHETIC, DataConfig, EvalConfig, build_task, make_evaluator, prompt_width,
                                    shared_problems)
 
@@ -144,7 +145,22 @@ def build_mesh(exp: ExperimentConfig):
 
 
 def build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
-    """(ModelConfig, params): loaded from the checkpoint, or initialized from `arch`."""
+    """(ModelConfig, params): loaded from the checkpoint, or initialized from `arch`; a ConfigError if
+    the model and the task's `tokenizer` disagree on the token ids."""
+    cfg, params = _build_model(exp, mesh, tokenizer)
+    if tokenizer is not None:
+        vocab, ids = cfg.vocab_size, len(tokenizer)
+        synthetic = isinstance(tokenizer, CharTokenizer)  # it decodes no id beyond its characters
+        if vocab < ids or (synthetic and vocab != ids):
+            source = (f"model.checkpoint={exp.model.checkpoint!r}" if exp.model.checkpoint
+                      else f"model.arch={exp.model.arch!r}")
+            raise ConfigError(f"{source}: a vocabulary of {vocab} token ids, against the {ids} of the task's "
+                              f"tokenizer ({'the synthetic task' if synthetic else 'data.tokenizer'}), which the "
+                              f"model's must {'equal' if synthetic else 'cover'}")
+    return cfg, params
+
+
+def _build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
     src = exp.model
     if src.checkpoint:
         path = checkpoint_folder(src.checkpoint)

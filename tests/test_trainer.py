@@ -239,6 +239,26 @@ def test_a_custom_model_missing_a_field_is_a_config_error():
         experiment.build_model(experiment.parse(c))
 
 
+def test_a_model_whose_vocabulary_does_not_fit_the_task_tokenizer_is_a_config_error(smollm2_tokenizer_dir):
+    """A real checkpoint with the synthetic task sampled ids it has no character for (an IndexError in
+    the first validation); a tokenizer with more ids than the model embeds fails the same way."""
+    from rl_sharpen.task_setup import build_task
+
+    exp = experiment.parse(get_config("qwen25_3b_math", "tiny"))
+    task = build_task(exp.data, exp.model, exp.seed)
+    wide = dataclasses.replace(exp, model=dataclasses.replace(exp.model, custom={**exp.model.custom, "vocab_size": 60}))
+    with pytest.raises(ConfigError, match=r"model.arch='custom': a vocabulary of 60 token ids, against the 52 of "
+                                          r"the task's tokenizer \(the synthetic task\), which the model's must equal"):
+        experiment.build_model(wide, tokenizer=task.tokenizer)
+    assert experiment.build_model(exp, tokenizer=task.tokenizer)[0].vocab_size == 52
+    from rl_sharpen.tasks import load_tokenizer
+
+    smol = load_tokenizer(smollm2_tokenizer_dir)
+    with pytest.raises(ConfigError, match=r"against the 49152 of the task's tokenizer \(data.tokenizer\), which the "
+                                          r"model's must cover"):
+        experiment.build_model(exp, tokenizer=smol)
+
+
 def test_seq_mean_token_sum_normalizer_follows_max_new_tokens_after_overrides():
     """loss.max_len = 0 (the paper configs) is sampling.max_new_tokens as finally set; a value set stays."""
     c = get_config("qwen25_3b_math", "tiny")
