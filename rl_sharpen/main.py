@@ -32,9 +32,9 @@ def _innermost_message(error: BaseException) -> str:
 
 
 def _overridden_fields(argv) -> set[str]:
-    """The dotted field names of every `--config.a.b=v` override: {'a', 'b'}."""
-    return {name for arg in argv if arg.startswith("--config.")
-            for name in arg[len("--config."):].split("=", 1)[0].split(".")}
+    """The dotted field names of every `--config.a.b=v` (or boolean `--noconfig.a.b`) override: {'a', 'b'}."""
+    return {name for arg in argv for prefix in ("--config.", "--noconfig.") if arg.startswith(prefix)
+            for name in arg[len(prefix):].split("=", 1)[0].split(".")}
 
 
 def parse_flags(argv):

@@ -236,6 +236,14 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
     assert "a --config override names an unknown field" not in done.stderr
 
 
+@pytest.mark.parametrize("override", ["--config.train.save_polcy=False", "--noconfig.train.save_polcy"])
+def test_a_misspelt_override_is_one_line(tmp_path, override):
+    done = _main("--config=configs/demo.py", f"--workdir={tmp_path}", override)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "FATAL Flags parsing error: a --config override names an unknown field: 'save_polcy'")
+
+
 def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tokenizer_dir):
     done = _main(f"--config=configs/eval_smollm2_gsm8k.py:{smollm2_tokenizer_dir},tiny",
                  f"--workdir={tmp_path / 'run'}", f"--config.data.validation={tmp_path / 'missing.jsonl'}")
