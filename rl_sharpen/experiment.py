@@ -126,7 +126,8 @@ def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
     if isinstance(loss, Mapping) and loss.get("aggregation") == "seq-mean-token-sum" and loss.get("max_len", 0) == 0:
         sampling_fields = data.get("sampling")
         max_new = (sampling_fields.get("max_new_tokens") if isinstance(sampling_fields, Mapping) else None)
-        data["loss"] = {**loss, "max_len": max_new or ExperimentConfig().sampling.max_new_tokens}
+        valid = isinstance(max_new, int) and not isinstance(max_new, bool) and max_new > 0  # else sampling's error
+        data["loss"] = {**loss, "max_len": max_new if valid else ExperimentConfig().sampling.max_new_tokens}
     return from_config_dict(ExperimentConfig, data)
 
 

@@ -267,6 +267,9 @@ def test_seq_mean_token_sum_normalizer_follows_max_new_tokens_after_overrides():
     assert experiment.parse(c).loss.max_len == 16
     c.loss.max_len = 7
     assert (experiment.parse(c).loss.max_len, experiment.parse(c).sampling.max_new_tokens) == (7, 16)
+    c.loss.max_len, c.sampling.max_new_tokens = 0, -7  # the error names the field set, not the one derived from it
+    with pytest.raises(ConfigError, match=r"^config.sampling: SamplingConfig.max_new_tokens=-7; allowed"):
+        experiment.parse(c)
 
 
 def test_a_field_whose_default_is_none_can_be_set_from_the_command_line(tmp_path):
