@@ -236,6 +236,13 @@ def test_a_bug_inside_a_config_file_keeps_its_traceback(tmp_path):
     assert "a --config override names an unknown field" not in done.stderr
 
 
+def test_a_demo_into_an_object_store_is_refused_in_one_line(tmp_path):
+    done = _main("--config=configs/demo.py:tiny", "--workdir=gs://bucket/demo")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("config error: --workdir=gs://bucket/demo: the demo needs a local "
+                                                    "workdir (RL, SFT and eval runs take gs:// URLs)")
+
+
 @pytest.mark.parametrize("override", ["--config.train.save_polcy=False", "--noconfig.train.save_polcy"])
 def test_a_misspelt_override_is_one_line(tmp_path, override):
     done = _main("--config=configs/demo.py", f"--workdir={tmp_path}", override)
