@@ -179,3 +179,16 @@ def test_main_mode_writes_json_and_plot(tmp_path):
     bad.mode = "toy"
     with pytest.raises(ConfigError, match="mode"):
         experiment.parse(bad)
+
+
+def test_restarts_explore_and_the_closed_form_is_recorded():
+    cfg = br.BinaryRewardsConfig(vocab_size=3, length=4, max_token_sum=3, betas=(1.0, 0.1, 0.01), alphas=(1.0,),
+                                 steps=2000, ks=(1, 16), restarts=3)
+    result = br.run_experiment(cfg, seed=0)
+    runs = {(r["name"], r["family"]): r for r in result["runs"]}
+    collapsed = runs[("KL control beta=0.01", "factorized")]
+    assert collapsed["best_of_restarts"]["objective"] < collapsed["objective"] - 1e-4  # a perturbed start won
+    for beta in cfg.betas:  # the autoregressive fit reaches p_beta, whose validity is the recorded closed form
+        r = runs[(f"KL control beta={beta:g}", "autoregressive")]
+        assert abs(r["tilted_validity"] - r["validity"]) < 2e-3
+    assert sum("best of restarts" in line for line in br.table(result).splitlines()) == 1

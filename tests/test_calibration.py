@@ -74,3 +74,15 @@ def test_reference_memory_deeper_than_the_reference_is_refused():
     cfg, params = peaky_model()
     with pytest.raises(ValueError, match="memory_layers=3.*at most the reference's 2 layers"):
         init_memory(cfg, params, CalibrationConfig(mu=1.0, memory_init="reference", memory_layers=3), jax.random.key(0))
+
+
+def test_random_memory_of_a_tied_policy_starts_empty():
+    """Every paper model ties its embeddings; the random memory must still get its own zero unembedding."""
+    cfg = models.ModelConfig("llama", 5, 16, 32, 2, 2, 1, 8, max_position_embeddings=64, tie_embeddings=True)
+    params = models.init_params(cfg, jax.random.key(0))
+    mcfg, mparams = init_memory(cfg, params, CalibrationConfig(mu=1.0, memory_layers=1), jax.random.key(1))
+    tok = np.array([[3, 2, 4, 0]], np.int32)
+    seg = np.ones_like(tok)
+    logits = models.forward(mparams, mcfg, tok, models.positions_from_segments(seg), seg)[0]
+    assert not mcfg.tie_embeddings
+    np.testing.assert_array_equal(np.asarray(logits), 0.0)

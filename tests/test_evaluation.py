@@ -499,3 +499,21 @@ def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_comman
         assert "allowed: integers in [1, 4], the samples per problem that both files have" in capsys.readouterr().err
     assert compare.main([str(tmp_path / "new.json"), str(tmp_path / "new.json"), "--out", str(tmp_path / "no" / "x")]) == 2
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_summary_counts_no_answer_samples_apart():
+    r = E.ProblemResult(Problem("p", "q", "1"), ["1", "2", "2", None], np.array([1, 0, 0, 0], np.float32),
+                        np.full(4, 5))
+    s = E.summarize([r], k_list=[1])
+    assert s["mean_distinct_answers"] == 2.0 and s["no_answer_rate"] == 0.25
+
+
+def test_paired_greedy_drops_problems_the_old_side_lacks_too():
+    def res(pid, greedy):
+        return E.ProblemResult(Problem(pid, "q", "1"), ["1", "2"], np.array([1, 0], np.float32), np.full(2, 5),
+                               greedy_reward=greedy)
+    change = E.paired_difference([res("a", 1.0), res("b", 1.0), res("c", 0.0)],
+                                 [res("a", 1.0), res("b", 0.0), res("c", None)], k_list=[1])
+    assert change["new"]["greedy_accuracy"] == pytest.approx(1.0)  # over a and b only
+    difference = change["new"]["greedy_accuracy"] - change["old"]["greedy_accuracy"]
+    assert difference == pytest.approx(change["greedy_accuracy"])

@@ -231,3 +231,17 @@ def test_a_reward_that_is_zero_for_every_sample_is_refused():
         rewards.RewardConfig("optimization", alpha=2.0, beta_inv=0.0, normalization="none")
     with pytest.raises(ValueError, match=r"gives R = 0"):
         rewards.RewardConfig("optimization", alpha=0.0, beta_inv=0.0)
+
+
+def test_majority_vote_and_format_score_answer_id_zero():
+    """rollout.answer_ids numbers a group's answers from 0: the first answer of every group has id 0."""
+    from rl_sharpen.rl import rollout
+
+    ids = rollout.answer_ids(["7", "7", "3", None, "5", "5", "5", "2"], group_size=4)
+    assert ids.tolist() == [0, 0, 1, -1, 0, 0, 0, 1]
+    x = rewards.RewardInputs(completion_mask=jnp.ones((8, 1)), correct=jnp.zeros(8), answer_ids=jnp.asarray(ids),
+                             group_size=4)
+    _, parts = rewards.compute_rewards(x, rewards.RewardConfig(alpha=0.0, beta_inv=0.0,
+                                                               extra={"majority_vote": 1.0, "format": 1.0}))
+    np.testing.assert_array_equal(parts["majority_vote"], [1, 1, 0, 0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(parts["format"], [1, 1, 1, 0, 1, 1, 1, 1])

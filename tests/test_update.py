@@ -261,3 +261,26 @@ def test_sharded_step_matches_single_device():
     # bug moves them by O(lr)).
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4),
                  s1["params"], s8["params"])
+
+
+@pytest.mark.parametrize("name,extra", [("ppo_clip", {}), ("reinforce", {"kl_coef": 0.1}), ("alpha_dpg", {})])
+def test_train_step_feeds_old_and_ref_logprobs_to_the_loss(name, extra):
+    """old != behaviour (a sampler at T != 1) and ref != behaviour: the step's loss is policy_loss's."""
+    cfg = models.ModelConfig("llama", 40, 32, 64, 1, 4, 2, 8)
+    rng = np.random.default_rng(0)
+    n, P, T = 8, 5, 6
+    tokens = jnp.asarray(rng.integers(3, 40, (n, P + T)), jnp.int32)
+    seg = jnp.ones((n, P + T), jnp.int32)
+    mask = jnp.ones((n, T), jnp.float32)
+    params = models.init_params(cfg, jax.random.key(0))
+    old = completion_logprobs(params, cfg, tokens, seg, T)
+    behaviour = old + jnp.asarray(rng.normal(0, 0.5, (n, T)), jnp.float32)
+    ref = old - jnp.asarray(rng.uniform(0, 1, (n, T)), jnp.float32)
+    adv, correct = jnp.asarray(rng.normal(size=n), jnp.float32), jnp.asarray([1, 1, 0, 1, 1, 0, 1, 1], jnp.float32)
+    loss_cfg = losses.LossConfig(name, aggregation="token-mean", **extra)
+    expected, _ = losses.policy_loss(old, losses.LossInputs(mask, behaviour, adv, old, ref, correct, group_size=4),
+                                     loss_cfg)
+    step = make_train_step(cfg, loss_cfg, optax.sgd(1.0), num_micro=2, group_size=4)
+    _, m = jax.jit(step)({"params": params, "opt_state": optax.sgd(1.0).init(params), "step": jnp.zeros((), jnp.int32)},
+                         TrainBatch(tokens, seg, mask, behaviour, old, ref, adv, correct))
+    np.testing.assert_allclose(m["loss"], expected, rtol=1e-5, atol=1e-6)
