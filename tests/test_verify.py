@@ -91,6 +91,10 @@ EQUAL = [
     (r"\frac12", r"\mathbf{\frac{1}{2}}"), (r"\frac12", r"\textbf{\frac{1}{2}}"), (r"2\sqrt{5}", r"\boldsymbol{2\sqrt5}"),
     (r"\sin 32^\circ", r"\cos 58^\circ"), (r"2\cos 15^{\circ}", r"\frac{\sqrt6+\sqrt2}{2}"),
     ("1500000", "1.5e6"), ("0.0025", "2.5E-3"), (r"\sqrt{2}", "\u221a2"), ("x^2+1", "x\u00b2+1"), ("-3", "\u22123"),
+    (r"2\sqrt{3}", "\u221a12"), (r"3\sqrt{13}", "3\u221a13"), ("25", "25 cm\u00b2"), ("12", "12 m\u00b3"), ("30", "3e1"),
+    (r"1.5\times 10^6", "1.5e6"), ("1500000", r"1.5 \times 10^6"),
+    (r"\sqrt{e}", "e^{0.5}"), (r"\frac{1}{\sqrt e}", "e^{-0.5}"),  # sympy evaluates these to Floats
+    ("3", r"\log_2 8"), (r"3\sqrt2", r"\sqrt 2 3"), ("-3.5", "- 3 1/2"), (r"\frac32, \frac52", "1 1/2, 2 1/2"),
 ]
 
 # (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
@@ -160,6 +164,8 @@ UNEQUAL = [
     (r"(2\sqrt2, 1)", "(2.8284271247461903, 1)"),
     (r"\sin 32^\circ", r"\sin 32"), (r"\sin 32^\circ", r"\cos 32^\circ"), ("1500000", "1.5e5"),
     (r"\frac12", r"\mathbf{\frac{1}{3}}"),
+    ("2", "\u221a12"), ("0", "\u221a10"), ("70,110", r"70\%, 110"), ("3e", "3e1"),
+    (r"\begin{pmatrix} 2\sqrt2 \\ 1 \end{pmatrix}", "(2.8284271247461903, 1)"),
 ]
 
 # Each of these keeps sympy busy far beyond a few seconds (C-level big-integer loops, deep parses).
@@ -205,6 +211,7 @@ def test_veto_rejects_what_math_verify_accepts(gold, answer):
     (r"first \boxed{1}, then \boxed{2}", "2"),
     (r"\fbox{7} done", "7"),
     (r"\boxed 5 apples", "5"), (r"so \boxed5.", "5."), ("\\boxed\n{7}", "7"),
+    ("I put it in \\boxed\n\nThe answer is 7.", "7"),  # a bare \boxed's token is on its own line
     (r"\boxed{\{1, \{2\}\}}", r"\{1, \{2\}\}"),
     ("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,080", "1,080"),
     ("We get 6. Therefore, the answer is 42.", "42"),

@@ -45,13 +45,16 @@ def last_boxed(text: str) -> str | None:
     partner = _closing_braces(text) if matches else {}
     for match in reversed(matches):
         i = match.end()
-        while i < len(text) and text[i].isspace():
+        while i < len(text) and text[i].isspace():  # "\boxed\n{5}"
             i += 1
         if i < len(text) and text[i] == "{":
             if i in partner:
                 return text[i + 1 : partner[i]]
             continue
-        token = re.match(r"[^\s$]+", text[i:])  # `\boxed 5`
+        i = match.end()
+        while i < len(text) and text[i] in " \t":  # a bare token on the same line: "\boxed 5", "\boxed5"
+            i += 1
+        token = re.match(r"[^\s$]+", text[i:])
         if token and (i > match.end() or text[i].isdigit()):
             return token.group(0)
     return None
@@ -135,7 +138,8 @@ _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inc
 # "2 \frac{1}{2} cups": a mixed number).
 _NUMBER_PART = r"(?:[\d.,/^{}()+]|(?<=\d) (?=\\frac\b)|\\(?:d|t)?frac\b|\\sqrt\b|\\pi\b)"
 _UNIT_WORD_RE = re.compile(
-    rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}})\.?$")
+    rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}})(?:\^\{{?[23]\}}?)?\.?$")
+_SQUARE_METRES_RE = re.compile(rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+m\^\{{?[23]\}}?\.?$")
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
 _PERCENT_WORD_RE = re.compile(
     r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
@@ -144,7 +148,9 @@ _DEGREES_RE = re.compile(_DEGREE_MARK)  # keeps the space after: "76^\circ degre
 _TRIG_RE = re.compile(r"\\(?:arc)?(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])")
 _ANGLE_IN_DEGREES_RE = re.compile(rf"(\d+(?:\.\d+)?)\s*(?:{_DEGREE_MARK})")  # "32^\circ" in "\sin 32^\circ"
 # Unicode a model may write for LaTeX: "√2", "x²", "−3", "2π"
-_UNICODE_MATH = {"\u2212": "-", "\u221a": "\\sqrt ", "\u03c0": "\\pi ", "\u00b2": "^2", "\u00b3": "^3",
+# √ takes the number, letter, macro or parenthesis after it: "√12" is \sqrt{12}, where "\sqrt 12" would be 2\sqrt{1}
+_UNICODE_ROOT_RE = re.compile(r"\u221a\s*(?:(\d+(?:\.\d+)?|[A-Za-z]|\\[A-Za-z]+)|\(([^()]*)\))")
+_UNICODE_MATH = {"\u2212": "-", "\u221a": "\\sqrt", "\u03c0": "\\pi ", "\u00b2": "^2", "\u00b3": "^3",
                  "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u2264": "\\le ", "\u2265": "\\ge ", "\u221e": "\\infty "}
 _UNICODE_MATH_RE = re.compile("|".join(_UNICODE_MATH))
 _PERCENT_RE = re.compile(r"\\?%")
@@ -164,7 +170,8 @@ _INT = r"\d+"
 _DEC = r"(?:\d+\.\d*|\.\d+)"
 _NUM = rf"(?:{_DEC}|{_INT})"
 _PLAIN_RE = re.compile(rf"(-?){_NUM}")
-_SCIENTIFIC_RE = re.compile(rf"-?{_NUM}[eE]([+-]?\d{{1,3}})")  # "1.5e6", "2.5E-3"; |exponent| < 1000
+_SCIENTIFIC_RE = re.compile(rf"(-?{_NUM})[eE]\+?(-?\d{{1,3}})")  # "1.5e6", "2.5E-3": |exponent| < 1000
+_POWER_OF_TEN_RE = re.compile(rf"(-?{_NUM})\\(?:times|cdot)10\^(?:\{{(-?\d{{1,3}})\}}|(\d))")  # "1.5\times10^{6}"
 _SLASH_RE = re.compile(rf"(-?)({_NUM})/({_NUM})")
 _FRAC_RE = re.compile(rf"(-?)\\frac\{{(-?{_NUM})\}}\{{(-?{_NUM})\}}")
 _MIXED_RE = re.compile(rf"(-?)({_INT})\\frac\{{({_INT})\}}\{{({_INT})\}}")
@@ -209,6 +216,9 @@ def _drop_counted_noun(s: str) -> tuple[str, bool]:
     """(s without the plain words after a number that `_is_counted_noun` drops, whether s is a number
     and words of which one may change its value, none a scale that `_parse_number` reads: "3 squared",
     "4 fifteen", "2\\pi squared", not "3 thousand apples"; such an answer is not that number)."""
+    square_metres = _SQUARE_METRES_RE.fullmatch(s)  # "25 m^2", "12 m³": one letter, but a unit
+    if square_metres:
+        return square_metres.group(1), False
     number_words = _UNIT_WORD_RE.fullmatch(s)
     if number_words is None:
         return s, False
@@ -251,6 +261,7 @@ class _Cleaned(NamedTuple):
 
 def _clean(answer: str) -> _Cleaned:
     s = answer.strip()
+    s = _UNICODE_ROOT_RE.sub(lambda m: rf"\sqrt{{{m[1] if m[1] is not None else m[2]}}}", s)
     s = _UNICODE_MATH_RE.sub(lambda m: _UNICODE_MATH[m[0]], s)
     while True:  # "\boxed{\boxed{5}}", "\(5\)", "\mathbf{\frac{1}{2}}"
         wrapper = _WRAPPER_PREFIX_RE.match(s)  # ends at the '{' of the box
@@ -262,12 +273,16 @@ def _clean(answer: str) -> _Cleaned:
         else:
             break
     s = s.rstrip(". ")  # a sentence's period, before units that must end the answer: "81\\text{ teachers}."
+    scientific = _SCIENTIFIC_RE.fullmatch(s)
+    if scientific:  # "1.5e6" for sympy too, which reads it as 1.5 e 6 (Euler's e)
+        s = rf"{scientific[1]}\times10^{{{scientific[2]}}}"
     s = _THIN_THOUSANDS_RE.sub(",", s.replace("{,}", ","))  # "11,\! 111" -> "11,111"
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace(r"\colon", ":")
     s = s.replace(r"\langle", "(").replace(r"\rangle", ")")  # a vector "\langle 1, 2 \rangle"
     s = _BARE_FRAC_RE.sub(lambda m: rf"\frac{{{m[1]}}}{{{m[2] if m[2] is not None else m[3]}}}", s)
+    s = _spaced_numbers(s)
     if _TRIG_RE.search(s):  # an angle of a trigonometric function in radians: "\sin 30^\circ" is not "\sin 30"
         s = _ANGLE_IN_DEGREES_RE.sub(lambda m: rf"(\frac{{{m[1]}\pi}}{{180}})", s)
     s = _DEGREES_RE.sub("", s)
@@ -288,20 +303,31 @@ def _clean(answer: str) -> _Cleaned:
     return _Cleaned(s, variable, percent_word, changing)
 
 
-_SPACED_MIXED_RE = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")  # "2 1/2"
+_SPACED_MIXED_RE = re.compile(r"(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")  # "2 1/2"
 _SPACED_THOUSANDS_RE = re.compile(r"(?<![\d.])\d{1,3}(?:\s\d{3})+(?!\d)")  # "1 000 000"
-_DIGITS_APART_RE = re.compile(r"(?<=\d)\s+(?=\d)")
+_NUMBER_THEN_SPACE_RE = re.compile(r"(\d+(?:\.\d+)?)\s+(?=\d)")
+_ARGUMENT_END_RE = re.compile(r"(?:[_^]|\\[A-Za-z]+\s*)$")  # "x^2 3", "\log_2 8", "\sqrt 2 3": a one-token argument
 
 
-def _group_digits(s: str) -> tuple[str, bool]:
-    """Reads whitespace between digits before it is dropped: a mixed number ("2 1/2" -> 2\\frac{1}{2})
-    or thousands ("1 000" -> 1000); other digits stay apart, as "{}" ("3 5" -> "3{}5", never 35), and
-    the second value says there were such digits."""
-    mixed = _SPACED_MIXED_RE.fullmatch(s)
-    if mixed:
-        return rf"{mixed[1]}{mixed[2]}\frac{{{mixed[3]}}}{{{mixed[4]}}}", False
-    s = _SPACED_THOUSANDS_RE.sub(lambda m: re.sub(r"\s", "", m[0]), s)
-    grouped = _DIGITS_APART_RE.sub("{}", s)
+def _is_argument(s: str, start: int, also: str = "") -> bool:
+    """Whether the digits at `start` are a one-token argument (of `_`, `^`, a macro, or a char of `also`)."""
+    before = s[max(0, start - 40) : start]
+    return bool(_ARGUMENT_END_RE.search(before)) or (before[-1:] != "" and before[-1] in also)
+
+
+def _spaced_numbers(s: str) -> str:
+    """Mixed numbers ("2 1/2" -> 2\\frac{1}{2}, also in lists) and thousands ("1 000" -> 1000) written
+    with spaces, which are about to be dropped; not where the digits are a one-token argument."""
+    s = _SPACED_MIXED_RE.sub(lambda m: m[0] if _is_argument(s, m.start(), "/.")
+                             else rf"{m[1]}\frac{{{m[2]}}}{{{m[3]}}}", s)
+    return _SPACED_THOUSANDS_RE.sub(lambda m: re.sub(r"\s", "", m[0]), s)
+
+
+def _keep_apart(s: str) -> tuple[str, bool]:
+    """Numbers only whitespace separates stay apart, as "{}" ("3 5" -> "3{}5", never 35), and the second
+    value says there were such; digits that are a one-token argument ("x^2 3", "\\log_2 8") are left
+    to TeX's reading."""
+    grouped = _NUMBER_THEN_SPACE_RE.sub(lambda m: m[0] if _is_argument(s, m.start()) else m[1] + "{}", s)
     return grouped, grouped != s
 
 
@@ -338,7 +364,7 @@ def _analyze(answer: str) -> _Analysis:
     if _LETTERS_RE.fullmatch(s):
         word = bool(_TEXT_MACRO_RE.search(answer) or re.search(r"[A-Za-z]{4}", s))
         return _Analysis(re.sub(r"\s+", "", s), None, variable, False, True, word)
-    s, apart = _group_digits(s)
+    s, apart = _keep_apart(s)
     s = re.sub(r"\s+", "", s)
     s = _SINGLE_ARG_RE.sub(r"\\\1{\2}", s)  # \frac12 -> \frac{1}2, \sqrt2 -> \sqrt{2}
     s = _FRAC_SECOND_ARG_RE.sub(r"\1{\2}", s)  # \frac{1}2 -> \frac{1}{2}
@@ -363,7 +389,7 @@ def canonical_answer(answer: str) -> str:
 def exact_value(answer: str) -> Fraction | None:
     """The exact rational an answer denotes if it is a plain number, else None.
 
-    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `1.5e6`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
+    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `1.5e6`, `1.5 \\times 10^6`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
     mixed numbers `2\\frac{1}{2}` = 5/2, repeating decimals `0.1\\overline{6}` = 1/6, and any of these
     times a scale word: `2.5 million`, `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
     """
@@ -373,8 +399,11 @@ def exact_value(answer: str) -> Fraction | None:
 def _parse_number(s: str) -> Fraction | None:
     if not s or len(s) > _MAX_NUMBER_CHARS:
         return None
-    if _PLAIN_RE.fullmatch(s) or _SCIENTIFIC_RE.fullmatch(s):
+    if _PLAIN_RE.fullmatch(s):
         return Fraction(s)
+    m = _POWER_OF_TEN_RE.fullmatch(s)
+    if m:
+        return Fraction(m[1]) * Fraction(10) ** int(m[2] if m[2] is not None else m[3])
     for pattern in (_SLASH_RE, _FRAC_RE):
         m = pattern.fullmatch(s)
         if m:
@@ -501,7 +530,7 @@ def fast_verdict(answer: str | None, gold: str) -> bool | None:
     if a.core and a.core == g.core and a.percent == g.percent:
         return True
     bare = _BARE_THOUSANDS_RE.fullmatch(gold.strip())
-    if bare and a.core == bare[1]:  # a gold "70,110" (70110, or the list 70, 110) written "70, 110"
+    if bare and a.core == bare[1] and not a.percent:  # a gold "70,110" (70110, or the list 70, 110) as "70, 110"
         return True
     if g.word and a.letters:  # the gold alone decides, so that answers sharing a vote key share a verdict
         return a.core.lower() == g.core.lower()

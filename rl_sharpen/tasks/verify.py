@@ -40,6 +40,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.reduction
 import os
+import re
 import signal
 import time
 from typing import Sequence
@@ -49,6 +50,7 @@ import numpy as np
 from rl_sharpen.tasks.answers import clean_latex, expand_plus_minus, extract_answer, fast_verdict, too_long
 
 _REL_TOL = 1e-12
+_DECIMAL_RE = re.compile(r"(?<![\d.])\d*\.\d+")  # decimals as written: "3.14159", ".5"
 _EVAL_DIGITS = 30
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +116,10 @@ def _numeric_sort_key(e) -> tuple[float, float] | None:
     return None if n is None else (float(sympy.re(n)), float(sympy.im(n)))
 
 
-def _provably_distinct(a, b) -> bool:
-    """Veto for math-verify's tolerant matches: True iff aligned numbers in a and b differ, or one is an
-    equation and the other a value."""
+def _provably_distinct(a, b, decimals: frozenset = frozenset()) -> bool:
+    """Veto for math-verify's tolerant matches: True iff aligned numbers in a and b differ, one is an
+    equation and the other a value, or one is a decimal written in the answers (|value| in `decimals`)
+    and the other provably irrational."""
     import sympy
     from sympy.matrices import MatrixBase
 
@@ -127,9 +130,9 @@ def _provably_distinct(a, b) -> bool:
     if isinstance(a, sympy.Eq) != isinstance(b, sympy.Eq):  # an equation is not a value: "x^2 = 5" vs 5
         return True
     if isinstance(a, MatrixBase) and isinstance(b, MatrixBase):
-        return a.shape == b.shape and any(_provably_distinct(x, y) for x, y in zip(a, b))
+        return a.shape == b.shape and any(_provably_distinct(x, y, decimals) for x, y in zip(a, b))
     if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
-        return _provably_distinct(a.start, b.start) or _provably_distinct(a.end, b.end)
+        return _provably_distinct(a.start, b.start, decimals) or _provably_distinct(a.end, b.end, decimals)
     containers = (sympy.Tuple, sympy.FiniteSet)
     if isinstance(a, containers) and isinstance(b, containers):
         if len(a) != len(b):
@@ -139,9 +142,10 @@ def _provably_distinct(a, b) -> bool:
             if any(_numeric_sort_key(e) is None for e in xs + ys):
                 return False
             xs, ys = sorted(xs, key=_numeric_sort_key), sorted(ys, key=_numeric_sort_key)
-        return any(_provably_distinct(x, y) for x, y in zip(xs, ys))
+        return any(_provably_distinct(x, y, decimals) for x, y in zip(xs, ys))
     if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
-        if (a.is_Float and b.is_rational is False) or (b.is_Float and a.is_rational is False):
+        written = lambda x: x.is_Float and abs(float(x)) in decimals  # noqa: E731 (not e^{0.5}, a Float too)
+        if (written(a) and b.is_rational is False) or (written(b) and a.is_rational is False):
             return True  # a decimal is rational: 3.141592653589793 is not pi, however many digits it has
         if a.free_symbols or b.free_symbols:
             a, b = _substitute_symbols(a, b)
@@ -171,15 +175,16 @@ def symbolic_equal(answer: str, gold: str) -> bool:
     gold_parsed, answer_parsed = _parse(gold), _parse(answer)
     if not gold_parsed or not answer_parsed:
         return False
+    decimals = frozenset(float(d) for text in (answer, gold) for d in _DECIMAL_RE.findall(clean_latex(text)))
     if not math_verify.verify(gold_parsed, answer_parsed, timeout_seconds=None):
-        return _vector_equal(gold_parsed[0], answer_parsed[0])
+        return _vector_equal(gold_parsed[0], answer_parsed[0], decimals)
     plus_minus = any(sign in text for text in (answer, gold) for sign in (r"\pm", r"\mp"))
     if _interval_against_points(gold_parsed[0], answer_parsed[0], plus_minus):
         return False
-    return not _provably_distinct(gold_parsed[0], answer_parsed[0])
+    return not _provably_distinct(gold_parsed[0], answer_parsed[0], decimals)
 
 
-def _vector_equal(a, b) -> bool:
+def _vector_equal(a, b, decimals: frozenset = frozenset()) -> bool:
     """A column or row vector written as a tuple, "(1, 2)", against the matrix form (math-verify
     compares them as different kinds): equal when every entry is."""
     import math_verify
@@ -192,7 +197,7 @@ def _vector_equal(a, b) -> bool:
     if not (isinstance(vector, MatrixBase) and 1 in vector.shape and isinstance(entries, sympy.Tuple)
             and len(entries) == len(vector)):
         return False
-    return all(math_verify.verify(x, y, timeout_seconds=None) and not _provably_distinct(x, y)
+    return all(math_verify.verify(x, y, timeout_seconds=None) and not _provably_distinct(x, y, decimals)
                for x, y in zip(vector, entries))
 
 
