@@ -111,7 +111,8 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
     from rl_sharpen.experiment import make_rl_run, to_record
 
     if "://" in workdir:
-        raise ConfigError(f"--workdir={workdir}: the demo needs a local workdir (RL, SFT and eval runs take gs:// URLs)")
+        raise ConfigError(f"--workdir={workdir}: the demo needs a local workdir "
+                          "(RL, SFT and eval runs take gs:// URLs)")
     cfg, start = sft_start(exp, workdir, task, mesh)
     reports, summaries, results = {}, {}, {}
 

@@ -88,10 +88,12 @@ EQUAL = [
     (r"\frac{5}{2}", "2 1/2"), (r"137 \frac{1}{2}", "137 1/2"), (r"1\frac{4}{5}", "1 4/5"), ("-1.5", "-1 1/2"),
     ("1000000", "1 000 000"), ("70,110", "70, 110"), ("70,110", r"70^\circ, 110^\circ"),
     # bold, angles of trigonometric functions, scientific notation, Unicode
-    (r"\frac12", r"\mathbf{\frac{1}{2}}"), (r"\frac12", r"\textbf{\frac{1}{2}}"), (r"2\sqrt{5}", r"\boldsymbol{2\sqrt5}"),
+    (r"\frac12", r"\mathbf{\frac{1}{2}}"), (r"\frac12", r"\textbf{\frac{1}{2}}"),
+    (r"2\sqrt{5}", r"\boldsymbol{2\sqrt5}"),
     (r"\sin 32^\circ", r"\cos 58^\circ"), (r"2\cos 15^{\circ}", r"\frac{\sqrt6+\sqrt2}{2}"),
     ("1500000", "1.5e6"), ("0.0025", "2.5E-3"), (r"\sqrt{2}", "\u221a2"), ("x^2+1", "x\u00b2+1"), ("-3", "\u22123"),
-    (r"2\sqrt{3}", "\u221a12"), (r"3\sqrt{13}", "3\u221a13"), ("25", "25 cm\u00b2"), ("12", "12 m\u00b3"), ("30", "3e1"),
+    (r"2\sqrt{3}", "\u221a12"), (r"3\sqrt{13}", "3\u221a13"), ("25", "25 cm\u00b2"), ("12", "12 m\u00b3"),
+    ("30", "3e1"),
     (r"1.5\times 10^6", "1.5e6"), ("1500000", r"1.5 \times 10^6"),
     (r"\sqrt{e}", "e^{0.5}"), (r"\frac{1}{\sqrt e}", "e^{-0.5}"),  # sympy evaluates these to Floats
     ("3", r"\log_2 8"), (r"3\sqrt2", r"\sqrt 2 3"), ("-3.5", "- 3 1/2"), (r"\frac32, \frac52", "1 1/2, 2 1/2"),

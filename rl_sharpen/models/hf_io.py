@@ -1,11 +1,11 @@
 """Hugging Face checkpoint folders in and out.
 
 `load_hf` reads `config.json` and `model.safetensors` (else the shards of
-`model.safetensors.index.json`, as transformers does) one tensor at a time and places each parameter straight into its
-target sharding, so the whole model never sits on one device. Every tensor of the checkpoint must be
-one the model of its config.json uses (a stored tied `lm_head.weight` and old `rotary_emb.inv_freq`
-buffers, which rope recomputes, excepted): a leftover tensor means config.json describes another
-model, and raises CheckpointError before anything is read. `save_hf` writes a folder that
+`model.safetensors.index.json`, as transformers does) one tensor at a time and places each parameter
+straight into its target sharding, so the whole model never sits on one device. Every tensor of the
+checkpoint must be one the model of its config.json uses (a stored tied `lm_head.weight` and old
+`rotary_emb.inv_freq` buffers, which rope recomputes, excepted): a leftover tensor means config.json
+describes another model, and raises CheckpointError before anything is read. `save_hf` writes a folder that
 `transformers.AutoModelForCausalLM.from_pretrained` loads.
 """
 

@@ -139,7 +139,7 @@ _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inc
 _NUMBER_PART = r"(?:[\d.,/^{}()+]|(?<=\d) (?=\\frac\b)|\\(?:d|t)?frac\b|\\sqrt\b|\\pi\b)"
 _UNIT_WORD_RE = re.compile(
     rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}})(?:\^\{{?[23]\}}?)?\.?$")
-_SQUARE_METRES_RE = re.compile(rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+m\^\{{?[23]\}}?\.?$")
+_METRE_POWER_RE = re.compile(rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+m\^\{{?[23]\}}?\.?$")
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
 _PERCENT_WORD_RE = re.compile(
     r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
@@ -216,9 +216,9 @@ def _drop_counted_noun(s: str) -> tuple[str, bool]:
     """(s without the plain words after a number that `_is_counted_noun` drops, whether s is a number
     and words of which one may change its value, none a scale that `_parse_number` reads: "3 squared",
     "4 fifteen", "2\\pi squared", not "3 thousand apples"; such an answer is not that number)."""
-    square_metres = _SQUARE_METRES_RE.fullmatch(s)  # "25 m^2", "12 m³": one letter, but a unit
-    if square_metres:
-        return square_metres.group(1), False
+    metres = _METRE_POWER_RE.fullmatch(s)  # "25 m^2", "12 m³": one letter, but a unit
+    if metres:
+        return metres.group(1), False
     number_words = _UNIT_WORD_RE.fullmatch(s)
     if number_words is None:
         return s, False
@@ -312,7 +312,7 @@ _ARGUMENT_END_RE = re.compile(r"(?:[_^]|\\[A-Za-z]+\s*)$")  # "x^2 3", "\log_2 8
 def _is_argument(s: str, start: int, also: str = "") -> bool:
     """Whether the digits at `start` are a one-token argument (of `_`, `^`, a macro, or a char of `also`)."""
     before = s[max(0, start - 40) : start]
-    return bool(_ARGUMENT_END_RE.search(before)) or (before[-1:] != "" and before[-1] in also)
+    return bool(_ARGUMENT_END_RE.search(before)) or (bool(before) and before[-1] in also)
 
 
 def _spaced_numbers(s: str) -> str:
@@ -389,7 +389,8 @@ def canonical_answer(answer: str) -> str:
 def exact_value(answer: str) -> Fraction | None:
     """The exact rational an answer denotes if it is a plain number, else None.
 
-    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `1.5e6`, `1.5 \\times 10^6`, `3/4`, `\\frac{3}{4}`, `\\frac{-3}{4.5}`,
+    Accepted (after `clean_latex`): `-12`, `0.75`, `.5`, `1.5e6`, `1.5 \\times 10^6`, `3/4`, `\\frac{3}{4}`,
+    `\\frac{-3}{4.5}`,
     mixed numbers `2\\frac{1}{2}` = 5/2, repeating decimals `0.1\\overline{6}` = 1/6, and any of these
     times a scale word: `2.5 million`, `10\\text{ thousand}`, `3 dozen`. Decimals are exact: 0.333333 != 1/3.
     """
