@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Mapping
 
 import jax
@@ -113,7 +114,10 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
 
             purge = None if resume_step is None else resume_step + 1  # hides the replaced steps' events
-            self._tb = SummaryWriter(os.fspath(workdir / "tb" / name), purge_step=purge)
+            # event files are named by the second they open in: a writer opened again within it (a run
+            # resumed in the same process) would truncate the first one's file without its own suffix
+            self._tb = SummaryWriter(os.fspath(workdir / "tb" / name), purge_step=purge,
+                                     filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
     def write(self, step: int, metrics: Mapping[str, object]) -> dict:
         row = {"step": int(step)}

@@ -330,6 +330,17 @@ def test_resume_tells_tensorboard_to_hide_the_rerun_steps(tmp_path):
     assert starts == {"fresh": [], "resumed": [21]}
 
 
+def test_a_writer_opened_again_within_a_second_keeps_the_first_ones_events(tmp_path):
+    first = MetricWriter(tmp_path, "train", is_main=True)
+    _write_steps(first, range(1, 4))
+    first.close()
+    again = MetricWriter(tmp_path, "train", is_main=True, resume_step=3)  # a resume in the same process
+    _write_steps(again, range(4, 6))
+    again.close()
+    scalars = sorted(e.step for e in _tensorboard_events(tmp_path / "tb" / "train") if e.HasField("summary"))
+    assert scalars == [1, 2, 3, 4, 5]
+
+
 def test_only_the_main_process_writes(tmp_path):
     MetricWriter(tmp_path / "a", "train", is_main=False).write(1, {"reward": 1.0})
     assert not (tmp_path / "a").exists()
