@@ -97,17 +97,20 @@ def test_bad_requests_exit_2_and_say_why(tmp_path, args, env, message):
     assert done.returncode == 2 and message in done.stderr and not done.stdout
 
 
-def test_without_rev_the_checkouts_head_must_be_on_a_pushed_branch(tmp_path):
-    def git(*args, cwd):
-        subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+def _git(*args, cwd) -> str:
+    """Real git in `cwd`, as a committer named t; its output."""
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
 
+
+def test_without_rev_the_checkouts_head_must_be_on_a_pushed_branch(tmp_path):
     origin, work = tmp_path / "origin.git", tmp_path / "work"
-    git("init", "-q", "--bare", str(origin), cwd=tmp_path)
-    git("init", "-q", str(work), cwd=tmp_path)
+    _git("init", "-q", "--bare", str(origin), cwd=tmp_path)
+    _git("init", "-q", str(work), cwd=tmp_path)
     (work / "a.txt").write_text("1")
-    git("add", "a.txt", cwd=work)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one", cwd=work)
-    git("remote", "add", "origin", str(origin), cwd=work)
+    _git("add", "a.txt", cwd=work)
+    _git("commit", "-qm", "one", cwd=work)
+    _git("remote", "add", "origin", str(origin), cwd=work)
     env = {**os.environ, "DRY_RUN": "1"}
     env.pop("REV", None)
 
@@ -118,9 +121,9 @@ def test_without_rev_the_checkouts_head_must_be_on_a_pushed_branch(tmp_path):
     unpushed = launch()
     assert unpushed.returncode == 2 and not unpushed.stdout
     assert "is on no remote branch (as of the last git fetch), so the hosts cannot check it out" in unpushed.stderr
-    git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
-    git("fetch", "-q", "origin", cwd=work)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+    _git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+    _git("fetch", "-q", "origin", cwd=work)
+    head = _git("rev-parse", "HEAD", cwd=work)
     pushed = launch()
     assert pushed.returncode == 0 and f"git checkout -q {head}" in pushed.stdout and not pushed.stderr
     (work / "a.txt").write_text("2")
@@ -129,22 +132,18 @@ def test_without_rev_the_checkouts_head_must_be_on_a_pushed_branch(tmp_path):
 
 
 def test_a_branch_name_is_the_commit_it_names_at_launch_not_a_hosts_old_branch(tmp_path):
-    def git(*args, cwd):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
-                              capture_output=True, text=True).stdout.strip()
-
     origin, work, home, bin_dir = (tmp_path / n for n in ("origin.git", "work", "home", "bin"))
-    git("init", "-q", "--bare", str(origin), cwd=tmp_path)
-    git("clone", "-q", str(origin), str(work), cwd=tmp_path)
+    _git("init", "-q", "--bare", str(origin), cwd=tmp_path)
+    _git("clone", "-q", str(origin), str(work), cwd=tmp_path)
     (work / "v.txt").write_text("1")
-    git("add", "v.txt", cwd=work)
-    git("commit", "-qm", "one", cwd=work)
-    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    _git("add", "v.txt", cwd=work)
+    _git("commit", "-qm", "one", cwd=work)
+    _git("push", "-q", "origin", "HEAD:main", cwd=work)
     home.mkdir()
-    git("clone", "-q", "-b", "main", str(origin), "rl_sharpen", cwd=home)  # a host's clone from an earlier launch
+    _git("clone", "-q", "-b", "main", str(origin), "rl_sharpen", cwd=home)  # a host's clone from an earlier launch
     (work / "v.txt").write_text("2")
-    git("commit", "-qam", "two", cwd=work)
-    git("push", "-q", "origin", "HEAD:main", cwd=work)
+    _git("commit", "-qam", "two", cwd=work)
+    _git("push", "-q", "origin", "HEAD:main", cwd=work)
     printed = _remote_script(tmp_path, REPO_URL=str(origin), REV="main")
     assert printed.returncode == 0, printed.stderr
     bin_dir.mkdir()
@@ -154,7 +153,7 @@ def test_a_branch_name_is_the_commit_it_names_at_launch_not_a_hosts_old_branch(t
     done = subprocess.run(["bash", "-c", printed.stdout], capture_output=True, text=True, env=env, cwd=home, timeout=60)
     assert done.returncode == 0, done.stderr
     assert (home / "rl_sharpen" / "v.txt").read_text() == "2"
-    assert git("rev-parse", "HEAD", cwd=home / "rl_sharpen") == git("rev-parse", "HEAD", cwd=work)
+    assert _git("rev-parse", "HEAD", cwd=home / "rl_sharpen") == _git("rev-parse", "HEAD", cwd=work)
     unknown = _remote_script(tmp_path, REPO_URL=str(origin), REV="no-such-branch")
     assert unknown.returncode == 2 and "REV=no-such-branch is no commit id, nor a branch or tag of" in unknown.stderr
 

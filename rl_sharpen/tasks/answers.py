@@ -129,17 +129,19 @@ _FRACTION_WORD_RE = re.compile(  # "1 twelfth", "3 millionths", "5 hundreths"
 # Words that join units: "4 sq ft", "60 miles per hour", "12 meters squared".
 _UNIT_LINKS = frozenset("sq square cubic squared cubed per".split())
 _ONE_LETTER_UNITS = frozenset("mgshLKVWJN")  # "\text{ m}^2" is a unit; "\mathrm{i}", "\text{e}" are not
-# Units, which may follow a plain number without a \text{} even with two letters ("18 dollars", "4 sq ft").
+# Units, which may follow a plain number without a \text{} even with two letters ("18 dollars", "4 sq ft"),
+# and metres with a power ("25 m^2").
 _UNIT_WORDS = frozenset(f"{w}{s}" for w in """dollar cent degree radian unit inch foot feet meter metre
     centimeter millimeter kilometer mile yard cm mm km ft yd mph kg gram mg ml liter litre gallon ounce oz
-    pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s")) | {"inches"}
-# A number and up to three plain words: "18 dollars", "4 square feet", "81 math teachers"; the number
+    pound lb hour hr minute min second sec day week month year""".split() for s in ("", "s")) | {"inches", "m"}
+# A number and up to three plain words, the last one maybe with a power: "18 dollars", "4 square feet", "25 cm^2",
+# "81 math teachers", and one letter with a power, "25 m^2" (without it, "5 m" may be a product); the number
 # may be written in LaTeX without letters outside its commands ("6\sqrt{3} units", "\frac{3}{4} cup",
 # "2 \frac{1}{2} cups": a mixed number).
 _NUMBER_PART = r"(?:[\d.,/^{}()+]|(?<=\d) (?=\\frac\b)|\\(?:d|t)?frac\b|\\sqrt\b|\\pi\b)"
 _UNIT_WORD_RE = re.compile(
-    rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}})(?:\^\{{?[23]\}}?)?\.?$")
-_METRE_POWER_RE = re.compile(rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+m\^\{{?[23]\}}?\.?$")
+    rf"^(-?{_NUMBER_PART}*\d{_NUMBER_PART}*)\s+((?:[a-zA-Z]{{2,}}\.?\s+){{0,2}}[a-zA-Z]{{2,}}|m(?=\^))"
+    rf"(?:\^\{{?[23]\}}?)?\.?$")
 # A percent written as a word at the end, after a digit: "25 percent", "25\text{ per cent}".
 _PERCENT_WORD_RE = re.compile(
     r"(?<=\d)\s*(?:\\(?:text|textrm|mathrm|mbox)\{\s*)?(?:percents?|per\s+cent|pct)\s*\}?\s*$", re.IGNORECASE)
@@ -216,9 +218,6 @@ def _drop_counted_noun(s: str) -> tuple[str, bool]:
     """(s without the plain words after a number that `_is_counted_noun` drops, whether s is a number
     and words of which one may change its value, none a scale that `_parse_number` reads: "3 squared",
     "4 fifteen", "2\\pi squared", not "3 thousand apples"; such an answer is not that number)."""
-    metres = _METRE_POWER_RE.fullmatch(s)  # "25 m^2", "12 m³": one letter, but a unit
-    if metres:
-        return metres.group(1), False
     number_words = _UNIT_WORD_RE.fullmatch(s)
     if number_words is None:
         return s, False
