@@ -203,6 +203,28 @@ def test_contrast_with_another_vocabulary_is_refused():
                           contrast=sampling.Contrast(random_params(other, 0), other, 0.5))
 
 
+@pytest.mark.parametrize("weight", [-0.5, float("nan"), float("inf"), np.ones(2)])
+def test_contrast_weight_must_be_a_finite_scalar_at_least_zero(weight):
+    cfg, params = peaky_model()
+    memory_cfg, memory_params = peaky_model(seed=3, num_layers=1)
+    with pytest.raises(ValueError, match=r"Contrast.weight=.*allowed: a finite scalar mu >= 0"):
+        sampling.generate(params, cfg, PROMPTS, jax.random.key(0), sampling.SamplingConfig(max_new_tokens=N),
+                          contrast=sampling.Contrast(memory_params, memory_cfg, weight))
+
+
+def test_contrast_shorter_than_the_samples_is_refused():
+    cfg, params = peaky_model()
+    memory_cfg, memory_params = peaky_model(seed=3, num_layers=1)
+    needed = max(map(len, PROMPTS)) + N
+    short = memory_cfg.replace(max_position_embeddings=needed - 1)
+    with pytest.raises(ValueError, match=f"needs {needed} positions > Contrast.cfg.max_position_embeddings"):
+        sampling.generate(params, cfg, PROMPTS, jax.random.key(0), sampling.SamplingConfig(max_new_tokens=N),
+                          contrast=sampling.Contrast(memory_params, short, 0.5))
+    out = sampling.generate(params, cfg, PROMPTS, jax.random.key(0), sampling.SamplingConfig(max_new_tokens=N),
+                            contrast=sampling.Contrast(memory_params, short.replace(max_position_embeddings=needed), 0.5))
+    assert out.tokens.shape == (len(PROMPTS), N)
+
+
 def test_greedy_takes_the_argmax_path():
     cfg, params = peaky_model()
     out = sampling.generate(params, cfg, PROMPTS, jax.random.key(0),

@@ -26,6 +26,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rl_sharpen.models import transformer
 from rl_sharpen.models.config import ModelConfig
@@ -318,8 +319,16 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
     if contrast is not None and contrast.cfg.vocab_size != cfg.vocab_size:
         raise ValueError(f"Contrast.cfg.vocab_size={contrast.cfg.vocab_size}; must equal the policy's "
                          f"vocab_size={cfg.vocab_size}")
+    if contrast is not None and not (np.ndim(contrast.weight) == 0 and 0 <= float(contrast.weight) < math.inf):
+        raise ValueError(f"Contrast.weight={contrast.weight!r}; allowed: a finite scalar mu >= 0")
     tokens, segments = prompt_lib.prepare(prompts, cfg, max_new_tokens=sc.max_new_tokens, pad_id=sc.pad_id,
                                           width=sc.prompt_width, owner="SamplingConfig")
+    if contrast is not None:
+        needed = int(np.max(np.sum(segments != 0, axis=1))) + sc.max_new_tokens
+        if needed > contrast.cfg.max_position_embeddings:
+            raise ValueError(f"the longest prompt with SamplingConfig.max_new_tokens={sc.max_new_tokens} needs "
+                             f"{needed} positions > Contrast.cfg.max_position_embeddings="
+                             f"{contrast.cfg.max_position_embeddings}")
     tokens, segments = kv.place_rows(tokens, mesh), kv.place_rows(segments, mesh)
     cache_len = tokens.shape[1] + sc.max_new_tokens
 
