@@ -30,6 +30,10 @@ from rl_sharpen.task_setup import make_generate_fn, prompt_width
 
 
 _WARM_START_RECORD = "warm_start.json"  # in sft_model/: the settings it was trained with
+# the data fields the warm start reads: the arithmetic, the solution mix and the held-out validation problems
+WARM_START_DATA = ("train", "synthetic_max_steps", "synthetic_max_value", "synthetic_max_operand", "sft_correct",
+                   "sft_guess", "sft_wrong_step", "synthetic_validation_problems", "synthetic_validation_seed",
+                   "synthetic_hold_out", "synthetic_hold_out_openings")
 
 
 def _check_warm_start(path: str, record: dict) -> None:
@@ -37,8 +41,13 @@ def _check_warm_start(path: str, record: dict) -> None:
     if not os.path.exists(saved):
         raise CheckpointMismatch(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; "
                                  "use a new --workdir")
+    recorded = {f"data.{k}" for k in record["data"]}
+
+    def allowed(field):  # sft.log_every, sft.checkpoint_every; data fields it does not read (older records hold them)
+        return resumable_change(field) or field.startswith("data.") and field not in recorded
+
     with open(saved) as f:
-        detail = config_changes(json.load(f), record, resumable_change)  # sft.log_every, sft.checkpoint_every
+        detail = config_changes(json.load(f), record, allowed)
     if detail:
         raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
                                  "or delete sft_model, sft_checkpoints and the regime folders to start over")
@@ -57,7 +66,7 @@ def sft_start(exp, workdir, task, mesh):
     record = json.loads(json.dumps({
         "model": dataclasses.asdict(exp.model), "sft": dataclasses.asdict(sft_cfg),
         "optim": dataclasses.asdict(sft_optim),
-        "data": {k: v for k, v in dataclasses.asdict(exp.data).items() if not k.startswith("validation")}}))
+        "data": {k: getattr(exp.data, k) for k in WARM_START_DATA}}))
     if multihost_utils.broadcast_one_to_all(os.path.exists(path)):  # one folder all hosts see (experiment.run)
         _check_warm_start(path, record)  # on every process, so that all of them raise alike
         logging.info("reusing the warm start in %s (an RL seed may differ from the one it was trained with)", path)
@@ -108,7 +117,7 @@ def _plot_curves(workdir: str, regimes, path: str) -> None:
 
 def run_demo(exp, workdir: str, task, mesh) -> dict:
     from rl_sharpen.config import ConfigError
-    from rl_sharpen.experiment import make_rl_run, to_record
+    from rl_sharpen.experiment import make_rl_run, save_policy, to_record
 
     if "://" in workdir:
         raise ConfigError(f"--workdir={workdir}: the demo needs a local workdir "
@@ -133,8 +142,11 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
         reward_cfg = rw.with_regime(exp.reward, regime)
         run = make_rl_run(exp, os.path.join(workdir, regime), cfg, jax.tree.map(lambda x: x.copy(), start), task,
                           mesh, name=regime, reward_cfg=reward_cfg)
-        run.evaluate = None  # the demo evaluates once at the end, on the same problems for every regime
+        if not exp.train.eval_every:  # the demo evaluates at the end, on the same problems for every regime
+            run.evaluate = None
         run.run()
+        if exp.train.save_policy:
+            save_policy(run.final_state["params"], cfg, exp, task, os.path.join(workdir, regime, "policy_model"))
         evaluate(run.final_state["params"], regime)
 
     table = {name: _headline(s) for name, s in summaries.items()}

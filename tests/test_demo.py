@@ -63,7 +63,12 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
         assert json.loads((tmp_path / regime / "config.json").read_text())["reward"] == _reward_record(
             tmp_path / regime)
         assert sorted(p.name for p in (tmp_path / regime / "tb").iterdir()) == [regime]
-        assert not (tmp_path / regime / f"{regime}_eval.jsonl").exists()
+        assert not (tmp_path / regime / f"{regime}_eval.jsonl").exists()  # train.eval_every = 0
+    from rl_sharpen import models
+
+    trained = models.load_hf(str(tmp_path / "sharpening" / "policy_model"))[1]  # train.save_policy
+    warm = models.load_hf(str(tmp_path / "sft_model"))[1]
+    assert not np.array_equal(trained["embed"], warm["embed"])
 
     sharpening = _reward_record(tmp_path / "sharpening")
     assert (sharpening["mode"], sharpening["alpha"], sharpening["beta_inv"]) == ("optimization", 1.0, 0.0)
@@ -78,8 +83,8 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     again = experiment.run(c, str(tmp_path))
     assert list(again) == ["sft_start", "sharpening"] and again["sharpening"] == table["sharpening"]
     assert (tmp_path / "sharpening" / "sharpening.jsonl").read_text().splitlines() == [json.dumps(r) for r in rows]
-    # Another seed shares the warm start (one warm start, several RL seeds), other SFT settings do not.
-    from rl_sharpen import models
+    # Another seed shares the warm start (one warm start, several RL seeds), other SFT settings do not;
+    # nor do data fields the warm start does not read.
     from rl_sharpen.demo import sft_start
     from rl_sharpen.task_setup import build_task
 
@@ -87,6 +92,9 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
     exp = experiment.parse(c)
     _, reused = sft_start(exp, str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
     jax.tree.map(np.testing.assert_array_equal, reused, models.load_hf(str(tmp_path / "sft_model"))[1])
+    c.data.train_limit, c.data.synthetic_train_problems = 50, 300  # the RL problems
+    sft_start(experiment.parse(c), str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
+    c.data.train_limit, c.data.synthetic_train_problems = 0, 20000
     c.optim.b2, c.optim.clip_norm = 0.99, 0.5  # the RL runs' optimizer: the warm start has its own
     sft_start(experiment.parse(c), str(tmp_path), build_task(exp.data, exp.model, exp.seed), None)
     c.optim.b2, c.optim.clip_norm = 0.999, 1.0
@@ -98,11 +106,15 @@ def test_tiny_demo_writes_its_results_and_trains_each_regime_with_the_configured
         experiment.run(c, str(tmp_path))
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.json*") if "checkpoints" not in p.parts} == results
     # No RL steps (the warm start evaluated as each regime): the curves are empty, not a missing file.
+    # With train.eval_every, each regime also validates on its own schedule (here: at its start).
     shutil.copytree(tmp_path / "sft_model", tmp_path / "no_steps" / "sft_model")
-    steps, c.train.steps = c.train.steps, 0
+    steps, c.train.steps, c.train.eval_every, c.train.save_policy = c.train.steps, 0, 1, False
     assert experiment.run(c, str(tmp_path / "no_steps"))["sharpening"]["pass@1"] is not None
     assert (tmp_path / "no_steps" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
-    c.train.steps = steps
+    assert [json.loads(r)["step"] for r in (tmp_path / "no_steps" / "sharpening" / "sharpening_eval.jsonl")
+            .read_text().splitlines()] == [0]
+    assert not (tmp_path / "no_steps" / "sharpening" / "policy_model").exists()
+    c.train.steps, c.train.eval_every, c.train.save_policy = steps, 0, True
     c.demo.sft_steps += 1
     with pytest.raises(ValueError, match=r"sft_model was trained with other settings \(optim.total_steps: 10 -> 11, "
                                          r"optim.warmup_steps: 10 -> 11, sft.steps: 10 -> 11\)"):
@@ -323,3 +335,35 @@ def test_demo_seeds_summarizes_a_campaign_at_the_k_its_runs_evaluated(tmp_path, 
                                                 evaluation.load_results(eval_file.format("sft_start")), [1, 4])
         assert change["pass@4"]["per_seed"][seed] == pytest.approx(expected["pass@k"][4])
         assert change["maj@4"]["per_seed"][seed] == pytest.approx(expected["maj@k"][4])
+
+
+def test_the_warm_start_record_holds_every_data_field_its_examples_depend_on():
+    """A data field left out of `WARM_START_DATA` must not change the warm start's examples (a field that
+    did would let a changed setting reuse a warm start trained without it); each listed one changes them."""
+    import dataclasses
+
+    from rl_sharpen.demo import WARM_START_DATA
+    from rl_sharpen.task_setup import DataConfig, SyntheticTask
+
+    base = DataConfig(synthetic_validation_problems=20)
+    other = {"train_split": "test", "train_limit": 7, "validation_split": "train", "validation_limit": 3,
+             "tokenizer": "somewhere", "template": "Solve: {problem}", "system_prompt": "Be brief.",
+             "use_chat_template": False, "synthetic_train_problems": 50,
+             "synthetic_max_steps": 2, "synthetic_max_value": 15, "synthetic_max_operand": 4, "sft_correct": 0.9,
+             "sft_guess": 0.0, "sft_wrong_step": 0.8, "synthetic_validation_problems": 40,
+             "synthetic_validation_seed": 5, "synthetic_hold_out": False, "synthetic_hold_out_openings": True}
+    fields = {f.name for f in dataclasses.fields(DataConfig)} - {"train", "validation"}  # synthetic on both sides
+    assert set(other) == fields, "give the new DataConfig field a changed value here"
+
+    def examples(data):
+        return SyntheticTask(data).sft_pairs(np.random.default_rng(0), 300)
+
+    reference, refused = examples(base), []
+    for name, value in other.items():
+        try:
+            changed = dataclasses.replace(base, **{name: value})
+        except ValueError:  # not settable with the synthetic task
+            refused.append(name)
+            continue
+        assert (examples(changed) != reference) == (name in WARM_START_DATA), name
+    assert not set(refused) & set(WARM_START_DATA) and len(refused) < 6, refused
