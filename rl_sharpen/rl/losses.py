@@ -22,12 +22,16 @@ from (sampler temperature / top-p applied), lp_old those of the policy that anch
   alpha_dpg   reinforce with A_i = `alpha_dpg_advantages` (Kruszewski et al. 2026, below), recomputed from
               the current sg(lp) at every step; batch.advantages is ignored
 
-Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py). Its expected gradient is
-that of a per-position KL at the prefixes the sampler visits, with their visit probabilities held fixed
-(those of pi, unless calibration or a temperature samples from q != pi: the penalty takes no importance
-weight) (k2: sum_u P_pi(u) KL(pi(.|u) || p_ref(.|u)); k3 the same with KL(p_ref(.|u) || pi(.|u))), not the
-gradient of the sequence-level KL(pi || p_ref). For the objective's sequence-level KL, and its optimum
-p_ref e^{r / beta} / Z, put it in the reward instead: `RewardConfig.kl_coef` with k1.
+Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py). Sampled from pi and
+under the constant normalizer (seq-mean-token-sum), its expected gradient is that of a per-position
+KL at the prefixes pi visits, their visit probabilities held fixed (k2: sum_u P_pi(u) KL(pi(.|u) ||
+p_ref(.|u)); k3 the same with KL(p_ref(.|u) || pi(.|u)); k1: zero), not the gradient of the
+sequence-level KL(pi || p_ref); the other aggregations reweight it by length. Sampled from q != pi
+(a temperature, calibration) it takes no importance weight, so each prefix averages grad k over
+tokens drawn from q, which is the gradient of no KL: k1 then descends
+-sum_u P_q(u) CE(q(.|u), pi(.|u)), pushing pi away from q, and k2 / k3 miss their per-position KL
+(relative error 0.18 at temperature 0.6 on a 3-token model). For the objective's sequence-level KL, and
+its optimum p_ref e^{r / beta} / Z, put it in the reward instead: `RewardConfig.kl_coef` with k1.
 
 Aggregation over generated tokens (mask m, L_i = sum_t m_it, N' = number of rows with L_i > 0):
   token-mean            sum_{i,t} m l / sum_{i,t} m
