@@ -9,6 +9,7 @@ Float32 matmuls ask for full float32 precision (see `precision`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -76,6 +77,28 @@ def decoder_specs(cfg: ModelConfig) -> dict:
     if not cfg.tie_embeddings:
         specs["lm_head"] = ParamSpec((D, V), ("embed", "vocab"))
     return specs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def embed(table: jax.Array, tokens: jax.Array, dtype) -> jax.Array:
+    """table[tokens] in `dtype`. Its gradient sums each token's rows in float32 before casting to the
+    table's dtype: a bfloat16 sum (the gradient of `table.astype(bfloat16)[tokens]`) drops additions
+    once a row holds ~256 of them, and a frequent token (a space, a digit) occurs thousands of times
+    in a batch of rollouts (its gradient was 15-54% off at 4096 occurrences)."""
+    return table[tokens].astype(dtype)
+
+
+def _embed_forward(table, tokens, dtype):
+    return embed(table, tokens, dtype), (table, tokens)  # the table: a parameter, alive through the backward
+
+
+def _embed_backward(dtype, saved, grad):
+    table, tokens = saved
+    rows = jnp.zeros(table.shape, jnp.float32).at[tokens].add(grad.astype(jnp.float32))
+    return rows.astype(table.dtype), None
+
+
+embed.defvjp(_embed_forward, _embed_backward)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

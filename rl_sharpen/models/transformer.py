@@ -85,7 +85,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
                   cache: Cache | None = None, remat: bool = False):
     """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
     T = tokens.shape[1]
-    x = params["embed"].astype(cfg.dtype)[tokens]
+    x = layers.embed(params["embed"], tokens, cfg.dtype)
     inv_freq = layers.rope_frequencies(cfg)
     if cache is None:
         slots = jnp.arange(T)

@@ -165,7 +165,7 @@ def step(weights: dict, cfg: ModelConfig, cache: dict, tokens, positions, segmen
     key_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segments[:, None].astype(jnp.int32), (0, end))
     slots = jnp.arange(key_segments.shape[1])
     allowed = (key_segments == segments[:, None]) & (key_segments != 0) & (slots <= end)[None, :]
-    x = weights["embed"].astype(cfg.dtype)[tokens]
+    x = weights["embed"][tokens].astype(cfg.dtype)
     rope = weights["rope_cos"][positions][:, None], weights["rope_sin"][positions][:, None]
     new_k, new_v = [], []
     for p, ck, cv in zip(weights["layers"], cache["k"], cache["v"]):
