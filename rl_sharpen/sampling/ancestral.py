@@ -59,7 +59,9 @@ class SamplingConfig:
                     to the bucket width of its longest prompt (`prompts.bucket_width`: 16, 24, 32, 48, ...).
     fast_decode     decode with `decode.step` (per-layer weights laid out [out, in], unrolled):
                     2-4x faster on CPU, for a copy of the weights during the call and a compile time
-                    that grows with depth. False decodes with `models.forward` scanned over layers.
+                    that grows with depth. False decodes with `models.forward` scanned over layers,
+                    which all-gathers weights sharded over fsdp at every step; the default moves
+                    only activations (benchmarks/decode_collectives.py).
     """
 
     max_new_tokens: int
