@@ -39,12 +39,14 @@ class ModelSource:
     checkpoint: str = ""  # local HF folder or hub id; "" initializes `arch` at random
     arch: str = ""  # a preset name (models.PRESETS) when there is no checkpoint, or "custom"
     custom: dict = dataclasses.field(default_factory=dict)  # ModelConfig fields when arch == "custom"
-    param_dtype: Literal["float32", "bfloat16"] = "float32"  # weights (keep float32 when training)
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # weights (bfloat16 loses updates below |w| / 512)
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmuls and activations
 
     def __post_init__(self):
         check_fields(self, [("arch", self.arch in ("", "custom", *models.PRESETS),
-                             f"'' (with a checkpoint), 'custom' or a preset: {', '.join(sorted(models.PRESETS))}")])
+                             f"'' (with a checkpoint), 'custom' or a preset: {', '.join(sorted(models.PRESETS))}"),
+                            *[(name, getattr(self, name) in ("float32", "bfloat16"), "'float32' or 'bfloat16'")
+                              for name in ("param_dtype", "compute_dtype")]])
         if self.checkpoint and (self.arch or self.custom):  # the checkpoint's config.json sets the architecture
             field = "arch" if self.arch else "custom"
             raise ValueError(f"ModelSource.{field}={getattr(self, field)!r} with checkpoint={self.checkpoint!r}: "
@@ -192,6 +194,12 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         logging.warning("%d of %d validation problems also appear, word for word, among the %d training problems: "
                         "validation measures them as seen in training", shared, len(evaluate.problems),
                         len(train_problems))
+    if model_cfg.param_dtype == "bfloat16":  # a weight in [2^e, 2^(e+1)) is 2^(e-7) from its neighbours
+        logging.warning("model.param_dtype='bfloat16': an update below half a weight's bfloat16 spacing is "
+                        "rounded away and nothing keeps it, so at optim.learning_rate=%g (about the size of "
+                        "Adam's steps) weights of magnitude %.2g (512 x the rate) or more do not move; "
+                        "model.param_dtype='float32' with model.compute_dtype='bfloat16' keeps float32 weights "
+                        "and runs the matmuls in bfloat16", exp.optim.learning_rate, 512 * exp.optim.learning_rate)
     updates = exp.train.steps * exp.rl.epochs * exp.rl.minibatches
     if exp.optim.schedule == "cosine" and exp.optim.total_steps != updates:
         logging.warning("optim.total_steps=%d, but the run makes %d optimizer updates (train.steps x rl.epochs x "

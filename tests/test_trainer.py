@@ -958,3 +958,29 @@ def test_a_checkpoint_from_before_norms_were_spared_weight_decay_resumes_only_as
         with pytest.raises(CheckpointMismatch, match="optim.decay_norms_and_biases: True -> False"):
             ckpt.restore(state, config(decay_norms=False))
     ckpt.close()
+
+
+@pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
+def test_bfloat16_weights_report_the_updates_they_lose(tmp_path, caplog, param_dtype):
+    """bfloat16 weights keep no remainder of an update under half their spacing: the run says which
+    weights an update the size of the learning rate cannot move (|w| >= 512 lr), and that bound holds."""
+    c = get_config("demo", "tiny")
+    c.model.param_dtype, c.optim.learning_rate = param_dtype, 1e-6
+    exp = experiment.parse(c)
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    with caplog.at_level(logging.WARNING):
+        experiment.make_rl_run(exp, str(tmp_path), cfg, params, task)
+    reported = "optim.learning_rate=1e-06 (about the size of Adam's steps) weights of magnitude 0.00051"
+    assert (reported in caplog.text) == (param_dtype == "bfloat16")
+    lr = 1e-6
+    w = jnp.asarray(np.geomspace(1e-5, 1.0, 20001), jnp.bfloat16)
+    moved = np.asarray((w.astype(jnp.float32) + lr).astype(jnp.bfloat16) != w)
+    magnitude = np.asarray(w, np.float64)
+    assert not moved[magnitude >= 512 * lr].any() and moved[magnitude < 128 * lr].all()
+
+
+@pytest.mark.parametrize("field", ["param_dtype", "compute_dtype"])
+def test_a_model_source_built_directly_names_its_bad_dtype(field):
+    with pytest.raises(ValueError, match=rf"ModelSource.{field}='bf16'; allowed: 'float32' or 'bfloat16'"):
+        experiment.ModelSource(arch="custom", custom={"family": "llama"}, **{field: "bf16"})
