@@ -163,7 +163,8 @@ _TEXT_MACRO_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _BARE_THOUSANDS_RE = re.compile(r"\$?\s*(-?\d{1,3}(?:,\d{3})+)\s*\$?")  # a gold "70,110", "$58,500$"
 _TOKEN = r"(\\[a-zA-Z]+|[0-9a-zA-Z])"  # one TeX argument without braces: a character or a macro
-_BARE_FRAC_RE = re.compile(rf"\\frac\s*{_TOKEN}\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")  # "\frac \pi4", "\frac1{2}"
+# "\frac \pi4", "\frac1{2}", "\binom 5 2": two-argument macros with an argument not in braces
+_BARE_FRAC_RE = re.compile(rf"\\(frac|binom)\s*{_TOKEN}\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
 _FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
 _WRAPPER_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox|mathbf|textbf|boldsymbol|bm)\s*(?=\{)")  # box or bold
@@ -279,8 +280,9 @@ def _clean(answer: str) -> _Cleaned:
     s = _DELETE_RE.sub("", s)
     s = _SPACE_RE.sub(" ", s)
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace(r"\colon", ":")
+    s = s.replace(r"\dbinom", r"\binom").replace(r"\tbinom", r"\binom")
     s = s.replace(r"\langle", "(").replace(r"\rangle", ")")  # a vector "\langle 1, 2 \rangle"
-    s = _BARE_FRAC_RE.sub(lambda m: rf"\frac{{{m[1]}}}{{{m[2] if m[2] is not None else m[3]}}}", s)
+    s = _BARE_FRAC_RE.sub(lambda m: rf"\{m[1]}{{{m[2]}}}{{{m[3] if m[3] is not None else m[4]}}}", s)
     s = _spaced_numbers(s)
     if _TRIG_RE.search(s):  # an angle of a trigonometric function in radians: "\sin 30^\circ" is not "\sin 30"
         s = _ANGLE_IN_DEGREES_RE.sub(lambda m: rf"(\frac{{{m[1]}\pi}}{{180}})", s)
