@@ -19,6 +19,7 @@ from absl import logging
 
 from rl_sharpen import evaluation, sampling
 from rl_sharpen import sharding as shd
+from rl_sharpen.config import ConfigError
 from rl_sharpen.metrics import workdir_path
 from rl_sharpen.sampling import ancestral
 from rl_sharpen.sampling.prompts import bucket_width, check_fields
@@ -246,8 +247,9 @@ class MathTask:
 def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: float = 5.0):
     if data.train == SYNTHETIC or data.validation == SYNTHETIC:
         if data.train != data.validation:
-            raise ValueError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
-                             "cannot be mixed with a real dataset (different tokenizers)")
+            raise ConfigError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
+                              "cannot be mixed with a real dataset (different tokenizers); allowed: both "
+                              f"{SYNTHETIC!r}, or neither")
         return SyntheticTask(data, seed, verify_timeout)
     path = data.tokenizer or model_source.checkpoint
     if not path:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rl_sharpen.config import SourceError
 from rl_sharpen.tasks import SOURCES, Problem, load_problems
 from rl_sharpen.tasks.datasets import infer_format
 
@@ -217,10 +218,12 @@ def test_json_array_and_json_lines_under_a_json_name(tmp_path):
 
 def test_unreadable_paths_and_empty_loads_raise(tmp_path):
     (tmp_path / "x.csv").write_text("question,answer\nq,5\n")
-    with pytest.raises(ValueError, match=r"x\.csv: unsupported file type; allowed extensions: \.jsonl, \.json, \.parq"):
-        load_problems(str(tmp_path / "x.csv"))
+    with pytest.raises(SourceError, match=r"data.validation='.*x\.csv': unsupported file type; allowed extensions: "
+                                          r"\.jsonl, \.json, \.parq"):
+        load_problems(str(tmp_path / "x.csv"), field="data.validation")
     write_jsonl(tmp_path / "train.jsonl", [{"problem": "p", "answer": "1"}])
-    with pytest.raises(ValueError, match=r"is a directory; pass one file of problems, e.g. one of \['train.jsonl'\]"):
+    with pytest.raises(SourceError, match=r"data.train / data.validation='.*' is a directory; allowed: one file of "
+                                          r"problems, e.g. one of \['train.jsonl'\]"):
         load_problems(str(tmp_path))
     path = write_jsonl(tmp_path / "none.jsonl", [{"problem": "p"}, "garbage"])
     with pytest.raises(ValueError, match=r"none of its 2 rows loads as format 'qa'; skipped: .*missing answer"):

@@ -271,8 +271,10 @@ def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tok
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("bad", ["missing.jsonl", "folder", "notes.md"])
 @pytest.mark.parametrize("mode,field", [("eval", "validation"), ("rl", "train"), ("rl", "validation")])
-def test_a_data_error_shows_before_the_model_loads(tmp_path, smollm2_tokenizer_dir, monkeypatch, mode, field):
+def test_a_data_error_shows_before_the_model_loads(tmp_path, smollm2_tokenizer_dir, monkeypatch, mode, field, bad):
+    """A missing file, a folder or a file of another type is a config error naming the field."""
     def build_model(*args, **kwargs):
         raise AssertionError("the model was built before the data loaded")
 
@@ -281,10 +283,22 @@ def test_a_data_error_shows_before_the_model_loads(tmp_path, smollm2_tokenizer_d
     c.mode = mode
     c.data.train = c.data.validation = str(tmp_path / "gsm8k.jsonl")
     (tmp_path / "gsm8k.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
-    setattr(c.data, field, str(tmp_path / "missing.jsonl"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.md").write_text("# problems\n")
+    setattr(c.data, field, str(tmp_path / bad))
     with pytest.raises(SourceError, match=f"data.{field}"):
         experiment.run(c, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_synthetic_task_mixed_with_a_data_file_is_a_config_error(tmp_path):
+    from rl_sharpen.config import ConfigError
+
+    c = get_config("demo", "tiny")
+    c.data.validation = str(tmp_path / "test.jsonl")
+    with pytest.raises(ConfigError, match=r"the synthetic task cannot be mixed with a real dataset \(different "
+                                          r"tokenizers\); allowed: both 'synthetic', or neither"):
+        experiment.run(c, str(tmp_path / "run"))
 
 
 def test_a_math_task_reads_each_split_once(smollm2_tokenizer_dir, monkeypatch):

@@ -205,13 +205,13 @@ def infer_format(rows: Sequence[Any]) -> str:
     return "gsm8k" if questions and 2 * marked > len(questions) else "qa"
 
 
-def _check_local_path(path: str) -> None:
+def _check_local_path(path: str, field: str) -> None:
     if os.path.isdir(path):
         files = sorted(f for f in os.listdir(path) if f.endswith(LOCAL_EXTENSIONS))
-        raise ValueError(f"{path} is a directory; pass one file of problems"
-                         + (f", e.g. one of {files}" if files else f" ({', '.join(LOCAL_EXTENSIONS)})"))
+        raise SourceError(f"{field}={path!r} is a directory; allowed: one file of problems"
+                          + (f", e.g. one of {files}" if files else f" ({', '.join(LOCAL_EXTENSIONS)})"))
     if not path.endswith(LOCAL_EXTENSIONS):
-        raise ValueError(f"{path}: unsupported file type; allowed extensions: {', '.join(LOCAL_EXTENSIONS)}")
+        raise SourceError(f"{field}={path!r}: unsupported file type; allowed extensions: {', '.join(LOCAL_EXTENSIONS)}")
 
 
 class _BadLine:
@@ -308,7 +308,7 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         rows, source_name, format = (_read_hub(source, name_or_path, split, field), f"{name_or_path}/{split}",
                                      format or source.format)
     elif os.path.exists(name_or_path):
-        _check_local_path(name_or_path)
+        _check_local_path(name_or_path, field)
         folder = os.path.basename(os.path.dirname(os.path.abspath(name_or_path)))
         stem = os.path.splitext(os.path.basename(name_or_path))[0]
         rows, source_name = _read_local(name_or_path), f"{folder}/{stem}"
