@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from tqdm import tqdm
 
 from rl_sharpen.checkpoint import Checkpointer
@@ -107,6 +108,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
         state, saved = ckpt.restore(state, record)
         start, width = int(saved["step"]), int(saved["width"])
         rng.bit_generator.state = saved["rng"]
+        logging.info("resumed the warm start in %s/sft_checkpoints from step %d", workdir, start)
     if on_start is not None:
         on_start()
     writer = MetricWriter(workdir, "sft", resume_step=start)  # keeps the rows up to the checkpoint
