@@ -4,7 +4,8 @@
   python -m rl_sharpen.main --config=configs/eval_smollm2_gsm8k.py:/path/to/smollm2,tiny --workdir=/tmp/e
       # 2 problems x 2 samples of 16 tokens: the whole path on CPU in seconds, for tests
 
-The argument is a checkpoint folder (default: the hub id), optionally followed by ",tiny". GSM8K test is
+The argument is a checkpoint folder (default: the hub id), optionally followed by ",tiny"; a bare "tiny"
+is the hub id at the tiny size (a folder named tiny: "./tiny"). GSM8K test is
 read from ../shared/data beside the repository when it is there, else from the hub; another local copy:
 --config.data.validation=/path/to/test.jsonl.
 """
@@ -20,6 +21,8 @@ GSM8K_TEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."
 
 def get_config(arg: str = ""):
     checkpoint, _, switch = arg.partition(",")
+    if arg == "tiny":  # the tiny switch alone, as the other configs take it
+        checkpoint, switch = "", "tiny"
     if switch not in ("", "tiny"):
         raise ValueError(f"config argument {arg!r}: '<checkpoint folder>' or '<checkpoint folder>,tiny'")
     c = default_config()

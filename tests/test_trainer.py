@@ -316,6 +316,9 @@ def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, 
     assert json.loads((tmp_path / "result.json").read_text()) == pytest.approx(result)
     with pytest.raises(ValueError, match="'<checkpoint folder>,tiny'"):
         get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},small")
+    bare, hub = get_config("eval_smollm2_gsm8k", "tiny"), get_config("eval_smollm2_gsm8k", ",tiny")
+    assert bare.model.checkpoint == "HuggingFaceTB/SmolLM2-135M-Instruct" and bare.to_dict() == hub.to_dict()
+    assert get_config("eval_smollm2_gsm8k", "./tiny").model.checkpoint == "./tiny"
 
 
 def test_an_rl_run_saves_its_policy_as_a_complete_hf_folder_that_eval_mode_loads(smollm2_tokenizer_dir,
@@ -779,7 +782,7 @@ def test_sft_batches_put_the_completion_eos_included_under_the_mask_and_average_
     np.testing.assert_allclose(nll, -(lp * mask).sum() / 4, rtol=1e-6)  # 4 completion tokens, not 2 rows
 
 
-def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_path):
+def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_path, caplog):
     """Killed while drawing step 4's batch (after the step-2 checkpoint and step 3's row): the rerun
     restores params, optimizer state and the batch stream at step 2 and ends where an uninterrupted
     run ends, bit for bit, each step logged once; a changed learning rate is refused."""
@@ -806,7 +809,9 @@ def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_
         train(tmp_path / "killed", killed_at_step_4)
     with pytest.raises(CheckpointMismatch, match=r"optim.learning_rate"):
         train(tmp_path / "killed", optim=dataclasses.replace(exp.optim, learning_rate=1e-2))
-    resumed = train(tmp_path / "killed")
+    with caplog.at_level(logging.INFO):
+        resumed = train(tmp_path / "killed")
+    assert f"resumed the warm start in {tmp_path / 'killed'}/sft_checkpoints from step 2" in caplog.text
     jax.tree.map(np.testing.assert_array_equal, resumed, full)
     rows = {name: [json.loads(line) for line in (tmp_path / name / "sft.jsonl").read_text().splitlines()]
             for name in ("full", "killed")}
