@@ -226,6 +226,12 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         logging.warning("loss.name='alpha_dpg' fits p* = p_ref(. | correct) from the verified correctness and the "
                         "log-probs alone: the reward (%s) and advantage (%s) settings do not enter its update (they "
                         "are still computed and logged)", reward_cfg, exp.advantage)
+    weights = rw.mixture_weights(reward_cfg)
+    if exp.advantage.estimator == "grpo" and "task" in weights and len(weights) > 1:
+        logging.warning("advantage.estimator='grpo' divides by each group's reward std: in a group whose samples "
+                        "are all correct or all wrong, the reward's other components (weights %s) are scaled to "
+                        "unit size, undoing their weights, and the update no longer follows grad E_pi[R] "
+                        "(rl/advantages.py); rloo and dr_grpo do", {k: v for k, v in weights.items() if k != "task"})
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
                  train_problems=train_problems, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,

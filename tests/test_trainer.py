@@ -581,6 +581,20 @@ def test_settings_alpha_dpg_ignores_are_reported(tmp_path, caplog):
     assert "alpha_dpg" not in caplog.text  # the default task reward and advantages: nothing ignored
 
 
+def test_grpo_on_a_mixed_reward_is_reported(tmp_path, caplog):
+    """grpo's per-group std rescales the continuous part of a tilted reward; task reward alone is fine."""
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "a", 1, **{"advantage.estimator": "grpo", "reward.alpha": 4.0, "reward.beta_inv": 100.0,
+                                      "reward.mode": "sampling"})
+    assert "advantage.estimator='grpo' divides by each group's reward std" in caplog.text
+    assert "'sharpening': 0.03, 'log_ratio': 0.01" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "b", 1, **{"advantage.estimator": "grpo", "reward.alpha": 0.0, "reward.beta_inv": 1.0})
+        _rl_run(tmp_path / "c", 1, **{"reward.alpha": 4.0, "reward.beta_inv": 100.0, "reward.mode": "sampling"})
+    assert "divides by each group's reward std" not in caplog.text
+
+
 def test_held_out_problems_covering_the_whole_space_are_an_error():
     from rl_sharpen.tasks import synthetic
 
