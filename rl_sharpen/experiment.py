@@ -213,8 +213,8 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         for field, count in rows.items():
             if count % shards:
                 logging.warning("%s: %d sequences do not divide over the %d batch shards of the mesh (%s), so "
-                                "devices compute the same rows: use a multiple of %d", field, count, shards,
-                                dict(mesh.shape), shards)
+                                "devices compute the same rows, each device holding the activations of all %d: "
+                                "use a multiple of %d", field, count, shards, dict(mesh.shape), count, shards)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":

@@ -23,7 +23,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
-from rl_sharpen.sharding import batch_sharding, mesh_of
+from rl_sharpen.sharding import batch_sharding, mesh_of, named_sharding
 
 SFT_STREAM = 0x736674  # tags the numpy stream of warm-start batches (see rl/trainer.py ORDER_STREAM)
 
@@ -60,17 +60,45 @@ def make_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
             np.concatenate([prompts.segment_ids, mask.astype(np.int32)], 1), mask)
 
 
-def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh=None):
+def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mesh=None, *, micro_rows: int = 0,
+                  remat: bool = False):
     """step(params, opt_state, tokens, segments, mask) -> (params, opt_state, NLL, grad norm); with a
-    `mesh`, params and state keep the rules' placement (`optim.place`)."""
+    `mesh`, params and state keep the rules' placement (`optim.place`).
+
+    NLL = -sum(m log p) / sum(m) over the whole batch. With `micro_rows` dividing the batch, its
+    gradient is summed in float32 over micro-batches of that many rows (one `lax.scan`, each term
+    divided by the whole batch's sum(m)), so a pass holds one micro-batch's activations."""
     placement = None if mesh is None else param_shardings(cfg, mesh)
 
-    def loss_fn(params, tokens, segments, mask):
-        lp = completion_logprobs(params, cfg, tokens, segments, mask.shape[1])
-        return -jnp.sum(lp * mask) / jnp.maximum(mask.sum(), 1.0)
+    def loss_fn(params, tokens, segments, mask, denominator):
+        lp = completion_logprobs(params, cfg, tokens, segments, mask.shape[1], remat=remat, mesh=mesh)
+        return -jnp.sum(lp * mask) / denominator
+
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def gradients(params, tokens, segments, mask):
+        denominator = jnp.maximum(mask.sum(), 1.0)
+        n = tokens.shape[0]
+        if not micro_rows or micro_rows >= n or n % micro_rows:
+            return grad_fn(params, tokens, segments, mask, denominator)
+
+        def split(x):
+            x = x.reshape(n // micro_rows, micro_rows, *x.shape[1:])
+            if mesh is None:
+                return x
+            return jax.lax.with_sharding_constraint(
+                x, named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2), x.shape))
+
+        def accumulate(total, micro):
+            loss, g = grad_fn(params, *micro, denominator)
+            return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), total, g), loss
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        grads, losses = jax.lax.scan(accumulate, zeros, tuple(split(x) for x in (tokens, segments, mask)))
+        return losses.sum(), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     def step(params, opt_state, tokens, segments, mask):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, segments, mask)
+        loss, grads = gradients(params, tokens, segments, mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if placement is not None:

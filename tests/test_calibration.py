@@ -86,3 +86,24 @@ def test_random_memory_of_a_tied_policy_starts_empty():
     logits = models.forward(mparams, mcfg, tok, models.positions_from_segments(seg), seg)[0]
     assert not mcfg.tie_embeddings
     np.testing.assert_array_equal(np.asarray(logits), 0.0)
+
+
+def test_memory_updates_over_micro_batches_equal_one_update_over_the_whole_rollout():
+    """The trainer gives the memory its update's micro-batch: the gradient summed over micro-batches of
+    4 rows (each divided by the whole batch's token count) is the whole batch's, and so is the step."""
+    cfg, params = peaky_model()
+    cal = CalibrationConfig(mu=0.5, memory_layers=1, memory_init="reference", learning_rate=1e-2)
+    tokens, segments, mask = _rollouts(cfg, params)  # 16 rows with completions of 1-3 tokens
+    results = []
+    for micro_rows, remat in [(0, False), (4, False), (4, True)]:
+        memory = Memory(cfg, cal, micro_rows=micro_rows, remat=remat)
+        state = memory.initial_state(params, jax.random.key(0))
+        program = str(jax.make_jaxpr(memory._step)(state["params"], state["opt_state"], tokens, segments, mask))
+        assert ("length=4" in program) == bool(micro_rows)  # 16 rows in 4 micro-batches of 4
+        state, metrics = memory.update(state, tokens, segments, mask)
+        results.append((float(metrics["memory_nll"]), state["params"]))
+    (nll, whole), *parts = results
+    for part_nll, part in parts:
+        np.testing.assert_allclose(part_nll, nll, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), part, whole)
+    assert not np.array_equal(whole["layers"]["q"], params["layers"]["q"][:1])  # the step moved it

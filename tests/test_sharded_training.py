@@ -326,5 +326,50 @@ def test_rows_that_do_not_divide_over_the_batch_shards_are_reported(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         _rl_run(tmp_path / "odd", 1, mesh={"data": 8, "fsdp": 1, "tensor": 1}, **{"rl.micro_batch": 4})
     assert ("rl.micro_batch: 4 sequences do not divide over the 8 batch shards of the mesh ({'data': 8, 'fsdp': 1, "
-            "'tensor': 1}), so devices compute the same rows: use a multiple of 8") in caplog.text
+            "'tensor': 1}), so devices compute the same rows, each device holding the activations of all 4: use a "
+            "multiple of 8") in caplog.text
     assert "rl.prompts_per_step x sampling.num_samples" not in caplog.text  # 16 rows a step divide
+
+
+def test_teacher_forced_passes_keep_their_rows_sharded_over_fsdp():
+    """Rows over fsdp meet weights whose hidden dim is over fsdp too: unconstrained, XLA gathered every row
+    onto every device and all-reduced partial logits (per device: the logits of all rows). Scoring and
+    its gradient hold a row share, and the scorer's passes of `rows` rows hold less again, same values."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py forces 8 fake CPU devices)")
+    import jax.numpy as jnp
+
+    from rl_sharpen.rl.rollout import Scorer
+    from rl_sharpen.rl.update import completion_logprobs
+
+    cfg = models.ModelConfig("llama", 4096, 64, 128, 2, 4, 2, 16, max_position_embeddings=512)
+    mesh = shd.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    shardings = models.param_shardings(cfg, mesh)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            models.abstract_params(cfg), shardings)
+    R, T, N, chunk = 64, 256, 128, 128
+    rows = jax.ShapeDtypeStruct((R, T), jnp.int32, sharding=shd.batch_sharding(mesh, 2, (R, T)))
+    all_rows_logits = R * chunk * cfg.vocab_size * 4  # one chunk's float32 logits of every row
+
+    def temp_bytes(fn):
+        return fn.lower(abstract, rows, rows, N).compile().memory_analysis().temp_size_in_bytes
+
+    def gradient(mesh):
+        return jax.jit(jax.grad(lambda p, t, s, n: completion_logprobs(p, cfg, t, s, n, chunk=chunk, mesh=mesh).sum()),
+                       static_argnums=3)
+
+    whole, grouped = Scorer(cfg, chunk, 0, mesh), Scorer(cfg, chunk, 16, mesh)
+    unconstrained = temp_bytes(Scorer(cfg, chunk).logprobs)  # inputs sharded alike, no mesh inside
+    assert unconstrained > all_rows_logits  # the case this guards against: 256 MiB
+    assert temp_bytes(whole.logprobs) < all_rows_logits / 4  # 26 MiB
+    assert temp_bytes(grouped.logprobs) < temp_bytes(whole.logprobs) / 2  # 5.5 MiB
+    assert temp_bytes(gradient(mesh)) < temp_bytes(gradient(None)) / 3  # 90 against 414 MiB
+
+    params = models.init_params(cfg, jax.random.key(0), mesh=mesh)
+    tokens = jax.device_put(jax.random.randint(jax.random.key(1), (R, T), 0, cfg.vocab_size), rows.sharding)
+    segments = jax.device_put(jnp.ones((R, T), jnp.int32), rows.sharding)
+    expected = completion_logprobs(models.init_params(cfg, jax.random.key(0)), cfg, np.asarray(tokens),
+                                   np.ones((R, T), np.int32), N, chunk=chunk)
+    for scorer in (whole, grouped):
+        np.testing.assert_allclose(np.asarray(scorer.logprobs(params, tokens, segments, N)), np.asarray(expected),
+                                   atol=2e-5)

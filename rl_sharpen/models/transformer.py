@@ -22,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rl_sharpen import sharding as shd
 from rl_sharpen.models import layers
 from rl_sharpen.models.config import ModelConfig
 
@@ -81,11 +82,23 @@ def _end_that_fits(cache: Cache, T: int):
     return end
 
 
+def _rows_sharded(x, mesh, axes=()):
+    """x with its rows (dim 0) over the mesh's batch axes and its other dims replicated, or as `axes`
+    name them; no-op without a mesh. Without it, XLA may settle the clash of rows over fsdp with the
+    weights' hidden dim over fsdp by gathering every row onto every device and all-reducing partial
+    sums: at the paper configs' shapes, float32 logits of all 256 rollout rows on each device (80 GB)."""
+    if mesh is None:
+        return x
+    axes = axes or ("batch",) + (None,) * (x.ndim - 1)
+    return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, axes, x.shape))
+
+
 def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_ids,
-                  cache: Cache | None = None, remat: bool = False):
-    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache."""
+                  cache: Cache | None = None, remat: bool = False, mesh=None):
+    """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache. With a `mesh`, every
+    layer's input keeps its rows over the batch axes (the weights are then gathered, as in FSDP)."""
     T = tokens.shape[1]
-    x = layers.embed(params["embed"], tokens, cfg.dtype)
+    x = _rows_sharded(layers.embed(params["embed"], tokens, cfg.dtype), mesh)
     inv_freq = layers.rope_frequencies(cfg)
     if cache is None:
         slots = jnp.arange(T)
@@ -99,7 +112,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
     def step(x, xs):
         p, ck, cv = xs
         x, ck, cv = _block(cfg, inv_freq, x, positions, allowed, p, ck, cv, end)
-        return x, (ck, cv)
+        return _rows_sharded(x, mesh), (ck, cv)
 
     if remat:
         step = jax.checkpoint(step, prevent_cse=False)
@@ -142,14 +155,15 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
 
 
 def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, positions=None, *,
-                   chunk: int = 512, remat: bool = False, last: int | None = None):
+                   chunk: int = 512, remat: bool = False, last: int | None = None, mesh=None):
     """fn(logits [B, c, V] f32, next tokens [B, c]) -> pytree of [B, c] arrays, evaluated at every
     position t < T-1 (the one predicting tokens[:, t+1]) or, with `last`, at the last `last` of them
     (the vocabulary projection then skips the positions before, e.g. a prompt's); returns that
     pytree at [B, T-1] (or [B, last]).
 
     The projection onto the vocabulary runs over `chunk` positions at a time (rematerialized in the
-    backward pass), so the full [B, T, V] logits never exist at once.
+    backward pass), so the full [B, T, V] logits never exist at once. With a `mesh`, rows stay over
+    its batch axes throughout (`hidden_states`), the logits' vocabulary over its tensor axis.
     """
     scored = tokens.shape[1] - 1
     if scored < 1 or last is not None and not 1 <= last <= scored:
@@ -157,7 +171,7 @@ def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, po
                          f"integer in [1, {scored}] (a length >= 2 has a next token to score)")
     if positions is None:
         positions = positions_from_segments(segment_ids)
-    h, _ = hidden_states(params, cfg, tokens, positions, segment_ids, remat=remat)
+    h, _ = hidden_states(params, cfg, tokens, positions, segment_ids, remat=remat, mesh=mesh)
     h, targets = h[:, :-1], tokens[:, 1:]
     if last is not None:
         h, targets = h[:, h.shape[1] - last:], targets[:, targets.shape[1] - last:]
@@ -167,8 +181,11 @@ def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, po
     pad = n * chunk - T1
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
     targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
-    out = jax.lax.map(jax.checkpoint(lambda args: fn(logits_from_hidden(params, cfg, args[0]), args[1])),
-                      (h, targets))  # [n, B, chunk] leaves
+    def project(args):
+        logits = _rows_sharded(logits_from_hidden(params, cfg, args[0]), mesh, ("batch", None, "vocab"))
+        return fn(logits, args[1])
+
+    out = jax.lax.map(jax.checkpoint(project), (h, targets))  # [n, B, chunk] leaves
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(B, n * chunk)[:, :T1], out)
 
 
@@ -179,8 +196,8 @@ def picked_logprob(logits, targets) -> jax.Array:
 
 
 def token_logprobs(params: Params, cfg: ModelConfig, tokens, segment_ids, positions=None, *,
-                   chunk: int = 512, remat: bool = False, last: int | None = None) -> jax.Array:
+                   chunk: int = 512, remat: bool = False, last: int | None = None, mesh=None) -> jax.Array:
     """log p(tokens[:, t+1] | tokens[:, :t+1]) in float32, shape [B, T-1], teacher-forced; with
     `last`, only those of the last `last` tokens, [B, last] (`next_token_map`, chunked)."""
     return next_token_map(params, cfg, tokens, segment_ids, picked_logprob, positions, chunk=chunk, remat=remat,
-                          last=last)
+                          last=last, mesh=mesh)

@@ -89,13 +89,15 @@ class Memory:
     """The memory network's config, optimizer and jitted update; its params and optimizer state
     live in the trainer's state (and so in its checkpoints)."""
 
-    def __init__(self, policy_cfg: ModelConfig, cal: CalibrationConfig, mesh=None):
+    def __init__(self, policy_cfg: ModelConfig, cal: CalibrationConfig, mesh=None, *, micro_rows: int = 0,
+                 remat: bool = False):
         self.cal = cal
         self.policy_cfg = policy_cfg
         self.mesh = mesh
         self.cfg = memory_config(policy_cfg, cal)
         self.optimizer = make_optimizer(OptimConfig(learning_rate=cal.learning_rate))
-        self._step = make_sft_step(self.cfg, self.optimizer, mesh)
+        # micro-batches of the policy update's rows: the whole rollout at once would not fit a device
+        self._step = make_sft_step(self.cfg, self.optimizer, mesh, micro_rows=micro_rows, remat=remat)
 
     def initial_state(self, ref_params: dict, key: jax.Array) -> dict:
         _, params = init_memory(self.policy_cfg, ref_params, self.cal, key, self.mesh)

@@ -18,11 +18,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from rl_sharpen import sampling
+from rl_sharpen import sharding as shd
 from rl_sharpen.models import next_token_map
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.update import TrainBatch, completion_logprobs
+from rl_sharpen.sampling import kv
 from rl_sharpen.sharding import host_array
 
 
@@ -54,22 +56,49 @@ def answer_ids(answers: Sequence[str | None], group_size: int) -> np.ndarray:
 _STAT_COMPONENTS = ("neg_entropy", "self_certainty")
 
 
+def map_rows(fn, arrays: Sequence[jax.Array], rows: int, mesh=None):
+    """fn(*arrays) computed `rows` rows at a time (a `lax.map` over consecutive groups of rows, each
+    group spread over the mesh's batch axes), so that a pass holds the activations of `rows` rows, not
+    of the whole batch; fn returns a pytree of [group rows, ...] arrays. rows = 0, or rows that do not
+    divide the batch: one call over every row."""
+    n = arrays[0].shape[0]
+    if not rows or rows >= n or n % rows:
+        return fn(*arrays)
+
+    def group(x):
+        x = x.reshape(n // rows, rows, *x.shape[1:])
+        if mesh is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2),
+                                                                      x.shape))
+
+    out = jax.lax.map(lambda xs: fn(*xs), [group(x) for x in arrays])
+    return jax.tree.map(lambda y: kv.constrain_rows(y.reshape(n, *y.shape[2:]), mesh), out)
+
+
 @dataclasses.dataclass
 class Scorer:
-    """Jitted teacher-forced passes over `prompt ++ completion` batches."""
+    """Jitted teacher-forced passes over `prompt ++ completion` batches, `rows` rows at a time (0: all
+    at once; the trainer passes its update's micro-batch), rows kept over the mesh's batch axes."""
 
     cfg: ModelConfig
     chunk: int = 512
+    rows: int = 0
+    mesh: Any = None
 
     def __post_init__(self):
-        self.logprobs = jax.jit(
-            lambda p, t, s, w: completion_logprobs(p, self.cfg, t, s, w, chunk=self.chunk), static_argnums=3)
+        self.logprobs = jax.jit(self._logprobs, static_argnums=3)
         self.token_stats = jax.jit(self._token_stats, static_argnums=3)
+
+    def _logprobs(self, params, tokens, segments, width):
+        return map_rows(lambda t, s: completion_logprobs(params, self.cfg, t, s, width, chunk=self.chunk,
+                                                         mesh=self.mesh), (tokens, segments), self.rows, self.mesh)
 
     def _token_stats(self, params, tokens, segments, width):
         """`rw.token_statistics` at the `width` completion positions, over `chunk` positions at a time."""
-        return next_token_map(params, self.cfg, tokens, segments, lambda logits, _: rw.token_statistics(logits),
-                              chunk=self.chunk, last=width)
+        return map_rows(lambda t, s: next_token_map(params, self.cfg, t, s, lambda logits, _: rw.token_statistics(logits),
+                                                    chunk=self.chunk, last=width, mesh=self.mesh),
+                        (tokens, segments), self.rows, self.mesh)
 
 
 def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,

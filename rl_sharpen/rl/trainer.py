@@ -143,8 +143,8 @@ def _jitted_train_step(model_cfg, loss_cfg, optim_cfg, num_micro, group_size, ch
 
 
 @functools.lru_cache(maxsize=8)
-def _scorer(model_cfg, chunk) -> Scorer:
-    return Scorer(model_cfg, chunk)
+def _scorer(model_cfg, chunk, rows, mesh) -> Scorer:
+    return Scorer(model_cfg, chunk, rows, mesh)
 
 
 @dataclasses.dataclass
@@ -177,8 +177,9 @@ class RLRun:
         self.optimizer = make_optimizer(self.optim_cfg, weight_decay_mask(self.model_cfg))
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
-        self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk)
-        self.memory = Memory(self.model_cfg, self.calibration_cfg, self.mesh) if self.calibration_cfg.enabled else None
+        self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk, micro, self.mesh)  # micro-batches, as the update
+        self.memory = (Memory(self.model_cfg, self.calibration_cfg, self.mesh, micro_rows=micro, remat=self.rl_cfg.remat)
+                       if self.calibration_cfg.enabled else None)
 
     def initial_state(self) -> dict:
         step = jnp.zeros((), jnp.int32)

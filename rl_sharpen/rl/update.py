@@ -36,9 +36,9 @@ class TrainBatch:
 
 
 def completion_logprobs(params, cfg: ModelConfig, tokens, segments, completion_width: int, *,
-                        chunk: int = 512, remat: bool = False) -> jax.Array:
+                        chunk: int = 512, remat: bool = False, mesh=None) -> jax.Array:
     """log pi(y_j | x, y_<j) for the T completion columns, float32 [N, T]."""
-    return token_logprobs(params, cfg, tokens, segments, chunk=chunk, remat=remat, last=completion_width)
+    return token_logprobs(params, cfg, tokens, segments, chunk=chunk, remat=remat, last=completion_width, mesh=mesh)
 
 
 def loss_denominator(mask: jax.Array, aggregation: str) -> jax.Array:
@@ -69,7 +69,7 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
 
     def loss_fn(params, mb: TrainBatch, denominator):
         width = mb.completion_mask.shape[1]
-        lp = completion_logprobs(params, cfg, mb.tokens, mb.segments, width, chunk=chunk, remat=remat)
+        lp = completion_logprobs(params, cfg, mb.tokens, mb.segments, width, chunk=chunk, remat=remat, mesh=mesh)
         inputs = losses.LossInputs(mask=mb.completion_mask, behaviour_logprobs=mb.behaviour_logprobs,
                                    advantages=mb.advantages, old_logprobs=mb.old_logprobs,
                                    ref_logprobs=mb.ref_logprobs, correct=mb.correct, group_size=group_size)
