@@ -23,7 +23,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
-from rl_sharpen.sharding import batch_sharding, mesh_of, named_sharding
+from rl_sharpen.sharding import batch_sharding, mesh_of, split_rows
 
 SFT_STREAM = 0x736674  # tags the numpy stream of warm-start batches (see rl/trainer.py ORDER_STREAM)
 
@@ -82,19 +82,12 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
         if not micro_rows or micro_rows >= n or n % micro_rows:
             return grad_fn(params, tokens, segments, mask, denominator)
 
-        def split(x):
-            x = x.reshape(n // micro_rows, micro_rows, *x.shape[1:])
-            if mesh is None:
-                return x
-            return jax.lax.with_sharding_constraint(
-                x, named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2), x.shape))
-
         def accumulate(total, micro):
             loss, g = grad_fn(params, *micro, denominator)
             return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), total, g), loss
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        grads, losses = jax.lax.scan(accumulate, zeros, tuple(split(x) for x in (tokens, segments, mask)))
+        grads, losses = jax.lax.scan(accumulate, zeros, tuple(split_rows(x, n // micro_rows, mesh) for x in (tokens, segments, mask)))
         return losses.sum(), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     def step(params, opt_state, tokens, segments, mask):

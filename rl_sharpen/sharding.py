@@ -151,6 +151,15 @@ def batch_sharding(mesh: Mesh, ndim: int, shape: Sequence[int] | None = None) ->
     return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
 
 
+def split_rows(x: jax.Array, groups: int, mesh: Mesh | None = None) -> jax.Array:
+    """x [n, ...] as [groups, n / groups, ...] (groups of consecutive rows, e.g. micro-batches), the rows
+    of each group over the mesh's batch axes (the reshape alone would put the row split on the groups)."""
+    x = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2), x.shape))
+
+
 def host_array(x) -> np.ndarray:
     """The whole global value of `x` as a numpy array, on every process.
 

@@ -65,14 +65,7 @@ def map_rows(fn, arrays: Sequence[jax.Array], rows: int, mesh=None):
     if not rows or rows >= n or n % rows:
         return fn(*arrays)
 
-    def group(x):
-        x = x.reshape(n // rows, rows, *x.shape[1:])
-        if mesh is None:
-            return x
-        return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2),
-                                                                      x.shape))
-
-    out = jax.lax.map(lambda xs: fn(*xs), [group(x) for x in arrays])
+    out = jax.lax.map(lambda xs: fn(*xs), [shd.split_rows(x, n // rows, mesh) for x in arrays])
     return jax.tree.map(lambda y: kv.constrain_rows(y.reshape(n, *y.shape[2:]), mesh), out)
 
 

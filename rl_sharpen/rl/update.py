@@ -84,10 +84,7 @@ def make_train_step(cfg: ModelConfig, loss_cfg: losses.LossConfig, optimizer: op
                              f"groups of {group_size}")
         denominator = loss_denominator(batch.completion_mask, loss_cfg.aggregation)
         token_share = batch.completion_mask.reshape(num_micro, -1).sum(1) / jnp.maximum(batch.completion_mask.sum(), 1)
-        micro = jax.tree.map(lambda x: x.reshape(num_micro, n // num_micro, *x.shape[1:]), batch)
-        if mesh is not None:  # the reshape moved the row split onto the micro-batch index
-            micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-                x, shd.named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2), x.shape)), micro)
+        micro = jax.tree.map(lambda x: shd.split_rows(x, num_micro, mesh), batch)
 
         def accumulate(grads, xs):
             mb, share = xs
