@@ -87,7 +87,8 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
             return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), total, g), loss
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        grads, losses = jax.lax.scan(accumulate, zeros, tuple(split_rows(x, n // micro_rows, mesh) for x in (tokens, segments, mask)))
+        micro_batches = tuple(split_rows(x, n // micro_rows, mesh) for x in (tokens, segments, mask))
+        grads, losses = jax.lax.scan(accumulate, zeros, micro_batches)
         return losses.sum(), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
     def step(params, opt_state, tokens, segments, mask):

@@ -220,8 +220,9 @@ def test_contrast_shorter_than_the_samples_is_refused():
     with pytest.raises(ValueError, match=f"needs {needed} positions > Contrast.cfg.max_position_embeddings"):
         sampling.generate(params, cfg, PROMPTS, jax.random.key(0), sampling.SamplingConfig(max_new_tokens=N),
                           contrast=sampling.Contrast(memory_params, short, 0.5))
+    enough = short.replace(max_position_embeddings=needed)
     out = sampling.generate(params, cfg, PROMPTS, jax.random.key(0), sampling.SamplingConfig(max_new_tokens=N),
-                            contrast=sampling.Contrast(memory_params, short.replace(max_position_embeddings=needed), 0.5))
+                            contrast=sampling.Contrast(memory_params, enough, 0.5))
     assert out.tokens.shape == (len(PROMPTS), N)
 
 

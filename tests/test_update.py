@@ -74,9 +74,10 @@ def test_completion_logprobs_are_the_last_columns_of_teacher_forcing(chunk):
     np.testing.assert_allclose(np.asarray(got), np.asarray(full)[:, P - 1:], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("chunk", [4, 512])
-def test_chunked_token_statistics_equal_those_of_the_full_logits(chunk):
-    """The scorer's entropy / logsumexp / mean over completion positions never materializes [N, P+T, V]."""
+@pytest.mark.parametrize("chunk,rows", [(4, 0), (512, 0), (4, 2)])
+def test_chunked_token_statistics_equal_those_of_the_full_logits(chunk, rows):
+    """The scorer's entropy / logsumexp / mean over completion positions never materializes [N, P+T, V]
+    (nor, with `rows`, more than that many rows' activations); so are its log-probs."""
     from rl_sharpen.rl import rewards
     from rl_sharpen.rl.rollout import Scorer
 
@@ -85,10 +86,15 @@ def test_chunked_token_statistics_equal_those_of_the_full_logits(chunk):
     logits = models.forward(params, CFG, batch.tokens, models.positions_from_segments(batch.segments),
                             batch.segments)[0]
     expected = rewards.token_statistics(logits[:, P - 1:-1])
-    got = Scorer(CFG, chunk).token_stats(params, batch.tokens, batch.segments, T)
+    scorer = Scorer(CFG, chunk, rows)
+    got = scorer.token_stats(params, batch.tokens, batch.segments, T)
     assert sorted(got) == sorted(expected)
     for name in expected:
         np.testing.assert_allclose(np.asarray(got[name]), np.asarray(expected[name]), rtol=1e-5, atol=1e-5)
+    logprobs = jax.nn.log_softmax(logits[:, P - 1:-1])
+    expected_lp = jnp.take_along_axis(logprobs, batch.tokens[:, P:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(np.asarray(scorer.logprobs(params, batch.tokens, batch.segments, T)),
+                               np.asarray(expected_lp), atol=2e-5)
 
 
 def test_reinforce_gradient_is_advantage_weighted_score():

@@ -89,9 +89,11 @@ class Scorer:
 
     def _token_stats(self, params, tokens, segments, width):
         """`rw.token_statistics` at the `width` completion positions, over `chunk` positions at a time."""
-        return map_rows(lambda t, s: next_token_map(params, self.cfg, t, s, lambda logits, _: rw.token_statistics(logits),
-                                                    chunk=self.chunk, last=width, mesh=self.mesh),
-                        (tokens, segments), self.rows, self.mesh)
+        def stats(logits, _):
+            return rw.token_statistics(logits)
+
+        return map_rows(lambda t, s: next_token_map(params, self.cfg, t, s, stats, chunk=self.chunk, last=width,
+                                                    mesh=self.mesh), (tokens, segments), self.rows, self.mesh)
 
 
 def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,

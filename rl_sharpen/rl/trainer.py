@@ -177,9 +177,10 @@ class RLRun:
         self.optimizer = make_optimizer(self.optim_cfg, weight_decay_mask(self.model_cfg))
         self.train_step = _jitted_train_step(self.model_cfg, self.loss_cfg, self.optim_cfg, minibatch // micro, G,
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
-        self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk, micro, self.mesh)  # micro-batches, as the update
-        self.memory = (Memory(self.model_cfg, self.calibration_cfg, self.mesh, micro_rows=micro, remat=self.rl_cfg.remat)
-                       if self.calibration_cfg.enabled else None)
+        # the scorer and the memory pass over micro-batches of the update's rows
+        self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk, micro, self.mesh)
+        self.memory = (Memory(self.model_cfg, self.calibration_cfg, self.mesh, micro_rows=micro,
+                              remat=self.rl_cfg.remat) if self.calibration_cfg.enabled else None)
 
     def initial_state(self) -> dict:
         step = jnp.zeros((), jnp.int32)
