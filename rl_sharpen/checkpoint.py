@@ -105,8 +105,9 @@ class Checkpointer:
                             "its checkpoint saved; the same command resumes from it")
         return saved
 
-    def restore(self, abstract_state, config: dict, step: int | None = None):
-        """(state, record) of `step` (default: latest), placed like `abstract_state`."""
+    def restore(self, abstract_state, config: dict, step: int | None = None, allowed=resumable_change):
+        """(state, record) of `step` (default: latest), placed like `abstract_state`; refused when its
+        recorded config differs from `config` in a field that `allowed` does not accept."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
@@ -114,7 +115,7 @@ class Checkpointer:
             record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as e:  # orbax raises several types for unreadable steps
             raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
-        detail = config_changes(record.get("config", {}), json.loads(json.dumps(config)), resumable_change)
+        detail = config_changes(record.get("config", {}), json.loads(json.dumps(config)), allowed)
         if detail:
             raise CheckpointMismatch(f"{self.directory}/{step} was made with another config ({detail}); "
                                      "use a new --workdir or restore the original config")

@@ -36,18 +36,20 @@ WARM_START_DATA = ("train", "synthetic_max_steps", "synthetic_max_value", "synth
                    "synthetic_hold_out", "synthetic_hold_out_openings")
 
 
+def _warm_start_allows(record: dict):
+    """The fields a warm start's record may differ in: sft.log_every, sft.checkpoint_every, and data
+    fields it does not read (records written before WARM_START_DATA hold every data field)."""
+    recorded = {f"data.{k}" for k in record["data"]}
+    return lambda field: resumable_change(field) or field.startswith("data.") and field not in recorded
+
+
 def _check_warm_start(path: str, record: dict) -> None:
     saved = os.path.join(path, _WARM_START_RECORD)
     if not os.path.exists(saved):
         raise CheckpointMismatch(f"{path} has no {_WARM_START_RECORD} to tell what it was trained with; "
                                  "use a new --workdir")
-    recorded = {f"data.{k}" for k in record["data"]}
-
-    def allowed(field):  # sft.log_every, sft.checkpoint_every; data fields it does not read (older records hold them)
-        return resumable_change(field) or field.startswith("data.") and field not in recorded
-
     with open(saved) as f:
-        detail = config_changes(json.load(f), record, allowed)
+        detail = config_changes(json.load(f), record, _warm_start_allows(record))
     if detail:
         raise CheckpointMismatch(f"{path} was trained with other settings ({detail}); use a new --workdir, "
                                  "or delete sft_model, sft_checkpoints and the regime folders to start over")
@@ -73,7 +75,7 @@ def sft_start(exp, workdir, task, mesh):
         return models.load_hf(path, dtype=exp.model.param_dtype, mesh=mesh, compute_dtype=exp.model.compute_dtype)
     cfg, params = build_model(exp, mesh, task.tokenizer)
     params = train_sft(params, cfg, task.sft_pairs, sft_cfg, sft_optim, task.pad_id, workdir, exp.seed,
-                       config_record=record)
+                       config_record=record, config_allows=_warm_start_allows(record))
     models.save_hf(params, cfg, path + ".tmp")
     if jax.process_index() == 0:
         with open(os.path.join(path + ".tmp", _WARM_START_RECORD), "w") as f:

@@ -212,9 +212,12 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         shards = math.prod(mesh.shape.get(axis, 1) for axis in shd.LOGICAL_RULES["batch"])
         for field, count in rows.items():
             if count % shards:
+                used = shd.batch_sharding(mesh, 1, (count,)).spec[0]  # the batch axes that divide the count
+                used = () if used is None else (used,) if isinstance(used, str) else used
+                held = count // math.prod(mesh.shape[axis] for axis in used)
                 logging.warning("%s: %d sequences do not divide over the %d batch shards of the mesh (%s), so "
-                                "devices compute the same rows, each device holding the activations of all %d: "
-                                "use a multiple of %d", field, count, shards, dict(mesh.shape), count, shards)
+                                "devices compute the same rows, each device holding the activations of %d of them: "
+                                "use a multiple of %d", field, count, shards, dict(mesh.shape), held, shards)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen reference: the initial policy
     width = exp.sampling.prompt_width
     if width is None and exp.rl.prompt_padding == "dataset":
@@ -226,12 +229,14 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         logging.warning("loss.name='alpha_dpg' fits p* = p_ref(. | correct) from the verified correctness and the "
                         "log-probs alone: the reward (%s) and advantage (%s) settings do not enter its update (they "
                         "are still computed and logged)", reward_cfg, exp.advantage)
-    weights = rw.mixture_weights(reward_cfg)
-    if exp.advantage.estimator == "grpo" and "task" in weights and len(weights) > 1:
+    others = {k: v for k, v in rw.mixture_weights(reward_cfg).items() if k != "task"}
+    if reward_cfg.kl_coef > 0:
+        others["kl_coef"] = reward_cfg.kl_coef
+    if exp.advantage.estimator == "grpo" and "task" in rw.mixture_weights(reward_cfg) and others:
         logging.warning("advantage.estimator='grpo' divides by each group's reward std: in a group whose samples "
-                        "are all correct or all wrong, the reward's other components (weights %s) are scaled to "
-                        "unit size, undoing their weights, and the update no longer follows grad E_pi[R] "
-                        "(rl/advantages.py); rloo and dr_grpo do", {k: v for k, v in weights.items() if k != "task"})
+                        "are all correct or all wrong, the reward's other terms (%s) are scaled to unit size, "
+                        "undoing their weights, and the update no longer follows grad E_pi[R] "
+                        "(rl/advantages.py); rloo and dr_grpo do", others)
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
                  train_problems=train_problems, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,

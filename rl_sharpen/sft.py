@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from rl_sharpen.checkpoint import Checkpointer
+from rl_sharpen.checkpoint import Checkpointer, resumable_change
 from rl_sharpen.metrics import MetricWriter
 from rl_sharpen.models import param_shardings, weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
@@ -105,14 +105,15 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
 def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Generator, int], list],
               sft_cfg: SFTConfig, optim_cfg: OptimConfig, pad_id: int, workdir: str, seed: int = 0,
               prompt_width: int | None = None, config_record: dict | None = None,
-              on_start: Callable[[], None] | None = None):
+              on_start: Callable[[], None] | None = None, config_allows: Callable[[str], bool] = resumable_change):
     """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params.
 
     Every `sft_cfg.checkpoint_every` steps (0: never) and at the last one it saves params, optimizer
     state, the batch stream's numpy state and the padded width under `<workdir>/sft_checkpoints`, with
     `config_record` (default: the SFT and optimizer settings and the seed), so a killed run started
     again resumes where it was and draws the same batches as an uninterrupted one; a record that
-    differs in a field that changes the math is refused (`Checkpointer.restore`). `on_start()` runs once
+    differs in a field that changes the math is refused (`Checkpointer.restore`; `config_allows(field)`
+    names the fields that may differ). `on_start()` runs once
     the checkpoint, if any, has accepted the record, before the first step."""
     optimizer = make_optimizer(optim_cfg, weight_decay_mask(cfg))
     state = {"params": params, "opt_state": init_state(optimizer, params)}
@@ -127,7 +128,7 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
         ckpt = Checkpointer(f"{workdir}/sft_checkpoints", sft_cfg.checkpoint_every, keep=1)
     start = 0
     if ckpt is not None and ckpt.latest_step() is not None:
-        state, saved = ckpt.restore(state, record)
+        state, saved = ckpt.restore(state, record, allowed=config_allows)
         start, width = int(saved["step"]), int(saved["width"])
         rng.bit_generator.state = saved["rng"]
         logging.info("resumed the warm start in %s/sft_checkpoints from step %d", workdir, start)

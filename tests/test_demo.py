@@ -381,3 +381,43 @@ def test_the_warm_start_record_holds_every_data_field_its_examples_depend_on():
             continue
         assert (examples(changed) != reference) == (name in WARM_START_DATA), name
     assert not set(refused) & set(WARM_START_DATA) and len(refused) < 6, refused
+
+
+def test_a_warm_start_killed_under_the_older_record_resumes(tmp_path):
+    """sft_checkpoints whose record holds every data field (as before WARM_START_DATA) resume under the
+    record of the fields the warm start reads, and are still refused for a field it reads."""
+    import dataclasses
+
+    from rl_sharpen.checkpoint import CheckpointMismatch
+    from rl_sharpen.demo import WARM_START_DATA, _warm_start_allows
+    from rl_sharpen.sft import train_sft
+    from rl_sharpen.task_setup import build_task
+
+    exp = experiment.parse(get_config("demo", "tiny"))
+    task = build_task(exp.data, exp.model, exp.seed)
+    cfg, params = experiment.build_model(exp, None, task.tokenizer)
+    sft_cfg = dataclasses.replace(exp.sft, steps=4, checkpoint_every=2)
+    record = {"sft": dataclasses.asdict(sft_cfg), "data": {k: getattr(exp.data, k) for k in WARM_START_DATA}}
+    every = dataclasses.asdict(exp.data)
+    older = {**record, "data": {k: v for k, v in every.items() if not k.startswith("validation")}}
+    calls = []
+
+    def killed_at_step_3(rng, n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return task.sft_pairs(rng, n)
+
+    def train(pairs, record, **kwargs):
+        return train_sft(jax.tree.map(lambda x: x.copy(), params), cfg, pairs, sft_cfg, exp.optim, task.pad_id,
+                         str(tmp_path), config_record=json.loads(json.dumps(record)), **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(killed_at_step_3, older)
+    with pytest.raises(CheckpointMismatch, match=r"data.train_limit: 0 -> None"):  # the strict default
+        train(task.sft_pairs, record)
+    changed = {**record, "data": {**record["data"], "sft_guess": 0.5}}
+    with pytest.raises(CheckpointMismatch, match=r"data.sft_guess: 0.4 -> 0.5"):
+        train(task.sft_pairs, changed, config_allows=_warm_start_allows(changed))
+    train(task.sft_pairs, record, config_allows=_warm_start_allows(record))
+    assert [json.loads(r)["step"] for r in (tmp_path / "sft.jsonl").read_text().splitlines()][-1] == 4

@@ -326,9 +326,13 @@ def test_rows_that_do_not_divide_over_the_batch_shards_are_reported(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         _rl_run(tmp_path / "odd", 1, mesh={"data": 8, "fsdp": 1, "tensor": 1}, **{"rl.micro_batch": 4})
     assert ("rl.micro_batch: 4 sequences do not divide over the 8 batch shards of the mesh ({'data': 8, 'fsdp': 1, "
-            "'tensor': 1}), so devices compute the same rows, each device holding the activations of all 4: use a "
+            "'tensor': 1}), so devices compute the same rows, each device holding the activations of 4 of them: use a "
             "multiple of 8") in caplog.text
     assert "rl.prompts_per_step x sampling.num_samples" not in caplog.text  # 16 rows a step divide
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # 4 rows: over data (4), replicated over fsdp (2)
+        _rl_run(tmp_path / "part", 1, mesh={"data": 4, "fsdp": 2, "tensor": 1}, **{"rl.micro_batch": 4})
+    assert "each device holding the activations of 1 of them: use a multiple of 8" in caplog.text
 
 
 def test_teacher_forced_passes_keep_their_rows_sharded_over_fsdp():

@@ -582,7 +582,8 @@ def test_settings_alpha_dpg_ignores_are_reported(tmp_path, caplog):
 
 
 def test_grpo_on_a_mixed_reward_is_reported(tmp_path, caplog):
-    """grpo's per-group std rescales the continuous part of a tilted reward; task reward alone is fine."""
+    """grpo's per-group std rescales the terms of R besides the task reward (a tilted reward's, a KL in
+    the reward); task reward alone, or rloo, is fine."""
     with caplog.at_level(logging.WARNING):
         _rl_run(tmp_path / "a", 1, **{"advantage.estimator": "grpo", "reward.alpha": 4.0, "reward.beta_inv": 100.0,
                                       "reward.mode": "sampling"})
@@ -593,6 +594,10 @@ def test_grpo_on_a_mixed_reward_is_reported(tmp_path, caplog):
         _rl_run(tmp_path / "b", 1, **{"advantage.estimator": "grpo", "reward.alpha": 0.0, "reward.beta_inv": 1.0})
         _rl_run(tmp_path / "c", 1, **{"reward.alpha": 4.0, "reward.beta_inv": 100.0, "reward.mode": "sampling"})
     assert "divides by each group's reward std" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "d", 1, **{"advantage.estimator": "grpo", "reward.alpha": 0.0, "reward.beta_inv": 1.0,
+                                      "reward.kl_coef": 0.05})
+    assert "the reward's other terms ({'kl_coef': 0.05})" in caplog.text
 
 
 def test_held_out_problems_covering_the_whole_space_are_an_error():

@@ -37,6 +37,7 @@ EQUAL = [
     (r"-\sqrt{3}", r"-1\cdot\sqrt{3}"), (r"\frac{\pi}{2}", r"\pi/2"), (r"6\pi", r"6 \pi"),
     (r"\frac{9\pi}{4}", r"2.25\pi"),
     ("10", r"\binom 5 2"), ("10", r"\tbinom52"), ("10", r"\dbinom{5}{2}"), (r"\binom{5}{2}", r"\binom 52"),
+    ("10", r"\binom{5}2"), (r"\binom{2n}{n}", r"\binom{2n}n"), (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt3}2"),
     (r"\sqrt{2}", "2^{1/2}"), ("100", "10^2"), ("2^{10}", "1024"), (r"\frac{1}{2^{99}}", "2^{-99}"),
     (r"\frac{1}{2004!}", r"\frac{1}{2004!}"), ("x^2+2x+1", "(x+1)^2"), ("2x+2", "2(x+1)"), ("a+b", "b+a"),
     ("3x", r"x \cdot 3"), ("y=2x+1", "2x+1"),
@@ -102,7 +103,7 @@ EQUAL = [
 
 # (gold, answer) pairs a careful grader rejects; the first block fools plain math-verify.
 UNEQUAL = [
-    ("10", r"\binom 6 2"), ("10", r"\binom{6}{2}"),
+    ("10", r"\binom 6 2"), ("10", r"\binom{6}{2}"), ("10", r"\binom{6}2"),
     (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"), (r"\frac{1}{2004!}", r"\frac{1}{2006!}"), ("6", "6.0000001"),
     (r"\frac{1}{3}", "0.333333"), (r"\frac{1}{3}", "0.3333333333333333"), (r"\sqrt{2}", "1.41421356"),
     (r"x+\frac{1}{2^{99}}", r"x+\frac{1}{2^{98}}"), (r"(\frac{1}{2^{99}}, 1)", r"(\frac{1}{2^{98}}, 1)"),

@@ -163,10 +163,10 @@ _TEXT_MACRO_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mbox)\s*\{")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _BARE_THOUSANDS_RE = re.compile(r"\$?\s*(-?\d{1,3}(?:,\d{3})+)\s*\$?")  # a gold "70,110", "$58,500$"
 _TOKEN = r"(\\[a-zA-Z]+|[0-9a-zA-Z])"  # one TeX argument without braces: a character or a macro
-# "\frac \pi4", "\frac1{2}", "\binom 5 2": two-argument macros with an argument not in braces
-_BARE_FRAC_RE = re.compile(rf"\\(frac|binom)\s*{_TOKEN}\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")
+# "\frac \pi4", "\frac1{2}", "\binom 5 2", "\binom{5}2": two-argument macros, arguments with or without braces
+_BARE_FRAC_RE = re.compile(rf"\\(frac|binom)\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
-_FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
+_FRAC_SECOND_ARG_RE = re.compile(r"(\\(?:frac|binom)\{[^{}]*\})\s*([0-9a-zA-Z])")
 _WRAPPER_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox|mathbf|textbf|boldsymbol|bm)\s*(?=\{)")  # box or bold
 
 _INT = r"\d+"
@@ -282,7 +282,7 @@ def _clean(answer: str) -> _Cleaned:
     s = s.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace(r"\colon", ":")
     s = s.replace(r"\dbinom", r"\binom").replace(r"\tbinom", r"\binom")
     s = s.replace(r"\langle", "(").replace(r"\rangle", ")")  # a vector "\langle 1, 2 \rangle"
-    s = _BARE_FRAC_RE.sub(lambda m: rf"\{m[1]}{{{m[2]}}}{{{m[3] if m[3] is not None else m[4]}}}", s)
+    s = _BARE_FRAC_RE.sub(lambda m: rf"\{m[1]}{{{_first(m[2], m[3])}}}{{{_first(m[4], m[5])}}}", s)
     s = _spaced_numbers(s)
     if _TRIG_RE.search(s):  # an angle of a trigonometric function in radians: "\sin 30^\circ" is not "\sin 30"
         s = _ANGLE_IN_DEGREES_RE.sub(lambda m: rf"(\frac{{{m[1]}\pi}}{{180}})", s)
@@ -314,6 +314,10 @@ def _is_argument(s: str, start: int, also: str = "") -> bool:
     """Whether the digits at `start` are a one-token argument (of `_`, `^`, a macro, or a char of `also`)."""
     before = s[max(0, start - 40) : start]
     return bool(_ARGUMENT_END_RE.search(before)) or (bool(before) and before[-1] in also)
+
+
+def _first(*options):
+    return next(x for x in options if x is not None)
 
 
 def _spaced_numbers(s: str) -> str:
