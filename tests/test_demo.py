@@ -392,6 +392,7 @@ def test_a_warm_start_killed_under_the_older_record_resumes(tmp_path):
     from rl_sharpen.demo import WARM_START_DATA, _warm_start_allows
     from rl_sharpen.sft import train_sft
     from rl_sharpen.task_setup import build_task
+    from tests.test_trainer import interrupted_at
 
     exp = experiment.parse(get_config("demo", "tiny"))
     task = build_task(exp.data, exp.model, exp.seed)
@@ -400,20 +401,12 @@ def test_a_warm_start_killed_under_the_older_record_resumes(tmp_path):
     record = {"sft": dataclasses.asdict(sft_cfg), "data": {k: getattr(exp.data, k) for k in WARM_START_DATA}}
     every = dataclasses.asdict(exp.data)
     older = {**record, "data": {k: v for k, v in every.items() if not k.startswith("validation")}}
-    calls = []
-
-    def killed_at_step_3(rng, n):
-        calls.append(n)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return task.sft_pairs(rng, n)
-
     def train(pairs, record, **kwargs):
         return train_sft(jax.tree.map(lambda x: x.copy(), params), cfg, pairs, sft_cfg, exp.optim, task.pad_id,
                          str(tmp_path), config_record=json.loads(json.dumps(record)), **kwargs)
 
     with pytest.raises(KeyboardInterrupt):
-        train(killed_at_step_3, older)
+        train(interrupted_at(3, task.sft_pairs), older)
     with pytest.raises(CheckpointMismatch, match=r"data.train_limit: 0 -> None"):  # the strict default
         train(task.sft_pairs, record)
     changed = {**record, "data": {**record["data"], "sft_guess": 0.5}}

@@ -801,6 +801,18 @@ def test_sft_batches_put_the_completion_eos_included_under_the_mask_and_average_
     np.testing.assert_allclose(nll, -(lp * mask).sum() / 4, rtol=1e-6)  # 4 completion tokens, not 2 rows
 
 
+def interrupted_at(call: int, sample_pairs):
+    """sample_pairs that raises KeyboardInterrupt at its `call`-th call (a run killed drawing that batch)."""
+    calls = []
+
+    def sample(rng, n):
+        calls.append(n)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return sample_pairs(rng, n)
+    return sample
+
+
 def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_path, caplog):
     """Killed while drawing step 4's batch (after the step-2 checkpoint and step 3's row): the rerun
     restores params, optimizer state and the batch stream at step 2 and ends where an uninterrupted
@@ -815,14 +827,7 @@ def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_
     def train(workdir, sample_pairs=task.sft_pairs, optim=exp.optim):
         return train_sft(jax.tree.map(jnp.copy, params), cfg, sample_pairs, sft_cfg, optim, task.pad_id, str(workdir))
 
-    calls = []
-
-    def killed_at_step_4(rng, n):
-        calls.append(n)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return task.sft_pairs(rng, n)
-
+    killed_at_step_4 = interrupted_at(4, task.sft_pairs)
     full = train(tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "killed", killed_at_step_4)
