@@ -229,10 +229,11 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         logging.warning("loss.name='alpha_dpg' fits p* = p_ref(. | correct) from the verified correctness and the "
                         "log-probs alone: the reward (%s) and advantage (%s) settings do not enter its update (they "
                         "are still computed and logged)", reward_cfg, exp.advantage)
-    others = {k: v for k, v in rw.mixture_weights(reward_cfg).items() if k != "task"}
+    weights = rw.mixture_weights(reward_cfg)
+    others = {k: v for k, v in weights.items() if k != "task"}
     if reward_cfg.kl_coef > 0:
         others["kl_coef"] = reward_cfg.kl_coef
-    if exp.advantage.estimator == "grpo" and "task" in rw.mixture_weights(reward_cfg) and others:
+    if exp.advantage.estimator == "grpo" and "task" in weights and others:
         logging.warning("advantage.estimator='grpo' divides by each group's reward std: in a group whose samples "
                         "are all correct or all wrong, the reward's other terms (%s) are scaled to unit size, "
                         "undoing their weights, and the update no longer follows grad E_pi[R] "

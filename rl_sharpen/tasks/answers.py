@@ -166,7 +166,7 @@ _TOKEN = r"(\\[a-zA-Z]+|[0-9a-zA-Z])"  # one TeX argument without braces: a char
 # "\frac \pi4", "\frac1{2}", "\binom 5 2", "\binom{5}2": two-argument macros, arguments with or without braces
 _BARE_FRAC_RE = re.compile(rf"\\(frac|binom)\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})\s*(?:\{{([^{{}}]*)\}}|{_TOKEN})")
 _SINGLE_ARG_RE = re.compile(r"\\(frac|sqrt)\s*([0-9a-zA-Z])")
-_FRAC_SECOND_ARG_RE = re.compile(r"(\\(?:frac|binom)\{[^{}]*\})\s*([0-9a-zA-Z])")
+_FRAC_SECOND_ARG_RE = re.compile(r"(\\frac\{[^{}]*\})\s*([0-9a-zA-Z])")
 _WRAPPER_PREFIX_RE = re.compile(r"^\\(?:boxed|fbox|mathbf|textbf|boldsymbol|bm)\s*(?=\{)")  # box or bold
 
 _INT = r"\d+"
