@@ -22,16 +22,19 @@ from (sampler temperature / top-p applied), lp_old those of the policy that anch
   alpha_dpg   reinforce with A_i = `alpha_dpg_advantages` (Kruszewski et al. 2026, below), recomputed from
               the current sg(lp) at every step; batch.advantages is ignored
 
-Optional KL penalty per token: l_t += kl_coef * k(lp_t - lp_ref_t) (rl/kl.py). Sampled from pi and
-under the constant normalizer (seq-mean-token-sum), its expected gradient is that of a per-position
-KL at the prefixes pi visits, their visit probabilities held fixed (k2: sum_u P_pi(u) KL(pi(.|u) ||
-p_ref(.|u)); k3 the same with KL(p_ref(.|u) || pi(.|u)); k1: zero), not the gradient of the
-sequence-level KL(pi || p_ref); the other aggregations reweight it by length. Sampled from q != pi
-(a temperature, calibration) it takes no importance weight, so each prefix averages grad k over
-tokens drawn from q, which is the gradient of no KL: k1 then descends
--sum_u P_q(u) CE(q(.|u), pi(.|u)), pushing pi away from q, and k2 / k3 miss their per-position KL
-(relative error 0.18 at temperature 0.6 on a 3-token model). For the objective's sequence-level KL, and
-its optimum p_ref e^{r / beta} / Z, put it in the reward instead: `RewardConfig.kl_coef` with k1.
+Optional KL penalty per token: l_t += kl_coef * sg(w_t) k(lp_t - lp_ref_t) (rl/kl.py), with the
+importance weight w_t of reinforce above (per token, or per sequence with is_level = "sequence"):
+w = 1 on-policy, and sampled from mu != pi (a temperature, calibration, a later PPO epoch) it makes
+each position's expected gradient the one under pi. Under the constant normalizer
+(seq-mean-token-sum) and untruncated, the expected gradient is that of a per-position KL with the
+visit probabilities of the prefixes held fixed: k2 gives sum_u P(u) KL(pi(.|u) || p_ref(.|u)), k3 the
+same with KL(p_ref(.|u) || pi(.|u)), k1 zero; P is mu's prefix distribution with per-token weights
+and pi's with the sequence weight (tests/test_kl.py enumerates both). Without the weight the
+penalty would follow the gradient of no KL off-policy (k1: -sum_u P_mu(u) CE(mu(.|u), pi(.|u)),
+pushing pi away from mu; k2 / k3 18% off their KL at temperature 0.6 on a 3-token model). It is not
+the gradient of the sequence-level KL(pi || p_ref) and the other aggregations reweight it by length;
+for the objective's KL, and its optimum p_ref e^{r / beta} / Z, put it in the reward instead:
+`RewardConfig.kl_coef` with k1.
 
 Aggregation over generated tokens (mask m, L_i = sum_t m_it, N' = number of rows with L_i > 0):
   token-mean            sum_{i,t} m l / sum_{i,t} m
@@ -86,7 +89,7 @@ class LossConfig:
     is_level: str = "token"  # weights per token, or one per sequence (noisier; exact when untruncated, above)
     eps_low: float = 0.2  # ppo_clip: lower clip of the ratio, 1 - eps_low
     eps_high: float = 0.2  # ppo_clip: upper clip, 1 + eps_high (DAPO clip-higher: 0.28)
-    kl_coef: float = 0.0  # per-token KL penalty added to the loss, kl_coef * k(lp_t - lp_ref_t)
+    kl_coef: float = 0.0  # per-token KL penalty added to the loss, kl_coef * sg(w_t) k(lp_t - lp_ref_t)
     kl_estimator: str = "k3"  # k of that penalty (rl/kl.py): a per-position KL, see the module docstring
     dpg_alpha: float = 0.5  # alpha of alpha_dpg: 1 forward KL (DPG), -> 0 reverse KL (RL-like)
 
@@ -301,8 +304,9 @@ def policy_loss(logprobs: jax.Array, batch: LossInputs, cfg: LossConfig, *,
     metrics["policy_loss"] = aggregate(token_loss, mask, cfg.aggregation, max_len=cfg.max_len,
                                        denominator=denominator)
     if cfg.kl_coef > 0:
-        token_kl = kl.token_kl(logprobs, _required(batch, "ref_logprobs", f"{cfg.name} with kl_coef > 0"),
-                               cfg.kl_estimator)
+        _, weight = _importance_weights(logprobs - batch.behaviour_logprobs, mask, cfg)
+        token_kl = weight * kl.token_kl(
+            logprobs, _required(batch, "ref_logprobs", f"{cfg.name} with kl_coef > 0"), cfg.kl_estimator)
         metrics["kl"] = _masked_mean(jax.lax.stop_gradient(token_kl), mask)
         token_loss = token_loss + cfg.kl_coef * token_kl
     loss = aggregate(token_loss, mask, cfg.aggregation, max_len=cfg.max_len, denominator=denominator)
