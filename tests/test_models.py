@@ -223,6 +223,29 @@ def test_bfloat16_compute_sums_a_frequent_tokens_embedding_gradient_in_float32(t
     assert np.linalg.norm(bf16 - exact) / np.linalg.norm(exact) < 0.03
 
 
+def test_forward_mode_derivatives_agree_with_reverse_mode():
+    """jax.jvp through the model (directional derivatives, Hessian-vector products) equals the
+    gradient's inner product with the direction: along every parameter, and along the embedding alone."""
+    cfg = models.ModelConfig("llama", 97, 64, 128, 1, 4, 2, 16)
+    params = models.init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
+    segments = jnp.ones_like(tokens)
+    keys = jax.random.split(jax.random.key(2), len(jax.tree.leaves(params)))
+    direction = jax.tree.unflatten(jax.tree.structure(params), [
+        jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, jax.tree.leaves(params))])
+
+    def objective(p):
+        return models.token_logprobs(p, cfg, tokens, segments).mean()
+
+    gradient = jax.jit(jax.grad(objective))(params)
+    directional = jax.jit(lambda p, d: jax.jvp(objective, (p,), (d,))[1])
+    np.testing.assert_allclose(directional(params, direction), sum(
+        jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(gradient), jax.tree.leaves(direction))), rtol=1e-4)
+    embed_only = jax.tree.map(jnp.zeros_like, direction) | {"embed": direction["embed"]}
+    np.testing.assert_allclose(directional(params, embed_only), jnp.vdot(gradient["embed"], direction["embed"]),
+                               rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(models.PRESETS))
 def test_preset_parameter_counts(name):
     cfg, published = models.PRESETS[name]
