@@ -58,8 +58,14 @@ def _convert(tp, value, path: str):
                 errors.append(str(e))
         raise ConfigError(f"{path}={value!r} matches none of {tp}: {'; '.join(errors)}")
     if origin is tuple:
+        pairs = len(args) == 2 and args[1] is Ellipsis and len(typing.get_args(args[0])) == 2
+        if pairs and isinstance(_plain(value), Mapping):  # ((name, weight), ...) written as a dict
+            value = tuple(_plain(value).items())
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}={value!r}; expected a sequence for {tp}")
+        if pairs and not all(isinstance(v, (list, tuple)) for v in value):
+            raise ConfigError(f"{path}={value!r}; expected pairs {args[0]}, e.g. (('name', 0.1),); on the command "
+                              "line a dict keeps only its keys, so write the pairs")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):

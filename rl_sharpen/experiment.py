@@ -64,7 +64,7 @@ class ModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # presets from the SFT start; keep reward.normalization
+    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # presets from the SFT start; each sets reward.mode/alpha/beta_inv
     sft_steps: int = 600  # warm-start steps (in place of sft.steps); its optimizer settings are its own, not optim.*
 
     def __post_init__(self):
@@ -114,6 +114,18 @@ class ExperimentConfig:
             raise ValueError(f"ExperimentConfig.data.train={self.data.train!r} with mode={self.mode!r}, whose warm "
                              "start trains on worked solutions, which only the synthetic task has; allowed: "
                              f"data.train={SYNTHETIC!r} (and data.validation={SYNTHETIC!r})")
+        if self.mode == "sft":  # the warm start draws fresh synthetic examples at every batch
+            for name in ("train_limit", "synthetic_train_problems"):
+                if (value := getattr(self.data, name)) != getattr(DataConfig(), name):
+                    raise ValueError(f"ExperimentConfig.data.{name}={value} with mode='sft': it sets the RL "
+                                     "problems, and the warm start draws fresh synthetic examples at every batch; "
+                                     f"allowed: its default, {getattr(DataConfig(), name)}")
+        if self.mode == "demo":  # each of demo.regimes sets the reward's mode, alpha and beta_inv
+            for name in ("mode", "alpha", "beta_inv"):
+                if (value := getattr(self.reward, name)) != getattr(rw.RewardConfig(), name):
+                    raise ValueError(f"ExperimentConfig.reward.{name}={value!r} with mode='demo', whose regimes "
+                                     f"({', '.join(self.demo.regimes)}) set it; allowed: its default, "
+                                     f"{getattr(rw.RewardConfig(), name)!r} (choose the regimes with demo.regimes)")
         if self.sampling.pad_id != 0:
             raise ValueError(f"ExperimentConfig.sampling.pad_id={self.sampling.pad_id}; allowed: 0. Runs pad with "
                              "the tokenizer's pad id; the field is for direct sampling.generate calls")

@@ -46,8 +46,12 @@ def parse_flags(argv):
         unknown = message.split("\n", 1)[0].strip("'\"")
         if unknown not in _overridden_fields(argv):  # raised by the config file itself: its traceback
             raise
+        hint = ""
+        if any(arg.split("=", 1)[0] == f"--config.model.custom.{unknown}" for arg in argv):
+            hint = (" (model.custom holds only the keys its config file sets; to add one, pass the whole dict: "
+                    "--config.model.custom='{\"family\": ..., ...}')")
         sys.exit("FATAL Flags parsing error: a --config override names an unknown field: "
-                 + message.replace("\n", " "))
+                 + message.replace("\n", " ") + hint)
     except flags.Error as e:
         message = str(e)
         if "Traceback" in message:  # get_config raised: its own error line, not the config loader's traceback

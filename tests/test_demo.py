@@ -263,6 +263,15 @@ def test_a_misspelt_override_is_one_line(tmp_path, override):
         "FATAL Flags parsing error: a --config override names an unknown field: 'save_polcy'")
 
 
+def test_an_unset_model_custom_key_names_the_whole_dict_override(tmp_path):
+    done = _main("--config=configs/qwen25_3b_math.py:tiny", f"--workdir={tmp_path}",
+                 "--config.model.custom.rope_theta=500000.0")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("FATAL Flags parsing error: a --config override names an unknown field: 'rope_theta'")
+    assert "model.custom holds only the keys its config file sets; to add one, pass the whole dict" in last
+
+
 def test_an_eval_run_whose_data_cannot_load_writes_nothing(tmp_path, smollm2_tokenizer_dir):
     done = _main(f"--config=configs/eval_smollm2_gsm8k.py:{smollm2_tokenizer_dir},tiny",
                  f"--workdir={tmp_path / 'run'}", f"--config.data.validation={tmp_path / 'missing.jsonl'}")

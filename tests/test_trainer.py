@@ -190,6 +190,9 @@ def test_config_errors_name_the_field_and_allowed_values():
     ("data.train", "gsm8k", r"ExperimentConfig.data.train='gsm8k' with mode='demo', whose warm start trains on "
                             r"worked solutions, which only the synthetic task has; allowed: data.train='synthetic'"),
     ("sampling.pad_id", 3, r"ExperimentConfig.sampling.pad_id=3; allowed: 0. Runs pad with the tokenizer's pad id"),
+    ("reward.beta_inv", 5.0, r"ExperimentConfig.reward.beta_inv=5.0 with mode='demo', whose regimes \(task_reward, "
+                             r"sharpening\) set it; allowed: its default, 1.0 \(choose the regimes with demo.regimes\)"),
+    ("reward.mode", "sampling", r"ExperimentConfig.reward.mode='sampling' with mode='demo'"),
     ("sampling.num_samples", 1, r"ExperimentConfig.sampling.num_samples=1 with advantage.estimator='rloo', whose "
                                 r"baseline comes from the other samples of a prompt; allowed: num_samples >= 2, or "
                                 r"an estimator without one: reinforce_pp"),
@@ -199,6 +202,33 @@ def test_bad_values_are_refused_before_any_work(field, value, message):
     *section, name = field.split(".")
     (c[section[0]] if section else c)[name] = value
     with pytest.raises(ConfigError, match=message):
+        experiment.parse(c)
+
+
+@pytest.mark.parametrize("field, value", [("train_limit", 5), ("synthetic_train_problems", 300)])
+def test_an_sft_run_refuses_the_rl_problem_set_fields(field, value):
+    """The warm start draws fresh synthetic examples at every batch: a limit on the RL problems would be ignored."""
+    c = get_config("demo", "tiny")
+    c.mode = "sft"
+    c.data[field] = value
+    with pytest.raises(ConfigError, match=rf"ExperimentConfig.data.{field}={value} with mode='sft': it sets the RL "
+                                          r"problems, and the warm start draws fresh synthetic examples"):
+        experiment.parse(c)
+    c.mode = "rl"
+    assert getattr(experiment.parse(c).data, field) == value
+
+
+def test_reward_extra_reads_pairs_or_a_config_files_dict_and_explains_a_flags_dict():
+    c = get_config("demo", "tiny")
+    c.mode = "rl"
+    c.reward.extra = (("neg_entropy", 0.1),)
+    assert experiment.parse(c).reward.extra == (("neg_entropy", 0.1),)
+    d = c.to_dict()  # built in Python: a dict of weights
+    d["reward"]["extra"] = {"neg_entropy": 0.1}
+    assert experiment.parse(d).reward.extra == (("neg_entropy", 0.1),)
+    c.reward.extra = ("neg_entropy",)  # what a dict given on the command line becomes
+    with pytest.raises(ConfigError, match=r"config.reward.extra=\('neg_entropy',\); expected pairs .*on the command "
+                                          r"line a dict keeps only its keys"):
         experiment.parse(c)
 
 

@@ -89,7 +89,7 @@ class RewardConfig:
     beta_inv: float = 1.0  # 1 / beta; 0 drops the task reward and the 1/beta_inv scaling
     normalization: str = "sum"  # one of NORMALIZATIONS
     length_exponent: float = 1.0  # w of weighted_mean: N = S_ref / L^w
-    extra: tuple[tuple[str, float], ...] = ()  # more components: ((name, weight), ...) or a dict
+    extra: tuple[tuple[str, float], ...] = ()  # more components: ((name, weight), ...); built in Python, also a dict
     kl_coef: float = 0.0  # KL penalty folded into the sequence reward: R -= kl_coef * sum_t k(d_t)
     kl_estimator: str = "k1"  # k of that penalty (rl/kl.py); k1: the policy gradient of -kl_coef KL(pi || p_ref)
 
