@@ -1,0 +1,118 @@
+"""The sampled pipeline reaches each regime's closed-form optimum.
+
+tests/test_regimes.py checks the exact expected update; here the real, stochastic loop runs: the
+sampler, the verifier, the reference scorer, the rewards, RLOO, the reinforce loss over micro-batches
+and Adam. A one-layer Llama over {0, 1, EOS} with at most 3 new tokens after the prompt [EOS] has 15
+completions, so its distribution is enumerated exactly by teacher forcing and compared with the
+optimum computed from the reference's: p_ref^alpha / Z for tempered sampling (sequence level: the
+token-level tempering of p_ref is 0.21 away in total variation), the mode of p_ref for sharpening,
+and only correct completions for the task reward. (A prompt of one 0 would not do: a run of equal
+input tokens gives equal hidden states, so the prefixes (), (0,), (0, 0) could not differ.)
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_sharpen import models, sampling
+from rl_sharpen.optim import OptimConfig, init_state, make_optimizer
+from rl_sharpen.rl import advantages as adv
+from rl_sharpen.rl import losses
+from rl_sharpen.rl import rewards as rw
+from rl_sharpen.rl.rollout import Scorer, rollout
+from rl_sharpen.rl.update import completion_logprobs, make_train_step
+
+EOS, NEW, PROMPT = 2, 3, (2,)
+PREFIXES = [(), (0,), (1,), (0, 0), (0, 1), (1, 0), (1, 1)]
+COMPLETIONS = [p + (EOS,) for p in PREFIXES] + [p + (z,) for p in PREFIXES[3:] for z in (0, 1)]
+CORRECT = np.array([c.count(1) == 1 for c in COMPLETIONS], np.float64)  # the "answer": exactly one 1
+CFG = models.ModelConfig("llama", 3, 16, 32, 1, 2, 1, 8, max_position_embeddings=16, eos_token_ids=(EOS,))
+PROMPTS, SAMPLES, MICRO_BATCHES = 4, 8, 2
+
+
+class OneTask:
+    """A completion's text is its tokens before EOS; it is correct with exactly one token 1."""
+
+    def prompt_ids(self, problem):
+        return list(PROMPT)
+
+    def decode(self, ids):
+        ids = [int(i) for i in ids]
+        return " ".join(map(str, ids[:ids.index(EOS)] if EOS in ids else ids))
+
+    def score(self, completions, problems):
+        return np.array([c.split().count("1") == 1 for c in completions], np.float32), list(completions), {}
+
+
+def _enumeration():
+    tokens = np.zeros((len(COMPLETIONS), len(PROMPT) + NEW), np.int32)
+    segments, mask = np.zeros_like(tokens), np.zeros((len(COMPLETIONS), NEW), np.float32)
+    for i, c in enumerate(COMPLETIONS):
+        tokens[i, :len(PROMPT)], tokens[i, len(PROMPT):len(PROMPT) + len(c)] = PROMPT, c
+        segments[i, :len(PROMPT) + len(c)], mask[i, :len(c)] = 1, 1
+    return jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(mask)
+
+
+@jax.jit
+def completion_distribution(params):
+    """pi(c | prompt) of the 15 completions, by teacher forcing."""
+    tokens, segments, mask = _enumeration()
+    return jnp.exp(jnp.sum(completion_logprobs(params, CFG, tokens, segments, NEW, remat=False) * mask, axis=1))
+
+
+def reference():
+    """A random model scaled up, so that p_ref is far from uniform (its mode holds half the mass)."""
+    params = models.init_params(CFG, jax.random.key(1))
+    scaled = {k: v * (1.0 if k.endswith("norm") else 10.0) for k, v in params["layers"].items()}
+    return dict(params, layers=scaled, embed=params["embed"] * 50.0, lm_head=params["lm_head"] * 4.0)
+
+
+@functools.cache
+def _update():
+    optimizer = make_optimizer(OptimConfig(learning_rate=1e-2))
+    step = make_train_step(CFG, losses.LossConfig(aggregation="seq-mean-token-sum", max_len=NEW), optimizer,
+                           num_micro=MICRO_BATCHES, group_size=SAMPLES, remat=False)
+    return optimizer, jax.jit(step, donate_argnums=0)
+
+
+def train(reward_cfg, steps):
+    """(pi, p_ref) over the completions after `steps` RL steps from the reference."""
+    optimizer, step = _update()
+    ref = reference()
+    policy = jax.tree.map(jnp.copy, ref)
+    state = {"params": policy, "opt_state": init_state(optimizer, policy), "step": jnp.zeros((), jnp.int32)}
+    sampling_cfg = sampling.SamplingConfig(max_new_tokens=NEW, num_samples=SAMPLES, eos_ids=(EOS,),
+                                           prompt_width=len(PROMPT))
+    scorer = Scorer(CFG, rows=PROMPTS * SAMPLES // MICRO_BATCHES)
+    for i in range(steps):
+        batch, _ = rollout(state["params"], ref, CFG, OneTask(), [0] * PROMPTS, jax.random.fold_in(jax.random.key(0), i),
+                           sampling_cfg, reward_cfg, adv.AdvantageConfig("rloo"), scorer)
+        state, _ = step(state, batch)
+    return (np.asarray(completion_distribution(state["params"]), np.float64),
+            np.asarray(completion_distribution(ref), np.float64))
+
+
+def total_variation(p, q):
+    return 0.5 * float(np.abs(p - q).sum())
+
+
+@pytest.mark.parametrize("alpha, steps, bound", [(0.5, 300, 0.005), (2.0, 300, 0.02)])
+def test_tempered_sampling_reaches_p_ref_to_the_alpha(alpha, steps, bound):
+    pi, p_ref = train(rw.regime_preset(f"tempered_a{alpha:g}"), steps)
+    assert abs(p_ref.sum() - 1) < 1e-5
+    optimum = p_ref ** alpha / np.sum(p_ref ** alpha)
+    assert total_variation(p_ref, optimum) > 0.25
+    assert total_variation(pi, optimum) < bound
+
+
+def test_sharpening_reaches_the_mode_of_p_ref():
+    pi, p_ref = train(rw.regime_preset("sharpening"), 100)
+    assert p_ref.max() < 0.5 and pi[np.argmax(p_ref)] > 0.998
+
+
+def test_task_reward_moves_the_mass_to_correct_completions():
+    pi, p_ref = train(rw.regime_preset("task_reward"), 100)
+    assert p_ref @ CORRECT < 0.5 and pi @ CORRECT > 0.999
