@@ -116,6 +116,20 @@ def test_batch_prompt_padding_changes_shapes_not_results(tmp_path):
         assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), step
 
 
+def test_a_policy_that_is_the_reference_itself_trains_as_a_copy(tmp_path):
+    """The update donates the policy's buffers; handed the reference's own arrays, the run copies them
+    instead of deleting the reference, and trains as the usual run does."""
+    copied = _rl_run(tmp_path / "copied", 2)
+    shared = dataclasses.replace(_rl_run(tmp_path / "shared", 2), policy_params=copied.ref_params,
+                                 ref_params=copied.ref_params)
+    copied.run()
+    shared.run()
+    jax.tree.map(lambda x: x.block_until_ready(), shared.ref_params)  # still alive
+    a, b = _rows(tmp_path / "copied"), _rows(tmp_path / "shared")
+    for step in (1, 2):
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-6), step
+
+
 def test_changed_config_refuses_to_resume(tmp_path):
     _rl_run(tmp_path, 2).run()
     saved = json.loads((tmp_path / "config.json").read_text())

@@ -147,9 +147,17 @@ def _scorer(model_cfg, chunk, rows, mesh) -> Scorer:
     return Scorer(model_cfg, chunk, rows, mesh)
 
 
+def _shares_buffers(a, b) -> bool:
+    def buffers(tree):
+        return {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) for shard in x.addressable_shards}
+    return not buffers(a).isdisjoint(buffers(b))
+
+
 @dataclasses.dataclass
 class RLRun:
-    """Everything one RL run needs; `run()` trains and returns the final validation record."""
+    """Everything one RL run needs; `run()` trains and returns the final validation record. The first
+    update donates `policy_params`' buffers (pass a copy to keep them); a policy that is the reference
+    itself is copied first."""
 
     model_cfg: ModelConfig
     policy_params: Any
@@ -186,8 +194,10 @@ class RLRun:
         step = jnp.zeros((), jnp.int32)
         if self.mesh is not None:
             step = jax.device_put(step, shd.named_sharding(self.mesh, ()))
-        state = {"params": self.policy_params, "opt_state": init_state(self.optimizer, self.policy_params),
-                 "step": step}
+        params = self.policy_params
+        if _shares_buffers(params, self.ref_params):  # the update donates the policy's buffers: not the reference's
+            params = jax.tree.map(jnp.copy, params)
+        state = {"params": params, "opt_state": init_state(self.optimizer, params), "step": step}
         if self.memory is not None:
             key = jax.random.fold_in(jax.random.key(self.seed), _MEMORY_STREAM)
             state["memory"] = self.memory.initial_state(self.ref_params, key)
