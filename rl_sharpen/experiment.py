@@ -64,7 +64,7 @@ class ModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # presets from the SFT start; each sets reward.mode/alpha/beta_inv
+    regimes: tuple[str, ...] = ("task_reward", "sharpening")  # SFT-start presets; each sets reward.mode/alpha/beta_inv
     sft_steps: int = 600  # warm-start steps (in place of sft.steps); its optimizer settings are its own, not optim.*
 
     def __post_init__(self):
