@@ -26,6 +26,7 @@ from rl_sharpen.metrics import workdir_path
 # and does not feed training (its verifier timeout does: it also grades the rollouts).
 RESUMABLE_CHANGES = ("train.steps", "train.checkpoint_every", "train.log_every", "train.eval_every",
                      "train.keep_checkpoints", "train.save_policy", "rl.micro_batch", "rl.logprob_chunk", "rl.remat",
+                     "rl.prompt_padding", "sampling.fast_decode",  # padded widths; the sampler's decode program
                      "demo.regimes",  # a demo's regime runs each record their own reward
                      "sft.checkpoint_every", "sft.log_every")
 RESUMABLE_GROUPS = ("mesh.", "eval.", "data.validation", "binary_rewards.")  # the last: a mode without checkpoints
@@ -69,6 +70,21 @@ def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten_config(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
+
+
+def buffers(tree) -> set[int]:
+    """The device buffers of the arrays of `tree` (of this process's shards)."""
+    return {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)
+            and not x.is_deleted() for shard in x.addressable_shards}
+
+
+def release(tree, keep=None) -> None:
+    """Deletes the arrays of `tree` that share no buffer with `keep`: a resumed run's initial state,
+    which its callers still reference, would otherwise stay on the devices beside the restored one."""
+    kept = buffers(keep)
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and not x.is_deleted() and buffers(x).isdisjoint(kept):
+            x.delete()
 
 
 class Preempted(Exception):

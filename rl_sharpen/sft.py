@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
-from rl_sharpen.checkpoint import Checkpointer, resumable_change
+from rl_sharpen.checkpoint import Checkpointer, release, resumable_change
 from rl_sharpen.metrics import MetricWriter
 from rl_sharpen.models import param_shardings, weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
@@ -106,7 +106,8 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
               sft_cfg: SFTConfig, optim_cfg: OptimConfig, pad_id: int, workdir: str, seed: int = 0,
               prompt_width: int | None = None, config_record: dict | None = None,
               on_start: Callable[[], None] | None = None, config_allows: Callable[[str], bool] = resumable_change):
-    """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params.
+    """Trains on batches from `sample_pairs(rng, n) -> [(prompt ids, completion ids)]`; returns params
+    (`params` are consumed: donated to the first step, or deleted once a checkpoint is restored).
 
     Every `sft_cfg.checkpoint_every` steps (0: never) and at the last one it saves params, optimizer
     state, the batch stream's numpy state and the padded width under `<workdir>/sft_checkpoints`, with
@@ -128,7 +129,9 @@ def train_sft(params, cfg: ModelConfig, sample_pairs: Callable[[np.random.Genera
         ckpt = Checkpointer(f"{workdir}/sft_checkpoints", sft_cfg.checkpoint_every, keep=1)
     start = 0
     if ckpt is not None and ckpt.latest_step() is not None:
-        state, saved = ckpt.restore(state, record, allowed=config_allows)
+        initial, (state, saved) = state, ckpt.restore(state, record, allowed=config_allows)
+        release(initial, keep=state)  # the caller's params: consumed, as the first step's donation would
+        del initial
         start, width = int(saved["step"]), int(saved["width"])
         rng.bit_generator.state = saved["rng"]
         logging.info("resumed the warm start in %s/sft_checkpoints from step %d", workdir, start)

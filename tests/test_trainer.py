@@ -67,7 +67,11 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path, overrides):
     full, killed = tmp_path / "full", tmp_path / "killed"
     _rl_run(full, 4, **overrides).run()
     _rl_run(killed, 2, **overrides).run()  # stops after its step-2 checkpoint, as a kill after that save would
-    _rl_run(killed, 4, **overrides).run()  # the same command again: resumes at step 2
+    resumed = _rl_run(killed, 4, **overrides)  # the same command again: resumes at step 2
+    resumed.run()
+    # the initial policy the run was handed is freed once the checkpoint replaces it; the reference stays
+    assert all(x.is_deleted() for x in jax.tree.leaves(resumed.policy_params))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(resumed.ref_params))
     a, b = _rows(full), _rows(killed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in a:
@@ -80,13 +84,14 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path, overrides):
         assert a[4]["update_is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_a_run_resumes_on_another_mesh_with_other_validation_settings(tmp_path):
+def test_a_run_resumes_on_another_mesh_with_other_validation_and_memory_settings(tmp_path):
     """A preempted job restarted on another device layout: the state is resharded on restore and
     the continuation matches the uninterrupted single-device run (float summation order aside)."""
     full, moved = tmp_path / "full", tmp_path / "moved"
     _rl_run(full, 3).run()
     _rl_run(moved, 2).run()
-    resumed = _rl_run(moved, 3, mesh={"data": 2, "fsdp": 2, "tensor": 2}, **{"eval.num_samples": 2})
+    resumed = _rl_run(moved, 3, mesh={"data": 2, "fsdp": 2, "tensor": 2},  # and the memory settings of a smaller slice
+                      **{"eval.num_samples": 2, "sampling.fast_decode": False, "rl.prompt_padding": "batch"})
     resumed.run()
     for leaf in jax.tree.leaves(resumed.final_state):  # params, Adam moments and counters
         assert len(leaf.sharding.device_set) == 8
@@ -868,8 +873,9 @@ def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_
     cfg, params = experiment.build_model(exp, None, task.tokenizer)
     sft_cfg = dataclasses.replace(exp.sft, steps=5, log_every=1, checkpoint_every=2)
 
-    def train(workdir, sample_pairs=task.sft_pairs, optim=exp.optim):
-        return train_sft(jax.tree.map(jnp.copy, params), cfg, sample_pairs, sft_cfg, optim, task.pad_id, str(workdir))
+    def train(workdir, sample_pairs=task.sft_pairs, optim=exp.optim, handed=None):
+        handed = jax.tree.map(jnp.copy, params) if handed is None else handed
+        return train_sft(handed, cfg, sample_pairs, sft_cfg, optim, task.pad_id, str(workdir))
 
     killed_at_step_4 = interrupted_at(4, task.sft_pairs)
     full = train(tmp_path / "full")
@@ -877,9 +883,11 @@ def test_a_killed_sft_run_resumes_from_its_checkpoint_with_the_same_batches(tmp_
         train(tmp_path / "killed", killed_at_step_4)
     with pytest.raises(CheckpointMismatch, match=r"optim.learning_rate"):
         train(tmp_path / "killed", optim=dataclasses.replace(exp.optim, learning_rate=1e-2))
+    handed = jax.tree.map(jnp.copy, params)
     with caplog.at_level(logging.INFO):
-        resumed = train(tmp_path / "killed")
+        resumed = train(tmp_path / "killed", handed=handed)
     assert f"resumed the warm start in {tmp_path / 'killed'}/sft_checkpoints from step 2" in caplog.text
+    assert all(x.is_deleted() for x in jax.tree.leaves(handed))  # replaced by the checkpoint's, not kept beside
     jax.tree.map(np.testing.assert_array_equal, resumed, full)
     rows = {name: [json.loads(line) for line in (tmp_path / name / "sft.jsonl").read_text().splitlines()]
             for name in ("full", "killed")}

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from rl_sharpen import sampling
 from rl_sharpen import sharding as shd
-from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer
+from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer, buffers, release
 from rl_sharpen.metrics import MetricWriter, format_row, workdir_path, write_json
 from rl_sharpen.models import weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
@@ -147,17 +147,11 @@ def _scorer(model_cfg, chunk, rows, mesh) -> Scorer:
     return Scorer(model_cfg, chunk, rows, mesh)
 
 
-def _shares_buffers(a, b) -> bool:
-    def buffers(tree):
-        return {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) for shard in x.addressable_shards}
-    return not buffers(a).isdisjoint(buffers(b))
-
-
 @dataclasses.dataclass
 class RLRun:
-    """Everything one RL run needs; `run()` trains and returns the final validation record. The first
-    update donates `policy_params`' buffers (pass a copy to keep them); a policy that is the reference
-    itself is copied first."""
+    """Everything one RL run needs; `run()` trains and returns the final validation record. It consumes
+    `policy_params` (pass a copy to keep them): the first update donates their buffers, and a resumed
+    run deletes them once the checkpoint is restored. A policy that is the reference itself is copied."""
 
     model_cfg: ModelConfig
     policy_params: Any
@@ -195,7 +189,7 @@ class RLRun:
         if self.mesh is not None:
             step = jax.device_put(step, shd.named_sharding(self.mesh, ()))
         params = self.policy_params
-        if _shares_buffers(params, self.ref_params):  # the update donates the policy's buffers: not the reference's
+        if not buffers(params).isdisjoint(buffers(self.ref_params)):  # the update donates the policy's buffers
             params = jax.tree.map(jnp.copy, params)
         state = {"params": params, "opt_state": init_state(self.optimizer, params), "step": step}
         if self.memory is not None:
@@ -209,7 +203,9 @@ class RLRun:
         state = self.initial_state()
         restored = -1  # the checkpoint's step; -1: a fresh run, whose metric files start empty
         if ckpt.latest_step() is not None:
-            state, record = ckpt.restore(state, self.config_record)
+            initial, (state, record) = state, ckpt.restore(state, self.config_record)
+            release(initial, keep=(self.ref_params, state))
+            del initial
             restored = int(record["step"])
             if restored > self.train_cfg.steps:  # the loop would not run, and the results would be the checkpoint's
                 raise CheckpointMismatch(
