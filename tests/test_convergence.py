@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from rl_sharpen import models, sampling
@@ -70,29 +71,34 @@ def reference():
     return dict(params, layers=scaled, embed=params["embed"] * 50.0, lm_head=params["lm_head"] * 4.0)
 
 
+LOSS = losses.LossConfig(aggregation="seq-mean-token-sum", max_len=NEW)
+
+
 @functools.cache
-def _update():
+def _update(loss_cfg):
     optimizer = make_optimizer(OptimConfig(learning_rate=1e-2))
-    step = make_train_step(CFG, losses.LossConfig(aggregation="seq-mean-token-sum", max_len=NEW), optimizer,
-                           num_micro=MICRO_BATCHES, group_size=SAMPLES, remat=False)
+    step = make_train_step(CFG, loss_cfg, optimizer, num_micro=MICRO_BATCHES, group_size=SAMPLES, remat=False)
     return optimizer, jax.jit(step, donate_argnums=0)
 
 
-def train(reward_cfg, steps):
-    """(pi, p_ref) over the completions after `steps` RL steps from the reference."""
-    optimizer, step = _update()
+def train(reward_cfg, steps, loss_cfg=LOSS, temperature=1.0, prompts=PROMPTS, tail=1):
+    """(pi, p_ref) over the completions after `steps` RL steps from the reference; pi averaged over
+    the last `tail` steps."""
+    optimizer, step = _update(loss_cfg)
     ref = reference()
     policy = jax.tree.map(jnp.copy, ref)
     state = {"params": policy, "opt_state": init_state(optimizer, policy), "step": jnp.zeros((), jnp.int32)}
     sampling_cfg = sampling.SamplingConfig(max_new_tokens=NEW, num_samples=SAMPLES, eos_ids=(EOS,),
-                                           prompt_width=len(PROMPT))
-    scorer = Scorer(CFG, rows=PROMPTS * SAMPLES // MICRO_BATCHES)
+                                           prompt_width=len(PROMPT), temperature=temperature)
+    scorer = Scorer(CFG, rows=prompts * SAMPLES // MICRO_BATCHES)
+    pi = []
     for i in range(steps):
-        batch, _ = rollout(state["params"], ref, CFG, OneTask(), [0] * PROMPTS, jax.random.fold_in(jax.random.key(0), i),
+        batch, _ = rollout(state["params"], ref, CFG, OneTask(), [0] * prompts, jax.random.fold_in(jax.random.key(0), i),
                            sampling_cfg, reward_cfg, adv.AdvantageConfig("rloo"), scorer)
         state, _ = step(state, batch)
-    return (np.asarray(completion_distribution(state["params"]), np.float64),
-            np.asarray(completion_distribution(ref), np.float64))
+        if i >= steps - tail:
+            pi.append(np.asarray(completion_distribution(state["params"]), np.float64))
+    return np.mean(pi, axis=0), np.asarray(completion_distribution(ref), np.float64)
 
 
 def total_variation(p, q):
@@ -116,3 +122,69 @@ def test_sharpening_reaches_the_mode_of_p_ref():
 def test_task_reward_moves_the_mass_to_correct_completions():
     pi, p_ref = train(rw.regime_preset("task_reward"), 100)
     assert p_ref @ CORRECT < 0.5 and pi @ CORRECT > 0.999
+
+
+def test_alpha_dpg_reaches_the_filtered_reference_and_keeps_every_correct_completion():
+    """alpha = 1 (DPG) fits p* = p_ref(. | correct) and keeps each correct completion's share of it."""
+    loss_cfg = losses.LossConfig("alpha_dpg", aggregation="seq-mean-token-sum", max_len=NEW, dpg_alpha=1.0)
+    pi, p_ref = train(rw.regime_preset("task_reward"), 300, loss_cfg)
+    filtered = p_ref * CORRECT / (p_ref @ CORRECT)
+    assert total_variation(p_ref, filtered) > 0.7 and total_variation(pi, filtered) < 0.02
+    assert np.min(pi[CORRECT > 0] / filtered[CORRECT > 0]) > 0.9
+
+
+def _sequence_logprobs(params, temperature):
+    """Token log-probs [15, NEW] of the enumerated completions at temperature 1 and at `temperature`."""
+    tokens, segments, _ = _enumeration()
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    logits = models.forward(params, CFG, tokens, positions, segments)[0][:, len(PROMPT) - 1:-1]
+    picked = tokens[:, len(PROMPT):, None]
+    return tuple(jnp.take_along_axis(jax.nn.log_softmax(logits / t), picked, axis=-1)[..., 0] for t in (1.0, temperature))
+
+
+def expected_update_stationary_point(loss_cfg, temperature):
+    """The policy at which the exact expected update of the loss vanishes: samples y ~ mu (pi at
+    `temperature`), RLOO's E[A | y] = R(y) - E_mu[R], each completion's loss weighted by mu(y);
+    found by Adam on that expected loss, mu held fixed within each gradient."""
+    _, _, mask = _enumeration()
+    ref_lp = _sequence_logprobs(reference(), 1.0)[0]
+    reward = jnp.asarray(CORRECT, jnp.float32)
+
+    def expected_loss(params):
+        lp, lp_mu = _sequence_logprobs(params, temperature)
+        lp_mu = jax.lax.stop_gradient(lp_mu)
+        mu = jnp.exp(jnp.sum(lp_mu * mask, axis=1))
+        advantages = reward - mu @ reward
+        total = 0.0
+        for i in range(len(COMPLETIONS)):
+            inputs = losses.LossInputs(mask=mask[i:i + 1], behaviour_logprobs=lp_mu[i:i + 1],
+                                       advantages=advantages[i:i + 1], ref_logprobs=ref_lp[i:i + 1])
+            total = total + mu[i] * losses.policy_loss(lp[i:i + 1], inputs, loss_cfg)[0]
+        return total
+
+    params = reference()
+    for rate, steps in ((1e-2, 3000), (1e-3, 1500)):
+        optimizer = optax.adam(rate)
+
+        @jax.jit
+        def step(params, opt_state):
+            grad = jax.grad(expected_loss)(params)
+            updates, opt_state = optimizer.update(grad, opt_state)
+            return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grad)
+
+        opt_state = optimizer.init(params)
+        for _ in range(steps):
+            params, opt_state, grad_norm = step(params, opt_state)
+    assert grad_norm < 1e-3
+    return np.asarray(completion_distribution(params), np.float64)
+
+
+def test_an_off_policy_kl_penalty_settles_where_its_expected_update_vanishes():
+    """Task reward with the in-loss k2 penalty, sampled at temperature 0.7: the run settles at the
+    enumerated stationary point, whose correct mass the penalty holds well below 1 (without the
+    penalty's importance weight the run drifts to all-correct)."""
+    loss_cfg = losses.LossConfig(aggregation="seq-mean-token-sum", max_len=NEW, kl_coef=0.5, kl_estimator="k2")
+    stationary = expected_update_stationary_point(loss_cfg, 0.7)
+    assert 0.6 < stationary @ CORRECT < 0.9
+    pi, _ = train(rw.regime_preset("task_reward"), 600, loss_cfg, temperature=0.7, prompts=8, tail=150)
+    assert abs(pi @ CORRECT - stationary @ CORRECT) < 0.02
