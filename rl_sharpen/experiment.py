@@ -103,6 +103,11 @@ class ExperimentConfig:
              f"sizes (integers >= 1, or -1 for the rest of the devices) of the axes {', '.join(shd.MESH_AXES)}"),
         ])
         if self.mode in ("rl", "demo"):
+            if self.sampling.greedy or self.sampling.temperature == 0:
+                raise ValueError(f"ExperimentConfig.sampling.greedy={self.sampling.greedy}, temperature="
+                                 f"{self.sampling.temperature}: greedy rollouts give every sample of a prompt the same "
+                                 "completion (zero advantages) and no policy gradient; allowed: greedy=False and "
+                                 "temperature > 0 (eval.* sets validation's decoding)")
             if self.sampling.num_samples < 2 and self.advantage.estimator in adv.GROUP_BASELINE_ESTIMATORS:
                 others = sorted(set(adv.ADVANTAGE_ESTIMATORS) - set(adv.GROUP_BASELINE_ESTIMATORS))
                 raise ValueError(
@@ -241,6 +246,11 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         logging.warning("loss.name='alpha_dpg' fits p* = p_ref(. | correct) from the verified correctness and the "
                         "log-probs alone: the reward (%s) and advantage (%s) settings do not enter its update (they "
                         "are still computed and logged)", reward_cfg, exp.advantage)
+    if exp.sampling.top_k or exp.sampling.top_p < 1:
+        logging.warning("sampling.top_k=%d, sampling.top_p=%g: rollouts never draw the tokens these cut, and no "
+                        "importance weight restores them, so the policy cannot reach the objective's optimum on "
+                        "them (top_k=0, top_p=1 sample from the whole vocabulary; a temperature is corrected)",
+                        exp.sampling.top_k, exp.sampling.top_p)
     weights = rw.mixture_weights(reward_cfg)
     others = {k: v for k, v in weights.items() if k != "task"}
     if reward_cfg.kl_coef > 0:

@@ -649,6 +649,23 @@ def test_grpo_on_a_mixed_reward_is_reported(tmp_path, caplog):
     assert "the reward's other terms ({'kl_coef': 0.05})" in caplog.text
 
 
+def test_truncated_rollouts_are_reported_and_greedy_ones_refused(tmp_path, caplog):
+    """top-k / top-p rollouts never draw the tokens they cut: the policy cannot reach the optimum on them."""
+    for overrides in ({"sampling.top_k": 5}, {"sampling.top_p": 0.9}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _rl_run(tmp_path / "cut", 1, **overrides)
+        assert "rollouts never draw the tokens these cut" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _rl_run(tmp_path / "whole", 1, **{"sampling.temperature": 0.7})
+    assert "never draw" not in caplog.text
+    for overrides in ({"sampling.greedy": True}, {"sampling.temperature": 0.0}):
+        with pytest.raises(ConfigError, match=r"ExperimentConfig.sampling.greedy=.*greedy rollouts give every sample "
+                                              r"of a prompt the same completion"):
+            _rl_run(tmp_path / "greedy", 1, **overrides)
+
+
 def test_held_out_problems_covering_the_whole_space_are_an_error():
     from rl_sharpen.tasks import synthetic
 
