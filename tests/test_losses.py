@@ -113,6 +113,16 @@ def test_kl_penalty_term_and_masking():
     assert np.all(np.isfinite(grad)) and float(grad[0, 2]) == 0.0
 
 
+def test_kl_penalty_weight_is_truncated_at_is_cap():
+    """Off-policy the penalty's token weight is min(pi / mu, is_cap), as the reinforce term's."""
+    logprobs = jnp.array([[-0.5, -1.0]])
+    b = losses.LossInputs(mask=jnp.ones((1, 2)), behaviour_logprobs=logprobs - jnp.array([[2.0, 0.1]]),
+                          advantages=jnp.zeros(1), ref_logprobs=jnp.array([[-1.0, -1.0]]))
+    cfg = losses.LossConfig("reinforce", is_cap=2.0, kl_coef=0.5, kl_estimator="k1")  # d k1 / d lp = 1
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, b, cfg)[0])(logprobs)
+    np.testing.assert_allclose(grad, 0.5 * np.array([[2.0, np.exp(0.1)]]) / 2, rtol=1e-6)  # e^2 held at 2
+
+
 def test_policy_loss_jits_and_errors():
     b = batch(jnp.array([1.0]), jnp.zeros((1, 2)))
     loss, _ = jax.jit(losses.policy_loss, static_argnames="cfg")(jnp.zeros((1, 2)), b, losses.LossConfig("ppo_clip"))

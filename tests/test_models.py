@@ -224,8 +224,9 @@ def test_bfloat16_compute_sums_a_frequent_tokens_embedding_gradient_in_float32(t
 
 
 def test_forward_mode_derivatives_agree_with_reverse_mode():
-    """jax.jvp through the model (directional derivatives, Hessian-vector products) equals the
-    gradient's inner product with the direction: along every parameter, and along the embedding alone."""
+    """jax.jvp through the model (the forward mode that jacfwd and Hessian-vector products build on)
+    equals the gradient's inner product with the direction: along every parameter, and along the
+    embedding alone."""
     cfg = models.ModelConfig("llama", 97, 64, 128, 1, 4, 2, 16)
     params = models.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 97)
