@@ -150,8 +150,8 @@ def parse(config: ml_collections.ConfigDict | dict) -> ExperimentConfig:
     return from_config_dict(ExperimentConfig, data)
 
 
-def to_record(exp: ExperimentConfig) -> dict:
-    """JSON-able form of the config (stored with checkpoints and results)."""
+def to_record(exp) -> dict:
+    """JSON-able form of the config, or of one of its parts (stored with checkpoints and results)."""
     return json.loads(json.dumps(dataclasses.asdict(exp), default=str))
 
 
@@ -264,7 +264,7 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                  train_problems=train_problems, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,
                  optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
-                 config_record=to_record(dataclasses.replace(exp, reward=reward_cfg)), evaluate=evaluate,
+                 config_record={**to_record(exp), "reward": to_record(reward_cfg)}, evaluate=evaluate,
                  mesh=mesh, name=name, calibration_cfg=exp.calibration)
 
 
