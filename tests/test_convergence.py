@@ -6,7 +6,8 @@ and Adam. A one-layer Llama over {0, 1, EOS} with at most 3 new tokens after the
 completions, so its distribution is enumerated exactly by teacher forcing and compared with the
 optimum computed from the reference's: p_ref^alpha / Z for tempered sampling (sequence level: the
 token-level tempering of p_ref is 0.21 away in total variation), the mode of p_ref for sharpening,
-and only correct completions for the task reward. (A prompt of one 0 would not do: a run of equal
+only correct completions for the task reward, p_ref(. | correct) for alpha-DPG, and for an in-loss
+KL penalty sampled off-policy the point where its exact expected update vanishes. (A prompt of one 0 would not do: a run of equal
 input tokens gives equal hidden states, so the prefixes (), (0,), (0, 0) could not differ.)
 """
 
