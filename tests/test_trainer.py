@@ -237,7 +237,7 @@ def test_an_sft_run_refuses_the_rl_problem_set_fields(field, value):
     assert getattr(experiment.parse(c).data, field) == value
 
 
-def test_reward_extra_reads_pairs_or_a_config_files_dict_and_explains_a_flags_dict():
+def test_reward_extra_reads_pairs_or_a_python_dict_and_explains_a_flags_dict():
     c = get_config("demo", "tiny")
     c.mode = "rl"
     c.reward.extra = (("neg_entropy", 0.1),)
