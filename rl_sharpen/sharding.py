@@ -151,13 +151,24 @@ def batch_sharding(mesh: Mesh, ndim: int, shape: Sequence[int] | None = None) ->
     return named_sharding(mesh, ("batch",) + (None,) * (ndim - 1), shape)
 
 
+def constrain(x: jax.Array, mesh: Mesh | None, axes: Sequence[str | None]) -> jax.Array:
+    """`x` laid out by logical `axes` over `mesh` inside jit (dims a mesh axis does not divide are
+    replicated over it); no-op without a mesh."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, x.shape))
+
+
+def constrain_rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
+    """`x` with dim 0 (one row per sequence) over the batch axes, its other dims replicated."""
+    return constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
+
+
 def split_rows(x: jax.Array, groups: int, mesh: Mesh | None = None) -> jax.Array:
     """x [n, ...] as [groups, n / groups, ...] (groups of consecutive rows, e.g. micro-batches), the rows
     of each group over the mesh's batch axes (the reshape alone would put the row split on the groups)."""
     x = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
-    if mesh is None:
-        return x
-    return jax.lax.with_sharding_constraint(x, named_sharding(mesh, (None, "batch") + (None,) * (x.ndim - 2), x.shape))
+    return constrain(x, mesh, (None, "batch") + (None,) * (x.ndim - 2))
 
 
 def host_array(x) -> np.ndarray:

@@ -82,23 +82,15 @@ def _end_that_fits(cache: Cache, T: int):
     return end
 
 
-def _rows_sharded(x, mesh, axes=()):
-    """x with its rows (dim 0) over the mesh's batch axes and its other dims replicated, or as `axes`
-    name them; no-op without a mesh. Without it, XLA may settle the clash of rows over fsdp with the
-    weights' hidden dim over fsdp by gathering every row onto every device and all-reducing partial
-    sums: at the paper configs' shapes, float32 logits of all 256 rollout rows on each device (80 GB)."""
-    if mesh is None:
-        return x
-    axes = axes or ("batch",) + (None,) * (x.ndim - 1)
-    return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, axes, x.shape))
-
-
 def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_ids,
                   cache: Cache | None = None, remat: bool = False, mesh=None):
     """Final-norm hidden states [B, T, D] (compute dtype) and the updated cache. With a `mesh`, every
-    layer's input keeps its rows over the batch axes (the weights are then gathered, as in FSDP)."""
+    layer's input keeps its rows over the batch axes (the weights are then gathered, as in FSDP).
+    Unconstrained, XLA may settle the clash of rows over fsdp with the weights' hidden dim over fsdp
+    by gathering every row onto every device and all-reducing partial sums: at the paper configs'
+    shapes, float32 logits of all 256 rollout rows on each device (80 GB)."""
     T = tokens.shape[1]
-    x = _rows_sharded(layers.embed(params["embed"], tokens, cfg.dtype), mesh)
+    x = shd.constrain_rows(layers.embed(params["embed"], tokens, cfg.dtype), mesh)
     inv_freq = layers.rope_frequencies(cfg)
     if cache is None:
         slots = jnp.arange(T)
@@ -112,7 +104,7 @@ def hidden_states(params: Params, cfg: ModelConfig, tokens, positions, segment_i
     def step(x, xs):
         p, ck, cv = xs
         x, ck, cv = _block(cfg, inv_freq, x, positions, allowed, p, ck, cv, end)
-        return _rows_sharded(x, mesh), (ck, cv)
+        return shd.constrain_rows(x, mesh), (ck, cv)
 
     if remat:
         step = jax.checkpoint(step, prevent_cse=False)
@@ -182,7 +174,7 @@ def next_token_map(params: Params, cfg: ModelConfig, tokens, segment_ids, fn, po
     h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(B, n, chunk, D).swapaxes(0, 1)
     targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(B, n, chunk).swapaxes(0, 1)
     def project(args):
-        logits = _rows_sharded(logits_from_hidden(params, cfg, args[0]), mesh, ("batch", None, "vocab"))
+        logits = shd.constrain(logits_from_hidden(params, cfg, args[0]), mesh, ("batch", None, "vocab"))
         return fn(logits, args[1])
 
     out = jax.lax.map(jax.checkpoint(project), (h, targets))  # [n, B, chunk] leaves

@@ -24,7 +24,6 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.rl import advantages as adv
 from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.update import TrainBatch, completion_logprobs
-from rl_sharpen.sampling import kv
 from rl_sharpen.sharding import host_array
 
 
@@ -66,7 +65,7 @@ def map_rows(fn, arrays: Sequence[jax.Array], rows: int, mesh=None):
         return fn(*arrays)
 
     out = jax.lax.map(lambda xs: fn(*xs), [shd.split_rows(x, n // rows, mesh) for x in arrays])
-    return jax.tree.map(lambda y: kv.constrain_rows(y.reshape(n, *y.shape[2:]), mesh), out)
+    return jax.tree.map(lambda y: shd.constrain_rows(y.reshape(n, *y.shape[2:]), mesh), out)
 
 
 @dataclasses.dataclass

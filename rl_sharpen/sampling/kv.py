@@ -17,15 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from rl_sharpen import sharding as shd
+from rl_sharpen.sharding import constrain, constrain_rows
 from rl_sharpen.models import transformer
 from rl_sharpen.models.config import ModelConfig
-
-
-def constrain(x, mesh, axes):
-    """`x` laid out by logical `axes` over `mesh` (dims a mesh axis does not divide are replicated)."""
-    if mesh is None:
-        return x
-    return jax.lax.with_sharding_constraint(x, shd.named_sharding(mesh, axes, x.shape))
 
 
 PER_LAYER_CACHE_AXES = {"k": ("batch", "kv_heads", "head_dim", "cache_sequence"),
@@ -37,11 +31,6 @@ def constrain_cache(cache: dict, mesh) -> dict:
         return cache
     return {name: [constrain(v, mesh, PER_LAYER_CACHE_AXES[name]) for v in value] if isinstance(value, list)
             else constrain(value, mesh, transformer.CACHE_AXES[name]) for name, value in cache.items()}
-
-
-def constrain_rows(x, mesh):
-    """Shards dim 0 (one row per sequence) over the data axes."""
-    return constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
 
 
 def place_rows(x, mesh):
