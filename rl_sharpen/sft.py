@@ -23,7 +23,7 @@ from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.optim import OptimConfig, init_state, make_optimizer, place
 from rl_sharpen.rl.update import completion_logprobs
 from rl_sharpen.sampling.prompts import bucket_width, check_fields, left_pad
-from rl_sharpen.sharding import batch_sharding, mesh_of, split_rows
+from rl_sharpen.sharding import batch_sharding, mesh_of, row_groups, split_rows
 
 SFT_STREAM = 0x736674  # tags the numpy stream of warm-start batches (see rl/trainer.py ORDER_STREAM)
 
@@ -78,8 +78,7 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
 
     def gradients(params, tokens, segments, mask):
         denominator = jnp.maximum(mask.sum(), 1.0)
-        n = tokens.shape[0]
-        if not micro_rows or micro_rows >= n or n % micro_rows:
+        if (groups := row_groups(tokens.shape[0], micro_rows)) == 1:
             return grad_fn(params, tokens, segments, mask, denominator)
 
         def accumulate(total, micro):
@@ -87,7 +86,7 @@ def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, mes
             return jax.tree.map(lambda a, b: a + b.astype(jnp.float32), total, g), loss
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        micro_batches = tuple(split_rows(x, n // micro_rows, mesh) for x in (tokens, segments, mask))
+        micro_batches = tuple(split_rows(x, groups, mesh) for x in (tokens, segments, mask))
         grads, losses = jax.lax.scan(accumulate, zeros, micro_batches)
         return losses.sum(), jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 

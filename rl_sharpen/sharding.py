@@ -164,6 +164,12 @@ def constrain_rows(x: jax.Array, mesh: Mesh | None) -> jax.Array:
     return constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1))
 
 
+def row_groups(n: int, rows: int) -> int:
+    """How many groups of `rows` consecutive rows a pass over n rows takes: 1 (the whole batch at once)
+    when rows is 0, reaches n, or does not divide n."""
+    return 1 if not rows or rows >= n or n % rows else n // rows
+
+
 def split_rows(x: jax.Array, groups: int, mesh: Mesh | None = None) -> jax.Array:
     """x [n, ...] as [groups, n / groups, ...] (groups of consecutive rows, e.g. micro-batches), the rows
     of each group over the mesh's batch axes (the reshape alone would put the row split on the groups)."""

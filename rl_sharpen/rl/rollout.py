@@ -61,10 +61,10 @@ def map_rows(fn, arrays: Sequence[jax.Array], rows: int, mesh=None):
     of the whole batch; fn returns a pytree of [group rows, ...] arrays. rows = 0, or rows that do not
     divide the batch: one call over every row."""
     n = arrays[0].shape[0]
-    if not rows or rows >= n or n % rows:
+    if (groups := shd.row_groups(n, rows)) == 1:
         return fn(*arrays)
 
-    out = jax.lax.map(lambda xs: fn(*xs), [shd.split_rows(x, n // rows, mesh) for x in arrays])
+    out = jax.lax.map(lambda xs: fn(*xs), [shd.split_rows(x, groups, mesh) for x in arrays])
     return jax.tree.map(lambda y: shd.constrain_rows(y.reshape(n, *y.shape[2:]), mesh), out)
 
 
