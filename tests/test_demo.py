@@ -410,6 +410,7 @@ def test_a_warm_start_killed_under_the_older_record_resumes(tmp_path):
     record = {"sft": dataclasses.asdict(sft_cfg), "data": {k: getattr(exp.data, k) for k in WARM_START_DATA}}
     every = dataclasses.asdict(exp.data)
     older = {**record, "data": {k: v for k, v in every.items() if not k.startswith("validation")}}
+
     def train(pairs, record, **kwargs):
         return train_sft(jax.tree.map(lambda x: x.copy(), params), cfg, pairs, sft_cfg, exp.optim, task.pad_id,
                          str(tmp_path), config_record=json.loads(json.dumps(record)), **kwargs)
