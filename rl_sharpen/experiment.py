@@ -203,6 +203,8 @@ def _build_model(exp: ExperimentConfig, mesh=None, tokenizer=None):
 
 def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, mesh=None, name="train",
                 reward_cfg: rw.RewardConfig | None = None) -> RLRun:
+    reward_cfg = reward_cfg or exp.reward
+    rw.check_components(reward_cfg, exp.sampling.num_samples, model_cfg.vocab_size)  # before any evaluation
     train_problems = task.problems("train")
     # each validation's per-problem results, plot and table in <workdir>/eval (rl_sharpen.compare reads them)
     evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
@@ -241,7 +243,6 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
         width = prompt_width(task, train_problems)
     sampling_cfg = dataclasses.replace(exp.sampling, eos_ids=exp.sampling.eos_ids or tuple(task.eos_ids),
                                        pad_id=task.pad_id, prompt_width=width)
-    reward_cfg = reward_cfg or exp.reward
     if exp.loss.name == "alpha_dpg" and (reward_cfg != rw.RewardConfig() or exp.advantage != adv.AdvantageConfig()):
         logging.warning("loss.name='alpha_dpg' fits p* = p_ref(. | correct) from the verified correctness and the "
                         "log-probs alone: the reward (%s) and advantage (%s) settings do not enter its update (they "
@@ -255,11 +256,11 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
     others = {k: v for k, v in weights.items() if k != "task"}
     if reward_cfg.kl_coef > 0:
         others["kl_coef"] = reward_cfg.kl_coef
-    if exp.advantage.estimator == "grpo" and "task" in weights and others:
-        logging.warning("advantage.estimator='grpo' divides by each group's reward std: in a group whose samples "
+    if exp.advantage.estimator in adv.GROUP_STD_ESTIMATORS and "task" in weights and others:
+        logging.warning("advantage.estimator=%r divides by each group's reward std: in a group whose samples "
                         "are all correct or all wrong, the reward's other terms (%s) are scaled to unit size, "
                         "undoing their weights, and the update no longer follows grad E_pi[R] "
-                        "(rl/advantages.py); rloo and dr_grpo do", others)
+                        "(rl/advantages.py); rloo and dr_grpo do", exp.advantage.estimator, others)
     return RLRun(model_cfg=model_cfg, policy_params=params, ref_params=ref_params, task=task,
                  train_problems=train_problems, sampling_cfg=sampling_cfg,
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,

@@ -178,6 +178,52 @@ def test_registered_component_and_extra_weights_add_up():
         del rewards.REWARD_COMPONENTS["length_bonus_test"]
 
 
+def test_components_declare_the_statistics_they_read():
+    """A component that reads a per-token statistic declares it, so the rollout computes it; one that
+    does not, or that returns the wrong shape, fails in `check_components` (which a run calls before
+    its first evaluation) with an error naming the component and the fix."""
+    entropy = rewards.regime_preset("task_reward", extra={"neg_entropy": 0.1})
+    assert rewards.needs_token_statistics(entropy) and not rewards.needs_token_statistics(
+        rewards.regime_preset("tempered_a2", extra={"format": 1.0}))
+    rewards.check_components(entropy, group_size=2, vocab_size=11)
+
+    @rewards.register_component("undeclared_test")
+    def undeclared(x, cfg):
+        return jnp.sum(x.token_entropy, axis=-1)
+
+    @rewards.register_component("column_test")
+    def column(x, cfg):
+        return rewards.completion_lengths(x)[:, None]
+
+    @rewards.register_component("declared_test", needs=("token_entropy",))
+    def declared(x, cfg):
+        return jnp.max(rewards._field(x, "token_entropy", "declared_test"), axis=-1)
+
+    try:
+        cfg = rewards.regime_preset("task_reward", extra={"undeclared_test": 1.0})
+        assert not rewards.needs_token_statistics(cfg)
+        with pytest.raises(ValueError, match=r"component 'undeclared_test' fails on a rollout's inputs \(TypeError: "
+                                             r".*only for a component registered with needs="):
+            rewards.check_components(cfg, group_size=2, vocab_size=11)
+        column_cfg = rewards.regime_preset("task_reward", extra={"column_test": 1.0})
+        with pytest.raises(ValueError, match=r"component 'column_test' returned shape \(4, 1\); allowed: \(4,\)"):
+            rewards.check_components(column_cfg, 2, 11)
+        with pytest.raises(ValueError, match=r"component 'column_test' returned shape \(2, 1\); allowed: \(2,\)"):
+            rewards.compute_rewards(inputs(), column_cfg)
+        cfg = rewards.regime_preset("task_reward", extra={"declared_test": 1.0})
+        assert rewards.needs_token_statistics(cfg)
+        rewards.check_components(cfg, group_size=2, vocab_size=11)
+        with pytest.raises(ValueError, match=r"needs RewardInputs.token_entropy, which is None; declare it with "
+                                             r"@register_component\('declared_test', needs=\('token_entropy',\)\)"):
+            rewards.compute_rewards(inputs(), cfg)
+        with pytest.raises(ValueError, match=r"needs=\('correct',\).*allowed: \('token_entropy'"):
+            rewards.register_component("bad_needs_test", needs=("correct",))
+    finally:
+        for name in ("undeclared_test", "column_test", "declared_test"):
+            del rewards.REWARD_COMPONENTS[name]
+            rewards.COMPONENT_NEEDS.pop(name)
+
+
 def test_with_regime_keeps_normalization_components_and_kl():
     base = rewards.RewardConfig(normalization="weighted_mean", length_exponent=0.5, extra={"format": 0.2},
                                 kl_coef=0.1, kl_estimator="k3")

@@ -2,6 +2,7 @@
 run, a changed config refuses to resume, and config errors name the field."""
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from rl_sharpen.rl.trainer import prompt_order
 from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.task_setup import build_task
 from rl_sharpen.tasks import prompts as prompt_lib
-from tests.experiment_configs import get_config
+from tests.experiment_configs import ROOT, get_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -332,6 +333,25 @@ def test_a_field_whose_default_is_none_can_be_set_from_the_command_line(tmp_path
     assert experiment.parse(get_config("demo", "tiny")).sampling.prompt_width is None
 
 
+def test_a_broken_reward_component_fails_before_the_first_evaluation(tmp_path, monkeypatch):
+    from rl_sharpen.rl import rewards
+
+    @rewards.register_component("reads_entropy_undeclared_test")
+    def reads_entropy(x, cfg):
+        return x.token_entropy.sum(-1)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the evaluator was built before the reward was checked")
+
+    monkeypatch.setattr(experiment, "make_evaluator", no_evaluation)
+    try:
+        with pytest.raises(ValueError, match="reward component 'reads_entropy_undeclared_test' fails"):
+            _rl_run(tmp_path, 1, **{"reward.extra": (("reads_entropy_undeclared_test", 1.0),)})
+    finally:
+        del rewards.REWARD_COMPONENTS["reads_entropy_undeclared_test"]
+        rewards.COMPONENT_NEEDS.pop("reads_entropy_undeclared_test")
+
+
 def test_micro_batch_must_hold_whole_groups(tmp_path):
     with pytest.raises(ValueError, match=r"rl.micro_batch=2; allowed: 0 or a multiple of the 4 samples per prompt"):
         _rl_run(tmp_path, 2, **{"rl.micro_batch": 2})
@@ -339,11 +359,20 @@ def test_micro_batch_must_hold_whole_groups(tmp_path):
         get_config("qwen3_4b_math", "sharpening,task_reward")
 
 
-@pytest.mark.parametrize("name", ["demo", "llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math",
-                                  "eval_smollm2_gsm8k", "binary_rewards"])
-def test_every_config_parses(name):
-    exp = experiment.parse(get_config(name))
-    assert exp.mode in ("rl", "demo", "eval", "binary_rewards")
+CONFIG_FILES = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+@pytest.mark.parametrize("arg", ["", "tiny"])
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_parses(name, arg):
+    """Every file in configs/ (a new one included), at full size and at its tiny / CPU switch."""
+    exp = experiment.parse(get_config(name, arg))
+    assert exp.mode in ("rl", "sft", "eval", "demo", "binary_rewards")
+
+
+def test_config_files_are_found():
+    assert {"demo", "llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math", "eval_smollm2_gsm8k",
+            "binary_rewards"} <= set(CONFIG_FILES)
 
 
 @pytest.mark.parametrize("name", ["llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math"])

@@ -32,7 +32,7 @@ The four regimes of the paper (`regime_preset`):
 `kl_coef` > 0 subtracts kl_coef * sum_t k(d_t) (rl/kl.py) from R; with k1 and R = r this gives
 pi* ∝ p_ref e^{r / kl_coef}.
 
-More components (register one with `@register_component(name)`; weight it with `extra`):
+More components (register one with `@register_component(name, needs=...)`; weight it with `extra`):
   neg_entropy     -(1/L) sum_t m_t H(pi(. | x, y_<t))                         low entropy along the sampled path
   self_certainty  (1/L) sum_t m_t KL(U || pi(. | x, y_<t))                    Zhao et al. 2025 (Intuitor)
                   = (1/L) sum_t m_t [logsumexp(z_t) - mean(z_t) - log V]
@@ -142,14 +142,40 @@ RewardComponent = Callable[[RewardInputs, RewardConfig], jax.Array]
 REWARD_COMPONENTS: dict[str, RewardComponent] = {}
 
 
-# @register_component(name): makes `fn(inputs, cfg) -> [N]` available to RewardConfig by `name`.
-register_component = registrar(REWARD_COMPONENTS, "reward component")
+# The optional RewardInputs a rollout fills only when a weighted component declares it needs them
+# (one more teacher-forced pass of the policy over the rollout: `Scorer.token_stats`).
+TOKEN_STATISTICS = ("token_entropy", "logit_lse", "logit_mean")
+COMPONENT_NEEDS: dict[str, tuple[str, ...]] = {}  # component name -> the TOKEN_STATISTICS it reads
+_register = registrar(REWARD_COMPONENTS, "reward component")
+
+
+def register_component(name: str, needs: tuple[str, ...] = ()):
+    """@register_component(name, needs=(...)): makes `fn(inputs, cfg) -> [N]` available to RewardConfig
+    by `name`. `needs` lists the TOKEN_STATISTICS it reads (the rollout computes them only then); the
+    other RewardInputs fields are always filled."""
+    if unknown := sorted(set(needs) - set(TOKEN_STATISTICS)):
+        raise ValueError(f"register_component({name!r}, needs={needs}): {unknown} are not optional statistics; "
+                         f"allowed: {TOKEN_STATISTICS} (the other RewardInputs fields are always filled)")
+
+    def wrap(fn: RewardComponent) -> RewardComponent:
+        _register(name)(fn)
+        COMPONENT_NEEDS[name] = tuple(needs)
+        return fn
+
+    return wrap
+
+
+def needs_token_statistics(cfg: RewardConfig) -> bool:
+    """Whether a weighted component of `cfg` reads the policy's per-token statistics."""
+    return any(COMPONENT_NEEDS.get(name) for name in mixture_weights(cfg))
 
 
 def _field(inputs: RewardInputs, name: str, component: str) -> jax.Array:
     value = getattr(inputs, name)
     if value is None:
-        raise ValueError(f"reward component {component!r} needs RewardInputs.{name}, which is None")
+        hint = (f"; declare it with @register_component({component!r}, needs=({name!r},)) and the rollout "
+                "computes it") if name in TOKEN_STATISTICS else ""
+        raise ValueError(f"reward component {component!r} needs RewardInputs.{name}, which is None{hint}")
     return value.astype(jnp.float32)
 
 
@@ -197,13 +223,13 @@ def log_ratio(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
     return _masked_sum(ref - policy, mask)
 
 
-@register_component("neg_entropy")
+@register_component("neg_entropy", needs=("token_entropy",))
 def neg_entropy(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
     """-(1/L) sum_t m_t H_t: mean negative entropy of the policy's next-token distributions."""
     return -_masked_mean(_field(inputs, "token_entropy", "neg_entropy"), inputs)
 
 
-@register_component("self_certainty")
+@register_component("self_certainty", needs=("logit_lse", "logit_mean"))
 def self_certainty(inputs: RewardInputs, cfg: RewardConfig) -> jax.Array:
     """(1/L) sum_t m_t KL(U || pi_t), KL(U || softmax(z)) = logsumexp(z) - mean(z) - log V."""
     if inputs.vocab_size <= 0:
@@ -288,7 +314,12 @@ def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array,
     """
     _check_shapes(inputs)
     weights = mixture_weights(cfg)
-    values = {name: REWARD_COMPONENTS[name](inputs, cfg) for name in weights}
+    values = {}
+    for name in weights:
+        values[name] = REWARD_COMPONENTS[name](inputs, cfg)
+        if jnp.shape(values[name]) != inputs.correct.shape:  # [N, 1] would broadcast the total to [N, N]
+            raise ValueError(f"reward component {name!r} returned shape {jnp.shape(values[name])}; allowed: "
+                             f"{inputs.correct.shape}, one value per completion")
     total = jnp.zeros(inputs.correct.shape, jnp.float32)
     for name, w in weights.items():
         total = total + w * values[name]
@@ -297,6 +328,28 @@ def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array,
                                       inputs.completion_mask, cfg.kl_estimator)
         total = total - cfg.kl_coef * values["kl"]
     return total, values
+
+
+def check_components(cfg: RewardConfig, group_size: int, vocab_size: int) -> None:
+    """Traces every weighted component of `cfg` on abstract inputs shaped like a rollout's (no arrays
+    computed), so that one that reads an input the rollout does not fill for it, or returns the wrong
+    shape, fails before a run spends its first evaluation, with an error naming it."""
+    n, t = 2 * group_size, 3
+    f32 = jax.ShapeDtypeStruct((n, t), jnp.float32)
+    stats = dict.fromkeys(TOKEN_STATISTICS, f32) if needs_token_statistics(cfg) else {}
+    inputs = RewardInputs(completion_mask=f32, correct=jax.ShapeDtypeStruct((n,), jnp.float32),
+                          answer_ids=jax.ShapeDtypeStruct((n,), jnp.int32), ref_logprobs=f32, policy_logprobs=f32,
+                          group_size=group_size, vocab_size=vocab_size, **stats)
+    for name in mixture_weights(cfg):
+        try:
+            value = jax.eval_shape(lambda x: REWARD_COMPONENTS[name](x, cfg), inputs)
+        except Exception as e:  # noqa: BLE001 (whatever the component's own code raises)
+            raise ValueError(f"reward component {name!r} fails on a rollout's inputs ({type(e).__name__}: {e}); "
+                             f"the rollout fills {TOKEN_STATISTICS} only for a component registered with "
+                             "needs=(...)") from e
+        if value.shape != (n,):
+            raise ValueError(f"reward component {name!r} returned shape {value.shape}; allowed: ({n},), one value "
+                             "per completion")
 
 
 def token_statistics(logits: jax.Array) -> dict[str, jax.Array]:

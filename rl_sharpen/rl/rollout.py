@@ -52,9 +52,6 @@ def answer_ids(answers: Sequence[str | None], group_size: int) -> np.ndarray:
     return ids
 
 
-_STAT_COMPONENTS = ("neg_entropy", "self_certainty")
-
-
 def map_rows(fn, arrays: Sequence[jax.Array], rows: int, mesh=None):
     """fn(*arrays) computed `rows` rows at a time (a `lax.map` over consecutive groups of rows, each
     group spread over the mesh's batch axes), so that a pass holds the activations of `rows` rows, not
@@ -138,7 +135,7 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     policy_lp = jnp.asarray(out.logprobs, jnp.float32)
     mask_j = out.completion_mask.astype(jnp.float32)  # placed like the samples (rows over the data axes)
     stats = {}
-    if any(name in _STAT_COMPONENTS for name in rw.mixture_weights(reward_cfg)):
+    if rw.needs_token_statistics(reward_cfg):
         stats = scorer.token_stats(policy_params, full_tokens, full_segments, T)
     inputs = rw.RewardInputs(completion_mask=mask_j, correct=jnp.asarray(correct, jnp.float32),
                              answer_ids=jnp.asarray(ids), ref_logprobs=ref_lp,
