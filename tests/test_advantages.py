@@ -66,11 +66,35 @@ def test_batch_whitening_refuses_a_single_sample():
         compute("reinforce_pp", np.array([0.7], np.float32), 1)
 
 
-@pytest.mark.parametrize("name", ["rloo", "grpo", "dr_grpo", "reinforce_pp_baseline"])
-def test_group_baselines_refuse_groups_of_one(name):
-    """A sample that is its own baseline has A = 0: a run would train on nothing, silently."""
-    with pytest.raises(ValueError, match=f"{name} needs group_size >= 2"):
-        compute(name, REWARDS, 1)
+@pytest.mark.parametrize("name", sorted(adv.ADVANTAGE_ESTIMATORS))
+def test_registered_flags_match_what_each_estimator_does(name):
+    """group_baseline: refuses groups of one (a sample that is its own baseline has A = 0, and a run
+    would train on nothing); group_std: a group's advantages ignore a rescaling of its rewards alone.
+    The config check and the reward-weights warning read these flags, so they must be true."""
+    assert adv.GROUP_BASELINE_ESTIMATORS >= adv.GROUP_STD_ESTIMATORS
+    if name in adv.GROUP_BASELINE_ESTIMATORS:
+        with pytest.raises(ValueError, match=f"{name} needs group_size >= 2"):
+            compute(name, REWARDS, 1)
+    else:
+        assert np.all(np.isfinite(compute(name, REWARDS, 1)))
+    scaled = REWARDS.copy()
+    scaled[4:8] *= 3.0
+    unchanged = np.allclose(compute(name, scaled)[4:8], compute(name)[4:8], rtol=1e-5)
+    assert unchanged == (name in adv.GROUP_STD_ESTIMATORS)
+
+
+def test_register_estimator_declares_its_baseline():
+    def half(rewards, group_size, cfg):
+        return rewards / 2
+
+    with pytest.raises(TypeError, match="group_baseline"):
+        adv.register_estimator("half_test")(half)
+    try:
+        adv.register_estimator("half_test", group_baseline=False)(half)
+        assert "half_test" not in adv.GROUP_BASELINE_ESTIMATORS | adv.GROUP_STD_ESTIMATORS
+        np.testing.assert_allclose(compute("half_test"), REWARDS / 2)
+    finally:
+        del adv.ADVANTAGE_ESTIMATORS["half_test"]
 
 
 @pytest.mark.parametrize("name", ["grpo", "reinforce_pp", "reinforce_pp_baseline"])

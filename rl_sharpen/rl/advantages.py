@@ -66,16 +66,30 @@ Estimator = Callable[[jax.Array, int, AdvantageConfig], jax.Array]
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {}
 
 
-# @register_estimator(name): makes `fn(rewards [N], group_size, cfg) -> [N]` available by `name`.
-register_estimator = registrar(ADVANTAGE_ESTIMATORS, "advantage estimator")
+GROUP_BASELINE_ESTIMATORS: set[str] = set()  # baseline from the other samples of a prompt: need G >= 2
+GROUP_STD_ESTIMATORS: set[str] = set()  # divide by each group's reward std, which reweights R's terms per group
+_register = registrar(ADVANTAGE_ESTIMATORS, "advantage estimator")
+
+
+def register_estimator(name: str, *, group_baseline: bool, group_std: bool = False):
+    """@register_estimator(name, group_baseline=..., group_std=...): makes `fn(rewards [N], group_size,
+    cfg) -> [N]` available by `name`. group_baseline: its baseline comes from the other samples of the
+    prompt (configs with one sample per prompt are refused); group_std: it divides by each group's
+    reward std (runs whose reward has terms besides the task reward are warned)."""
+
+    def wrap(fn: Estimator) -> Estimator:
+        _register(name)(fn)
+        if group_baseline:
+            GROUP_BASELINE_ESTIMATORS.add(name)
+        if group_std:
+            GROUP_STD_ESTIMATORS.add(name)
+        return fn
+
+    return wrap
 
 
 def _grouped(rewards: jax.Array, group_size: int) -> jax.Array:
     return rewards.astype(jnp.float32).reshape(-1, group_size)
-
-
-# Estimators with a baseline from the other samples of the prompt: they need G >= 2 samples per prompt.
-GROUP_BASELINE_ESTIMATORS = ("rloo", "grpo", "dr_grpo", "reinforce_pp_baseline")
 
 
 def _shifted_groups(rewards: jax.Array, group_size: int, estimator: str) -> jax.Array:
@@ -93,21 +107,21 @@ def _over(centered: jax.Array, scale: jax.Array) -> jax.Array:
     return centered / jnp.where(scale > 0, scale, 1.0)
 
 
-@register_estimator("rloo")
+@register_estimator("rloo", group_baseline=True)
 def rloo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     r = _shifted_groups(rewards, group_size, "rloo")
     loo_mean = (jnp.sum(r, axis=1, keepdims=True) - r) / (group_size - 1)
     return (r - loo_mean).reshape(-1)
 
 
-@register_estimator("grpo")
+@register_estimator("grpo", group_baseline=True, group_std=True)
 def grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     r = _shifted_groups(rewards, group_size, "grpo")
     centered = r - jnp.mean(r, axis=1, keepdims=True)
     return _over(centered, jnp.std(r, axis=1, keepdims=True, ddof=1) + cfg.eps).reshape(-1)
 
 
-@register_estimator("dr_grpo")
+@register_estimator("dr_grpo", group_baseline=True)
 def dr_grpo(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     return _group_centered(rewards, group_size, "dr_grpo")
 
@@ -125,12 +139,12 @@ def _batch_whiten(values: jax.Array, eps: float, estimator: str) -> jax.Array:
     return _over(v - jnp.mean(v), jnp.std(v, ddof=1) + eps)
 
 
-@register_estimator("reinforce_pp")
+@register_estimator("reinforce_pp", group_baseline=False)
 def reinforce_pp(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     return _batch_whiten(rewards.astype(jnp.float32), cfg.eps, "reinforce_pp")
 
 
-@register_estimator("reinforce_pp_baseline")
+@register_estimator("reinforce_pp_baseline", group_baseline=True)
 def reinforce_pp_baseline(rewards: jax.Array, group_size: int, cfg: AdvantageConfig) -> jax.Array:
     return _batch_whiten(_group_centered(rewards, group_size, "reinforce_pp_baseline"), cfg.eps,
                          "reinforce_pp_baseline")
