@@ -11,7 +11,7 @@ import torch
 from rl_sharpen import models
 from tests import hf_models
 
-FAMILIES = ["llama", "qwen2", "qwen3"]
+FAMILIES = models.FAMILIES  # a new family gets every parity test here (and needs a tiny config in hf_models)
 
 
 def _left_padded(rows, pad=0):
@@ -295,7 +295,7 @@ def test_config_reads_rope_settings_as_transformers_does(family, rope):
 
     hf = {"vocab_size": 50, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 1,
           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, **rope}
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+    arch = {f: a for a, f in models.config.ARCHITECTURES.items()}[family]
     ours = models.from_hf_config({"architectures": [arch], **hf})
     config = transformers.AutoConfig.for_model(family, **hf)
     rotary = transformers.AutoModelForCausalLM.from_config(config).model.rotary_emb

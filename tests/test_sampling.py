@@ -340,11 +340,15 @@ LOGPROB_PROMPTS = [[5, 17, 3, 44, 9, 60, 22], [70, 4], [8, 8, 8, 8]]
 LOGPROB_CFG = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, num_samples=3, eos_ids=(2, 11, 30))
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
-def test_logprobs_equal_teacher_forcing(family, tmp_path):
+@pytest.mark.parametrize("fast_decode", [True, False], ids=["fast_decode", "scanned"])
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_logprobs_equal_teacher_forcing(family, fast_decode, tmp_path):
+    """Both decoders (`decode.step`, the default, and `models.forward` scanned) against teacher
+    forcing, for every family: `decode._layer` repeats the transformer block in its own layout."""
     hf_models.save_tiny_hf_model(family, tie=family == "qwen2", path=str(tmp_path))
     cfg, params = models.load_hf(str(tmp_path))
-    out = sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(3), LOGPROB_CFG)
+    out = sampling.generate(params, cfg, LOGPROB_PROMPTS, jax.random.key(3),
+                            dataclasses.replace(LOGPROB_CFG, fast_decode=fast_decode))
     assert 0 < int(out.finished.sum()) < 9 and np.all(np.asarray(out.lengths)[~np.asarray(out.finished)] == 12)
     assert _teacher_forced_gap(params, cfg, out) <= 1e-5
     # untruncated temperature-1 sampling: the sampled law is the model

@@ -86,7 +86,7 @@ def test_parameters_are_laid_out_as_designed(mesh):
     assert specs == want
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", models.FAMILIES)
 def test_sharded_forward_equals_single_device(mesh, family, tmp_path):
     hf_models.save_tiny_hf_model(family, tie=False, path=str(tmp_path))
     cfg, params = models.load_hf(str(tmp_path))

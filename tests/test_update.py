@@ -141,7 +141,7 @@ def test_a_step_moves_params_down_the_gradient_of_the_loss_over_non_empty_sequen
     assert manual(state["params"]) < manual(params)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", models.FAMILIES)
 @pytest.mark.parametrize("decay_norms_and_biases", [False, True])
 def test_weight_decay_shrinks_the_weight_matrices_and_not_norms_or_biases(family, decay_norms_and_biases):
     """With zero gradients Adam's step is 0, so one AdamW update at rate lr is theta <- (1 - lr wd) theta

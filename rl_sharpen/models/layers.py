@@ -175,7 +175,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> j
     return out.reshape(B, K, G, T, E).transpose(0, 3, 1, 2, 4).reshape(B, T, H, E).astype(q.dtype)
 
 
+def gated_activation(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(x W_gate) * (x W_up) from the two projections: the MLP's nonlinearity in `swiglu` and in
+    the sampler's decode step (sampling/decode.py), which must agree."""
+    return jax.nn.silu(gate) * up
+
+
 def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
     dt, prec = x.dtype, precision(x.dtype)
-    h = jax.nn.silu(jnp.matmul(x, gate.astype(dt), precision=prec)) * jnp.matmul(x, up.astype(dt), precision=prec)
+    h = gated_activation(jnp.matmul(x, gate.astype(dt), precision=prec), jnp.matmul(x, up.astype(dt), precision=prec))
     return jnp.matmul(h, down.astype(dt), precision=prec)

@@ -50,7 +50,8 @@ def _allowed(q_seg, k_seg, q_slot, k_slot):
 
 
 def _block(cfg: ModelConfig, inv_freq, x, positions, allowed, p, cache_k, cache_v, end):
-    """One pre-norm decoder layer. cache_k/v are this layer's [B, S, K, E] slots or None."""
+    """One pre-norm decoder layer. cache_k/v are this layer's [B, S, K, E] slots or None. The sampler's
+    decode step has its own copy, laid out for one token (sampling/decode.py `_layer`): keep them equal."""
     dt, prec = cfg.dtype, layers.precision(cfg.dtype)
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dhe->bthe", h, p["q"].astype(dt), precision=prec)

@@ -12,6 +12,12 @@ call by `prepare`:
     contiguous slots of the keys, and attention over a short prefix of the cache (S/8 or S/4 slots,
     a `lax.switch` per layer) while the filled part fits in one (`attention_lengths`).
 
+It is a second implementation of the decoder, and the default one for sampling (`fast_decode`):
+it shares the norm, rope, bias / qk-norm and activation functions of `models.layers` with
+`transformer._block`, but a change to the block itself (a new family's embedding scale, norm or
+layer order) must be made in `_layer` and `step` too. `tests/test_sampling.py` checks, for every
+family in `models.FAMILIES`, that the log-probs of both paths equal teacher forcing's.
+
 The cache is the per-layer layout of `kv.prefill(per_layer=True)`: lists of L arrays, keys
 [R, K, E, S] and values [R, K, S, E], heads before slots, so attention reads it with no copy (the
 [R, S, K, E] layout of `models.forward` costs a transpose of every layer's cache per token, which
@@ -156,7 +162,7 @@ def _layer(cfg: ModelConfig, rope, x, allowed, p, cache_k, cache_v, end):
     attn = _filled_attention(q, cache_k.astype(x.dtype), cache_v.astype(x.dtype), allowed, end)
     x = x + _linear(p["o"], attn)
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-    return x + _linear(p["down"], jax.nn.silu(_linear(p["gate"], h)) * _linear(p["up"], h)), cache_k, cache_v
+    return x + _linear(p["down"], layers.gated_activation(_linear(p["gate"], h), _linear(p["up"], h))), cache_k, cache_v
 
 
 def step(weights: dict, cfg: ModelConfig, cache: dict, tokens, positions, segments, mesh=None):
