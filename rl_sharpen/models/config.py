@@ -20,12 +20,32 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What tells a decoder family apart, in one place: its config.json reading and its two steps
+    between the q/k/v projections and rope (`layers.qkv_bias_and_norm`). The parameters are declared
+    in the family's own file (llama.py, qwen2.py, qwen3.py; `registry.FAMILIES`)."""
+
+    architecture: str  # config.json `architectures` entry
+    max_positions: int  # transformers' max_position_embeddings when config.json has none
+    kv_heads: int | None = None  # transformers' num_key_value_heads default (None: num_attention_heads)
+    head_dim: int | None = None  # transformers' head_dim default (None: hidden_size / num_attention_heads)
+    qkv_bias: bool = False  # q/k/v projections carry a bias (config.json's attention_bias is then ignored)
+    qk_norm: bool = False  # per-head RMSNorm on q and k before rope
+    has_mlp_bias_key: bool = False  # config.json may set mlp_bias (only False is implemented)
+    sliding_window_keys: bool = False  # config.json may turn on sliding-window attention (refused)
+
+
+FAMILY_TRAITS = {
+    "llama": Family("LlamaForCausalLM", max_positions=2048, has_mlp_bias_key=True),
+    "qwen2": Family("Qwen2ForCausalLM", max_positions=32768, kv_heads=32, qkv_bias=True, sliding_window_keys=True),
+    "qwen3": Family("Qwen3ForCausalLM", max_positions=32768, kv_heads=32, head_dim=128, qk_norm=True,
+                    sliding_window_keys=True),
 }
-FAMILIES = tuple(sorted(set(ARCHITECTURES.values())))
+ARCHITECTURES = {traits.architecture: family for family, traits in FAMILY_TRAITS.items()}
+FAMILIES = tuple(sorted(FAMILY_TRAITS))
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -77,11 +97,11 @@ class ModelConfig:
 
     @property
     def qkv_bias(self) -> bool:
-        return self.family == "qwen2"
+        return FAMILY_TRAITS[self.family].qkv_bias
 
     @property
     def qk_norm(self) -> bool:
-        return self.family == "qwen3"
+        return FAMILY_TRAITS[self.family].qk_norm
 
     @property
     def dtype(self):
@@ -129,23 +149,21 @@ def _ids(value) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
-_DEFAULT_MAX_POSITIONS = {"llama": 2048, "qwen2": 32768, "qwen3": 32768}  # transformers' when config.json has none
-
-
 def _check_supported(hf: Mapping[str, Any], family: str, source: str) -> None:
     """ValueError for a config.json setting the decoder of `family` does not implement."""
+    traits = FAMILY_TRAITS[family]
     checks = [("hidden_act", "silu", ("silu", "swish"))]  # transformers defaults; swish is SiLU
-    if family in ("llama", "qwen3"):  # Qwen2 always has q/k/v biases and ignores attention_bias
+    if not traits.qkv_bias:  # a family with q/k/v biases always has them and ignores attention_bias
         checks.append(("attention_bias", False, (False,)))
-    if family == "llama":
+    if traits.has_mlp_bias_key:
         checks.append(("mlp_bias", False, (False,)))
     for key, default, allowed in checks:
         value = hf.get(key, default)
         if value not in allowed:
             raise ValueError(f"{source}: {key}={value!r} is not supported; allowed: {' or '.join(map(repr, allowed))}")
-    if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+    if traits.sliding_window_keys and hf.get("use_sliding_window"):
         window = hf.get("sliding_window", 4096)  # transformers' default when the key is absent (null: no window)
-        longest = hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family])
+        longest = hf.get("max_position_embeddings", traits.max_positions)
         n, first = int(hf.get("num_hidden_layers", 0)), int(hf.get("max_window_layers", 28))
         kinds = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
         if window is not None and window < longest and "sliding_attention" in kinds:
@@ -173,6 +191,7 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
     if not known:
         raise ValueError(f"{source}: architectures={archs}; supported: {sorted(ARCHITECTURES)}")
     family = known[0]
+    traits = FAMILY_TRAITS[family]
 
     def required(key: str) -> int:
         if hf.get(key) is None:
@@ -180,10 +199,10 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
         return int(hf[key])
 
     _check_supported(hf, family, source)
-    max_positions = int(hf.get("max_position_embeddings", _DEFAULT_MAX_POSITIONS[family]))
+    max_positions = int(hf.get("max_position_embeddings", traits.max_positions))
     theta, scaling = _rope_fields(hf, max_positions)
     heads, hidden = required("num_attention_heads"), required("hidden_size")
-    kv_heads = int(hf.get("num_key_value_heads", 32 if family in ("qwen2", "qwen3") else None) or heads)
+    kv_heads = int(hf.get("num_key_value_heads", traits.kv_heads) or heads)
     if heads % kv_heads:
         raise ValueError(f"{source}: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     return ModelConfig(
@@ -194,7 +213,7 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
         num_layers=required("num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=kv_heads,
-        head_dim=int(hf.get("head_dim") or (128 if family == "qwen3" else hidden // heads)),
+        head_dim=int(hf.get("head_dim") or traits.head_dim or hidden // heads),
         rope_theta=theta,
         rope_scaling=scaling,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
@@ -209,9 +228,9 @@ def from_hf_config(hf: Mapping[str, Any] | str, *, param_dtype="float32", comput
 
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """The config.json that transformers needs to rebuild `cfg` (written by `save_hf`)."""
-    arch = {v: k for k, v in ARCHITECTURES.items()}[cfg.family]
+    traits = FAMILY_TRAITS[cfg.family]
     hf = {
-        "architectures": [arch],
+        "architectures": [traits.architecture],
         "model_type": cfg.family,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -230,7 +249,7 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "attention_dropout": 0.0,
         "use_cache": True,
     }
-    if cfg.family == "llama":
+    if traits.has_mlp_bias_key:
         hf["mlp_bias"] = False
     if cfg.rope_scaling is not None:
         hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(cfg.rope_scaling)}
