@@ -92,6 +92,11 @@ class MetricWriter:
     resume_step: None adds to whatever the file holds. An int N keeps only its rows of steps <= N:
     a run restored from its step-N checkpoint writes the later steps again (N = -1: start empty).
     Object stores cannot append, so there the whole file is rewritten on each write.
+
+    TensorBoard's writer queues events for a thread that writes them every couple of minutes, so a
+    killed run loses its last ones, while each JSON line is on disk once `write` returns. A resumed
+    writer therefore tells TensorBoard to drop every earlier event (a purge at step 0) and writes the
+    kept rows again: its curves are the JSONL's.
     """
 
     def __init__(self, workdir: str | os.PathLike, name: str = "train", tensorboard: bool = True,
@@ -113,11 +118,20 @@ class MetricWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            purge = None if resume_step is None else resume_step + 1  # hides the replaced steps' events
+            purge = None if resume_step is None else 0  # hides every earlier event: the kept rows follow
             # event files are named by the second they open in: a writer opened again within it (a run
             # resumed in the same process) would truncate the first one's file without its own suffix
             self._tb = SummaryWriter(os.fspath(workdir / "tb" / name), purge_step=purge,
                                      filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+            if resume_step is not None:
+                for row in _parse_rows(self._text):
+                    self._add_scalars(row)
+                self._tb.flush()
+
+    def _add_scalars(self, row: Mapping[str, object]) -> None:
+        for k, v in row.items():
+            if k != "step" and isinstance(v, float) and math.isfinite(v):  # tags allow no '@': pass_at_8
+                self._tb.add_scalar(k.replace("@", "_at_"), v, row["step"])
 
     def write(self, step: int, metrics: Mapping[str, object]) -> dict:
         row = {"step": int(step)}
@@ -135,9 +149,7 @@ class MetricWriter:
                 self._text += line
                 _replace_text(self.path, self._text)
             if self._tb is not None:
-                for k, v in row.items():
-                    if isinstance(v, float) and math.isfinite(v):  # TensorBoard tags allow no '@': pass_at_8
-                        self._tb.add_scalar(k.replace("@", "_at_"), v, step)
+                self._add_scalars(row)
                 self._tb.flush()
         return row
 
@@ -156,11 +168,14 @@ class MetricWriter:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The rows of a metrics file, with the non-finite values `strict_json` wrote as such: null reads as
     NaN, "inf" / "-inf" as floats."""
+    return _parse_rows(workdir_path(path).read_text())
+
+
+def _parse_rows(text: str) -> list[dict]:
     def value(v):
         return math.nan if v is None else _NONFINITE.get(v, v) if isinstance(v, str) else v
 
-    return [{k: value(v) for k, v in json.loads(line).items()}
-            for line in workdir_path(path).read_text().splitlines() if line.strip()]
+    return [{k: value(v) for k, v in json.loads(line).items()} for line in text.splitlines() if line.strip()]
 
 
 def json_value(x):

@@ -316,18 +316,44 @@ def _tensorboard_events(folder: Path) -> list:
     return events
 
 
-def test_resume_tells_tensorboard_to_hide_the_rerun_steps(tmp_path):
-    """TensorBoard drops earlier events at steps >= s when it meets a SessionLog START at step s."""
+def _tensorboard_view(folder: Path) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of the scalars TensorBoard shows: a SessionLog START at step s drops the
+    events read before it at steps >= s (its purge of orphaned data)."""
     from tensorboardX.proto.event_pb2 import SessionLog
 
-    _write_steps(MetricWriter(tmp_path / "fresh", "train", is_main=True), range(1, 3))
-    w = MetricWriter(tmp_path / "resumed", "train", is_main=True, resume_step=20)
-    _write_steps(w, range(21, 23))
+    shown = []
+    for e in _tensorboard_events(folder):
+        if e.HasField("session_log") and e.session_log.status == SessionLog.START:
+            shown = [x for x in shown if x[0] < e.step]
+        shown += [(e.step, v.tag, v.simple_value) for v in e.summary.value]
+    return sorted(shown)
+
+
+def test_resume_tells_tensorboard_to_hide_the_rerun_steps(tmp_path):
+    """A resumed writer purges every earlier event and writes the kept rows again, so TensorBoard
+    shows the JSONL's rows once each, the replaced steps' values gone."""
+    first = MetricWriter(tmp_path, "train", is_main=True)
+    _write_steps(first, range(1, 6))
+    first.close()
+    w = MetricWriter(tmp_path, "train", is_main=True, resume_step=3)
+    w.write(4, {"reward": 40.0})
     w.close()
-    starts = {name: [e.step for e in _tensorboard_events(tmp_path / name / "tb" / "train")
-                     if e.HasField("session_log") and e.session_log.status == SessionLog.START]
-              for name in ("fresh", "resumed")}
-    assert starts == {"fresh": [], "resumed": [21]}
+    rows = [(r["step"], "reward", r["reward"]) for r in read_jsonl(tmp_path / "train.jsonl")]
+    assert _tensorboard_view(tmp_path / "tb" / "train") == rows == [(1, "reward", 0.5), (2, "reward", 1.0),
+                                                                    (3, "reward", 1.5), (4, "reward", 40.0)]
+
+
+def test_resume_restores_tensorboard_events_a_kill_lost(tmp_path):
+    """The events a killed run had queued but not written (deleted here) come back from the JSONL."""
+    killed = MetricWriter(tmp_path, "train", is_main=True)
+    _write_steps(killed, range(1, 4))
+    killed.close()
+    for file in (tmp_path / "tb" / "train").iterdir():
+        file.unlink()
+    w = MetricWriter(tmp_path, "train", is_main=True, resume_step=3)
+    _write_steps(w, range(4, 6))
+    w.close()
+    assert [step for step, _, _ in _tensorboard_view(tmp_path / "tb" / "train")] == [1, 2, 3, 4, 5]
 
 
 def test_a_writer_opened_again_within_a_second_keeps_the_first_ones_events(tmp_path):
@@ -338,7 +364,7 @@ def test_a_writer_opened_again_within_a_second_keeps_the_first_ones_events(tmp_p
     _write_steps(again, range(4, 6))
     again.close()
     scalars = sorted(e.step for e in _tensorboard_events(tmp_path / "tb" / "train") if e.HasField("summary"))
-    assert scalars == [1, 2, 3, 4, 5]
+    assert scalars == [1, 1, 2, 2, 3, 3, 4, 5]  # the first file's, and the second's replay of them
 
 
 def test_only_the_main_process_writes(tmp_path):
