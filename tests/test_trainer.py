@@ -824,6 +824,23 @@ def test_a_finished_run_started_again_returns_its_last_validation(tmp_path):
     assert runs[1].run() == {"step": 2, "accuracy": 0.5}  # nothing left to train: the logged result
 
 
+def test_a_finished_run_started_again_with_other_validation_settings_validates_again(tmp_path):
+    """eval.* and data.validation* may change on resume; the logged result was computed under the
+    previous launch's settings, so it is not reused (config.json would name settings it never had)."""
+    def run(**overrides):
+        r = _rl_run(tmp_path, 2, **overrides)
+        r.evaluate = lambda params, step: {"accuracy": 0.25 * step, "num_samples": r.config_record["eval"]["num_samples"]}
+        return r.run()
+
+    first = run()
+    assert run() == first  # the same settings: the logged result
+    again = run(**{"eval.num_samples": int(first["num_samples"]) + 1})
+    assert again == {"step": 2, "accuracy": 0.5, "num_samples": first["num_samples"] + 1}
+    assert json.loads((tmp_path / "config.json").read_text())["eval"]["num_samples"] == again["num_samples"]
+    with open(tmp_path / "train_eval.jsonl") as f:
+        assert [json.loads(line)["num_samples"] for line in f] == [first["num_samples"]] * 2 + [again["num_samples"]]
+
+
 def test_a_run_resumed_at_its_lowered_last_step_validates_that_step(tmp_path):
     """Killed after its step-2 checkpoint, with validation only at the start and the end (step 4), and
     started again with train.steps=2: its result is the step-2 policy's validation, not step 0's."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from typing import Any, Callable, Literal, Sequence
 
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from rl_sharpen import sampling
 from rl_sharpen import sharding as shd
-from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer, buffers, release
+from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer, buffers, config_changes, release
 from rl_sharpen.metrics import MetricWriter, format_row, workdir_path, write_json
 from rl_sharpen.models import weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
@@ -147,6 +148,17 @@ def _scorer(model_cfg, chunk, rows, mesh) -> Scorer:
     return Scorer(model_cfg, chunk, rows, mesh)
 
 
+def _validation_changes(config_file: str, record: dict) -> str:
+    """The validation settings (eval.*, data.validation*) in which `record` differs from the config
+    that the workdir's last launch wrote (the one its metric rows come from): "" if none, "the
+    previous config is missing" if there is none."""
+    path = workdir_path(config_file)
+    if not path.exists():
+        return "the previous config is missing"
+    return config_changes(json.loads(path.read_text()), json.loads(json.dumps(record)),
+                          allowed=lambda field: not field.startswith(("eval.", "data.validation")))
+
+
 @dataclasses.dataclass
 class RLRun:
     """Everything one RL run needs; `run()` trains and returns the final validation record. It consumes
@@ -213,8 +225,10 @@ class RLRun:
                     f"would report a model trained for {restored} steps; set --config.train.steps={restored} "
                     "or more, or use a new --workdir")
             logging.info("resumed %s from step %d", self.workdir, restored)
+        validation_changed = ""
         if jax.process_index() == 0:  # after the checkpoint accepted it: a refused config leaves the old file
             workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)
+            validation_changed = _validation_changes(f"{self.workdir}/config.json", self.config_record)
             write_json(self.config_record, f"{self.workdir}/config.json")
             discard = getattr(self.evaluate, "discard_after", None)  # `task_setup.make_evaluator`'s files
             for name in discard(restored) if discard is not None else ():  # as the metric rows after `restored`
@@ -229,6 +243,10 @@ class RLRun:
         if self.evaluate is not None and (start == 0 or start >= self.train_cfg.steps):  # the start, or the end
             last_eval = eval_writer.last_row()  # a finished run's result, if it validated this step
             validated = last_eval is not None and last_eval["step"] == start  # not with train.steps lowered to it
+            if validated and validation_changed:  # the row was computed under the previous launch's settings
+                logging.info("validating step %d again: the validation settings changed (%s)", start,
+                             validation_changed)
+                validated = False
             if not multihost_utils.broadcast_one_to_all(np.int32(validated)):
                 last_eval = eval_writer.write(start, self.evaluate(state["params"], start))
         bar = tqdm(range(start, self.train_cfg.steps), initial=start, total=self.train_cfg.steps,
