@@ -130,7 +130,7 @@ class Checkpointer:
         try:
             record = self.manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
         except Exception as e:  # orbax raises several types for unreadable steps
-            raise CheckpointMismatch(f"{self.directory}/{step}: unreadable checkpoint record ({e})") from e
+            raise CheckpointMismatch(self._unreadable(step, "unreadable checkpoint record", e)) from e
         detail = config_changes(record.get("config", {}), json.loads(json.dumps(config)), allowed)
         if detail:
             raise CheckpointMismatch(f"{self.directory}/{step} was made with another config ({detail}); "
@@ -141,8 +141,19 @@ class Checkpointer:
             state = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target)))["state"]
         except Exception as e:
-            raise CheckpointMismatch(f"{self.directory}/{step}: cannot restore the train state ({e})") from e
+            raise CheckpointMismatch(self._unreadable(step, "cannot restore the train state", e)) from e
         return state, record
+
+    def _unreadable(self, step: int, what: str, error: Exception) -> str:
+        """The error of an unreadable step: orbax's reason (TensorStore's can run to kilobytes, cut at
+        400 characters) and, where earlier steps are kept, how to resume from the newest of them."""
+        reason = " ".join(str(error).split())  # on one line
+        reason = reason if len(reason) <= 400 else reason[:400] + " ..."
+        message = f"{self.directory}/{step}: {what} ({type(error).__name__}: {reason})"
+        if earlier := [s for s in self.manager.all_steps() if s < step]:
+            message += (f"; the steps kept before it are {sorted(earlier)}: move {self.directory}/{step} out of the "
+                        f"directory to resume from step {max(earlier)}")
+        return message
 
     def close(self):
         self.manager.close()

@@ -816,6 +816,26 @@ def test_checkpoints_are_saved_every_n_steps_and_at_the_end_only(tmp_path):
     ckpt.close()
 
 
+def test_an_unreadable_last_checkpoint_names_the_step_to_resume_from(tmp_path):
+    from rl_sharpen.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), every=1, keep=3)
+    state = {"x": np.arange(4096, dtype=np.float32)}
+    for step in (1, 2, 3):
+        ckpt.save(step, state, {"step": step, "config": {}})
+    ckpt.close()
+    data = [f for f in (tmp_path / "3" / "state").rglob("*") if f.is_file() and "/d/" in str(f)]
+    for f in data:
+        f.write_bytes(f.read_bytes()[:100])  # a disk that lost the end of the step's arrays
+    ckpt = Checkpointer(str(tmp_path), every=1, keep=3)
+    with pytest.raises(CheckpointMismatch, match=rf"/3: cannot restore the train state .*the steps kept before it "
+                                                 rf"are \[1, 2\]: move {tmp_path}/3 out of the directory to resume "
+                                                 rf"from step 2") as error:
+        ckpt.restore(state, {})
+    assert len(str(error.value)) < 1000
+    ckpt.close()
+
+
 def test_a_finished_run_started_again_returns_its_last_validation(tmp_path):
     runs = [_rl_run(tmp_path, 2) for _ in range(2)]
     for run in runs:
