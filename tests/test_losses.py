@@ -366,3 +366,55 @@ def test_untruncated_weights_of_long_sequences_stay_finite(is_level):
     np.testing.assert_allclose(-grad[1], weight / 200, rtol=1e-4)  # w A / (N' max_len)
     # per token nothing is held back; per sequence the e^100 weights are held at e^80, and reported
     assert float(metrics["is_truncated_frac"]) == (0.0 if is_level == "token" else 1.0)
+
+
+@pytest.mark.parametrize("aggregation", losses.AGGREGATIONS)
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_every_loss_ignores_padding_and_sums_over_micro_batches(name, aggregation):
+    """What the trainer relies on from any registered loss, a new one included: padding contributes
+    nothing (garbage there changes neither the loss nor its gradient, which is 0 there), and micro-
+    batches of whole groups, each divided by the whole batch's `loss_denominator`, add up to the
+    whole batch's loss, gradient and metrics (`ratio_parts`)."""
+    from rl_sharpen.rl.update import loss_denominator
+
+    rng = np.random.default_rng(0)
+    n, t, g = 8, 5, 4
+    mask = np.arange(t)[None] < rng.integers(1, t + 1, n)[:, None]
+    def lp():
+        return np.log(rng.uniform(0.05, 0.95, (n, t))).astype(np.float32)
+
+    logprobs = lp()
+    fields = dict(behaviour_logprobs=lp(), old_logprobs=lp(), ref_logprobs=lp(),
+                  advantages=rng.normal(size=n).astype(np.float32),
+                  correct=np.array([1, 0, 1, 0, 0, 0, 1, 1], np.float32))
+    cfg = losses.LossConfig(name, aggregation=aggregation, max_len=t, kl_coef=0.1)
+
+    def inputs(rows, garbage=False):
+        def fill(x):
+            x = np.array(x[rows] if x.ndim == 1 else np.where(mask, x, np.nan if garbage else 0.0)[rows])
+            return jnp.asarray(x)
+        return losses.LossInputs(mask=jnp.asarray(mask[rows]), group_size=g, **{k: fill(v) for k, v in fields.items()})
+
+    def loss(lp_rows, rows, denominator, garbage=False):
+        return losses.policy_loss(lp_rows, inputs(rows, garbage), cfg, denominator=denominator, ratio_parts=True)
+
+    everything = slice(0, n)
+    denominator = loss_denominator(jnp.asarray(mask), aggregation)
+    clean = jnp.asarray(np.where(mask, logprobs, 0.0))
+    (full, full_metrics), full_grad = jax.value_and_grad(loss, has_aux=True)(clean, everything, denominator)
+    (dirty, _), dirty_grad = jax.value_and_grad(loss, has_aux=True)(
+        jnp.asarray(np.where(mask, logprobs, 7.0)), everything, denominator, True)
+    assert np.isfinite(float(full))
+    np.testing.assert_allclose(float(dirty), float(full), rtol=1e-6)
+    np.testing.assert_allclose(dirty_grad, full_grad, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(full_grad)[~mask], 0.0)
+    assert np.abs(np.asarray(full_grad)[mask]).max() > 0
+
+    halves = [slice(0, g), slice(g, n)]
+    parts = [jax.value_and_grad(loss, has_aux=True)(clean[rows], rows, denominator) for rows in halves]
+    np.testing.assert_allclose(sum(float(p[0][0]) for p in parts), float(full), rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), full_grad, rtol=1e-5, atol=1e-7)
+    for key, value in full_metrics.items():
+        if isinstance(value, losses.Ratio):
+            summed = sum(p[0][1][key].num for p in parts) / max(sum(p[0][1][key].den for p in parts), 1)
+            np.testing.assert_allclose(summed, value.value(), rtol=1e-5, err_msg=key)
