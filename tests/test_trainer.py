@@ -2,7 +2,6 @@
 run, a changed config refuses to resume, and config errors name the field."""
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from rl_sharpen.rl.trainer import prompt_order
 from rl_sharpen.sampling.prompts import bucket_width
 from rl_sharpen.task_setup import build_task
 from rl_sharpen.tasks import prompts as prompt_lib
-from tests.experiment_configs import ROOT, get_config
+from tests.experiment_configs import get_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -359,7 +358,7 @@ def test_micro_batch_must_hold_whole_groups(tmp_path):
         get_config("qwen3_4b_math", "sharpening,task_reward")
 
 
-CONFIG_FILES = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+CONFIG_FILES = sorted(path.stem for path in (ROOT / "configs").glob("*.py"))
 
 
 @pytest.mark.parametrize("arg", ["", "tiny"])
