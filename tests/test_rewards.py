@@ -191,6 +191,11 @@ def test_components_declare_the_statistics_they_read():
     def undeclared(x, cfg):
         return jnp.sum(x.token_entropy, axis=-1)
 
+    @rewards.register_component("host_test")
+    def on_host(x, cfg):  # numpy and Python control flow: the rollout calls components eagerly
+        lengths = np.asarray(x.completion_mask).sum(-1)
+        return jnp.asarray(lengths if lengths.max() > 1 else -lengths)
+
     @rewards.register_component("column_test")
     def column(x, cfg):
         return rewards.completion_lengths(x)[:, None]
@@ -203,8 +208,13 @@ def test_components_declare_the_statistics_they_read():
         cfg = rewards.regime_preset("task_reward", extra={"undeclared_test": 1.0})
         assert not rewards.needs_token_statistics(cfg)
         with pytest.raises(ValueError, match=r"component 'undeclared_test' fails on a rollout's inputs \(TypeError: "
-                                             r".*only for a component registered with needs="):
+                                             r".*; it reads per-token statistics, which the rollout computes only "
+                                             r"for a component registered with needs="):
             rewards.check_components(cfg, group_size=2, vocab_size=11)
+        with pytest.raises(ValueError, match=r"component 'majority_vote' fails on a rollout's inputs \(ValueError: "
+                                             r"majority_vote needs RewardInputs.group_size >= 2 .*, got 1\)$"):
+            rewards.check_components(rewards.regime_preset("task_reward", extra={"majority_vote": 1.0}), 1, 11)
+        rewards.check_components(rewards.regime_preset("task_reward", extra={"host_test": 1.0}), 2, 11)
         column_cfg = rewards.regime_preset("task_reward", extra={"column_test": 1.0})
         with pytest.raises(ValueError, match=r"component 'column_test' returned shape \(4, 1\); allowed: \(4,\)"):
             rewards.check_components(column_cfg, 2, 11)
@@ -219,7 +229,7 @@ def test_components_declare_the_statistics_they_read():
         with pytest.raises(ValueError, match=r"needs=\('correct',\).*allowed: \('token_entropy'"):
             rewards.register_component("bad_needs_test", needs=("correct",))
     finally:
-        for name in ("undeclared_test", "column_test", "declared_test"):
+        for name in ("undeclared_test", "host_test", "column_test", "declared_test"):
             del rewards.REWARD_COMPONENTS[name]
             rewards.COMPONENT_NEEDS.pop(name)
 

@@ -331,25 +331,38 @@ def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array,
 
 
 def check_components(cfg: RewardConfig, group_size: int, vocab_size: int) -> None:
-    """Traces every weighted component of `cfg` on abstract inputs shaped like a rollout's (no arrays
-    computed), so that one that reads an input the rollout does not fill for it, or returns the wrong
-    shape, fails before a run spends its first evaluation, with an error naming it."""
+    """Calls every weighted component of `cfg` on small inputs shaped like a rollout's (2 groups of 3
+    tokens), so that one that reads a statistic the rollout does not compute for it, or returns the
+    wrong shape, fails before a run spends its first evaluation, with an error naming it."""
     n, t = 2 * group_size, 3
-    f32 = jax.ShapeDtypeStruct((n, t), jnp.float32)
-    stats = dict.fromkeys(TOKEN_STATISTICS, f32) if needs_token_statistics(cfg) else {}
-    inputs = RewardInputs(completion_mask=f32, correct=jax.ShapeDtypeStruct((n,), jnp.float32),
-                          answer_ids=jax.ShapeDtypeStruct((n,), jnp.int32), ref_logprobs=f32, policy_logprobs=f32,
-                          group_size=group_size, vocab_size=vocab_size, **stats)
+
+    def rollout_like(with_statistics: bool) -> RewardInputs:
+        def full(value):
+            return jnp.full((n, t), value, jnp.float32)
+
+        stats = {"token_entropy": full(1.0), "logit_lse": full(2.0), "logit_mean": full(0.5)}
+        return RewardInputs(completion_mask=full(1.0), correct=jnp.arange(n, dtype=jnp.float32) % 2,
+                            answer_ids=jnp.arange(n, dtype=jnp.int32) % 3, ref_logprobs=full(-1.0),
+                            policy_logprobs=full(-1.5), group_size=group_size, vocab_size=vocab_size,
+                            **(stats if with_statistics else {}))
+
     for name in mixture_weights(cfg):
         try:
-            value = jax.eval_shape(lambda x: REWARD_COMPONENTS[name](x, cfg), inputs)
+            value = REWARD_COMPONENTS[name](rollout_like(needs_token_statistics(cfg)), cfg)
         except Exception as e:  # noqa: BLE001 (whatever the component's own code raises)
-            raise ValueError(f"reward component {name!r} fails on a rollout's inputs ({type(e).__name__}: {e}); "
-                             f"the rollout fills {TOKEN_STATISTICS} only for a component registered with "
-                             "needs=(...)") from e
-        if value.shape != (n,):
-            raise ValueError(f"reward component {name!r} returned shape {value.shape}; allowed: ({n},), one value "
-                             "per completion")
+            hint = ""
+            if not COMPONENT_NEEDS.get(name):
+                try:
+                    REWARD_COMPONENTS[name](rollout_like(True), cfg)
+                    hint = (f"; it reads per-token statistics, which the rollout computes only for a component "
+                            f"registered with needs=(...) from {TOKEN_STATISTICS}")
+                except Exception:  # noqa: BLE001
+                    pass
+            raise ValueError(f"reward component {name!r} fails on a rollout's inputs ({type(e).__name__}: {e})"
+                             f"{hint}") from e
+        if jnp.shape(value) != (n,):
+            raise ValueError(f"reward component {name!r} returned shape {jnp.shape(value)}; allowed: ({n},), one "
+                             "value per completion")
 
 
 def token_statistics(logits: jax.Array) -> dict[str, jax.Array]:
