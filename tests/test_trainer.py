@@ -3,6 +3,7 @@ run, a changed config refuses to resume, and config errors name the field."""
 
 import dataclasses
 import json
+import math
 import logging
 import os
 import pathlib
@@ -349,6 +350,22 @@ def test_a_broken_reward_component_fails_before_the_first_evaluation(tmp_path, m
     finally:
         del rewards.REWARD_COMPONENTS["reads_entropy_undeclared_test"]
         rewards.COMPONENT_NEEDS.pop("reads_entropy_undeclared_test")
+
+
+def test_a_declared_reward_component_gets_its_statistics_in_a_run(tmp_path):
+    """A component registered with needs=("token_entropy",) is handed the policy's per-token entropy."""
+    from rl_sharpen.rl import rewards
+
+    @rewards.register_component("peak_entropy_test", needs=("token_entropy",))
+    def peak_entropy(x, cfg):
+        return jnp.max(jnp.where(x.completion_mask > 0, rewards._field(x, "token_entropy", "peak_entropy_test"), 0), -1)
+
+    try:
+        _rl_run(tmp_path, 1, **{"reward.extra": (("peak_entropy_test", 0.01),)}).run()
+    finally:
+        del rewards.REWARD_COMPONENTS["peak_entropy_test"]
+        rewards.COMPONENT_NEEDS.pop("peak_entropy_test")
+    assert 0 < _rows(tmp_path)[1]["reward_peak_entropy_test"] <= math.log(52)  # the tiny model's 52-token vocabulary
 
 
 def test_micro_batch_must_hold_whole_groups(tmp_path):
@@ -844,20 +861,33 @@ def test_a_finished_run_started_again_returns_its_last_validation(tmp_path):
 
 
 def test_a_finished_run_started_again_with_other_validation_settings_validates_again(tmp_path):
-    """eval.* and data.validation* may change on resume; the logged result was computed under the
-    previous launch's settings, so it is not reused (config.json would name settings it never had)."""
-    def run(**overrides):
+    """eval.* and data.validation* may change on resume; a logged result computed under other settings
+    is replaced, not reused (config.json would name settings it never had), also when the launch that
+    should have replaced it was killed first."""
+    def run(fail=False, **overrides):
         r = _rl_run(tmp_path, 2, **overrides)
-        r.evaluate = lambda params, step: {"accuracy": 0.25 * step, "num_samples": r.config_record["eval"]["num_samples"]}
+
+        def evaluate(params, step):
+            if fail:
+                raise KeyboardInterrupt("preempted during the validation")
+            return {"accuracy": 0.25 * step, "num_samples": r.config_record["eval"]["num_samples"]}
+
+        r.evaluate = evaluate
         return r.run()
 
     first = run()
     assert run() == first  # the same settings: the logged result
-    again = run(**{"eval.num_samples": int(first["num_samples"]) + 1})
-    assert again == {"step": 2, "accuracy": 0.5, "num_samples": first["num_samples"] + 1}
+    more = {"eval.num_samples": int(first["num_samples"]) + 1}
+    with pytest.raises(KeyboardInterrupt):
+        run(fail=True, **more)
+    again = run(**more)
+    assert again == {"step": 2, "accuracy": 0.5, "num_samples": more["eval.num_samples"]}
     assert json.loads((tmp_path / "config.json").read_text())["eval"]["num_samples"] == again["num_samples"]
-    with open(tmp_path / "train_eval.jsonl") as f:
-        assert [json.loads(line)["num_samples"] for line in f] == [first["num_samples"]] * 2 + [again["num_samples"]]
+    with open(tmp_path / "train_eval.jsonl") as f:  # step 2's row replaced, each row with its settings
+        rows = [json.loads(line) for line in f]
+    assert [(r["step"], r["num_samples"]) for r in rows] == [(0, first["num_samples"]), (2, again["num_samples"])]
+    assert rows[0]["validation_settings"] != rows[1]["validation_settings"]
+    assert run(**more) == again
 
 
 def test_a_run_resumed_at_its_lowered_last_step_validates_that_step(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 from typing import Any, Callable, Literal, Sequence
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from rl_sharpen import sampling
 from rl_sharpen import sharding as shd
-from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer, buffers, config_changes, release
+from rl_sharpen.checkpoint import CheckpointMismatch, Checkpointer, buffers, flatten_config, release
 from rl_sharpen.metrics import MetricWriter, format_row, workdir_path, write_json
 from rl_sharpen.models import weight_decay_mask
 from rl_sharpen.models.config import ModelConfig
@@ -148,15 +149,12 @@ def _scorer(model_cfg, chunk, rows, mesh) -> Scorer:
     return Scorer(model_cfg, chunk, rows, mesh)
 
 
-def _validation_changes(config_file: str, record: dict) -> str:
-    """The validation settings (eval.*, data.validation*) in which `record` differs from the config
-    that the workdir's last launch wrote (the one its metric rows come from): "" if none, "the
-    previous config is missing" if there is none."""
-    path = workdir_path(config_file)
-    if not path.exists():
-        return "the previous config is missing"
-    return config_changes(json.loads(path.read_text()), json.loads(json.dumps(record)),
-                          allowed=lambda field: not field.startswith(("eval.", "data.validation")))
+def validation_settings(config_record: dict) -> str:
+    """A fingerprint of the settings a validation depends on that may change on resume (eval.*,
+    data.validation*), logged with each validation row: a row is reused only under the same ones."""
+    fields = {k: v for k, v in flatten_config(json.loads(json.dumps(config_record))).items()
+              if k.startswith(("eval.", "data.validation"))}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass
@@ -225,10 +223,8 @@ class RLRun:
                     f"would report a model trained for {restored} steps; set --config.train.steps={restored} "
                     "or more, or use a new --workdir")
             logging.info("resumed %s from step %d", self.workdir, restored)
-        validation_changed = ""
         if jax.process_index() == 0:  # after the checkpoint accepted it: a refused config leaves the old file
             workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)
-            validation_changed = _validation_changes(f"{self.workdir}/config.json", self.config_record)
             write_json(self.config_record, f"{self.workdir}/config.json")
             discard = getattr(self.evaluate, "discard_after", None)  # `task_setup.make_evaluator`'s files
             for name in discard(restored) if discard is not None else ():  # as the metric rows after `restored`
@@ -240,15 +236,19 @@ class RLRun:
         base_key = jax.random.key(self.seed)
         B, G = self.rl_cfg.prompts_per_step, self.sampling_cfg.num_samples
         last_eval = None
+        settings = validation_settings(self.config_record)
         if self.evaluate is not None and (start == 0 or start >= self.train_cfg.steps):  # the start, or the end
             last_eval = eval_writer.last_row()  # a finished run's result, if it validated this step
             validated = last_eval is not None and last_eval["step"] == start  # not with train.steps lowered to it
-            if validated and validation_changed:  # the row was computed under the previous launch's settings
-                logging.info("validating step %d again: the validation settings changed (%s)", start,
-                             validation_changed)
+            if validated and last_eval.get("validation_settings") != settings:  # eval.* or data.validation* changed
+                logging.info("validating step %d again: its logged validation was made with other eval.* / "
+                             "data.validation* settings", start)
                 validated = False
+                eval_writer.close()  # its row of this step is replaced, not followed by a second one
+                eval_writer = MetricWriter(self.workdir, f"{self.name}_eval", resume_step=start - 1)
             if not multihost_utils.broadcast_one_to_all(np.int32(validated)):
-                last_eval = eval_writer.write(start, self.evaluate(state["params"], start))
+                last_eval = eval_writer.write(start, {**self.evaluate(state["params"], start),
+                                                      "validation_settings": settings})
         bar = tqdm(range(start, self.train_cfg.steps), initial=start, total=self.train_cfg.steps,
                    desc=self.name, disable=jax.process_index() != 0, dynamic_ncols=True)
         for step in bar:
@@ -284,7 +284,8 @@ class RLRun:
             if self.evaluate is not None and (
                     (self.train_cfg.eval_every and done % self.train_cfg.eval_every == 0)
                     or done == self.train_cfg.steps):
-                last_eval = eval_writer.write(done, self.evaluate(state["params"], done))
+                last_eval = eval_writer.write(done, {**self.evaluate(state["params"], done),
+                                                     "validation_settings": settings})
             ckpt.save(done, state, {"step": done, "config": self.config_record},
                       force=done == self.train_cfg.steps)
         bar.close()
@@ -293,7 +294,7 @@ class RLRun:
         if eval_writer is not None:
             eval_writer.close()
         self.final_state = state
-        return last_eval or {}
+        return {k: v for k, v in (last_eval or {}).items() if k != "validation_settings"}
 
     def _lr(self, step: int) -> float:
         """The learning rate of RL step `step`'s last update; the schedule counts optimizer updates."""
