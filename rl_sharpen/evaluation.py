@@ -216,6 +216,8 @@ class ProblemResult:
     greedy_answer: str | None = None
     greedy_reward: float | None = None
     votes: list[str | None] | None = None  # vote key per sample (`vote_keys`); None: `keys` works them out
+    texts: list[str] | None = None  # the completions of the first samples, as many as `evaluate` kept
+    greedy_text: str | None = None  # the greedy completion, when texts are kept
 
     @functools.cached_property
     def keys(self) -> list[str | None]:
@@ -375,15 +377,18 @@ class EvalReport:
 
 def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn: Callable[[Problem], str],
              n_samples: int, k_list: Sequence[int] | None = None, batch_size: int = 8, greedy: bool = True,
-             verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000) -> EvalReport:
+             verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000,
+             keep_texts: int = 0) -> EvalReport:
     """Samples `n_samples` completions (and one greedy one) per problem, verifies, groups equal answers
     into votes (`vote_keys`), summarizes.
 
     prompt_fn turns a problem into the prompt text given to generate_fn (e.g.
-    `lambda p: prompts.render_prompt(tokenizer, p.problem)`).
+    `lambda p: prompts.render_prompt(tokenizer, p.problem)`). keep_texts: how many completions of
+    each problem (its first samples, and the greedy one) its result keeps for reading.
     """
-    if n_samples < 1 or batch_size < 1:
-        raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
+    if n_samples < 1 or batch_size < 1 or keep_texts < 0:
+        raise ValueError(f"n_samples and batch_size must be >= 1 and keep_texts >= 0, got {n_samples}, {batch_size}, "
+                         f"{keep_texts}")
     results, stats, vote_stats = [], [], {}
     for start in tqdm(range(0, len(problems), batch_size), desc="eval", unit="batch", dynamic_ncols=True,
                       disable=jax.process_index() != 0):
@@ -399,7 +404,7 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
         votes, vote_stat = vote_keys(answers, rewards > 0, [p.answer for p in batch], timeout=verify_timeout,
                                      workers=verify_workers)
         vote_stats = {name: vote_stats.get(name, 0) + value for name, value in vote_stat.items()}
-        greedy_answers, greedy_rewards = [None] * len(batch), [None] * len(batch)
+        greedy_answers, greedy_rewards, greedy_texts = [None] * len(batch), [None] * len(batch), [None] * len(batch)
         if greedy:
             greedy_texts = [row[0] for row in _checked(generate_fn(prompts, 1, True), len(batch), 1).texts]
             greedy_scores, greedy_answers, stat = grade_batch(greedy_texts, [p.answer for p in batch],
@@ -407,7 +412,8 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
             stats.append(stat)
             greedy_rewards = [float(r) for r in greedy_scores]
         results += [ProblemResult(p, answers[i], rewards[i], np.asarray(sampled.num_tokens[i]), greedy_answers[i],
-                                  greedy_rewards[i], votes[i])
+                                  greedy_rewards[i], votes[i], *((list(sampled.texts[i][:keep_texts]), greedy_texts[i])
+                                                                 if keep_texts else ()))
                     for i, p in enumerate(batch)]
     return EvalReport(summarize(results, k_list, maj_draws), results, stats, vote_stats)
 
@@ -425,11 +431,12 @@ def _checked(out: Generations, num_prompts: int, num_samples: int) -> Generation
 
 
 def save_json(report: EvalReport, path: str) -> None:
-    """Summary plus one record per problem (answers, rewards, lengths) as JSON."""
+    """Summary plus one record per problem (answers, rewards, lengths, and the completions kept) as JSON."""
     records = [{
         "id": r.problem.id, "gold": r.problem.answer, "level": r.problem.level, "subject": r.problem.subject,
         "answers": r.answers, "rewards": r.rewards.tolist(), "num_tokens": np.asarray(r.num_tokens).tolist(),
         "greedy_answer": r.greedy_answer, "greedy_reward": r.greedy_reward, "votes": r.keys,
+        **({} if r.texts is None else {"texts": r.texts, "greedy_text": r.greedy_text}),
     } for r in report.results]
     verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
               for f in dataclasses.fields(VerifyStats)}
@@ -464,10 +471,13 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
             if votes is not None and len({v for v, x in zip(votes, rewards) if v is not None and x > 0}
                                          & {v for v, x in zip(votes, rewards) if v is not None and not x > 0}):
                 raise ValueError("votes give a correct and a wrong sample one key (maj@k scores a key by one sample)")
+            texts = r.get("texts")  # kept only with eval.keep_texts > 0 (and absent from older files)
+            if texts is not None and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+                raise ValueError("texts must be a list of strings")
             results.append(ProblemResult(
                 Problem(str(r["id"]), "", str(r["gold"]), r["level"], r["subject"]), answers,
                 np.asarray(rewards, dtype=np.float32), np.asarray(tokens, dtype=np.float64), r["greedy_answer"],
-                None if r["greedy_reward"] is None else float(r["greedy_reward"]), votes))
+                None if r["greedy_reward"] is None else float(r["greedy_reward"]), votes, texts, r.get("greedy_text")))
         except (KeyError, TypeError, ValueError) as e:
             where = f"record {i}" + (f" (id {r['id']})" if isinstance(r, dict) and "id" in r else "")
             raise ValueError(f"{path}: {where}: {type(e).__name__}: {e}") from e

@@ -102,6 +102,7 @@ class EvalConfig:
     greedy: bool = True  # also report greedy accuracy
     batch_size: int = 16  # problems per sampler call
     verify_timeout: float = 5.0  # seconds per verifier call before it counts as wrong (validation and rollouts)
+    keep_texts: int = 1  # completions per problem kept in eval/eval_step*.json to read (first samples, and greedy)
 
     def __post_init__(self):
         check_fields(self, [
@@ -112,6 +113,7 @@ class EvalConfig:
             ("top_p", 0 < self.top_p <= 1, "a float in (0, 1]"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("verify_timeout", self.verify_timeout > 0, "a float > 0 (seconds)"),
+            ("keep_texts", self.keep_texts >= 0, "an integer >= 0"),
         ])
         if any(k > self.num_samples for k in self.k_list):
             logging.warning("eval.k_list=%s: k above eval.num_samples=%d are left out", self.k_list, self.num_samples)
@@ -343,7 +345,8 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
         params_ref.update(params=params, step=step, calls=0)
         report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
                                      k_list=eval_cfg.ks, batch_size=eval_cfg.batch_size,
-                                     greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout)
+                                     greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout,
+                                     keep_texts=eval_cfg.keep_texts)
         if workdir is not None and jax.process_index() == 0:
             out = workdir_path(workdir)
             out.mkdir(parents=True, exist_ok=True)

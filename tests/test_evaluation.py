@@ -446,6 +446,23 @@ def test_compare_notes_what_differs_between_the_files(tmp_path, capsys, monkeypa
         assert capsys.readouterr().err.startswith(f"error: --names={names}: allowed: two different")
 
 
+def test_kept_completions_are_saved_and_read_back(tmp_path):
+    sampler = FakeSampler()
+    kept = E.evaluate(sampler, make_problems(3), prompt_fn=lambda p: p.problem, n_samples=4, verify_workers=1,
+                      keep_texts=2)
+    assert [r.texts for r in kept.results] == [sampler(["solve 0"], 4, False).texts[0][:2],
+                                               sampler(["solve 1"], 4, False).texts[0][:2],
+                                               sampler(["solve 2"], 4, False).texts[0][:2]]
+    assert [r.greedy_text for r in kept.results] == [r"so \boxed{0}", r"so \boxed{2}", r"so \boxed{2}"]
+    E.save_json(kept, str(tmp_path / "kept.json"))
+    loaded = E.load_results(tmp_path / "kept.json")
+    assert [(r.texts, r.greedy_text) for r in loaded] == [(r.texts, r.greedy_text) for r in kept.results]
+    plain = E.evaluate(FakeSampler(), make_problems(3), prompt_fn=lambda p: p.problem, n_samples=4, verify_workers=1)
+    E.save_json(plain, str(tmp_path / "plain.json"))
+    assert "texts" not in json.loads((tmp_path / "plain.json").read_text())["problems"][0]
+    assert json.dumps(plain.summary, sort_keys=True) == json.dumps(kept.summary, sort_keys=True)
+
+
 def test_saved_results_load_back_to_the_same_summary_and_compare_from_the_command_line(tmp_path, capsys):
     from rl_sharpen import compare
 

@@ -542,7 +542,11 @@ def test_validation_samples_depend_on_the_step_not_on_earlier_evaluations(tmp_pa
         for step in steps:
             evaluate(params, step)
         with open(os.path.join(workdir, f"eval_step{steps[-1]}.json")) as f:
-            return [p["num_tokens"] for p in json.load(f)["problems"]]
+            records = json.load(f)["problems"]
+        for p in records:  # eval.keep_texts = 1: each problem's first completion and its greedy one, to read
+            assert len(p["texts"]) == 1 and isinstance(p["greedy_text"], str)
+            assert len(task.tokenizer.encode(p["texts"][0])) <= p["num_tokens"][0]
+        return [p["num_tokens"] for p in records]
 
     uninterrupted = lengths(tmp_path / "a", [2, 4])
     assert lengths(tmp_path / "b", [4]) == uninterrupted
