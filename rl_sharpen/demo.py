@@ -134,9 +134,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
         report = evaluation.evaluate(
             make_generate_fn(task, {"params": params}, cfg, exp.eval, exp.sampling, mesh, exp.seed,
                              prompt_width(task, problems)),
-            problems, prompt_fn=task.prompt_text, n_samples=exp.eval.num_samples,
-            k_list=exp.eval.ks, batch_size=exp.eval.batch_size, greedy=exp.eval.greedy,
-            verify_timeout=exp.eval.verify_timeout)
+            problems, prompt_fn=task.prompt_text, **exp.eval.evaluate_options())
         reports[name], summaries[name], results[name] = report, report.summary, report.results
 
     evaluate(start, "sft_start")

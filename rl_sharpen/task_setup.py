@@ -123,6 +123,11 @@ class EvalConfig:
         """The k of pass@k / maj@k that n = num_samples samples allow (None: the default list)."""
         return [k for k in self.k_list if k <= self.num_samples] or None
 
+    def evaluate_options(self) -> dict:
+        """The keyword arguments of `evaluation.evaluate` that these settings give."""
+        return dict(n_samples=self.num_samples, k_list=self.ks, batch_size=self.batch_size, greedy=self.greedy,
+                    verify_timeout=self.verify_timeout, keep_texts=self.keep_texts)
+
 
 def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float):
     """(task rewards 1[answer == gold] float32 [N], vote keys (canonical answers, None without one),
@@ -343,10 +348,7 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
 
     def evaluate(params, step: int) -> dict:
         params_ref.update(params=params, step=step, calls=0)
-        report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, n_samples=eval_cfg.num_samples,
-                                     k_list=eval_cfg.ks, batch_size=eval_cfg.batch_size,
-                                     greedy=eval_cfg.greedy, verify_timeout=eval_cfg.verify_timeout,
-                                     keep_texts=eval_cfg.keep_texts)
+        report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, **eval_cfg.evaluate_options())
         if workdir is not None and jax.process_index() == 0:
             out = workdir_path(workdir)
             out.mkdir(parents=True, exist_ok=True)
