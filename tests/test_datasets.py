@@ -8,6 +8,7 @@ import pytest
 
 from rl_sharpen.config import SourceError
 from rl_sharpen.tasks import SOURCES, Problem, load_problems
+from rl_sharpen.tasks import datasets
 from rl_sharpen.tasks.datasets import infer_format
 
 
@@ -231,6 +232,14 @@ def test_unreadable_paths_and_empty_loads_raise(tmp_path):
     with pytest.raises(ValueError, match="none of its 0 rows"):
         load_problems(write_jsonl(tmp_path / "empty.jsonl", []))
     assert load_problems(path, limit=0)[0] == []
+    other_names = write_jsonl(tmp_path / "renamed.jsonl", [{"question": "1 + 1?", "final": "2"}])
+    with pytest.raises(ValueError, match=r"Its rows have the fields \['final', 'question'\]; 'qa' reads problem or "
+                                         r"question, and answer\. Rename .*register a reader in tasks.datasets.FORMATS$"):
+        load_problems(other_names)
+    (tmp_path / "wrapped.json").write_text(json.dumps({"data": [{"problem": "p", "answer": "1"}]}))
+    with pytest.raises(ValueError, match=r"fields \['data'\].*A \.json file holds a list of row objects"):
+        load_problems(str(tmp_path / "wrapped.json"))
+    assert set(datasets.FORMAT_FIELDS) == set(datasets.FORMATS)  # every format says what it reads
 
 
 def test_registry_and_argument_errors(tmp_path):

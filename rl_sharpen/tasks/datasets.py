@@ -191,6 +191,12 @@ FORMATS: dict[str, Callable[[Mapping[str, Any], int, str], Problem]] = {
     "aime": _from_aime,
     "qa": _from_qa,
 }
+FORMAT_FIELDS = {  # what each format reads, for errors
+    "gsm8k": "question, and answer ending in '#### <gold>'",
+    "math": "problem, and answer or a solution whose last \\boxed{} holds the gold",
+    "aime": "problem or question, and an integer answer",
+    "qa": "problem or question, and answer",
+}
 
 
 def infer_format(rows: Sequence[Any]) -> str:
@@ -322,11 +328,14 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     problems: list[Problem] = []
     skipped: collections.Counter[str] = collections.Counter()
     ids: set[str] = set()
+    fields_seen: set[str] = set()
     num_rows = 0
     for index, row in enumerate(rows):
         if limit is not None and len(problems) >= limit:
             break
         num_rows += 1
+        if isinstance(row, Mapping) and len(fields_seen) < 64:
+            fields_seen.update(map(str, row))
         if isinstance(row, _BadLine) or not isinstance(row, Mapping):
             skipped[row.reason if isinstance(row, _BadLine) else "not a JSON object"] += 1
             continue
@@ -341,8 +350,16 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         ids.add(problem.id)
         problems.append(problem)
     if not problems and limit != 0:
-        raise ValueError(f"{name_or_path}: none of its {num_rows} rows loads as format {format!r}"
-                         + (f"; skipped: {dict(skipped)}" if skipped else ""))
+        wrapped = name_or_path.endswith(".json") and num_rows == 1 and len(fields_seen) == 1  # {"data": [rows]}
+        raise ValueError(
+            f"{name_or_path}: none of its {num_rows} rows loads as format {format!r}"
+            + (f"; skipped: {dict(skipped)}" if skipped else "")
+            + (f". Its rows have the fields {sorted(fields_seen)}; {format!r} reads "
+               f"{FORMAT_FIELDS.get(format, 'its own fields')}. Rename the file's fields to one format's "
+               f"(formats: {'; '.join(f'{k}: {v}' for k, v in FORMAT_FIELDS.items())}), or register a reader in "
+               "tasks.datasets.FORMATS" if fields_seen else "")
+            + (". A .json file holds a list of row objects (or one object per line), not one object wrapping "
+               "them" if wrapped else ""))
     if skipped:
         _LOG.warning("%s: skipped %d malformed rows of %d: %s", name_or_path, sum(skipped.values()),
                      num_rows, dict(skipped))
