@@ -8,8 +8,7 @@ import pytest
 
 from rl_sharpen.config import SourceError
 from rl_sharpen.tasks import SOURCES, Problem, load_problems
-from rl_sharpen.tasks import datasets
-from rl_sharpen.tasks.datasets import infer_format
+from rl_sharpen.tasks.datasets import FORMAT_FIELDS, FORMATS, infer_format
 
 
 def write_jsonl(path, rows):
@@ -239,7 +238,7 @@ def test_unreadable_paths_and_empty_loads_raise(tmp_path):
     (tmp_path / "wrapped.json").write_text(json.dumps({"data": [{"problem": "p", "answer": "1"}]}))
     with pytest.raises(ValueError, match=r"fields \['data'\].*A \.json file holds a list of row objects"):
         load_problems(str(tmp_path / "wrapped.json"))
-    assert set(datasets.FORMAT_FIELDS) == set(datasets.FORMATS)  # every format says what it reads
+    assert set(FORMAT_FIELDS) == set(FORMATS)  # every format says what it reads
 
 
 def test_registry_and_argument_errors(tmp_path):
