@@ -36,7 +36,7 @@ def comparison_rows(change: dict) -> list[list[str]]:
         return [name, f"{scale * get(change['new']):.{digits}f}", f"{scale * get(change['old']):.{digits}f}",
                 f"{scale * diff:+.{digits}f}{spread}", z]
 
-    rows = [row(f"{table[:-2]}@{k}", table, k, 100, 1) for table in ("pass@k", "maj@k") for k in change[table]]
+    rows = [row(f"{table[:-2]}@{k}", table, k, 100, 1) for table in evaluation.PER_K_METRICS for k in change[table]]
     return rows + [row(name, key, None, scale, digits) for name, key, scale, digits in _ROWS if key in change]
 
 

@@ -227,6 +227,11 @@ class ProblemResult:
         return vote_keys([self.answers], [self.rewards > 0], [self.problem.answer], compare_wrong=False)[0][0]
 
 
+# The metrics of `problem_scores`: tables by k, and one value per problem. A metric added there and
+# named here gets its mean and standard error in summaries and flat metrics (result.json,
+# TensorBoard), and its paired change in `rl_sharpen.compare` (a table by k at once; a value per
+# problem once given a row in compare._ROWS). The table and the plot draw pass@k and maj@k only.
+PER_K_METRICS = ("pass@k", "maj@k")
 _SCALARS = ("mean_response_tokens", "mean_distinct_answers", "no_answer_rate", "greedy_accuracy")
 
 
@@ -281,7 +286,7 @@ def _mean_and_errors(scores: dict[str, Any]) -> dict[str, Any]:
     a metric no problem has is left out)."""
     out: dict[str, Any] = {}
     errors: dict[str, Any] = {}
-    for key in ("pass@k", "maj@k"):
+    for key in PER_K_METRICS:
         out[key] = {k: float(np.mean(v)) for k, v in scores[key].items()}
         errors[key] = {k: standard_error(v) for k, v in scores[key].items()}
     for key in _SCALARS:

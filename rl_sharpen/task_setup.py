@@ -303,7 +303,7 @@ def flat_summary(summary: dict) -> dict:
     """pass@k / maj@k tables as flat scalar metrics: pass@1, pass@4, maj@4, ..."""
     out = {}
     for key, value in summary.items():
-        if isinstance(value, dict) and key in ("pass@k", "maj@k"):
+        if isinstance(value, dict) and key in evaluation.PER_K_METRICS:
             out.update({f"{key[:-2]}@{k}": v for k, v in value.items()})
         elif isinstance(value, (int, float)):
             out[key] = value

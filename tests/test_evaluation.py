@@ -534,3 +534,29 @@ def test_paired_greedy_drops_problems_the_old_side_lacks_too():
     assert change["new"]["greedy_accuracy"] == pytest.approx(1.0)  # over a and b only
     difference = change["new"]["greedy_accuracy"] - change["old"]["greedy_accuracy"]
     assert difference == pytest.approx(change["greedy_accuracy"])
+
+
+def test_a_metric_by_k_named_once_reaches_summaries_flat_metrics_and_compare(monkeypatch):
+    """A researcher's new metric (all@k: every one of k samples correct) added to `problem_scores`
+    and named in PER_K_METRICS needs no other edit for summaries, result.json and compare."""
+    from rl_sharpen import compare
+    from rl_sharpen.task_setup import flat_summary
+
+    base = E.problem_scores
+
+    def with_all_at_k(results, k_list=None, maj_draws=1000):
+        scores = base(results, k_list, maj_draws)
+        n = len(results[0].rewards)
+        scores["all@k"] = {k: np.array([math.comb(int(r.rewards.sum()), k) / math.comb(n, k) for r in results])
+                           for k in scores["pass@k"]}
+        return scores
+
+    monkeypatch.setattr(E, "problem_scores", with_all_at_k)
+    monkeypatch.setattr(E, "PER_K_METRICS", (*E.PER_K_METRICS, "all@k"))
+    report = E.evaluate(FakeSampler(), make_problems(6), prompt_fn=lambda p: p.problem, n_samples=4, verify_workers=1)
+    rewards = np.array([r.rewards.sum() for r in report.results])
+    assert report.summary["all@k"][4] == pytest.approx(np.mean(rewards == 4))
+    assert report.summary["stderr"]["all@k"][1] == pytest.approx(E.standard_error(rewards / 4))
+    assert flat_summary(report.summary)["all@2"] == report.summary["all@k"][2]
+    rows = compare.comparison_rows(E.paired_difference(report.results, report.results))
+    assert [r[0] for r in rows if r[0].startswith("all@")] == ["all@1", "all@2", "all@4"]
