@@ -28,7 +28,9 @@ from rl_sharpen.sharding import host_array
 
 
 class Task(Protocol):
-    """What the trainer needs from a task: prompts as token ids, text back, and a verifier."""
+    """What the trainer needs from a task: prompts as token ids, text back, and a verifier. (Validation,
+    `task_setup.make_evaluator`, grades with the math verifier of `tasks.verify`, which is the `score`
+    of both shipped tasks; a task with another verifier also needs its own evaluator.)"""
 
     def prompt_ids(self, problem) -> list[int]: ...
 
