@@ -116,22 +116,27 @@ class MetricWriter:
                 self._text = _rows_through(self._text, resume_step)
                 _replace_text(self.path, self._text)
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import FileWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-            purge = None if resume_step is None else 0  # hides every earlier event: the kept rows follow
             # event files are named by the second they open in: a writer opened again within it (a run
             # resumed in the same process) would truncate the first one's file without its own suffix
-            self._tb = SummaryWriter(os.fspath(workdir / "tb" / name), purge_step=purge,
-                                     filename_suffix=f".{os.getpid()}.{time.time_ns()}")
-            if resume_step is not None:
+            self._tb = FileWriter(os.fspath(workdir / "tb" / name), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+            if resume_step is not None:  # TensorBoard drops every earlier event; the kept rows follow
+                self._tb.add_event(Event(step=0, file_version="brain.Event:2"))
+                self._tb.add_event(Event(step=0, session_log=SessionLog(status=SessionLog.START)))
                 for row in _parse_rows(self._text):
                     self._add_scalars(row)
                 self._tb.flush()
 
     def _add_scalars(self, row: Mapping[str, object]) -> None:
-        for k, v in row.items():
-            if k != "step" and isinstance(v, float) and math.isfinite(v):  # tags allow no '@': pass_at_8
-                self._tb.add_scalar(k.replace("@", "_at_"), v, row["step"])
+        """One event per row, holding its finite float values (a tag allows no '@': pass_at_8)."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=k.replace("@", "_at_"), simple_value=v) for k, v in row.items()
+                  if k != "step" and isinstance(v, float) and math.isfinite(v)]
+        if values:
+            self._tb.add_summary(Summary(value=values), row["step"])
 
     def write(self, step: int, metrics: Mapping[str, object]) -> dict:
         row = {"step": int(step)}
