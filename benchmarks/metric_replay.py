@@ -26,7 +26,8 @@ def measure(rows: int, metrics: int) -> dict:
             first.write(step, {name: step * 1e-3 + i for i, name in enumerate(names)})
         first.close()
         events = Path(folder, "tb", "train")
-        result = {"rows": rows, "metrics": metrics, "event_bytes_first": sum(f.stat().st_size for f in events.iterdir())}
+        result = {"rows": rows, "metrics": metrics,
+                  "event_bytes_first": sum(f.stat().st_size for f in events.iterdir())}
         for resume in (1, 2):
             t0 = time.perf_counter()
             MetricWriter(folder, "train", is_main=True, resume_step=rows).close()

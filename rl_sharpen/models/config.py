@@ -21,7 +21,6 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Family:
     """What tells a decoder family apart, in one place: its config.json reading and its two steps
