@@ -235,9 +235,17 @@ def test_unreadable_paths_and_empty_loads_raise(tmp_path):
     with pytest.raises(ValueError, match=r"Its rows have the fields \['final', 'question'\]; 'qa' reads problem or "
                                          r"question, and answer\. Rename .*register a reader in tasks.datasets.FORMATS$"):
         load_problems(other_names)
-    (tmp_path / "wrapped.json").write_text(json.dumps({"data": [{"problem": "p", "answer": "1"}]}))
-    with pytest.raises(ValueError, match=r"fields \['data'\].*A \.json file holds a list of row objects"):
+    (tmp_path / "wrapped.json").write_text(json.dumps({"version": "1.1", "data": [{"problem": "p", "answer": "1"}]}))
+    with pytest.raises(ValueError, match=r"A file holds a list of row objects .*; this one holds one object with "
+                                         r"the rows under 'data'$"):
         load_problems(str(tmp_path / "wrapped.json"))
+    (tmp_path / "one.json").write_text(json.dumps({"question": "What is 1 + 1?"}))  # one row, no answer
+    with pytest.raises(ValueError, match=r"fields \['question'\]; 'qa' reads problem or question, and answer\. "
+                                         r"Rename .*FORMATS$"):
+        load_problems(str(tmp_path / "one.json"))
+    empty_gold = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "q", "answer": "x\n#### "}])
+    with pytest.raises(ValueError, match=r"skipped: \{'empty gold answer': 1\}$"):  # its fields are right
+        load_problems(empty_gold, format="gsm8k")
     assert set(FORMAT_FIELDS) == set(FORMATS)  # every format says what it reads
 
 

@@ -329,6 +329,7 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
     skipped: collections.Counter[str] = collections.Counter()
     ids: set[str] = set()
     fields_seen: set[str] = set()
+    wrappers: list[str] = []  # fields of the first row holding a list of objects: rows wrapped in an object
     num_rows = 0
     for index, row in enumerate(rows):
         if limit is not None and len(problems) >= limit:
@@ -336,6 +337,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         num_rows += 1
         if isinstance(row, Mapping) and len(fields_seen) < 64:
             fields_seen.update(map(str, row))
+            if index == 0:
+                wrappers = [str(k) for k, v in row.items() if isinstance(v, list) and v and isinstance(v[0], Mapping)]
         if isinstance(row, _BadLine) or not isinstance(row, Mapping):
             skipped[row.reason if isinstance(row, _BadLine) else "not a JSON object"] += 1
             continue
@@ -350,16 +353,16 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         ids.add(problem.id)
         problems.append(problem)
     if not problems and limit != 0:
-        wrapped = name_or_path.endswith(".json") and num_rows == 1 and len(fields_seen) == 1  # {"data": [rows]}
+        missing_fields = fields_seen and all(reason.startswith("missing ") for reason in skipped)
         raise ValueError(
             f"{name_or_path}: none of its {num_rows} rows loads as format {format!r}"
             + (f"; skipped: {dict(skipped)}" if skipped else "")
-            + (f". Its rows have the fields {sorted(fields_seen)}; {format!r} reads "
+            + (f". A file holds a list of row objects (or one object per line); this one holds one object "
+               f"with the rows under {' / '.join(map(repr, wrappers))}" if num_rows == 1 and wrappers else
+               f". Its rows have the fields {sorted(fields_seen)}; {format!r} reads "
                f"{FORMAT_FIELDS.get(format, 'its own fields')}. Rename the file's fields to one format's "
                f"(formats: {'; '.join(f'{k}: {v}' for k, v in FORMAT_FIELDS.items())}), or register a reader in "
-               "tasks.datasets.FORMATS" if fields_seen else "")
-            + (". A .json file holds a list of row objects (or one object per line), not one object wrapping "
-               "them" if wrapped else ""))
+               "tasks.datasets.FORMATS" if missing_fields else ""))
     if skipped:
         _LOG.warning("%s: skipped %d malformed rows of %d: %s", name_or_path, sum(skipped.values()),
                      num_rows, dict(skipped))
