@@ -476,13 +476,16 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
             if votes is not None and len({v for v, x in zip(votes, rewards) if v is not None and x > 0}
                                          & {v for v, x in zip(votes, rewards) if v is not None and not x > 0}):
                 raise ValueError("votes give a correct and a wrong sample one key (maj@k scores a key by one sample)")
-            texts = r.get("texts")  # kept only with eval.keep_texts > 0 (and absent from older files)
-            if texts is not None and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
-                raise ValueError("texts must be a list of strings")
+            texts, greedy_text = r.get("texts"), r.get("greedy_text")  # with eval.keep_texts > 0 (not in older files)
+            if texts is not None and not (isinstance(texts, list) and len(texts) <= len(answers)
+                                          and all(isinstance(t, str) for t in texts)):
+                raise ValueError("texts must be a list of strings, at most one per answer")
+            if greedy_text is not None and not isinstance(greedy_text, str):
+                raise ValueError("greedy_text must be a string or null")
             results.append(ProblemResult(
                 Problem(str(r["id"]), "", str(r["gold"]), r["level"], r["subject"]), answers,
                 np.asarray(rewards, dtype=np.float32), np.asarray(tokens, dtype=np.float64), r["greedy_answer"],
-                None if r["greedy_reward"] is None else float(r["greedy_reward"]), votes, texts, r.get("greedy_text")))
+                None if r["greedy_reward"] is None else float(r["greedy_reward"]), votes, texts, greedy_text))
         except (KeyError, TypeError, ValueError) as e:
             where = f"record {i}" + (f" (id {r['id']})" if isinstance(r, dict) and "id" in r else "")
             raise ValueError(f"{path}: {where}: {type(e).__name__}: {e}") from e

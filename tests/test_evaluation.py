@@ -457,6 +457,14 @@ def test_kept_completions_are_saved_and_read_back(tmp_path):
     E.save_json(kept, str(tmp_path / "kept.json"))
     loaded = E.load_results(tmp_path / "kept.json")
     assert [(r.texts, r.greedy_text) for r in loaded] == [(r.texts, r.greedy_text) for r in kept.results]
+    saved = json.loads((tmp_path / "kept.json").read_text())
+    for field, value, error in [("texts", ["a"] * 5, "at most one per answer"), ("texts", [1], "list of strings"),
+                                ("greedy_text", 12345, "greedy_text must be a string or null")]:
+        bad = json.loads(json.dumps(saved))
+        bad["problems"][1][field] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=rf"bad.json: record 1 \(id p1\): ValueError: .*{error}"):
+            E.load_results(tmp_path / "bad.json")
     plain = E.evaluate(FakeSampler(), make_problems(3), prompt_fn=lambda p: p.problem, n_samples=4, verify_workers=1)
     E.save_json(plain, str(tmp_path / "plain.json"))
     assert "texts" not in json.loads((tmp_path / "plain.json").read_text())["problems"][0]
