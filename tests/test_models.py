@@ -507,3 +507,10 @@ def test_cache_overflow_is_an_error_or_nan_never_clamped():
     fits, cache = step(params, cfg, tokens[:, :1], jnp.array([[3]]), seg[:, :1], cache)
     over, cache = step(params, cfg, tokens[:, :1], jnp.array([[4]]), seg[:, :1], cache)
     assert bool(jnp.isfinite(fits).all()) and bool(jnp.isnan(over).all()) and int(cache["end"]) == 5
+
+
+def test_every_family_has_traits_and_a_parameter_file():
+    from rl_sharpen.models import config, registry
+
+    assert set(registry.FAMILIES) == set(config.FAMILY_TRAITS) == set(models.FAMILIES)
+    assert sorted(config.ARCHITECTURES.values()) == sorted(config.FAMILY_TRAITS)  # one architecture each
