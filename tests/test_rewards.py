@@ -223,9 +223,11 @@ def test_components_declare_the_statistics_they_read():
         cfg = rewards.regime_preset("task_reward", extra={"declared_test": 1.0})
         assert rewards.needs_token_statistics(cfg)
         rewards.check_components(cfg, group_size=2, vocab_size=11)
+        with pytest.raises(ValueError, match=r"needs RewardInputs.token_entropy, which is None; the caller fills it"):
+            rewards.compute_rewards(inputs(), cfg)  # called without the statistics
         with pytest.raises(ValueError, match=r"needs RewardInputs.token_entropy, which is None; declare it with "
-                                             r"@register_component\('declared_test', needs=\('token_entropy',\)\)"):
-            rewards.compute_rewards(inputs(), cfg)
+                                             r"@register_component\('undeclared_test', needs=\('token_entropy',\)\)"):
+            rewards._field(inputs(), "token_entropy", "undeclared_test")
         with pytest.raises(ValueError, match=r"needs=\('correct',\).*allowed: \('token_entropy'"):
             rewards.register_component("bad_needs_test", needs=("correct",))
     finally:

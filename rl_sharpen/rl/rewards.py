@@ -173,8 +173,11 @@ def needs_token_statistics(cfg: RewardConfig) -> bool:
 def _field(inputs: RewardInputs, name: str, component: str) -> jax.Array:
     value = getattr(inputs, name)
     if value is None:
-        hint = (f"; declare it with @register_component({component!r}, needs=({name!r},)) and the rollout "
-                "computes it") if name in TOKEN_STATISTICS else ""
+        hint = ""
+        if name in TOKEN_STATISTICS and name in COMPONENT_NEEDS.get(component, ()):
+            hint = "; the caller fills it (the rollout does, for a component that declares it)"
+        elif name in TOKEN_STATISTICS:
+            hint = f"; declare it with @register_component({component!r}, needs=({name!r},)) (the rollout fills it)"
         raise ValueError(f"reward component {component!r} needs RewardInputs.{name}, which is None{hint}")
     return value.astype(jnp.float32)
 
