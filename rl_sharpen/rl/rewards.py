@@ -174,10 +174,10 @@ def _field(inputs: RewardInputs, name: str, component: str) -> jax.Array:
     value = getattr(inputs, name)
     if value is None:
         hint = ""
-        if name in TOKEN_STATISTICS and name in COMPONENT_NEEDS.get(component, ()):
-            hint = "; the caller fills it (the rollout does, for a component that declares it)"
-        elif name in TOKEN_STATISTICS:
-            hint = f"; declare it with @register_component({component!r}, needs=({name!r},)) (the rollout fills it)"
+        if name in TOKEN_STATISTICS:
+            hint = ("; the caller fills it (the rollout does, for a component that declares it)"
+                    if name in COMPONENT_NEEDS.get(component, ()) else
+                    f"; declare it with @register_component({component!r}, needs=({name!r},)) (the rollout fills it)")
         raise ValueError(f"reward component {component!r} needs RewardInputs.{name}, which is None{hint}")
     return value.astype(jnp.float32)
 
@@ -317,12 +317,7 @@ def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array,
     """
     _check_shapes(inputs)
     weights = mixture_weights(cfg)
-    values = {}
-    for name in weights:
-        values[name] = REWARD_COMPONENTS[name](inputs, cfg)
-        if jnp.shape(values[name]) != inputs.correct.shape:  # [N, 1] would broadcast the total to [N, N]
-            raise ValueError(f"reward component {name!r} returned shape {jnp.shape(values[name])}; allowed: "
-                             f"{inputs.correct.shape}, one value per completion")
+    values = {name: _one_per_completion(name, REWARD_COMPONENTS[name](inputs, cfg), inputs) for name in weights}
     total = jnp.zeros(inputs.correct.shape, jnp.float32)
     for name, w in weights.items():
         total = total + w * values[name]
@@ -331,6 +326,14 @@ def compute_rewards(inputs: RewardInputs, cfg: RewardConfig) -> tuple[jax.Array,
                                       inputs.completion_mask, cfg.kl_estimator)
         total = total - cfg.kl_coef * values["kl"]
     return total, values
+
+
+def _one_per_completion(name: str, value: jax.Array, inputs: RewardInputs) -> jax.Array:
+    """A component's value, checked to be [N]: an [N, 1] would broadcast the total reward to [N, N]."""
+    if jnp.shape(value) != inputs.correct.shape:
+        raise ValueError(f"reward component {name!r} returned shape {jnp.shape(value)}; allowed: "
+                         f"{inputs.correct.shape}, one value per completion")
+    return value
 
 
 def check_components(cfg: RewardConfig, group_size: int, vocab_size: int) -> None:
@@ -349,9 +352,10 @@ def check_components(cfg: RewardConfig, group_size: int, vocab_size: int) -> Non
                             policy_logprobs=full(-1.5), group_size=group_size, vocab_size=vocab_size,
                             **(stats if with_statistics else {}))
 
+    inputs = rollout_like(needs_token_statistics(cfg))
     for name in mixture_weights(cfg):
         try:
-            value = REWARD_COMPONENTS[name](rollout_like(needs_token_statistics(cfg)), cfg)
+            value = REWARD_COMPONENTS[name](inputs, cfg)
         except Exception as e:  # noqa: BLE001 (whatever the component's own code raises)
             hint = ""
             if not COMPONENT_NEEDS.get(name):
@@ -363,9 +367,7 @@ def check_components(cfg: RewardConfig, group_size: int, vocab_size: int) -> Non
                     pass
             raise ValueError(f"reward component {name!r} fails on a rollout's inputs ({type(e).__name__}: {e})"
                              f"{hint}") from e
-        if jnp.shape(value) != (n,):
-            raise ValueError(f"reward component {name!r} returned shape {jnp.shape(value)}; allowed: ({n},), one "
-                             "value per completion")
+        _one_per_completion(name, value, inputs)
 
 
 def token_statistics(logits: jax.Array) -> dict[str, jax.Array]:

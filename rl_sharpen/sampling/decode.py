@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from rl_sharpen.models import layers
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import kv
+from rl_sharpen.sharding import constrain_rows
 
 PREFIX_DIVISORS = (8, 4)  # on CPU, attention over an S-slot cache may read its first S/8 or S/4 slots
 
@@ -181,4 +182,4 @@ def step(weights: dict, cfg: ModelConfig, cache: dict, tokens, positions, segmen
     h = layers.rms_norm(x, weights["final_norm"], cfg.rms_norm_eps)
     logits = _linear(weights["unembed"], h, jnp.float32)
     cache = {"k": new_k, "v": new_v, "segment_ids": key_segments, "end": end + 1}
-    return kv.constrain_rows(logits, mesh), kv.constrain_cache(cache, mesh)
+    return constrain_rows(logits, mesh), kv.constrain_cache(cache, mesh)
