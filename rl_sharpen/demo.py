@@ -30,8 +30,8 @@ from rl_sharpen.task_setup import make_generate_fn, prompt_width
 
 
 _WARM_START_RECORD = "warm_start.json"  # in sft_model/: the settings it was trained with
-# the data fields the warm start reads: the arithmetic, the solution mix and the held-out validation problems
-WARM_START_DATA = ("train", "synthetic_max_steps", "synthetic_max_value", "synthetic_max_operand", "sft_correct",
+# the data fields the warm start reads: the task, the arithmetic, the solution mix and the held-out validation problems
+WARM_START_DATA = ("task", "train", "synthetic_max_steps", "synthetic_max_value", "synthetic_max_operand", "sft_correct",
                    "sft_guess", "sft_wrong_step", "synthetic_validation_problems", "synthetic_validation_seed",
                    "synthetic_hold_out", "synthetic_hold_out_openings")
 
@@ -134,7 +134,7 @@ def run_demo(exp, workdir: str, task, mesh) -> dict:
         report = evaluation.evaluate(
             make_generate_fn(task, {"params": params}, cfg, exp.eval, exp.sampling, mesh, exp.seed,
                              prompt_width(task, problems)),
-            problems, prompt_fn=task.prompt_text, **exp.eval.evaluate_options())
+            problems, prompt_fn=task.prompt_text, grader=task.grader, **exp.eval.evaluate_options())
         reports[name], summaries[name], results[name] = report, report.summary, report.results
 
     evaluate(start, "sft_start")

@@ -182,6 +182,59 @@ def _wrong_key(answer: str, gold_key: str) -> str:
     return f"{key} (scored 0)" if key == gold_key else key
 
 
+class Grader:
+    """How a task judges completions, in rollouts (the task reward) and in validation (pass@k, maj@k).
+
+    `grade` gives r_i = 1[completion_i answers gold_i] (float32 [N]), the answer read from each
+    completion (None: none) and counters; `vote_keys` gives, per problem, the key each sample votes
+    with in maj@k. A new task subclasses this and writes `grade`; the keys it inherits are exact: a
+    correct sample votes with `answer_key(gold)`, a wrong one with `answer_key(answer)` (kept apart
+    from the gold's key should the two be equal), a sample without an answer does not vote.
+    """
+
+    name = "exact"
+
+    def grade(self, completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
+              workers: int | None = None) -> tuple[np.ndarray, list[str | None], VerifyStats]:
+        raise NotImplementedError(f"{type(self).__name__}.grade")
+
+    def answer_key(self, answer: str) -> str:
+        """The key of an answer: equal keys are one answer (rollouts' majority-vote reward groups by it)."""
+        return answer
+
+    def vote_keys(self, answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
+                  golds: Sequence[str], *, timeout: float = 5.0, workers: int | None = None
+                  ) -> tuple[list[list[str | None]], dict[str, float]]:
+        keys = []
+        for problem_answers, problem_correct, gold in zip(answers, correct, golds, strict=True):
+            gold_key = self.answer_key(gold)
+            wrong = {a: self.answer_key(a) for a, ok in zip(problem_answers, problem_correct) if a is not None and not ok}
+            keys.append([None if a is None else gold_key if ok else
+                         f"{wrong[a]} (scored 0)" if wrong[a] == gold_key else wrong[a]
+                         for a, ok in zip(problem_answers, problem_correct, strict=True)])
+        return keys, {}
+
+
+class MathGrader(Grader):
+    """The math verifier (`tasks.verify.grade_batch`: the last boxed or stated answer against the gold,
+    by canonical form, then sympy in a worker pool under `timeout`), and `vote_keys` above, which
+    also joins wrong answers the verifier finds equal."""
+
+    name = "math"
+
+    def grade(self, completions, golds, *, timeout=5.0, workers=None):
+        return grade_batch(list(completions), list(golds), timeout=timeout, workers=workers)
+
+    def answer_key(self, answer):
+        return canonical_answer(answer)
+
+    def vote_keys(self, answers, correct, golds, *, timeout=5.0, workers=None):
+        return vote_keys(answers, correct, golds, timeout=timeout, workers=workers)
+
+
+MATH_GRADER = MathGrader()
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation loop.
 
@@ -376,16 +429,16 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
 class EvalReport:
     summary: dict[str, Any]
     results: list[ProblemResult]
-    verify_stats: list[VerifyStats]
+    verify_stats: list[VerifyStats | Mapping[str, float]]  # the grader's counters, per call
     vote_stats: dict[str, float] = dataclasses.field(default_factory=dict)  # summed counters of `vote_keys`
 
 
 def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn: Callable[[Problem], str],
              n_samples: int, k_list: Sequence[int] | None = None, batch_size: int = 8, greedy: bool = True,
              verify_timeout: float = 5.0, verify_workers: int | None = None, maj_draws: int = 1000,
-             keep_texts: int = 0) -> EvalReport:
-    """Samples `n_samples` completions (and one greedy one) per problem, verifies, groups equal answers
-    into votes (`vote_keys`), summarizes.
+             keep_texts: int = 0, grader: Grader = MATH_GRADER) -> EvalReport:
+    """Samples `n_samples` completions (and one greedy one) per problem, grades them and groups equal
+    answers into votes with `grader` (the task's; by default the math verifier), summarizes.
 
     prompt_fn turns a problem into the prompt text given to generate_fn (e.g.
     `lambda p: prompts.render_prompt(tokenizer, p.problem)`). keep_texts: how many completions of
@@ -401,19 +454,22 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
         prompts = [prompt_fn(p) for p in batch]
         sampled = _checked(generate_fn(prompts, n_samples, False), len(batch), n_samples)
         texts = [t for row in sampled.texts for t in row]
-        rewards, answers, stat = grade_batch(texts, [p.answer for p in batch for _ in range(n_samples)],
-                                             timeout=verify_timeout, workers=verify_workers)
+        rewards, answers, stat = run_grader(grader, texts, [p.answer for p in batch for _ in range(n_samples)],
+                                            verify_timeout, verify_workers)
         stats.append(stat)
         rewards = rewards.reshape(len(batch), n_samples)
         answers = [answers[i * n_samples:(i + 1) * n_samples] for i in range(len(batch))]
-        votes, vote_stat = vote_keys(answers, rewards > 0, [p.answer for p in batch], timeout=verify_timeout,
-                                     workers=verify_workers)
+        votes, vote_stat = grader.vote_keys(answers, rewards > 0, [p.answer for p in batch],
+                                            timeout=verify_timeout, workers=verify_workers)
+        if [len(row) for row in votes] != [n_samples] * len(batch):
+            raise ValueError(f"{type(grader).__name__}.vote_keys must return {len(batch)} lists of {n_samples} keys, "
+                             f"got lists of {[len(row) for row in votes]}")
         vote_stats = {name: vote_stats.get(name, 0) + value for name, value in vote_stat.items()}
         greedy_answers, greedy_rewards, greedy_texts = [None] * len(batch), [None] * len(batch), [None] * len(batch)
         if greedy:
             greedy_texts = [row[0] for row in _checked(generate_fn(prompts, 1, True), len(batch), 1).texts]
-            greedy_scores, greedy_answers, stat = grade_batch(greedy_texts, [p.answer for p in batch],
-                                                              timeout=verify_timeout, workers=verify_workers)
+            greedy_scores, greedy_answers, stat = run_grader(grader, greedy_texts, [p.answer for p in batch],
+                                                             verify_timeout, verify_workers)
             stats.append(stat)
             greedy_rewards = [float(r) for r in greedy_scores]
         results += [ProblemResult(p, answers[i], rewards[i], np.asarray(sampled.num_tokens[i]), greedy_answers[i],
@@ -421,6 +477,16 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
                                                                  if keep_texts else ()))
                     for i, p in enumerate(batch)]
     return EvalReport(summarize(results, k_list, maj_draws), results, stats, vote_stats)
+
+
+def run_grader(grader: Grader, completions: list[str], golds: list[str], timeout: float, workers: int | None):
+    """grader.grade's (rewards float32 [N] in {0, 1}, answers [N], counters), checked."""
+    rewards, answers, stats = grader.grade(completions, golds, timeout=timeout, workers=workers)
+    rewards = np.asarray(rewards, np.float32)
+    if rewards.shape != (len(completions),) or len(answers) != len(completions) or not np.isin(rewards, (0, 1)).all():
+        raise ValueError(f"{type(grader).__name__}.grade must return {len(completions)} rewards in {{0, 1}} and "
+                         f"{len(completions)} answers, got rewards of shape {rewards.shape} and {len(answers)} answers")
+    return rewards, list(answers), stats
 
 
 def _checked(out: Generations, num_prompts: int, num_samples: int) -> Generations:
@@ -443,8 +509,10 @@ def save_json(report: EvalReport, path: str) -> None:
         "greedy_answer": r.greedy_answer, "greedy_reward": r.greedy_reward, "votes": r.keys,
         **({} if r.texts is None else {"texts": r.texts, "greedy_text": r.greedy_text}),
     } for r in report.results]
-    verify = {f.name: sum(getattr(s, f.name) for s in report.verify_stats)
-              for f in dataclasses.fields(VerifyStats)}
+    verify: dict[str, float] = {}
+    for stats in report.verify_stats:
+        for name, value in (dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else stats).items():
+            verify[name] = verify.get(name, 0) + value
     write_json({"summary": report.summary, "verify": verify, "votes": report.vote_stats, "problems": records}, path)
 
 

@@ -30,8 +30,8 @@ from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig, batch_layout
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
 from rl_sharpen.tasks.synthetic import CharTokenizer
-from rl_sharpen.task_setup import (SYNTHETIC, DataConfig, EvalConfig, build_task, make_evaluator, prompt_width,
-                                   shared_problems)
+from rl_sharpen.task_setup import (BUILT_IN_TASKS, SYNTHETIC, DataConfig, EvalConfig, build_task, make_evaluator,
+                                   prompt_width, shared_problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +115,11 @@ class ExperimentConfig:
                     f"{self.advantage.estimator!r}, whose baseline comes from the other samples of a prompt; allowed: "
                     f"num_samples >= 2, or an estimator without one: {', '.join(others)}")
             batch_layout(self.rl, self.sampling.num_samples)
-        if self.mode in ("sft", "demo") and self.data.train != SYNTHETIC:
+        if self.mode in ("sft", "demo") and self.data.train != SYNTHETIC and self.data.task in ("", *BUILT_IN_TASKS):
             raise ValueError(f"ExperimentConfig.data.train={self.data.train!r} with mode={self.mode!r}, whose warm "
                              "start trains on worked solutions, which only the synthetic task has; allowed: "
-                             f"data.train={SYNTHETIC!r} (and data.validation={SYNTHETIC!r})")
+                             f"data.train={SYNTHETIC!r} (and data.validation={SYNTHETIC!r}), or a registered task "
+                             "(data.task) with its own `sft_pairs`")
         if self.mode == "sft":  # the warm start draws fresh synthetic examples at every batch
             for name in ("train_limit", "synthetic_train_problems"):
                 if (value := getattr(self.data, name)) != getattr(DataConfig(), name):

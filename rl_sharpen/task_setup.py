@@ -1,8 +1,11 @@
 """Tasks as the trainer sees them, built from the config: prompts as token ids, completions back
-as text, the verifier, warm-start pairs, and validation with pass@k / maj@k.
+as text, the grader, warm-start pairs, and validation with pass@k / maj@k.
 
   SyntheticTask  multi-step arithmetic with a character tokenizer (the CPU demo; no downloads)
   MathTask       GSM8K / MATH / AIME ... with a Hugging Face tokenizer and its chat template
+
+`data.task` picks one by name from `TASKS`; `register_task` adds a task, whose `grader` then grades
+both its rollouts and its validation.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -26,14 +29,14 @@ from rl_sharpen.sampling.prompts import bucket_width, check_fields
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
 from rl_sharpen.tasks.datasets import SOURCES, Problem, load_problems
-from rl_sharpen.tasks.answers import canonical_answer
-from rl_sharpen.tasks.verify import grade_batch
+from rl_sharpen.tasks.verify import VerifyStats
 
 SYNTHETIC = "synthetic"
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    task: str = ""  # a name of task_setup.TASKS; "": "synthetic" when train is "synthetic", else "math"
     train: str = SYNTHETIC  # "synthetic", a source name (tasks.SOURCES) or a local JSONL/parquet path
     train_split: str = "train"  # split of a named source
     train_limit: int = 0  # keep the first N training problems (0: all)
@@ -129,12 +132,16 @@ class EvalConfig:
                     verify_timeout=self.verify_timeout, keep_texts=self.keep_texts)
 
 
-def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float):
-    """(task rewards 1[answer == gold] float32 [N], vote keys (canonical answers, None without one),
-    verifier counters): the verifier of `tasks.verify`, as validation applies it."""
-    correct, answers, stats = grade_batch(list(completions), [p.answer for p in problems], timeout=timeout)
-    keys = [None if a is None else canonical_answer(a) for a in answers]
-    return correct, keys, {"timeouts": stats.num_timeouts, "errors": stats.num_errors}  # time: the rollout's time_score
+def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float,
+                      grader: evaluation.Grader = evaluation.MATH_GRADER):
+    """(task rewards 1[answer == gold] float32 [N], answer keys (`grader.answer_key`, None without an
+    answer), counters): `grader` as validation applies it (`evaluation.run_grader`)."""
+    correct, answers, stats = evaluation.run_grader(grader, list(completions), [p.answer for p in problems], timeout,
+                                                    None)
+    keys = [None if a is None else grader.answer_key(a) for a in answers]
+    if isinstance(stats, VerifyStats):  # the math verifier's: those a rollout logs (time: the rollout's time_score)
+        stats = {"timeouts": stats.num_timeouts, "errors": stats.num_errors}
+    return correct, keys, dict(stats)
 
 
 class SyntheticTask:
@@ -146,6 +153,8 @@ class SyntheticTask:
     problem that opens with a validation problem's steps stays in (its text and correct chain open with
     the validation problem's; with max_steps = 3, most 1- and 2-step validation problems open some
     training problem) unless `data.synthetic_hold_out_openings`."""
+
+    grader = evaluation.MATH_GRADER
 
     def __init__(self, data: DataConfig, seed: int = 0, verify_timeout: float = 5.0):
         self.data = data
@@ -195,7 +204,7 @@ class SyntheticTask:
         return self.tokenizer.decode(ids)
 
     def score(self, completions, problems):
-        return score_completions(completions, problems, self.verify_timeout)
+        return score_completions(completions, problems, self.verify_timeout, self.grader)
 
     def sft_pairs(self, rng: np.random.Generator, n: int) -> list[tuple[list[int], list[int]]]:
         examples = synthetic.make_examples(n, int(rng.integers(2**31)), self.arith, self.mix, self.held_out)
@@ -205,6 +214,8 @@ class SyntheticTask:
 
 class MathTask:
     """Real math problems: chat-formatted prompts, the sympy/math-verify verifier in a worker pool."""
+
+    grader = evaluation.MATH_GRADER
 
     def __init__(self, data: DataConfig, tokenizer_path: str, verify_timeout: float = 5.0,
                  checkpoint: str = ""):
@@ -245,23 +256,80 @@ class MathTask:
         return self.tokenizer.decode(ids[:end], skip_special_tokens=True)
 
     def score(self, completions, problems):
-        return score_completions(completions, problems, self.verify_timeout)
+        return score_completions(completions, problems, self.verify_timeout, self.grader)
 
     def sft_pairs(self, rng, n):
         raise ValueError("mode='sft' needs data.train='synthetic' (real datasets carry no worked solutions here)")
 
 
+TaskBuilder = Callable[[DataConfig, "ModelSource", int, float], "rollout.Task"]
+TASKS: dict[str, TaskBuilder] = {}
+BUILT_IN_TASKS = (SYNTHETIC, "math")
+
+
+def register_task(name: str, builder: TaskBuilder) -> None:
+    """Makes `data.task=name` build a task with builder(data, model_source, seed, verify_timeout);
+    `data` is the run's DataConfig (`train` / `validation` are the builder's to read: a source name,
+    a local path, ...), `model_source` its `model` config (the checkpoint, for a tokenizer).
+
+    The task is what `rl.rollout.Task` names, plus what runs and validation read: `problems(split)`
+    ("train" or "validation": a list of `tasks.Problem`, whose `answer` is the gold its grader reads),
+    `prompt_text(problem)` and `encode_text(text)` (prompt_ids = encode_text(prompt_text)),
+    `grader` (an `evaluation.Grader`; `score` should be `score_completions(..., self.grader)`, as in the
+    shipped tasks, so that rollouts and validation grade alike), `tokenizer` (with `save_pretrained`
+    when a trained policy is saved with it), `pad_id`, `eos_ids`, `data` (this DataConfig), and
+    `sft_pairs(rng, n)` when it warm-starts (raise otherwise). Subclassing `SyntheticTask` or
+    `MathTask` gives all of them; e.g. real problems graded another way (`evaluation.Grader`):
+
+        class UnitsTask(MathTask):
+            grader = UnitsGrader()
+
+        register_task("units", lambda data, model, seed, timeout:
+                      UnitsTask(data, data.tokenizer or model.checkpoint, timeout, model.checkpoint))
+
+    Registering a name again replaces its builder (a notebook cell run twice), except the shipped
+    tasks' names.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError(f"register_task: name must be a non-empty string, got {name!r}")
+    if name in BUILT_IN_TASKS and name in TASKS:
+        raise ValueError(f"register_task: {name!r} is a shipped task ({', '.join(BUILT_IN_TASKS)}); pick another name")
+    TASKS[name] = builder
+
+
+def task_name(data: DataConfig) -> str:
+    """The task `data` asks for: `data.task`, or by default the synthetic task for "synthetic" data."""
+    return data.task or (SYNTHETIC if SYNTHETIC in (data.train, data.validation) else "math")
+
+
 def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: float = 5.0):
-    if data.train == SYNTHETIC or data.validation == SYNTHETIC:
-        if data.train != data.validation:
-            raise ConfigError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
-                              "cannot be mixed with a real dataset (different tokenizers); allowed: both "
-                              f"{SYNTHETIC!r}, or neither")
-        return SyntheticTask(data, seed, verify_timeout)
+    name = task_name(data)
+    if name not in TASKS:
+        raise ConfigError(f"data.task={name!r}: not a task; allowed: {sorted(TASKS)} and \"\" (the synthetic task "
+                          "for synthetic data, else math), or a name given to task_setup.register_task")
+    return TASKS[name](data, model_source, seed, verify_timeout)
+
+
+def _synthetic_task(data: DataConfig, model_source, seed: int, verify_timeout: float) -> SyntheticTask:
+    if data.train != SYNTHETIC or data.validation != SYNTHETIC:
+        raise ConfigError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
+                          "cannot be mixed with a real dataset (different tokenizers); allowed: both "
+                          f"{SYNTHETIC!r}, or neither")
+    return SyntheticTask(data, seed, verify_timeout)
+
+
+def _math_task(data: DataConfig, model_source, seed: int, verify_timeout: float) -> MathTask:
+    if SYNTHETIC in (data.train, data.validation):
+        raise ConfigError(f"data.task='math' reads real problem sets, not data.train={data.train!r}, "
+                          f"data.validation={data.validation!r}; allowed for synthetic data: data.task={SYNTHETIC!r} "
+                          "or \"\"")
     path = data.tokenizer or model_source.checkpoint
     if not path:
         raise ValueError("data.tokenizer: set a tokenizer folder or hub id (or model.checkpoint)")
     return MathTask(data, path, verify_timeout, checkpoint=model_source.checkpoint)
+
+
+TASKS.update({SYNTHETIC: _synthetic_task, "math": _math_task})
 
 
 def prompt_width(task, problems: Sequence[Problem]) -> int:
@@ -348,7 +416,8 @@ def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, se
 
     def evaluate(params, step: int) -> dict:
         params_ref.update(params=params, step=step, calls=0)
-        report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, **eval_cfg.evaluate_options())
+        report = evaluation.evaluate(generate, problems, prompt_fn=task.prompt_text, grader=task.grader,
+                                     **eval_cfg.evaluate_options())
         if workdir is not None and jax.process_index() == 0:
             out = workdir_path(workdir)
             out.mkdir(parents=True, exist_ok=True)

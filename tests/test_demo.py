@@ -375,7 +375,7 @@ def test_the_warm_start_record_holds_every_data_field_its_examples_depend_on():
              "synthetic_max_steps": 2, "synthetic_max_value": 15, "synthetic_max_operand": 4, "sft_correct": 0.9,
              "sft_guess": 0.0, "sft_wrong_step": 0.8, "synthetic_validation_problems": 40,
              "synthetic_validation_seed": 5, "synthetic_hold_out": False, "synthetic_hold_out_openings": True}
-    fields = {f.name for f in dataclasses.fields(DataConfig)} - {"train", "validation"}  # synthetic on both sides
+    fields = {f.name for f in dataclasses.fields(DataConfig)} - {"task", "train", "validation"}  # the synthetic task
     assert set(other) == fields, "give the new DataConfig field a changed value here"
 
     def examples(data):

@@ -28,9 +28,8 @@ from rl_sharpen.sharding import host_array
 
 
 class Task(Protocol):
-    """What the trainer needs from a task: prompts as token ids, text back, and a verifier. (Validation,
-    `task_setup.make_evaluator`, grades with the math verifier of `tasks.verify`, which is the `score`
-    of both shipped tasks; a task with another verifier also needs its own evaluator.)"""
+    """What a rollout needs from a task: prompts as token ids, text back, and its grader's verdicts
+    (`task_setup.register_task` lists what a whole run needs)."""
 
     def prompt_ids(self, problem) -> list[int]: ...
 
@@ -39,7 +38,7 @@ class Task(Protocol):
         ...
 
     def score(self, completions: Sequence[str], problems: Sequence) -> tuple[np.ndarray, list[str | None], dict]:
-        """(correct [N] float32, extracted answers, verifier counters such as timeouts)."""
+        """(correct [N] float32, answer keys (None: no answer), grader counters such as timeouts)."""
         ...
 
 
