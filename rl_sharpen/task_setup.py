@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -262,7 +262,8 @@ class MathTask:
         raise ValueError("mode='sft' needs data.train='synthetic' (real datasets carry no worked solutions here)")
 
 
-TaskBuilder = Callable[[DataConfig, "ModelSource", int, float], "rollout.Task"]
+# builder(data, model_source (experiment.ModelSource), seed, verify_timeout) -> a task
+TaskBuilder = Callable[[DataConfig, Any, int, float], Any]
 TASKS: dict[str, TaskBuilder] = {}
 BUILT_IN_TASKS = (SYNTHETIC, "math")
 
