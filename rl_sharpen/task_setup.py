@@ -342,14 +342,23 @@ def prompt_width(task, problems: Sequence[Problem]) -> int:
 EVAL_STREAM = 0x6576616C  # folded into the seed key for validation sampling (rollouts fold in the step alone)
 
 
+def task_stops(task, strings: Sequence[str], vocab_size: int, mesh=None) -> sampling.StopStrings | None:
+    """The stop strings' automaton over the task tokenizer's token texts, on the devices (None without
+    strings): what `sampling.generate` takes with `SamplingConfig.stop_strings`."""
+    if not strings:
+        return None
+    return sampling.compile_stops(strings, prompt_lib.token_texts(task.tokenizer), vocab_size).placed(mesh)
+
+
 def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, base: sampling.SamplingConfig,
                      mesh, seed: int, width: int | None = None):
     """evaluation.GenerateFn over the sampler; `params_ref["params"]` is read at call time.
 
     Call i (`params_ref["calls"]`, counted from 0) with `params_ref["step"] = s` samples with the key
     fold_in(fold_in(fold_in(key(seed), EVAL_STREAM), s), i): validation at a given step draws the same
-    samples in a resumed run, and none that a rollout draws.
+    samples in a resumed run, and none that a rollout draws. It stops on `base.stop_strings` as rollouts do.
     """
+    stops = task_stops(task, base.stop_strings, model_cfg.vocab_size, mesh)
 
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
@@ -361,7 +370,7 @@ def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, ba
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), EVAL_STREAM), params_ref.get("step", 0))
         key = jax.random.fold_in(key, call)
         out = sampling.generate(params_ref["params"], model_cfg, [task.encode_text(t) for t in prompt_texts],
-                                key, scfg, mesh=mesh)
+                                key, scfg, mesh=mesh, stops=stops)
         return evaluation.generations_from_tokens(shd.host_array(out.tokens), shd.host_array(out.lengths),
                                                   task.decode, num_samples)
 

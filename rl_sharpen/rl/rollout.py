@@ -95,10 +95,11 @@ class Scorer:
 
 def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: Sequence, rng: jax.Array,
             sampling_cfg: "sampling.SamplingConfig", reward_cfg: rw.RewardConfig, adv_cfg: adv.AdvantageConfig,
-            scorer: Scorer, mesh=None, contrast: "sampling.Contrast | None" = None
+            scorer: Scorer, mesh=None, contrast: "sampling.Contrast | None" = None,
+            stops: "sampling.StopStrings | None" = None
             ) -> tuple[TrainBatch, dict[str, Any]]:
     """(TrainBatch of B*G rows, metrics) for prompts `problems` (B of them); a `contrast` samples
-    from the calibrated law (rl/calibration.py).
+    from the calibrated law (rl/calibration.py); `stops` is the automaton of `sampling_cfg.stop_strings`.
 
     The metrics are means over the B*G samples y ~ q, where q is the law sampled: the policy pi itself
     at temperature 1 without top-k / top-p or calibration, else a tempered, truncated or calibrated
@@ -116,7 +117,7 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
     timings = {}
     t0 = time.perf_counter()
     prompts = [task.prompt_ids(p) for p in problems]
-    out = sampling.generate(policy_params, cfg, prompts, rng, sampling_cfg, mesh=mesh, contrast=contrast)
+    out = sampling.generate(policy_params, cfg, prompts, rng, sampling_cfg, mesh=mesh, contrast=contrast, stops=stops)
     tokens, lengths, finished = host_array(out.tokens), host_array(out.lengths), host_array(out.finished)
     timings["time_sample"] = time.perf_counter() - t0
 

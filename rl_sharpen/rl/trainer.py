@@ -45,6 +45,7 @@ from rl_sharpen.rl import rewards as rw
 from rl_sharpen.rl.rollout import Scorer, Task, rollout
 from rl_sharpen.rl.update import TrainBatch, make_train_step
 from rl_sharpen.sampling.prompts import check_fields
+from rl_sharpen.task_setup import task_stops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +192,7 @@ class RLRun:
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
         # the scorer and the memory pass over micro-batches of the update's rows
         self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk, micro, self.mesh)
+        self.stops = task_stops(self.task, self.sampling_cfg.stop_strings, self.model_cfg.vocab_size, self.mesh)
         self.memory = (Memory(self.model_cfg, self.calibration_cfg, self.mesh, micro_rows=micro,
                               remat=self.rl_cfg.remat) if self.calibration_cfg.enabled else None)
 
@@ -258,7 +260,7 @@ class RLRun:
             contrast = self.memory.contrast(state["memory"]) if self.memory is not None else None
             batch, metrics = rollout(state["params"], self.ref_params, self.model_cfg, self.task, problems,
                                      jax.random.fold_in(base_key, step), self.sampling_cfg, self.reward_cfg,
-                                     self.adv_cfg, self.scorer, self.mesh, contrast=contrast)
+                                     self.adv_cfg, self.scorer, self.mesh, contrast=contrast, stops=self.stops)
             t0 = time.perf_counter()
             memory = state.pop("memory", None)  # the jitted policy update donates and returns the rest
             shuffle = np.random.default_rng([self.seed, _SHUFFLE_STREAM, step])

@@ -8,6 +8,7 @@
 from rl_sharpen.sampling.beam import BeamConfig, BeamOutput, beam_search, length_penalty
 from rl_sharpen.sampling.ancestral import Contrast, SampleOutput, SamplingConfig, filter_logits, generate
 from rl_sharpen.sampling.prompts import PromptBatch, bucket_width, left_pad
+from rl_sharpen.sampling.stops import StopStrings, compile_stops
 
 __all__ = ["BeamConfig", "BeamOutput", "beam_search", "length_penalty", "Contrast", "SampleOutput", "SamplingConfig",
-           "filter_logits", "generate", "PromptBatch", "bucket_width", "left_pad"]
+           "filter_logits", "generate", "PromptBatch", "bucket_width", "left_pad", "StopStrings", "compile_stops"]

@@ -31,6 +31,7 @@ import numpy as np
 from rl_sharpen.models import transformer
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
+from rl_sharpen.sampling.stops import StopStrings, is_stop_strings, stop_tuple
 
 _MIN_TEMPERATURE = float(jnp.finfo(jnp.float32).tiny)  # below it, T is 0 or subnormal in float32
 TEMPERATURES = f"0 (greedy) or a finite float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"
@@ -52,6 +53,9 @@ class SamplingConfig:
     top_k           keep the k most likely tokens; 0 disables.
     greedy          argmax decoding (sampled_logprobs are then 0).
     eos_ids         ids that end a sample; the EOS itself is part of the sample.
+    stop_strings    texts that end a sample at the token completing one, whatever the tokenization
+                    (`stops.py`; the stop string is part of the sample); `generate` then takes their
+                    automaton, `stops=compile_stops(stop_strings, token texts, vocab size)`.
     ignore_eos      generate exactly N tokens per sample (fixed-length rollouts).
     num_samples     G samples per prompt, drawn from one shared prefill.
     pad_id          fills prompt padding and the positions after a sample's EOS.
@@ -70,6 +74,7 @@ class SamplingConfig:
     top_k: int = 0
     greedy: bool = False
     eos_ids: tuple[int, ...] = ()
+    stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False
     num_samples: int = 1
     pad_id: int = 0
@@ -81,6 +86,9 @@ class SamplingConfig:
         prompt_lib.check_fields(self, [("eos_ids", prompt_lib.is_eos_ids(self.eos_ids),
                                         "a token id or a tuple of token ids")])
         object.__setattr__(self, "eos_ids", prompt_lib.eos_tuple(self.eos_ids))
+        prompt_lib.check_fields(self, [("stop_strings", is_stop_strings(self.stop_strings),
+                                        "a string or a tuple of non-empty strings")])
+        object.__setattr__(self, "stop_strings", stop_tuple(self.stop_strings))
         checks = [
             *[(name, isinstance(getattr(self, name), bool), "True or False")
               for name in ("greedy", "ignore_eos", "fast_decode")],
@@ -92,6 +100,8 @@ class SamplingConfig:
             ("pad_id", integer(self.pad_id) and self.pad_id >= 0, "a token id >= 0"),
             ("prompt_width", self.prompt_width is None or integer(self.prompt_width) and self.prompt_width >= 1,
              "None or an integer >= 1"),
+            ("stop_strings", not (self.stop_strings and self.ignore_eos),
+             "() with ignore_eos=True (every sample is N tokens long)"),
         ]
         prompt_lib.check_fields(self, checks)
 
@@ -111,7 +121,7 @@ class SampleOutput:
     logprobs          [R, N] f32     log p(token | prefix) at temperature 1; 0 at padding.
     sampled_logprobs  [R, N] f32     log q(token | prefix) under the sampled law; 0 at padding / greedy.
     lengths           [R] int32      tokens generated, EOS included (N with ignore_eos).
-    finished          [R] bool       an EOS id was generated.
+    finished          [R] bool       an EOS id or a stop string was generated.
     prompt_tokens     [R, P] int32   the left-padded prompt of each row (P = bucketed width).
     prompt_segment_ids [R, P] int32  its segment ids (0 = padding).
 
@@ -257,7 +267,7 @@ def _pick(logits, sample_logits, key, sc: SamplingConfig):
     return token, transformer.picked_logprob(logits, token), sampled
 
 
-def _record(state, sc: SamplingConfig):
+def _record(state, sc: SamplingConfig, stops: StopStrings | None):
     """Draws step t's token for every row and writes it (pad after an EOS) into the outputs."""
     t = state["t"]
     logits = state["logits"]
@@ -266,6 +276,10 @@ def _record(state, sc: SamplingConfig):
     live = ~state["finished"] | sc.ignore_eos
     token = jnp.where(live, token, sc.pad_id)
     eos = jnp.isin(token, jnp.asarray(sc.eos_ids, jnp.int32)) & live if sc.eos_ids else jnp.zeros_like(live)
+    if stops is not None:
+        stop_state, stopped = stops.step(state["stop_state"], token)
+        state = dict(state, stop_state=stop_state)
+        eos = eos | (stopped & live)
 
     def put(buf, x):
         return jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, t))
@@ -278,7 +292,8 @@ def _record(state, sc: SamplingConfig):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sc", "mesh"), donate_argnames=("cache", "contrast_cache"))
 def _decode(params, cache, logits, positions, segments, rng, contrast: Contrast | None = None, contrast_cache=None,
-            contrast_logits=None, *, cfg: ModelConfig, sc: SamplingConfig, mesh):
+            contrast_logits=None, stops: StopStrings | None = None, *, cfg: ModelConfig, sc: SamplingConfig,
+            mesh):
     R, N = logits.shape[0], sc.max_new_tokens
     weights, decode_step = decode.decoder(params, cfg, sc.fast_decode, cache)
     zeros = jnp.zeros((R, N), jnp.float32)
@@ -288,13 +303,15 @@ def _decode(params, cache, logits, positions, segments, rng, contrast: Contrast 
     if contrast is not None:  # state["contrast_shift"] = mu z_m, what _record subtracts
         contrast_weights, contrast_step = decode.decoder(contrast.params, contrast.cfg, sc.fast_decode, contrast_cache)
         state.update(contrast_cache=contrast_cache, contrast_shift=contrast.weight * contrast_logits)
+    if stops is not None:
+        state["stop_state"] = stops.initial_state(R)
 
     def cond(s):
         going = s["t"] < N - 1
         return going if sc.ignore_eos else going & ~jnp.all(s["finished"])
 
     def body(s):
-        s = _record(s, sc)
+        s = _record(s, sc, stops)
         logits, cache = decode_step(weights, cfg, s["cache"], s["token"], s["positions"], segments, mesh)
         if contrast is not None:
             z, c = contrast_step(contrast_weights, contrast.cfg, s["contrast_cache"], s["token"], s["positions"],
@@ -302,22 +319,32 @@ def _decode(params, cache, logits, positions, segments, rng, contrast: Contrast 
             s = dict(s, contrast_shift=contrast.weight * z, contrast_cache=c)
         return dict(s, t=s["t"] + 1, cache=cache, logits=logits, positions=s["positions"] + 1)
 
-    state = _record(jax.lax.while_loop(cond, body, state), sc)
+    state = _record(jax.lax.while_loop(cond, body, state), sc, stops)
     # The caches are returned so that they alias the donated inputs: the loop then updates them in place.
     outputs = {k: state[k] for k in ("tokens", "logprobs", "sampled_logprobs", "lengths", "finished")}
     return outputs, state["cache"], state.get("contrast_cache")
 
 
 def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: SamplingConfig,
-             mesh=None, contrast: Contrast | None = None) -> SampleOutput:
+             mesh=None, contrast: Contrast | None = None, stops: StopStrings | None = None) -> SampleOutput:
     """Samples `sampling_cfg.num_samples` completions of every prompt; see `SampleOutput`.
 
     prompts: a left-padded `PromptBatch` or a list of token-id lists. params may be sharded over
     `mesh`; rows are then sharded over its data axes and the cache by `models.CACHE_AXES`.
     contrast: sample from z - mu z_m instead of z (module docstring); `logprobs` stay the policy's.
+    stops: the automaton of `sampling_cfg.stop_strings` (`stops.compile_stops`), given with them.
     """
     sc = sampling_cfg
     prompt_lib.check_token_ids(cfg, "SamplingConfig", sc.pad_id, sc.eos_ids)
+    if (stops.strings if stops is not None else ()) != sc.stop_strings:
+        raise ValueError(f"SamplingConfig.stop_strings={sc.stop_strings!r} with stops for "
+                         f"{None if stops is None else stops.strings!r}: pass "
+                         "stops=sampling.compile_stops(stop_strings, token_texts, vocab_size) for the same strings "
+                         "(tasks.prompts.token_texts gives a tokenizer's), and none without stop strings")
+    if stops is not None and stops.hit.shape[1] != cfg.vocab_size:
+        raise ValueError(f"stops cover {stops.hit.shape[1]} token ids; the model has vocab_size={cfg.vocab_size}")
+    if stops is not None:
+        stops = stops.placed(mesh)
     if contrast is not None and contrast.cfg.vocab_size != cfg.vocab_size:
         raise ValueError(f"Contrast.cfg.vocab_size={contrast.cfg.vocab_size}; must equal the policy's "
                          f"vocab_size={cfg.vocab_size}")
@@ -344,5 +371,5 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
         contrast = dataclasses.replace(contrast, weight=jnp.asarray(contrast.weight, jnp.float32))  # traced
         contrast_cache, contrast_logits = prefill(contrast.params, contrast.cfg)[:2]
     out, _, _ = _decode(params, cache, logits, positions, seg, rng, contrast, contrast_cache, contrast_logits,
-                        cfg=cfg, sc=sc, mesh=mesh)
+                        stops, cfg=cfg, sc=sc, mesh=mesh)
     return SampleOutput(**out, prompt_tokens=prompt_tokens, prompt_segment_ids=prompt_segments)

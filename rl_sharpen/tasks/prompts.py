@@ -90,6 +90,15 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
+def token_texts(tokenizer) -> list[str]:
+    """Each token id's text decoded alone, special tokens as "": what stop strings are matched on
+    (`sampling.compile_stops`)."""
+    ids = [[i] for i in range(len(tokenizer))]
+    if hasattr(tokenizer, "batch_decode"):
+        return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return [tokenizer.decode(i) for i in ids]
+
+
 def stop_token_ids(tokenizer, sources: Sequence[str] = ()) -> tuple[int, ...]:
     """Ids that end a completion: the tokenizer's EOS, the `eos_token_id`s of `generation_config.json` /
     `config.json` of the checkpoint `sources` (local folders or hub ids), and the token a chat template
