@@ -30,10 +30,10 @@ from rl_sharpen.task_setup import make_generate_fn, prompt_width
 
 
 _WARM_START_RECORD = "warm_start.json"  # in sft_model/: the settings it was trained with
-# the data fields the warm start reads: the task, the arithmetic, the solution mix and the held-out validation problems
-WARM_START_DATA = ("task", "train", "synthetic_max_steps", "synthetic_max_value", "synthetic_max_operand", "sft_correct",
-                   "sft_guess", "sft_wrong_step", "synthetic_validation_problems", "synthetic_validation_seed",
-                   "synthetic_hold_out", "synthetic_hold_out_openings")
+# the data fields the warm start reads: the task, the arithmetic, the solution mix and the held-out problems
+WARM_START_DATA = ("task", "train", "synthetic_max_steps", "synthetic_max_value", "synthetic_max_operand",
+                   "sft_correct", "sft_guess", "sft_wrong_step", "synthetic_validation_problems",
+                   "synthetic_validation_seed", "synthetic_hold_out", "synthetic_hold_out_openings")
 
 
 def _warm_start_allows(record: dict):

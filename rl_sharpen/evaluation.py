@@ -192,10 +192,8 @@ class Grader:
     from the gold's key should the two be equal), a sample without an answer does not vote.
     """
 
-    name = "exact"
-
     def grade(self, completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
-              workers: int | None = None) -> tuple[np.ndarray, list[str | None], VerifyStats]:
+              workers: int | None = None) -> tuple[np.ndarray, list[str | None], VerifyStats | Mapping[str, float]]:
         raise NotImplementedError(f"{type(self).__name__}.grade")
 
     def answer_key(self, answer: str) -> str:
@@ -208,7 +206,8 @@ class Grader:
         keys = []
         for problem_answers, problem_correct, gold in zip(answers, correct, golds, strict=True):
             gold_key = self.answer_key(gold)
-            wrong = {a: self.answer_key(a) for a, ok in zip(problem_answers, problem_correct) if a is not None and not ok}
+            wrong = {a: self.answer_key(a) for a, ok in zip(problem_answers, problem_correct)
+                     if a is not None and not ok}
             keys.append([None if a is None else gold_key if ok else
                          f"{wrong[a]} (scored 0)" if wrong[a] == gold_key else wrong[a]
                          for a, ok in zip(problem_answers, problem_correct, strict=True)])
@@ -219,8 +218,6 @@ class MathGrader(Grader):
     """The math verifier (`tasks.verify.grade_batch`: the last boxed or stated answer against the gold,
     by canonical form, then sympy in a worker pool under `timeout`), and `vote_keys` above, which
     also joins wrong answers the verifier finds equal."""
-
-    name = "math"
 
     def grade(self, completions, golds, *, timeout=5.0, workers=None):
         return grade_batch(list(completions), list(golds), timeout=timeout, workers=workers)

@@ -129,7 +129,8 @@ def test_stop_strings_and_their_automaton_must_agree():
     sc = sampling.SamplingConfig(max_new_tokens=4, stop_strings=("ab",))
     for stops, message in [(None, r"stop_strings=\('ab',\) with stops for None"),
                            (compile_stops(("ba",), texts, 16), r"with stops for \('ba',\)"),
-                           (compile_stops(("ab",), texts, 17), "stops cover 17 token ids; the model has vocab_size=16")]:
+                           (compile_stops(("ab",), texts, 17), "stops cover 17 token ids; the model has "
+                                                               "vocab_size=16")]:
         with pytest.raises(ValueError, match=message):
             sampling.generate(params, cfg, [[1, 2]], jax.random.key(0), sc, stops=stops)
     with pytest.raises(ValueError, match=r"stop_strings=\(\) with stops for \('ab',\)"):

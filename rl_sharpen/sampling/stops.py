@@ -96,7 +96,9 @@ def compile_stops(strings: Sequence[str], token_texts: Sequence[str], vocab_size
 
 def is_stop_strings(x) -> bool:
     """A non-empty string or a collection of them."""
-    return (isinstance(x, str) and bool(x)) or (isinstance(x, (tuple, list)) and all(isinstance(e, str) and e for e in x))
+    if isinstance(x, str):
+        return bool(x)
+    return isinstance(x, (tuple, list)) and all(isinstance(e, str) and e for e in x)
 
 
 def stop_tuple(strings) -> tuple[str, ...]:
