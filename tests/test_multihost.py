@@ -9,6 +9,7 @@ checkpoint (after a preemption) replaces the metric rows of the steps it runs ag
 The worker is this module run as a script: python -m tests.test_multihost PROCESS_ID PORT OUT_DIR [MODE].
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -75,6 +76,11 @@ def sample_and_roll_out(mesh) -> dict[str, np.ndarray]:
     key = jax.random.key(1)
     out = sampling.generate(params, cfg, [list(p) for p in PROMPTS], key, sc, mesh=mesh)
     result = {"tokens": shd.host_array(out.tokens), "lengths": shd.host_array(out.lengths)}
+    stop_strings = ("ab", "c")  # over token texts, the stop tables replicated over both processes' devices
+    stops = sampling.compile_stops(stop_strings, ["", "", "a", "b", "ab", "ba", "c"], cfg.vocab_size).placed(mesh)
+    stopped = sampling.generate(params, cfg, [list(p) for p in PROMPTS], key,
+                                dataclasses.replace(sc, stop_strings=stop_strings), mesh=mesh, stops=stops)
+    result.update(stop_tokens=shd.host_array(stopped.tokens), stop_lengths=shd.host_array(stopped.lengths))
     batch, stats = rollout(params, params, cfg, ProcessZeroGradesTask(), PROMPTS, key, sc,
                            rw.RewardConfig(alpha=1.0), adv.AdvantageConfig(), Scorer(cfg), mesh)
     result.update({f"batch_{k}": shd.host_array(v) for k, v in vars(batch).items()})
@@ -208,6 +214,7 @@ def test_two_processes_fetch_the_same_global_rollout(tmp_path):
         shd.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, jax.devices()[:4])))
     assert reference["tokens"].shape == (len(PROMPTS) * 2, 6)
     assert len({tuple(row) for row in reference["tokens"]}) > 1  # the samples are not all alike
+    assert np.any(reference["stop_lengths"] < reference["lengths"])  # some samples end at a stop string
     for i in range(NUM_PROCESSES):
         with np.load(tmp_path / f"process{i}.npz") as got:
             assert sorted(got.files) == sorted(reference)
