@@ -39,7 +39,7 @@ NOT_RESUMABLE = ("eval.verify_timeout",)
 # A callable value computes it from the old record (flattened): runs with weight decay decayed every
 # parameter; without it, norms and biases were not decayed either.
 ADDED_FIELDS = {"loss.is_level": "token", "data.synthetic_hold_out": False, "data.synthetic_validation_seed": 0,
-                "data.synthetic_hold_out_openings": False,
+                "data.synthetic_hold_out_openings": False, "data.task": "", "sampling.stop_strings": [],
                 "optim.decay_norms_and_biases": lambda old: old.get("optim.weight_decay", 0) > 0}
 
 

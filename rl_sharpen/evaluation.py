@@ -185,11 +185,13 @@ def _wrong_key(answer: str, gold_key: str) -> str:
 class Grader:
     """How a task judges completions, in rollouts (the task reward) and in validation (pass@k, maj@k).
 
-    `grade` gives r_i = 1[completion_i answers gold_i] (float32 [N]), the answer read from each
-    completion (None: none) and counters; `vote_keys` gives, per problem, the key each sample votes
-    with in maj@k. A new task subclasses this and writes `grade`; the keys it inherits are exact: a
-    correct sample votes with `answer_key(gold)`, a wrong one with `answer_key(answer)` (kept apart
-    from the gold's key should the two be equal), a sample without an answer does not vote.
+    `grade` gives r_i = 1[completion_i answers gold_i] (float32 [N] in {0, 1}), the answer read from
+    each completion (a string; None: none) and counters (a mapping of numbers); `vote_keys` gives, per
+    problem, the key each sample votes with in maj@k: a string, None exactly where the answer is None,
+    and never one key for a correct and a wrong sample (maj@k scores a key by one of its samples).
+    Validation checks all of these. A new task subclasses this and writes `grade`; the keys it
+    inherits are exact: a correct sample votes with `answer_key(gold)`, a wrong one with
+    `answer_key(answer)` (kept apart from the gold's key should the two be equal).
     """
 
     def grade(self, completions: Sequence[str], golds: Sequence[str], *, timeout: float = 5.0,
@@ -458,9 +460,12 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
         answers = [answers[i * n_samples:(i + 1) * n_samples] for i in range(len(batch))]
         votes, vote_stat = grader.vote_keys(answers, rewards > 0, [p.answer for p in batch],
                                             timeout=verify_timeout, workers=verify_workers)
-        if [len(row) for row in votes] != [n_samples] * len(batch):
-            raise ValueError(f"{type(grader).__name__}.vote_keys must return {len(batch)} lists of {n_samples} keys, "
-                             f"got lists of {[len(row) for row in votes]}")
+        if len(votes) != len(batch):
+            raise ValueError(f"{type(grader).__name__}.vote_keys must return {len(batch)} lists of keys, got "
+                             f"{len(votes)}")
+        for p, keys, problem_answers, problem_rewards in zip(batch, votes, answers, rewards):
+            if problem := _votes_problem(keys, problem_answers, problem_rewards):
+                raise ValueError(f"{type(grader).__name__}.vote_keys, problem {p.id}: {problem}; got {keys!r}")
         vote_stats = {name: vote_stats.get(name, 0) + value for name, value in vote_stat.items()}
         greedy_answers, greedy_rewards, greedy_texts = [None] * len(batch), [None] * len(batch), [None] * len(batch)
         if greedy:
@@ -483,7 +488,26 @@ def run_grader(grader: Grader, completions: list[str], golds: list[str], timeout
     if rewards.shape != (len(completions),) or len(answers) != len(completions) or not np.isin(rewards, (0, 1)).all():
         raise ValueError(f"{type(grader).__name__}.grade must return {len(completions)} rewards in {{0, 1}} and "
                          f"{len(completions)} answers, got rewards of shape {rewards.shape} and {len(answers)} answers")
+    if problem := _answers_problem(answers):
+        raise ValueError(f"{type(grader).__name__}.grade: {problem}, got {list(answers)[:8]!r}")
     return rewards, list(answers), stats
+
+
+def _answers_problem(answers) -> str | None:
+    """What is wrong with one problem's answers (saved or graded), None if nothing."""
+    return None if all(a is None or isinstance(a, str) for a in answers) else "answers must be strings or null"
+
+
+def _votes_problem(votes, answers, rewards) -> str | None:
+    """What is wrong with one problem's vote keys, None if nothing: maj@k needs a string per answer
+    (null without one), and no key shared by a correct and a wrong sample."""
+    if not (isinstance(votes, (list, tuple)) and len(votes) == len(answers)
+            and all((v is None) == (a is None) and (v is None or isinstance(v, str)) for v, a in zip(votes, answers))):
+        return "votes must be a list of strings (null where there is no answer), one per answer"
+    if {v for v, x in zip(votes, rewards) if v is not None and x > 0} & {v for v, x in zip(votes, rewards)
+                                                                           if v is not None and not x > 0}:
+        return "votes give a correct and a wrong sample one key (maj@k scores a key by one sample)"
+    return None
 
 
 def _checked(out: Generations, num_prompts: int, num_samples: int) -> Generations:
@@ -531,16 +555,9 @@ def load_results(path: str | os.PathLike) -> list[ProblemResult]:
             if not (isinstance(answers, list) and isinstance(rewards, list) and isinstance(tokens, list)
                     and len(answers) == len(rewards) == len(tokens) > 0):
                 raise ValueError("answers, rewards and num_tokens must be lists of one length >= 1")
-            if not all(a is None or isinstance(a, str) for a in answers):
-                raise ValueError("answers must be strings or null")
             votes = r.get("votes")  # absent from files of older versions: `with_votes` below
-            if votes is not None and not (isinstance(votes, list) and len(votes) == len(answers)
-                                          and all((v is None) == (a is None) and (v is None or isinstance(v, str))
-                                                  for v, a in zip(votes, answers))):
-                raise ValueError("votes must be a list of strings (null where there is no answer), one per answer")
-            if votes is not None and len({v for v, x in zip(votes, rewards) if v is not None and x > 0}
-                                         & {v for v, x in zip(votes, rewards) if v is not None and not x > 0}):
-                raise ValueError("votes give a correct and a wrong sample one key (maj@k scores a key by one sample)")
+            if problem := _answers_problem(answers) or (votes is not None and _votes_problem(votes, answers, rewards)):
+                raise ValueError(problem)
             texts, greedy_text = r.get("texts"), r.get("greedy_text")  # with eval.keep_texts > 0 (not in older files)
             if texts is not None and not (isinstance(texts, list) and len(texts) <= len(answers)
                                           and all(isinstance(t, str) for t in texts)):

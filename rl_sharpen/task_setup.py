@@ -312,6 +312,9 @@ def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: fl
 
 
 def _synthetic_task(data: DataConfig, model_source, seed: int, verify_timeout: float) -> SyntheticTask:
+    if data.task == SYNTHETIC and SYNTHETIC not in (data.train, data.validation):
+        raise ConfigError(f"data.task={SYNTHETIC!r} writes its own problems, not data.train={data.train!r}, "
+                          f"data.validation={data.validation!r}; allowed for them: data.task='math' or \"\"")
     if data.train != SYNTHETIC or data.validation != SYNTHETIC:
         raise ConfigError(f"data.train={data.train!r}, data.validation={data.validation!r}: the synthetic task "
                           "cannot be mixed with a real dataset (different tokenizers); allowed: both "

@@ -67,6 +67,26 @@ def test_a_stop_string_split_over_tokens_in_any_way_stops_on_a_real_tokenizer(sm
     assert texts[tokenizer.eos_token_id] == ""  # special tokens have no text
 
 
+def test_a_character_no_token_holds_is_warned_of(smollm2_tokenizer_dir, caplog):
+    from rl_sharpen.tasks.prompts import load_tokenizer, token_texts
+
+    texts = token_texts(load_tokenizer(smollm2_tokenizer_dir))
+    with caplog.at_level("WARNING"):
+        compile_stops(("\n\nQuestion:", "π"), texts, len(texts))
+    assert "no token" not in caplog.text
+    with caplog.at_level("WARNING"):
+        compile_stops(("∞", "答案"), texts, len(texts))
+    assert "no token's text holds ['∞', '案', '答']" in caplog.text
+
+
+def test_stop_strings_are_read_alike_by_the_config_and_the_automaton():
+    """A bare string is one stop string, and a repeat is dropped, in both."""
+    texts = ["a", "b", ":"]
+    for strings in ("ab:", ("ab:", "ab:")):
+        assert compile_stops(strings, texts, 3).strings == ("ab:",)
+        assert sampling.SamplingConfig(max_new_tokens=2, stop_strings=strings).stop_strings == ("ab:",)
+
+
 def _tiny_model(vocab=16, mesh=None):
     cfg = models.ModelConfig("llama", vocab, 32, 64, 2, 4, 2, 8, max_position_embeddings=128)
     return cfg, random_params(cfg, 3, 0.3, mesh)
@@ -136,7 +156,7 @@ def test_stop_strings_and_their_automaton_must_agree():
     with pytest.raises(ValueError, match=r"stop_strings=\(\) with stops for \('ab',\)"):
         sampling.generate(params, cfg, [[1, 2]], jax.random.key(0), sampling.SamplingConfig(max_new_tokens=4),
                           stops=compile_stops(("ab",), texts, 16))
-    with pytest.raises(ValueError, match="a non-empty tuple of non-empty strings"):
+    with pytest.raises(ValueError, match="a non-empty string or tuple of non-empty strings"):
         compile_stops((), texts, 16)
 
 

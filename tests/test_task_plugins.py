@@ -10,7 +10,7 @@ import pytest
 from rl_sharpen import evaluation, experiment, task_setup
 from rl_sharpen.config import ConfigError
 from rl_sharpen.task_setup import DataConfig, SyntheticTask
-from rl_sharpen.tasks import verify
+from rl_sharpen.tasks import answers, verify
 from tests.experiment_configs import get_config
 
 
@@ -47,8 +47,9 @@ def test_a_registered_task_grades_its_rollouts_and_its_validation_with_its_own_g
     def math_verifier(*args, **kwargs):
         raise AssertionError("the math verifier graded a completion of the parity task")
 
-    monkeypatch.setattr(verify, "grade_batch", math_verifier)
-    monkeypatch.setattr(evaluation, "grade_batch", math_verifier)
+    for module, name in [(verify, "grade_batch"), (evaluation, "grade_batch"), (evaluation, "vote_keys"),
+                         (evaluation, "canonical_answer"), (answers, "canonical_answer")]:
+        monkeypatch.setattr(module, name, math_verifier)
     grader = ParityGrader()
 
     def build(data, model_source, seed, verify_timeout):
@@ -91,6 +92,8 @@ def test_a_task_name_is_checked_against_the_registry(registry):
         task_setup.build_task(DataConfig(task="nope"), model)
     with pytest.raises(ConfigError, match="data.task='math' reads real problem sets"):
         task_setup.build_task(DataConfig(task="math"), model)
+    with pytest.raises(ConfigError, match="data.task='synthetic' writes its own problems, not data.train='gsm8k'"):
+        task_setup.build_task(DataConfig(task="synthetic", train="gsm8k", validation="gsm8k"), model)
     assert isinstance(task_setup.build_task(DataConfig(), model), SyntheticTask)
     assert isinstance(task_setup.build_task(DataConfig(task="synthetic"), model), SyntheticTask)
     with pytest.raises(ValueError, match="'math' is a shipped task"):
@@ -124,14 +127,40 @@ def test_a_grader_giving_the_wrong_shape_or_non_binary_rewards_is_named(rewards,
         evaluation.run_grader(Broken(), ["a", "b"], ["g", "g"], 1.0, None)
 
 
-def test_a_grader_giving_too_few_vote_keys_is_named():
-    class FewKeys(ParityGrader):
-        def vote_keys(self, answers, correct, golds, *, timeout=5.0, workers=None):
-            return [row[:-1] for row in answers], {}
+class NumericKeys(ParityGrader):
+    """Grades exactly ("18" only) but votes by value, so a wrong "18.0" shares the correct "18"'s key."""
 
+    def grade(self, completions, golds, *, timeout=5.0, workers=None):
+        answers = [c.split()[-1] for c in completions]
+        return np.array([a == g for a, g in zip(answers, golds)], np.float32), answers, {}
+
+    def vote_keys(self, answers, correct, golds, *, timeout=5.0, workers=None):
+        return [[str(float(a)) for a in row] for row in answers], {}
+
+
+class FewKeys(ParityGrader):
+    def vote_keys(self, answers, correct, golds, *, timeout=5.0, workers=None):
+        return [row[:-1] for row in answers], {}
+
+
+class NumberAnswers(ParityGrader):
+    def grade(self, completions, golds, *, timeout=5.0, workers=None):
+        return np.zeros(len(completions), np.float32), [len(c) for c in completions], {}
+
+
+@pytest.mark.parametrize("grader, message", [
+    (FewKeys(), r"FewKeys.vote_keys, problem 0: votes must be a list of strings \(null where there is no answer\), "
+                r"one per answer; got \['odd'\]"),
+    (NumericKeys(), r"NumericKeys.vote_keys, problem 0: votes give a correct and a wrong sample one key"),
+    (NumberAnswers(), r"NumberAnswers.grade: answers must be strings or null, got \[5, 7\]"),
+])
+def test_a_grader_s_answers_and_vote_keys_are_checked_as_saved_files_are(grader, message):
+    """maj@k needs string keys, none shared by a correct and a wrong sample: a grader breaking that is
+    named at its first validation, not when `rl_sharpen.compare` reads the files."""
     def generate(prompts, n, greedy):
-        return evaluation.Generations([["ab", "abc"][:n]] * len(prompts), np.ones((len(prompts), n), int))
+        return evaluation.Generations([["so 18", "so 18.0"][:n]] * len(prompts), np.ones((len(prompts), n), int))
 
-    problem = task_setup.SyntheticTask(DataConfig(synthetic_validation_problems=1)).problems("validation")[0]
-    with pytest.raises(ValueError, match="FewKeys.vote_keys must return 1 lists of 2 keys"):
-        evaluation.evaluate(generate, [problem], prompt_fn=str, n_samples=2, greedy=False, grader=FewKeys())
+    problem = dataclasses.replace(SyntheticTask(DataConfig(synthetic_validation_problems=1)).problems("validation")[0],
+                                  id="0", answer="18")
+    with pytest.raises(ValueError, match=message):
+        evaluation.evaluate(generate, [problem], prompt_fn=str, n_samples=2, greedy=False, grader=grader)

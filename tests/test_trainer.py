@@ -1125,6 +1125,38 @@ def test_a_checkpoint_from_before_a_config_field_was_added_resumes_with_its_old_
     ckpt.close()
 
 
+@pytest.mark.parametrize("name, arg", [("demo", ""), ("qwen3_4b_math", "sharpening"), ("binary_rewards", "")])
+def test_every_config_field_added_since_a_saved_record_lets_its_runs_resume(name, arg):
+    """A field added to the config must say, in checkpoint.ADDED_FIELDS, what older runs did (or be one
+    that may change on resume): else every run checkpointed before it is refused. The field list of
+    tests/data is the config record of commit 432f497."""
+    from rl_sharpen.checkpoint import ADDED_FIELDS, config_changes, flatten_config, resumable_change
+
+    with open(ROOT / "tests" / "data" / "config_fields_432f497.json") as f:
+        saved = set(json.load(f)["fields"])
+    def mappings(node, prefix=""):  # the fields whose value is a dict (model.custom, ...): their keys are values
+        return [p for k, v in node.items() if isinstance(v, dict) for p in
+                (mappings(v, f"{prefix}{k}.") if v else [f"{prefix}{k}."])]
+
+    free = tuple(mappings(experiment.to_record(experiment.parse(experiment.default_config()))))
+    record = experiment.to_record(experiment.parse(get_config(name, arg)))
+    new = flatten_config(record)
+    added = sorted(k for k in set(new) - saved if not k.startswith(free))
+    assert added and not [k for k in added if k not in ADDED_FIELDS and not resumable_change(k)], added
+    old = {k: v for k, v in new.items() if k not in added}  # the record such a run wrote, at today's values
+    for field, value in ADDED_FIELDS.items():
+        if field in added and not callable(value):
+            assert new[field] == value, f"{field}: the config's default {new[field]!r} is not what older runs did"
+    nested: dict = {}
+    for key, value in old.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    assert config_changes(nested, record, resumable_change) == ""
+
+
 def test_config_changes_allow_validation_and_cadence_fields_and_name_at_most_8():
     from rl_sharpen.checkpoint import config_changes, resumable_change
 

@@ -11,7 +11,9 @@ from each state once, so that a decode step reads two tables:
 
 The text of a token is `token_texts[token]`, its text decoded alone. A character that a byte-level
 tokenizer splits over two tokens decodes as U+FFFD in each, so a stop string holding one is matched
-only where a single token holds the character. The stop string is part of the sample (tokens,
+only where a single token holds the character (`compile_stops` warns of a character no token holds:
+SmolLM2's tokens hold no "∞" or "答"). Matching starts with the completion: text the prompt
+ends with does not count towards a stop string. The stop string is part of the sample (tokens,
 log-probs, text), as an EOS is.
 """
 
@@ -23,6 +25,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 
@@ -67,9 +70,9 @@ def _automaton(strings: Sequence[str]) -> tuple[list[str], dict[str, int], np.nd
 def compile_stops(strings: Sequence[str], token_texts: Sequence[str], vocab_size: int) -> StopStrings:
     """The automaton of `strings` over token ids 0 .. vocab_size - 1, token i's text token_texts[i]
     (ids beyond the list have no text, as the padding rows of an embedding table)."""
-    strings = tuple(strings)
-    if not strings or not all(isinstance(s, str) and s for s in strings):
-        raise ValueError(f"stop strings: a non-empty tuple of non-empty strings, got {strings!r}")
+    if not strings or not is_stop_strings(strings):
+        raise ValueError(f"stop strings: a non-empty string or tuple of non-empty strings, got {strings!r}")
+    strings = stop_tuple(strings)
     if len(token_texts) > vocab_size:
         raise ValueError(f"{len(token_texts)} token texts for a vocabulary of {vocab_size} ids")
     _, classes, delta, accepting = _automaton(strings)
@@ -79,6 +82,9 @@ def compile_stops(strings: Sequence[str], token_texts: Sequence[str], vocab_size
     chars = np.full((vocab_size, int(lengths.max(initial=0))), other, np.int32)
     for i, text in enumerate(token_texts):
         chars[i, :len(text)] = [classes.get(c, other) for c in text]
+    if missing := sorted(set(classes) - {c for text in token_texts for c in text}):
+        logging.warning("stop strings %r: no token's text holds %r (a character a byte-level tokenizer "
+                        "splits over tokens), so the strings holding it never stop a sample", strings, missing)
     order = np.argsort(-lengths, kind="stable")  # longest first: at character p, the first going[p] go on
     going = [int(np.sum(lengths > p)) for p in range(chars.shape[1])]
     next_state = np.empty((len(delta), vocab_size), np.int32)
