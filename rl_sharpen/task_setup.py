@@ -361,7 +361,7 @@ def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, ba
     fold_in(fold_in(fold_in(key(seed), EVAL_STREAM), s), i): validation at a given step draws the same
     samples in a resumed run, and none that a rollout draws. It stops on `base.stop_strings` as rollouts do.
     """
-    stops = task_stops(task, base.stop_strings, model_cfg.vocab_size, mesh)
+    stops = task_stops(task, base.stop_strings, model_cfg.vocab_size, mesh) if base.stop_strings else None
 
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,

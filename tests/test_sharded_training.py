@@ -202,7 +202,7 @@ def test_evaluator_samples_with_the_sharded_params_on_the_mesh(run, state, monke
     the run's mesh, so its rows and KV cache are split like the rollout's."""
     calls = []
 
-    def spy(params, cfg, prompts, rng, sampling_cfg, mesh=None, contrast=None):
+    def spy(params, cfg, prompts, rng, sampling_cfg, mesh=None, contrast=None, stops=None):
         calls.append((params, mesh, len(prompts) * sampling_cfg.num_samples))
         raise _Sampled
 

@@ -10,7 +10,8 @@ import pytest
 from rl_sharpen import evaluation, experiment, task_setup
 from rl_sharpen.config import ConfigError
 from rl_sharpen.task_setup import DataConfig, SyntheticTask
-from rl_sharpen.tasks import answers, verify
+from rl_sharpen.tasks import answers as answer_lib
+from rl_sharpen.tasks import verify
 from tests.experiment_configs import get_config
 
 
@@ -45,10 +46,10 @@ def registry(monkeypatch):
 def test_a_registered_task_grades_its_rollouts_and_its_validation_with_its_own_grader(tmp_path, monkeypatch,
                                                                                        registry):
     def math_verifier(*args, **kwargs):
-        raise AssertionError("the math verifier graded a completion of the parity task")
+        raise AssertionError("the math verifier ran on the parity task")
 
     for module, name in [(verify, "grade_batch"), (evaluation, "grade_batch"), (evaluation, "vote_keys"),
-                         (evaluation, "canonical_answer"), (answers, "canonical_answer")]:
+                         (evaluation, "canonical_answer"), (answer_lib, "canonical_answer")]:
         monkeypatch.setattr(module, name, math_verifier)
     grader = ParityGrader()
 

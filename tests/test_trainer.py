@@ -515,7 +515,7 @@ def test_validation_stops_on_the_configured_eos_ids_as_rollouts_do(monkeypatch):
     task = SyntheticTask(DataConfig(synthetic_validation_problems=1))
     seen = []
 
-    def fake_generate(params, cfg, prompts, key, scfg, mesh=None):
+    def fake_generate(params, cfg, prompts, key, scfg, mesh=None, stops=None):
         seen.append(scfg.eos_ids)
         return sampling.SampleOutput(*[np.zeros((1, 4), np.int32)] * 3, np.ones(1, np.int32), np.ones(1, bool),
                                      np.zeros((1, 16), np.int32), np.ones((1, 16), np.int32))

@@ -341,9 +341,9 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
                          f"{None if stops is None else stops.strings!r}: pass "
                          "stops=sampling.compile_stops(stop_strings, token_texts, vocab_size) for the same strings "
                          "(tasks.prompts.token_texts gives a tokenizer's), and none without stop strings")
-    if stops is not None and stops.hit.shape[1] != cfg.vocab_size:
-        raise ValueError(f"stops cover {stops.hit.shape[1]} token ids; the model has vocab_size={cfg.vocab_size}")
     if stops is not None:
+        if stops.hit.shape[1] != cfg.vocab_size:
+            raise ValueError(f"stops cover {stops.hit.shape[1]} token ids; the model has vocab_size={cfg.vocab_size}")
         stops = stops.placed(mesh)
     if contrast is not None and contrast.cfg.vocab_size != cfg.vocab_size:
         raise ValueError(f"Contrast.cfg.vocab_size={contrast.cfg.vocab_size}; must equal the policy's "

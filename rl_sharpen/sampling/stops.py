@@ -52,9 +52,9 @@ class StopStrings:
         return jnp.zeros((rows,), jnp.int32)
 
 
-def _automaton(strings: Sequence[str]) -> tuple[list[str], dict[str, int], np.ndarray, np.ndarray]:
-    """(states: the prefixes of the strings, "" first; character classes (others: len(classes));
-    delta int32 [S, C + 1]; accepting bool [S]: a string is a suffix of the state)."""
+def _automaton(strings: Sequence[str]) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """(character classes (others: len(classes)); delta int32 [S, C + 1] over the states, the
+    prefixes of the strings, "" first; accepting bool [S]: a string is a suffix of the state)."""
     states = sorted({s[:i] for s in strings for i in range(len(s) + 1)}, key=lambda u: (len(u), u))
     index = {u: i for i, u in enumerate(states)}
     classes = {c: i for i, c in enumerate(sorted({c for s in strings for c in s}))}
@@ -64,7 +64,7 @@ def _automaton(strings: Sequence[str]) -> tuple[list[str], dict[str, int], np.nd
             text = u + c
             delta[i, k] = next(index[text[j:]] for j in range(len(text) + 1) if text[j:] in index)
     accepting = np.array([any(u.endswith(s) for s in strings) for u in states])
-    return states, classes, delta, accepting
+    return classes, delta, accepting
 
 
 def compile_stops(strings: Sequence[str], token_texts: Sequence[str], vocab_size: int) -> StopStrings:
@@ -75,7 +75,7 @@ def compile_stops(strings: Sequence[str], token_texts: Sequence[str], vocab_size
     strings = stop_tuple(strings)
     if len(token_texts) > vocab_size:
         raise ValueError(f"{len(token_texts)} token texts for a vocabulary of {vocab_size} ids")
-    _, classes, delta, accepting = _automaton(strings)
+    classes, delta, accepting = _automaton(strings)
     other = len(classes)
     lengths = np.zeros(vocab_size, np.int64)
     lengths[:len(token_texts)] = [len(t) for t in token_texts]
