@@ -490,6 +490,9 @@ def run_grader(grader: Grader, completions: list[str], golds: list[str], timeout
                          f"{len(completions)} answers, got rewards of shape {rewards.shape} and {len(answers)} answers")
     if problem := _answers_problem(answers):
         raise ValueError(f"{type(grader).__name__}.grade: {problem}, got {list(answers)[:8]!r}")
+    counters = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else stats
+    if not (isinstance(counters, Mapping) and all(isinstance(v, (int, float, np.number)) for v in counters.values())):
+        raise ValueError(f"{type(grader).__name__}.grade: its counters must map names to numbers, got {stats!r}")
     return rewards, list(answers), stats
 
 

@@ -308,7 +308,11 @@ def build_task(data: DataConfig, model_source, seed: int = 0, verify_timeout: fl
     if name not in TASKS:
         raise ConfigError(f"data.task={name!r}: not a task; allowed: {sorted(TASKS)} and \"\" (the synthetic task "
                           "for synthetic data, else math), or a name given to task_setup.register_task")
-    return TASKS[name](data, model_source, seed, verify_timeout)
+    task = TASKS[name](data, model_source, seed, verify_timeout)
+    if not isinstance(getattr(task, "grader", None), evaluation.Grader):
+        raise ConfigError(f"data.task={name!r}: the task's grader is {getattr(task, 'grader', None)!r}; allowed: an "
+                          "instance of evaluation.Grader (a subclass's object, not the class)")
+    return task
 
 
 def _synthetic_task(data: DataConfig, model_source, seed: int, verify_timeout: float) -> SyntheticTask:

@@ -101,6 +101,12 @@ def test_a_task_name_is_checked_against_the_registry(registry):
         task_setup.register_task("math", lambda *args: None)
     with pytest.raises(ValueError, match="non-empty string"):
         task_setup.register_task("", lambda *args: None)
+    class GraderClass(SyntheticTask):
+        grader = ParityGrader  # the class, not an object of it
+
+    task_setup.register_task("parity", lambda *args: GraderClass(DataConfig()))
+    with pytest.raises(ConfigError, match="data.task='parity': the task's grader is <class .*allowed: an instance"):
+        task_setup.build_task(DataConfig(task="parity"), model)
     first, second = (lambda *args: SyntheticTask(DataConfig())), (lambda *args: ParityTask(DataConfig()))
     task_setup.register_task("parity", first)
     task_setup.register_task("parity", second)  # a notebook cell run again
@@ -149,11 +155,17 @@ class NumberAnswers(ParityGrader):
         return np.zeros(len(completions), np.float32), [len(c) for c in completions], {}
 
 
+class TextCounters(ParityGrader):
+    def grade(self, completions, golds, *, timeout=5.0, workers=None):
+        return np.zeros(len(completions), np.float32), ["x"] * len(completions), {"note": "fine"}
+
+
 @pytest.mark.parametrize("grader, message", [
     (FewKeys(), r"FewKeys.vote_keys, problem 0: votes must be a list of strings \(null where there is no answer\), "
                 r"one per answer; got \['odd'\]"),
     (NumericKeys(), r"NumericKeys.vote_keys, problem 0: votes give a correct and a wrong sample one key"),
     (NumberAnswers(), r"NumberAnswers.grade: answers must be strings or null, got \[5, 7\]"),
+    (TextCounters(), r"TextCounters.grade: its counters must map names to numbers, got \{'note': 'fine'\}"),
 ])
 def test_a_grader_s_answers_and_vote_keys_are_checked_as_saved_files_are(grader, message):
     """maj@k needs string keys, none shared by a correct and a wrong sample: a grader breaking that is
