@@ -428,7 +428,7 @@ def paired_difference(new: Sequence[ProblemResult], old: Sequence[ProblemResult]
 class EvalReport:
     summary: dict[str, Any]
     results: list[ProblemResult]
-    verify_stats: list[VerifyStats | Mapping[str, float]]  # the grader's counters, per call
+    verify_stats: list[dict[str, float]]  # the grader's counters, per call
     vote_stats: dict[str, float] = dataclasses.field(default_factory=dict)  # summed counters of `vote_keys`
 
 
@@ -482,7 +482,7 @@ def evaluate(generate_fn: GenerateFn, problems: Sequence[Problem], *, prompt_fn:
 
 
 def run_grader(grader: Grader, completions: list[str], golds: list[str], timeout: float, workers: int | None):
-    """grader.grade's (rewards float32 [N] in {0, 1}, answers [N], counters), checked."""
+    """grader.grade's (rewards float32 [N] in {0, 1}, answers [N], counters as a dict), checked."""
     rewards, answers, stats = grader.grade(completions, golds, timeout=timeout, workers=workers)
     rewards = np.asarray(rewards, np.float32)
     if rewards.shape != (len(completions),) or len(answers) != len(completions) or not np.isin(rewards, (0, 1)).all():
@@ -493,7 +493,7 @@ def run_grader(grader: Grader, completions: list[str], golds: list[str], timeout
     counters = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else stats
     if not (isinstance(counters, Mapping) and all(isinstance(v, (int, float, np.number)) for v in counters.values())):
         raise ValueError(f"{type(grader).__name__}.grade: its counters must map names to numbers, got {stats!r}")
-    return rewards, list(answers), stats
+    return rewards, list(answers), dict(counters)
 
 
 def _answers_problem(answers) -> str | None:
@@ -507,8 +507,8 @@ def _votes_problem(votes, answers, rewards) -> str | None:
     if not (isinstance(votes, (list, tuple)) and len(votes) == len(answers)
             and all((v is None) == (a is None) and (v is None or isinstance(v, str)) for v, a in zip(votes, answers))):
         return "votes must be a list of strings (null where there is no answer), one per answer"
-    if {v for v, x in zip(votes, rewards) if v is not None and x > 0} & {v for v, x in zip(votes, rewards)
-                                                                           if v is not None and not x > 0}:
+    correct_keys = {v for v, x in zip(votes, rewards) if v is not None and x > 0}
+    if any(v in correct_keys for v, x in zip(votes, rewards) if not x > 0):
         return "votes give a correct and a wrong sample one key (maj@k scores a key by one sample)"
     return None
 
@@ -534,8 +534,8 @@ def save_json(report: EvalReport, path: str) -> None:
         **({} if r.texts is None else {"texts": r.texts, "greedy_text": r.greedy_text}),
     } for r in report.results]
     verify: dict[str, float] = {}
-    for stats in report.verify_stats:
-        for name, value in (dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else stats).items():
+    for counters in report.verify_stats:
+        for name, value in counters.items():
             verify[name] = verify.get(name, 0) + value
     write_json({"summary": report.summary, "verify": verify, "votes": report.vote_stats, "problems": records}, path)
 

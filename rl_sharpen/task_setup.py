@@ -29,7 +29,6 @@ from rl_sharpen.sampling.prompts import bucket_width, check_fields
 from rl_sharpen.tasks import prompts as prompt_lib
 from rl_sharpen.tasks import synthetic
 from rl_sharpen.tasks.datasets import SOURCES, Problem, load_problems
-from rl_sharpen.tasks.verify import VerifyStats
 
 SYNTHETIC = "synthetic"
 
@@ -136,12 +135,12 @@ def score_completions(completions: Sequence[str], problems: Sequence[Problem], t
                       grader: evaluation.Grader = evaluation.MATH_GRADER):
     """(task rewards 1[answer == gold] float32 [N], answer keys (`grader.answer_key`, None without an
     answer), counters): `grader` as validation applies it (`evaluation.run_grader`)."""
-    correct, answers, stats = evaluation.run_grader(grader, list(completions), [p.answer for p in problems], timeout,
-                                                    None)
+    correct, answers, counters = evaluation.run_grader(grader, list(completions), [p.answer for p in problems],
+                                                       timeout, None)
     keys = [None if a is None else grader.answer_key(a) for a in answers]
-    if isinstance(stats, VerifyStats):  # the math verifier's: those a rollout logs (time: the rollout's time_score)
-        stats = {"timeouts": stats.num_timeouts, "errors": stats.num_errors}
-    return correct, keys, dict(stats)
+    if isinstance(grader, evaluation.MathGrader):  # those a rollout logs (time: the rollout's time_score)
+        counters = {"timeouts": counters["num_timeouts"], "errors": counters["num_errors"]}
+    return correct, keys, counters
 
 
 class SyntheticTask:
@@ -349,12 +348,12 @@ def prompt_width(task, problems: Sequence[Problem]) -> int:
 EVAL_STREAM = 0x6576616C  # folded into the seed key for validation sampling (rollouts fold in the step alone)
 
 
-def task_stops(task, strings: Sequence[str], vocab_size: int, mesh=None) -> sampling.StopStrings | None:
+def task_stops(task, strings: Sequence[str], model_cfg, mesh=None) -> sampling.StopStrings | None:
     """The stop strings' automaton over the task tokenizer's token texts, on the devices (None without
     strings): what `sampling.generate` takes with `SamplingConfig.stop_strings`."""
     if not strings:
         return None
-    return sampling.compile_stops(strings, prompt_lib.token_texts(task.tokenizer), vocab_size).placed(mesh)
+    return sampling.compile_stops(strings, prompt_lib.token_texts(task.tokenizer), model_cfg.vocab_size).placed(mesh)
 
 
 def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, base: sampling.SamplingConfig,
@@ -365,7 +364,7 @@ def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, ba
     fold_in(fold_in(fold_in(key(seed), EVAL_STREAM), s), i): validation at a given step draws the same
     samples in a resumed run, and none that a rollout draws. It stops on `base.stop_strings` as rollouts do.
     """
-    stops = task_stops(task, base.stop_strings, model_cfg.vocab_size, mesh) if base.stop_strings else None
+    stops = task_stops(task, base.stop_strings, model_cfg, mesh)
 
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
