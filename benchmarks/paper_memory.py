@@ -3,8 +3,9 @@ compiled programs (no weights are made: every input is abstract).
 
     python benchmarks/paper_memory.py --out paper_memory.json
     python benchmarks/paper_memory.py --configs qwen3_4b_math --devices 16 --prompt-width 2048
+    python benchmarks/paper_memory.py --arg task_reward,small --devices 1 --prompt-width 512   # one GPU
 
-Each config (`configs/<name>.py:task_reward`, its mesh, batch, lengths, dtypes, micro-batch, remat and
+Each config (`configs/<name>.py:<--arg>`, its mesh, batch, lengths, dtypes, micro-batch, remat and
 log-prob chunk) is compiled ahead of time on --devices fake CPU devices for the phases a step runs:
 
     prefill   the sampler's prefill of prompts x G rows, writing the KV cache (`kv.prefill`)
@@ -13,11 +14,14 @@ log-prob chunk) is compiled ahead of time on --devices fake CPU devices for the 
     update    one policy update: micro-batched gradients and the Adam step (`update.make_train_step`)
     memory    one update of the calibration memory network on the rollout (`calibration.Memory`),
               run only with calibration.mu > 0
+    eval_prefill, eval_decode   the same for validation: eval.batch_size problems x eval.num_samples
+              rows, eval.max_new_tokens, prompts padded to --eval-prompt-width
 
 peak = arguments + outputs - donated (aliased) + temporaries, per device, from `memory_analysis()`.
 Rollout rows are prompt width P (--prompt-width; the MATH prompts' bucket) + the new tokens. The
 train state of the whole step (policy, reference, Adam's moments) is in the arguments of the update;
-the other phases count only their own inputs, so add the state that stays on the device to them.
+the other phases count only their own inputs; "with the resident state" adds the copies of the
+parameters that stay on the device outside the phase.
 XLA's CPU programs stand in for a GPU's or TPU's: layouts and fusion differ, the large buffers
 (KV cache, logits chunks, attention scores, weights) do not.
 """
@@ -25,21 +29,29 @@ XLA's CPU programs stand in for a GPU's or TPU's: layouts and fusion differ, the
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
+import math
 import os
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("qwen25_3b_math", "llama32_3b_math", "qwen3_4b_math")
+RESIDENT_COPIES = {"update": 1, "memory": 4}  # parameter copies on the device outside the phase (else 3)
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--phases", default="prefill,decode,scorer,update,memory")
+    p.add_argument("--arg", default="task_reward", help="the configs' argument (a regime, and 'small' for their "
+                   "one-GPU size)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a config override, e.g. rl.micro_batch=4 (repeatable)")
     p.add_argument("--devices", type=int, default=8, help="fake CPU devices (the config's mesh fills them)")
     p.add_argument("--prompt-width", type=int, default=1536, help="padded prompt width P")
+    p.add_argument("--eval-prompt-width", type=int, default=0, help="validation prompt width (0: --prompt-width)")
     p.add_argument("--layers", type=int, default=0, help="decoder layers kept (0: the model's own)")
     p.add_argument("--out", default="", help="JSON file for the results")
     return p.parse_args()
@@ -68,12 +80,21 @@ def main():
         spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        exp = experiment.parse(module.get_config("task_reward"))
+        c = module.get_config(args.arg)
+        for item in args.set:
+            field, value = item.split("=", 1)
+            *groups, last = field.split(".")
+            node = c
+            for group in groups:
+                node = node[group]
+            node[last] = ast.literal_eval(value)
+        exp = experiment.parse(c)
         preset = exp.model.arch or exp.model.checkpoint.split("/")[-1].lower()  # "Qwen/Qwen2.5-3B-Instruct"
         cfg = models.preset(preset, param_dtype=exp.model.param_dtype, compute_dtype=exp.model.compute_dtype)
         if args.layers:
             cfg = cfg.replace(num_layers=args.layers)
-        mesh = experiment.build_mesh(exp)
+        experiment.build_mesh(exp)  # the config's mesh fits the devices
+        mesh = shd.make_mesh(exp.mesh)  # on one device too (a run leaves it unsharded: the same buffers)
         shardings = models.param_shardings(cfg, mesh)
         params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               models.abstract_params(cfg), shardings)
@@ -90,14 +111,22 @@ def main():
                 optimizer, lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings,
                 transform_non_params=lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated))
 
+        def shapes(phase):
+            """(problems, samples each, new tokens, prompt width) of the phase's sampler call."""
+            if phase.startswith("eval_"):  # validation: eval.batch_size problems x eval.num_samples
+                return exp.eval.batch_size, exp.eval.num_samples, exp.eval.max_new_tokens, args.eval_prompt_width or P
+            return B, G, N, P
+
         def lowered(phase):
-            prefill_args = dict(cfg=cfg, copies=G, cache_len=P + N, per_layer=exp.sampling.fast_decode, mesh=mesh)
+            B_, G_, N_, P_ = shapes(phase)
+            phase = phase.removeprefix("eval_")
+            prefill_args = dict(cfg=cfg, copies=G_, cache_len=P_ + N_, per_layer=exp.sampling.fast_decode, mesh=mesh)
             if phase == "prefill":
-                return kv.prefill.lower(params, rows((B, P)), rows((B, P)), **prefill_args)
+                return kv.prefill.lower(params, rows((B_, P_)), rows((B_, P_)), **prefill_args)
             if phase == "decode":
-                cache, logits, positions, segments = kv.prefill.eval_shape(params, rows((B, P)), rows((B, P)),
+                cache, logits, positions, segments = kv.prefill.eval_shape(params, rows((B_, P_)), rows((B_, P_)),
                                                                             **prefill_args)[:4]
-                sc = ancestral.SamplingConfig(max_new_tokens=N, num_samples=G, eos_ids=(0,), prompt_width=P,
+                sc = ancestral.SamplingConfig(max_new_tokens=N_, num_samples=G_, eos_ids=(0,), prompt_width=P_,
                                               fast_decode=exp.sampling.fast_decode)
                 key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
                 return ancestral._decode.lower(params, cache, logits, positions, segments, key, cfg=cfg, sc=sc,
@@ -125,19 +154,28 @@ def main():
                 state = optimizer_state(memory.optimizer, memory_params, memory_shardings)
                 return memory._step.lower(memory_params, state, rows((B * G, P + N)), rows((B * G, P + N)),
                                           rows((B * G, N), jnp.float32))
-            raise ValueError(f"--phases: {phase!r}; allowed: prefill, decode, scorer, update, memory")
+            raise ValueError(f"--phases: {phase!r}; allowed: prefill, decode, scorer, update, memory, eval_prefill, "
+                             "eval_decode")
 
+        # one parameter copy's bytes on a device; policy, reference and Adam's two moments stay there all step
+        copy_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
         for phase in args.phases.split(","):
             m = lowered(phase).compile().memory_analysis()
-            row = {"config": name, "phase": phase, "devices": args.devices, "mesh": dict(mesh.shape),
-                   "layers": cfg.num_layers, "rows": B * G, "prompt_width": P, "new_tokens": N,
+            b, g, n, p = shapes(phase)
+            row = {"config": f"{name}:{args.arg}", "overrides": args.set, "checkpoint": exp.model.checkpoint,
+                   "phase": phase, "devices": args.devices, "mesh": dict(mesh.shape),
+                   "layers": cfg.num_layers, "rows": b * g, "prompt_width": p, "new_tokens": n,
                    "micro_batch": micro, "argument_bytes": m.argument_size_in_bytes,
                    "output_bytes": m.output_size_in_bytes, "alias_bytes": m.alias_size_in_bytes,
-                   "temp_bytes": m.temp_size_in_bytes}
+                   "temp_bytes": m.temp_size_in_bytes, "param_copy_bytes": copy_bytes}
             row["peak_bytes"] = row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"] + row["temp_bytes"]
+            # the four copies less those in the phase's arguments (the update holds policy and moments; the
+            # memory network's update holds none of them)
+            row["with_resident_bytes"] = row["peak_bytes"] + copy_bytes * RESIDENT_COPIES.get(phase, 3)
             results.append(row)
-            print(f"{name:<16} {phase:<8} peak {row['peak_bytes'] / 1e9:7.2f} GB  (arguments "
-                  f"{row['argument_bytes'] / 1e9:.2f}, temporaries {row['temp_bytes'] / 1e9:.2f})", flush=True)
+            print(f"{name:<16} {phase:<12} peak {row['peak_bytes'] / 1e9:7.2f} GB, with the resident state "
+                  f"{row['with_resident_bytes'] / 1e9:7.2f} GB  (arguments {row['argument_bytes'] / 1e9:.2f}, "
+                  f"temporaries {row['temp_bytes'] / 1e9:.2f})", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -30,8 +30,8 @@ from rl_sharpen.rl.trainer import RLConfig, RLRun, TrainConfig, batch_layout
 from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
 from rl_sharpen.tasks.synthetic import CharTokenizer
-from rl_sharpen.task_setup import (BUILT_IN_TASKS, SYNTHETIC, DataConfig, EvalConfig, build_task, make_evaluator,
-                                   prompt_width, shared_problems)
+from rl_sharpen.task_setup import (BUILT_IN_TASKS, SYNTHETIC, DataConfig, EvalConfig, build_task, drop_long_prompts,
+                                   make_evaluator, prompt_width, shared_problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +206,7 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                 reward_cfg: rw.RewardConfig | None = None) -> RLRun:
     reward_cfg = reward_cfg or exp.reward
     rw.check_components(reward_cfg, exp.sampling.num_samples, model_cfg.vocab_size)  # before any evaluation
-    train_problems = task.problems("train")
+    train_problems = drop_long_prompts(task, task.problems("train"), exp.data.max_prompt_tokens)
     # each validation's per-problem results, plot and table in <workdir>/eval (rl_sharpen.compare reads them)
     evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
                               workdir=os.path.join(workdir, "eval"))
@@ -333,23 +333,32 @@ def default_config() -> ml_collections.ConfigDict:
     return to_config_dict(ExperimentConfig())
 
 
-def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.ConfigDict:
+def paper_config(checkpoint: str, family: str, arg: str = "", small_checkpoint: str = "",
+                 small_prompt: Mapping[str, object] | None = None) -> ml_collections.ConfigDict:
     """The setting of Mittal, Gagnon, Lajoie 2026: MATH-lighteval train, MATH-500 validation, 32 prompts
     x 8 samples, lr 1e-6, 2048 new tokens, RLOO advantages, REINFORCE with truncated importance weights,
     and the loss summed over tokens / max_new_tokens, so that the update follows the objective's gradient.
     Weights are float32 and matmuls bfloat16 (model.compute_dtype), so the sampler and the trainer
     differ by bfloat16 rounding, which the truncated importance weights correct.
 
-    `arg` is a comma list: a reward preset name (rl/rewards.py, default task_reward) and/or "tiny",
-    which keeps the algorithm but swaps in a random 2-layer model of the same family and the synthetic
-    task, so the config runs on a CPU with no downloads.
+    `arg` is a comma list: a reward preset name (rl/rewards.py, default task_reward) and at most one size
+    switch:
+      tiny   keeps the algorithm but swaps in a random 2-layer model of the same family and the synthetic
+             task, so the config runs on a CPU with no downloads;
+      small  keeps the algorithm and the data but swaps in the family's small instruct model
+             (`small_checkpoint`, its prompt settings `small_prompt`) at one-GPU sizes: 16 prompts x 8
+             samples, 1024 new tokens, training prompts of at most 512 tokens, 100 MATH-500 problems per
+             validation (BENCHMARKS.md, "Memory per device", gives each phase's memory).
     """
     parts = [p for p in arg.split(",") if p]
-    tiny = "tiny" in parts
-    regimes = [p for p in parts if p != "tiny"]
-    if len(regimes) > 1:
-        raise ValueError(f"config argument {arg!r}: one reward preset at most (an RL run has one reward); "
-                         f"allowed: {list(rw.PRESET_NAMES)}, optionally with 'tiny'")
+    sizes = [p for p in parts if p in ("tiny", "small")]
+    regimes = [p for p in parts if p not in sizes]
+    if len(regimes) > 1 or len(sizes) > 1:
+        raise ValueError(f"config argument {arg!r}: one reward preset at most (an RL run has one reward) and one "
+                         f"size at most; allowed: {list(rw.PRESET_NAMES)}, optionally with 'tiny' or 'small'")
+    tiny, small = sizes == ["tiny"], sizes == ["small"]
+    if small and not small_checkpoint:
+        raise ValueError(f"config argument {arg!r}: this config names no small checkpoint; allowed: 'tiny'")
     c = default_config()
     c.mode = "rl"
     c.model.checkpoint = checkpoint
@@ -379,6 +388,17 @@ def paper_config(checkpoint: str, family: str, arg: str = "") -> ml_collections.
     c.eval.num_samples = 16
     c.eval.k_list = tuple(range(1, 17))  # pass@k and maj@k at every k = 1..16, as the paper reports them
     c.eval.max_new_tokens = 2048
+    if small:
+        c.model.checkpoint = small_checkpoint
+        for name, value in (small_prompt or {}).items():
+            c.data[name] = value
+        c.sampling.max_new_tokens = c.eval.max_new_tokens = 1024
+        c.rl.prompts_per_step, c.rl.micro_batch = 16, 8
+        c.rl.prompt_padding = "batch"  # MATH prompts run from 40 to 1,500 tokens: pad each batch to its own
+        c.data.max_prompt_tokens = 512  # bounds a step's memory; leaves out about 1% of MATH's problems
+        c.train.steps, c.train.eval_every = 200, 25
+        c.data.validation_limit = 100
+        c.eval.batch_size = 8  # 8 x 16 samples: the rollouts' 128 rows, whose KV cache bounds sampling's memory
     if tiny:
         c.model.checkpoint = ""
         c.model.arch = "custom"

@@ -39,6 +39,7 @@ class DataConfig:
     train: str = SYNTHETIC  # "synthetic", a source name (tasks.SOURCES) or a local JSONL/parquet path
     train_split: str = "train"  # split of a named source
     train_limit: int = 0  # keep the first N training problems (0: all)
+    max_prompt_tokens: int = 0  # RL leaves out training problems whose prompt is longer (counted, logged); 0: none
     validation: str = SYNTHETIC  # same choices as `train`
     validation_split: str = "test"  # split of a named validation source
     validation_limit: int = 0  # keep the first N validation problems (0: all)
@@ -46,6 +47,7 @@ class DataConfig:
     template: str = prompt_lib.DEFAULT_TEMPLATE  # user turn; "{problem}" marks the problem
     system_prompt: str = ""  # "" keeps the chat template's default
     use_chat_template: bool = True  # False: plain "template" text, no chat turns
+    enable_thinking: bool | None = None  # a chat template's thinking switch (Qwen3): None its default, False off
     synthetic_train_problems: int = 20000  # synthetic training problems (seeded)
     synthetic_validation_problems: int = 200  # synthetic validation problems (their own seed, below)
     synthetic_validation_seed: int = 0  # seed of the synthetic validation problems: one set for every run seed
@@ -61,6 +63,7 @@ class DataConfig:
     def __post_init__(self):
         check_fields(self, [
             ("train_limit", self.train_limit >= 0, "an integer >= 0 (0: all)"),
+            ("max_prompt_tokens", self.max_prompt_tokens >= 0, "an integer >= 0 (0: no limit)"),
             ("validation_limit", self.validation_limit >= 0, "an integer >= 0 (0: all)"),
             ("synthetic_train_problems", self.synthetic_train_problems >= 1, "an integer >= 1"),
             ("synthetic_validation_problems", self.synthetic_validation_problems >= 1, "an integer >= 1"),
@@ -79,10 +82,12 @@ class DataConfig:
              "True or False (True only with synthetic_hold_out=True)"),
             ("template", self.template.count(prompt_lib.PROBLEM_PLACEHOLDER) == 1,
              f"a string with {prompt_lib.PROBLEM_PLACEHOLDER!r} exactly once"),
+            ("enable_thinking", self.enable_thinking is None or self.use_chat_template,
+             "None when use_chat_template=False (the switch is a chat template's)"),
         ])
         if SYNTHETIC in (self.train, self.validation):  # the arithmetic task writes its own prompts, character tokens
             defaults = DataConfig.__dataclass_fields__
-            for name in ("tokenizer", "template", "system_prompt", "use_chat_template"):
+            for name in ("tokenizer", "template", "system_prompt", "use_chat_template", "enable_thinking"):
                 if getattr(self, name) != defaults[name].default:
                     raise ValueError(f"DataConfig.{name}={getattr(self, name)!r}: unused by the synthetic task (its "
                                      f"prompts and character tokenizer are fixed); allowed with it: the default, "
@@ -223,7 +228,9 @@ class MathTask:
         self.tokenizer = prompt_lib.load_tokenizer(tokenizer_path, field)
         self.pad_id = prompt_lib.pad_id(self.tokenizer)
         self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in {tokenizer_path, checkpoint} if p])
-        self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template)
+        self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template,
+                                                  data.enable_thinking)
+        prompt_lib.check_thinking_switch(self.tokenizer, self.prompt_cfg)
         self.verify_timeout = verify_timeout
         self._loaded: dict[str, list[Problem]] = {}
 
@@ -337,6 +344,25 @@ def _math_task(data: DataConfig, model_source, seed: int, verify_timeout: float)
 
 
 TASKS.update({SYNTHETIC: _synthetic_task, "math": _math_task})
+
+
+def drop_long_prompts(task, problems: Sequence[Problem], max_tokens: int) -> list[Problem]:
+    """The problems whose prompt has at most `max_tokens` tokens (all of them for 0); how many were left
+    out is logged. Bounds the widest rollout batch, and so a step's memory, on sets with a few long
+    problems (MATH's longest prompts run to 1,500 tokens, 3 times its 99th percentile)."""
+    if not max_tokens:
+        return list(problems)
+    lengths = [len(task.prompt_ids(p)) for p in problems]
+    kept = [p for p, n in zip(problems, lengths) if n <= max_tokens]
+    if not kept:
+        raise ConfigError(f"data.max_prompt_tokens={max_tokens}: every one of the {len(problems)} training prompts "
+                          f"is longer (the shortest has {min(lengths)} tokens); allowed: 0 (no limit) or at "
+                          f"least {min(lengths)}")
+    if len(kept) < len(problems):
+        logging.info("data.max_prompt_tokens=%d: %d of %d training problems left out (prompts of %d to %d tokens)",
+                     max_tokens, len(problems) - len(kept), len(problems),
+                     min(n for n in lengths if n > max_tokens), max(lengths))
+    return kept
 
 
 def prompt_width(task, problems: Sequence[Problem]) -> int:

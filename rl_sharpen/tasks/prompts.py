@@ -10,7 +10,8 @@ chat template, with the generation prompt for the assistant appended. A tokenize
 template (or `use_chat_template=False`) gets the plain format "{system}\\n\\n{user}\\n".
 Templates that write a date into the system turn (Llama 3.x: "Today Date: ...") get the fixed
 `TEMPLATE_DATE`, so a prompt, and every log-prob given it, is the same on every day a run or its
-resume happens to run.
+resume happens to run. Templates with a thinking switch (Qwen3's hybrid models) take
+`enable_thinking` when it is set: False writes the empty think block, so the model answers at once.
 `encode_prompts` returns the sampler's left-padded `PromptBatch`, so every row's last prompt token
 is at column T - 1 and generation appends at the same position for all rows.
 """
@@ -37,10 +38,14 @@ class PromptConfig:
     template: str = DEFAULT_TEMPLATE  # must contain "{problem}" exactly once
     system_prompt: str | None = None  # None: the chat template's default system turn, if any
     use_chat_template: bool = True
+    enable_thinking: bool | None = None  # a chat template's thinking switch (Qwen3); None: the template's default
 
     def __post_init__(self):
         if self.template.count(PROBLEM_PLACEHOLDER) != 1:
             raise ValueError(f"template must contain {PROBLEM_PLACEHOLDER!r} exactly once, got {self.template!r}")
+        if self.enable_thinking is not None and not self.use_chat_template:
+            raise ValueError(f"enable_thinking={self.enable_thinking!r} is a chat template's switch; allowed "
+                             "without a chat template (use_chat_template=False): None")
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -77,9 +82,25 @@ def render_prompt(tokenizer, problem: str, cfg: PromptConfig = PromptConfig()) -
         messages = [{"role": "user", "content": user}]
         if cfg.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": cfg.system_prompt})
+        switch = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             date_string=TEMPLATE_DATE)
+                                             date_string=TEMPLATE_DATE, **switch)
     return f"{cfg.system_prompt}\n\n{user}\n" if cfg.system_prompt else f"{user}\n"
+
+
+def check_thinking_switch(tokenizer, cfg: PromptConfig, field: str = "data.enable_thinking") -> None:
+    """Refuses `enable_thinking` set for a tokenizer whose chat template ignores it (it would change
+    nothing, silently): the template must render a different prompt with the switch on and off."""
+    from rl_sharpen.config import ConfigError
+
+    if cfg.enable_thinking is None:
+        return
+    if not _has_chat_template(tokenizer):
+        raise ConfigError(f"{field}={cfg.enable_thinking!r}: the tokenizer has no chat template; allowed: None")
+    on, off = (render_prompt(tokenizer, "q", dataclasses.replace(cfg, enable_thinking=v)) for v in (True, False))
+    if on == off:
+        raise ConfigError(f"{field}={cfg.enable_thinking!r}: this tokenizer's chat template has no thinking switch "
+                          "(it renders the same prompt with enable_thinking True and False); allowed: None")
 
 
 def pad_id(tokenizer) -> int:
