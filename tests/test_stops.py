@@ -161,12 +161,13 @@ def test_stop_strings_and_their_automaton_must_agree():
 
 
 def test_a_run_s_rollouts_and_validation_stop_on_its_stop_strings(tmp_path, monkeypatch):
-    calls = []
+    calls, tables = [], []
     generate = sampling.generate
 
     def recording_generate(*args, stops=None, **kwargs):
         out = generate(*args, stops=stops, **kwargs)
         calls.append((stops.strings if stops is not None else None, np.asarray(out.lengths)))
+        tables.append(stops)
         return out
 
     monkeypatch.setattr(sampling, "generate", recording_generate)
@@ -176,6 +177,7 @@ def test_a_run_s_rollouts_and_validation_stop_on_its_stop_strings(tmp_path, monk
     c.data.validation_limit, c.eval.batch_size, c.eval.keep_texts, c.eval.greedy = 4, 4, c.eval.num_samples, False
     experiment.run(c, str(tmp_path))
     assert [strings for strings, _ in calls] == [("+",)] * 3  # validation, rollout, validation
+    assert all(t is tables[0] for t in tables)  # one copy of the tables on the devices, built once
     with open(tmp_path / "eval" / "eval_step1.json") as f:
         saved = json.load(f)
     texts = [t for problem in saved["problems"] for t in problem["texts"]]
