@@ -57,8 +57,9 @@ def test_rewards_and_metrics_use_temperature_one_log_probs_of_the_sampled_law(ca
     s_pi = _picked(z, batch).sum(1)
     s_ref = _picked(_teacher_forced(ref, cfg, batch), batch).sum(1)
     np.testing.assert_allclose(np.asarray(batch.old_logprobs) * mask, _picked(z, batch), atol=2e-5)
-    np.testing.assert_allclose(np.asarray(batch.ref_logprobs) * mask, _picked(
-        _teacher_forced(ref, cfg, batch), batch), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(batch.ref_logprobs), _picked(_teacher_forced(ref, cfg, batch), batch),
+                               atol=2e-5)  # 0 after the completion, as the sampler's log-probs are
+    assert (mask == 0).any() and not np.asarray(batch.old_logprobs)[mask == 0].any()
     z_sampled = z
     if calibrated:
         z_memory = _teacher_forced(contrast.params, contrast.cfg, batch)

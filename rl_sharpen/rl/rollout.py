@@ -133,9 +133,10 @@ def rollout(policy_params, ref_params, cfg: ModelConfig, task: Task, problems: S
         correct, ids = multihost_utils.broadcast_one_to_all((np.asarray(correct, np.float32), ids))
     T = tokens.shape[1]
     full_tokens, full_segments = out.sequences()
-    ref_lp = scorer.logprobs(ref_params, full_tokens, full_segments, T)
-    policy_lp = jnp.asarray(out.logprobs, jnp.float32)
     mask_j = out.completion_mask.astype(jnp.float32)  # placed like the samples (rows over the data axes)
+    # 0 after the completion, as the sampler's own log-probs are (the scorer reads pad tokens there)
+    ref_lp = jnp.where(mask_j > 0, scorer.logprobs(ref_params, full_tokens, full_segments, T), 0.0)
+    policy_lp = jnp.asarray(out.logprobs, jnp.float32)
     stats = {}
     if rw.needs_token_statistics(reward_cfg):
         stats = scorer.token_stats(policy_params, full_tokens, full_segments, T)
