@@ -95,8 +95,9 @@ class MetricWriter:
 
     TensorBoard's writer queues events for a thread that writes them every couple of minutes, so a
     killed run loses its last ones, while each JSON line is on disk once `write` returns. A resumed
-    writer therefore tells TensorBoard to drop every earlier event (a purge at step 0) and writes the
-    kept rows again: its curves are the JSONL's.
+    writer therefore deletes the earlier event files, tells a TensorBoard that already read them to
+    drop their events (a purge at step 0) and writes the kept rows again: its curves are the JSONL's,
+    and the folder holds each row once however often the run resumed.
     """
 
     def __init__(self, workdir: str | os.PathLike, name: str = "train", tensorboard: bool = True,
@@ -119,9 +120,13 @@ class MetricWriter:
             from tensorboardX import FileWriter
             from tensorboardX.proto.event_pb2 import Event, SessionLog
 
+            folder = workdir / "tb" / name
+            if resume_step is not None and folder.exists():  # their rows are rewritten below from the JSONL
+                for old in folder.glob("events.out.tfevents.*"):
+                    old.unlink()
             # event files are named by the second they open in: a writer opened again within it (a run
             # resumed in the same process) would truncate the first one's file without its own suffix
-            self._tb = FileWriter(os.fspath(workdir / "tb" / name), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+            self._tb = FileWriter(os.fspath(folder), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
             if resume_step is not None:  # TensorBoard drops every earlier event; the kept rows follow
                 self._tb.add_event(Event(step=0, file_version="brain.Event:2"))
                 self._tb.add_event(Event(step=0, session_log=SessionLog(status=SessionLog.START)))

@@ -363,15 +363,22 @@ def test_resume_restores_tensorboard_events_a_kill_lost(tmp_path):
     assert [step for step, _, _ in _tensorboard_view(tmp_path / "tb" / "train")] == [1, 2, 3, 4, 5]
 
 
-def test_a_writer_opened_again_within_a_second_keeps_the_first_ones_events(tmp_path):
+def test_resumed_writers_leave_each_row_once_in_the_event_files(tmp_path):
+    """Resumed twice, within the same second too (a resume in the same process): the earlier event files
+    go, their rows written again by the resumed writer, and every other file in the folder stays."""
     first = MetricWriter(tmp_path, "train", is_main=True)
     _write_steps(first, range(1, 4))
     first.close()
-    again = MetricWriter(tmp_path, "train", is_main=True, resume_step=3)  # a resume in the same process
-    _write_steps(again, range(4, 6))
-    again.close()
-    scalars = sorted(e.step for e in _tensorboard_events(tmp_path / "tb" / "train") if e.HasField("summary"))
-    assert scalars == [1, 1, 2, 2, 3, 3, 4, 5]  # the first file's, and the second's replay of them
+    (tmp_path / "tb" / "train" / "notes.txt").write_text("kept")
+    for resume_step, steps in ((3, range(4, 6)), (4, range(5, 7))):
+        again = MetricWriter(tmp_path, "train", is_main=True, resume_step=resume_step)
+        _write_steps(again, steps)
+        again.close()
+    events = tmp_path / "tb" / "train"
+    assert len(list(events.glob("events.out.tfevents.*"))) == 1 and (events / "notes.txt").read_text() == "kept"
+    (events / "notes.txt").unlink()
+    scalars = [e.step for e in _tensorboard_events(events) if e.HasField("summary")]
+    assert scalars == [1, 2, 3, 4, 5, 6]
 
 
 def test_only_the_main_process_writes(tmp_path):
