@@ -350,7 +350,7 @@ TASKS.update({SYNTHETIC: _synthetic_task, "math": _math_task})
 def drop_long_prompts(task, problems: Sequence[Problem], max_tokens: int) -> list[Problem]:
     """The problems whose prompt has at most `max_tokens` tokens (all of them for 0); how many were left
     out is logged. Bounds the widest rollout batch, and so a step's memory, on sets with a few long
-    problems (MATH's longest prompts run to 1,500 tokens, 3 times its 99th percentile)."""
+    problems (MATH's longest prompt has about 1,600 tokens, 3 times its 99th percentile)."""
     if not max_tokens:
         return list(problems)
     lengths = [len(task.prompt_ids(p)) for p in problems]
