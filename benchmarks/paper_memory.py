@@ -20,8 +20,8 @@ log-prob chunk) is compiled ahead of time on --devices fake CPU devices for the 
 peak = arguments + outputs - donated (aliased) + temporaries, per device, from `memory_analysis()`.
 Rollout rows are prompt width P (--prompt-width; the MATH prompts' bucket) + the new tokens. The
 train state of the whole step (policy, reference, Adam's moments) is in the arguments of the update;
-the other phases count only their own inputs; "with the resident state" adds the copies of the
-parameters that stay on the device outside the phase.
+the other phases count only their own inputs; "with the resident state" adds what of policy,
+reference and optimizer state stays on the device outside the phase.
 XLA's CPU programs stand in for a GPU's or TPU's: layouts and fusion differ, the large buffers
 (KV cache, logits chunks, attention scores, weights) do not.
 """
@@ -38,7 +38,6 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ("qwen25_3b_math", "llama32_3b_math", "qwen3_4b_math")
-RESIDENT_COPIES = {"update": 1, "memory": 4}  # parameter copies on the device outside the phase (else 3)
 
 
 def parse_args():
@@ -157,8 +156,16 @@ def main():
             raise ValueError(f"--phases: {phase!r}; allowed: prefill, decode, scorer, update, memory, eval_prefill, "
                              "eval_decode")
 
-        # one parameter copy's bytes on a device; policy, reference and Adam's two moments stay there all step
-        copy_bytes = sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
+        def device_bytes(tree):
+            return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+        # what stays on a device all step: policy, reference (each one parameter copy) and the optimizer's
+        # state (Adam's moments, float32 whatever the parameters' dtype); a phase's arguments hold some of it
+        copy_bytes = device_bytes(params)
+        opt_bytes = device_bytes(optimizer_state(make_optimizer(exp.optim, models.weight_decay_mask(cfg)), params,
+                                                 shardings))
+        outside = {"update": copy_bytes,  # its arguments: the policy and the optimizer's state
+                   "memory": 2 * copy_bytes + opt_bytes}  # its own network's; else the policy or the reference
         for phase in args.phases.split(","):
             m = lowered(phase).compile().memory_analysis()
             b, g, n, p = shapes(phase)
@@ -167,11 +174,10 @@ def main():
                    "layers": cfg.num_layers, "rows": b * g, "prompt_width": p, "new_tokens": n,
                    "micro_batch": micro, "argument_bytes": m.argument_size_in_bytes,
                    "output_bytes": m.output_size_in_bytes, "alias_bytes": m.alias_size_in_bytes,
-                   "temp_bytes": m.temp_size_in_bytes, "param_copy_bytes": copy_bytes}
+                   "temp_bytes": m.temp_size_in_bytes, "param_copy_bytes": copy_bytes,
+                   "optimizer_state_bytes": opt_bytes}
             row["peak_bytes"] = row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"] + row["temp_bytes"]
-            # the four copies less those in the phase's arguments (the update holds policy and moments; the
-            # memory network's update holds none of them)
-            row["with_resident_bytes"] = row["peak_bytes"] + copy_bytes * RESIDENT_COPIES.get(phase, 3)
+            row["with_resident_bytes"] = row["peak_bytes"] + outside.get(phase, copy_bytes + opt_bytes)
             results.append(row)
             print(f"{name:<16} {phase:<12} peak {row['peak_bytes'] / 1e9:7.2f} GB, with the resident state "
                   f"{row['with_resident_bytes'] / 1e9:7.2f} GB  (arguments {row['argument_bytes'] / 1e9:.2f}, "

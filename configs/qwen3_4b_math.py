@@ -12,4 +12,4 @@ from rl_sharpen.experiment import paper_config
 
 def get_config(arg: str = ""):
     return paper_config("Qwen/Qwen3-4B-Instruct-2507", "qwen3", arg,
-                        small_checkpoint="Qwen/Qwen3-0.6B", small_prompt={"enable_thinking": False})
+                        small_checkpoint="Qwen/Qwen3-0.6B", small_prompt={"thinking": "off"})

@@ -40,7 +40,7 @@ NOT_RESUMABLE = ("eval.verify_timeout",)
 # parameter; without it, norms and biases were not decayed either.
 ADDED_FIELDS = {"loss.is_level": "token", "data.synthetic_hold_out": False, "data.synthetic_validation_seed": 0,
                 "data.synthetic_hold_out_openings": False, "data.task": "", "sampling.stop_strings": [],
-                "data.enable_thinking": None, "data.max_prompt_tokens": 0,
+                "data.thinking": "", "data.max_prompt_tokens": 0,
                 "optim.decay_norms_and_biases": lambda old: old.get("optim.weight_decay", 0) > 0}
 
 

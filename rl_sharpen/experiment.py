@@ -121,7 +121,7 @@ class ExperimentConfig:
                              f"data.train={SYNTHETIC!r} (and data.validation={SYNTHETIC!r}), or a registered task "
                              "(data.task) with its own `sft_pairs`")
         if self.mode == "sft":  # the warm start draws fresh synthetic examples at every batch
-            for name in ("train_limit", "synthetic_train_problems"):
+            for name in ("train_limit", "max_prompt_tokens", "synthetic_train_problems"):
                 if (value := getattr(self.data, name)) != getattr(DataConfig(), name):
                     raise ValueError(f"ExperimentConfig.data.{name}={value} with mode='sft': it sets the RL "
                                      "problems, and the warm start draws fresh synthetic examples at every batch; "
@@ -347,8 +347,9 @@ def paper_config(checkpoint: str, family: str, arg: str = "", small_checkpoint: 
              task, so the config runs on a CPU with no downloads;
       small  keeps the algorithm and the data but swaps in the family's small instruct model
              (`small_checkpoint`, its prompt settings `small_prompt`) at one-GPU sizes: 16 prompts x 8
-             samples, 1024 new tokens, training prompts of at most 512 tokens, 100 MATH-500 problems per
-             validation (BENCHMARKS.md, "Memory per device", gives each phase's memory).
+             samples, 1024 new tokens, training prompts of at most 512 tokens, 200 steps, a validation
+             on 100 MATH-500 problems every 25 (BENCHMARKS.md, "Memory per device", gives each phase's
+             memory).
     """
     parts = [p for p in arg.split(",") if p]
     sizes = [p for p in parts if p in ("tiny", "small")]

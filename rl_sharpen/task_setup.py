@@ -15,7 +15,7 @@ import functools
 import os
 import re
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import numpy as np
@@ -34,6 +34,9 @@ from rl_sharpen.tasks.datasets import SOURCES, Problem, load_problems
 SYNTHETIC = "synthetic"
 
 
+THINKING_SWITCH = {"": None, "on": True, "off": False}  # data.thinking -> the chat template's enable_thinking
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     task: str = ""  # a name of task_setup.TASKS; "": "synthetic" when train is "synthetic", else "math"
@@ -48,7 +51,7 @@ class DataConfig:
     template: str = prompt_lib.DEFAULT_TEMPLATE  # user turn; "{problem}" marks the problem
     system_prompt: str = ""  # "" keeps the chat template's default
     use_chat_template: bool = True  # False: plain "template" text, no chat turns
-    enable_thinking: bool | None = None  # a chat template's thinking switch (Qwen3): None its default, False off
+    thinking: Literal["", "on", "off"] = ""  # a chat template's thinking switch (Qwen3): "" its default, "on", "off"
     synthetic_train_problems: int = 20000  # synthetic training problems (seeded)
     synthetic_validation_problems: int = 200  # synthetic validation problems (their own seed, below)
     synthetic_validation_seed: int = 0  # seed of the synthetic validation problems: one set for every run seed
@@ -83,12 +86,12 @@ class DataConfig:
              "True or False (True only with synthetic_hold_out=True)"),
             ("template", self.template.count(prompt_lib.PROBLEM_PLACEHOLDER) == 1,
              f"a string with {prompt_lib.PROBLEM_PLACEHOLDER!r} exactly once"),
-            ("enable_thinking", self.enable_thinking is None or self.use_chat_template,
-             "None when use_chat_template=False (the switch is a chat template's)"),
+            ("thinking", self.thinking in THINKING_SWITCH and (not self.thinking or self.use_chat_template),
+             f"one of {sorted(THINKING_SWITCH)}; '' when use_chat_template=False (the switch is a chat template's)"),
         ])
         if SYNTHETIC in (self.train, self.validation):  # the arithmetic task writes its own prompts, character tokens
             defaults = DataConfig.__dataclass_fields__
-            for name in ("tokenizer", "template", "system_prompt", "use_chat_template", "enable_thinking"):
+            for name in ("tokenizer", "template", "system_prompt", "use_chat_template", "thinking"):
                 if getattr(self, name) != defaults[name].default:
                     raise ValueError(f"DataConfig.{name}={getattr(self, name)!r}: unused by the synthetic task (its "
                                      f"prompts and character tokenizer are fixed); allowed with it: the default, "
@@ -230,7 +233,7 @@ class MathTask:
         self.pad_id = prompt_lib.pad_id(self.tokenizer)
         self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in {tokenizer_path, checkpoint} if p])
         self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template,
-                                                  data.enable_thinking)
+                                                  THINKING_SWITCH[data.thinking])
         prompt_lib.check_thinking_switch(self.tokenizer, self.prompt_cfg)
         self.verify_timeout = verify_timeout
         self._loaded: dict[str, list[Problem]] = {}

@@ -20,7 +20,7 @@ PAPER_CONFIGS = ["llama32_3b_math", "qwen25_3b_math", "qwen3_4b_math"]
 # What `small` may change: the model, the sizes, and the prompt settings of the small model.
 SMALL_CHANGES = {"model.checkpoint", "sampling.max_new_tokens", "eval.max_new_tokens", "loss.max_len",
                  "rl.prompts_per_step", "rl.micro_batch", "rl.prompt_padding", "train.steps", "train.eval_every",
-                 "data.validation_limit", "data.max_prompt_tokens", "data.enable_thinking", "eval.batch_size"}
+                 "data.validation_limit", "data.max_prompt_tokens", "data.thinking", "eval.batch_size"}
 
 
 def _preset_name(checkpoint: str) -> str:
@@ -40,7 +40,7 @@ def test_small_keeps_the_algorithm_and_the_data_and_swaps_in_the_familys_small_m
     assert little[0].family == big[0].family and little[1] < 1.3e9 < big[1]  # published parameter counts
     # validation and rollouts sample the same number of rows, whose KV cache bounds sampling's memory
     assert small.eval.batch_size * small.eval.num_samples == small.rl.prompts_per_step * small.sampling.num_samples
-    assert small.data.enable_thinking is (False if big[0].family == "qwen3" else None)
+    assert small.data.thinking == ("off" if big[0].family == "qwen3" else "")
 
 
 def test_size_switches_are_one_at_most_and_small_needs_a_small_checkpoint():
@@ -60,28 +60,38 @@ def test_the_thinking_switch_reaches_templates_that_have_one_and_is_refused_by_o
     tokenizer = prompt_lib.load_tokenizer(smollm2_tokenizer_dir)
     switched = copy.deepcopy(tokenizer)
     switched.chat_template = QWEN3_LIKE_TEMPLATE
-    default, off = (prompt_lib.render_prompt(switched, "1+1?", prompt_lib.PromptConfig(enable_thinking=v))
-                    for v in (None, False))
-    assert off == default + "<think>\n\n</think>\n\n"
+    default, on, off = (prompt_lib.render_prompt(switched, "1+1?", prompt_lib.PromptConfig(enable_thinking=v))
+                        for v in (None, True, False))
+    assert default == on and off == default + "<think>\n\n</think>\n\n"
     prompt_lib.check_thinking_switch(switched, prompt_lib.PromptConfig(enable_thinking=False))
-    with pytest.raises(ConfigError, match=r"data.enable_thinking=False: this tokenizer's chat template has no "
-                                          r"thinking switch .*allowed: None"):
+    with pytest.raises(ConfigError, match=r"data.thinking='off': this tokenizer's chat template has no "
+                                          r"thinking switch .*allowed: '' \(none set\)"):
         prompt_lib.check_thinking_switch(tokenizer, prompt_lib.PromptConfig(enable_thinking=False))
-    with pytest.raises(ValueError, match="enable_thinking.*use_chat_template=False"):
-        DataConfig(train="math", validation="math500", use_chat_template=False, enable_thinking=False)
-    with pytest.raises(ValueError, match="enable_thinking=False: unused by the synthetic task"):
-        DataConfig(enable_thinking=False)
+    with pytest.raises(ValueError, match="thinking.*'' when use_chat_template=False"):
+        DataConfig(train="math", validation="math500", use_chat_template=False, thinking="off")
+    with pytest.raises(ValueError, match="thinking='on': unused by the synthetic task"):
+        DataConfig(thinking="on")
+    c = get_config("qwen25_3b_math", "small")
+    c.data.thinking = "no"
+    with pytest.raises(ConfigError, match="data.thinking='no'; allowed: '', 'on', 'off'"):
+        experiment.parse(c)
 
 
-def test_qwen3_small_with_a_checkpoint_whose_template_has_no_switch_names_the_field(smollm2_tokenizer_dir,
-                                                                                    math_data_dir):
+def test_qwen3_small_thinks_off_and_names_the_field_where_a_template_has_no_switch(smollm2_tokenizer_dir,
+                                                                                   math_data_dir, tmp_path):
     exp = experiment.parse(get_config("qwen3_4b_math", "small"))
     data = dataclasses.replace(exp.data, train=str(math_data_dir / "math" / "test500.jsonl"),
                                validation=str(math_data_dir / "math" / "test500.jsonl"))
-    with pytest.raises(ConfigError, match="data.enable_thinking=False"):
+    with pytest.raises(ConfigError, match="data.thinking='off'.*allowed: ''"):
         MathTask(data, smollm2_tokenizer_dir)
-    task = MathTask(dataclasses.replace(data, enable_thinking=None), smollm2_tokenizer_dir)
-    assert "<think>" not in task.prompt_text(task.problems("train")[0])
+    switched = prompt_lib.load_tokenizer(smollm2_tokenizer_dir)
+    switched.chat_template = QWEN3_LIKE_TEMPLATE
+    switched.save_pretrained(tmp_path / "qwen3_like")
+    for thinking, block in (("off", True), ("", False)):
+        task = MathTask(dataclasses.replace(data, thinking=thinking), str(tmp_path / "qwen3_like"))
+        problem = task.problems("train")[0]
+        assert task.prompt_text(problem).endswith("<think>\n\n</think>\n\n") is block
+        assert task.tokenizer.decode(task.prompt_ids(problem)) == task.prompt_text(problem)
 
 
 def test_max_prompt_tokens_leaves_out_exactly_the_longer_training_prompts(smollm2_tokenizer_dir, math_data_dir,
@@ -132,3 +142,10 @@ def test_a_small_config_trains_and_validates_on_real_math_rows(smollm2_tokenizer
     assert max(len(task.prompt_ids(p)) for p in run.train_problems) <= 160
     result = run.run()
     assert {"pass@1", "maj@2"} <= set(result) and result["step"] == 2
+
+
+def test_a_warm_start_refuses_the_rl_prompt_bound():
+    c = get_config("demo", "tiny")
+    c.mode, c.data.max_prompt_tokens = "sft", 100
+    with pytest.raises(ConfigError, match="data.max_prompt_tokens=100 with mode='sft': it sets the RL problems"):
+        experiment.parse(c)

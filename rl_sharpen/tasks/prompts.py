@@ -88,19 +88,21 @@ def render_prompt(tokenizer, problem: str, cfg: PromptConfig = PromptConfig()) -
     return f"{cfg.system_prompt}\n\n{user}\n" if cfg.system_prompt else f"{user}\n"
 
 
-def check_thinking_switch(tokenizer, cfg: PromptConfig, field: str = "data.enable_thinking") -> None:
+def check_thinking_switch(tokenizer, cfg: PromptConfig) -> None:
     """Refuses `enable_thinking` set for a tokenizer whose chat template ignores it (it would change
-    nothing, silently): the template must render a different prompt with the switch on and off."""
+    nothing, silently): the template must render a different prompt with the switch on and off. The
+    error names the config field, data.thinking."""
     from rl_sharpen.config import ConfigError
 
     if cfg.enable_thinking is None:
         return
+    setting = f"data.thinking={'on' if cfg.enable_thinking else 'off'!r}"
     if not _has_chat_template(tokenizer):
-        raise ConfigError(f"{field}={cfg.enable_thinking!r}: the tokenizer has no chat template; allowed: None")
+        raise ConfigError(f"{setting}: the tokenizer has no chat template; allowed: '' (none set)")
     on, off = (render_prompt(tokenizer, "q", dataclasses.replace(cfg, enable_thinking=v)) for v in (True, False))
     if on == off:
-        raise ConfigError(f"{field}={cfg.enable_thinking!r}: this tokenizer's chat template has no thinking switch "
-                          "(it renders the same prompt with enable_thinking True and False); allowed: None")
+        raise ConfigError(f"{setting}: this tokenizer's chat template has no thinking switch (it renders the same "
+                          "prompt with enable_thinking True and False); allowed: '' (none set)")
 
 
 def pad_id(tokenizer) -> int:
