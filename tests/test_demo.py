@@ -371,7 +371,7 @@ def test_the_warm_start_record_holds_every_data_field_its_examples_depend_on():
     base = DataConfig(synthetic_validation_problems=20)
     other = {"train_split": "test", "train_limit": 7, "validation_split": "train", "validation_limit": 3,
              "tokenizer": "somewhere", "template": "Solve: {problem}", "system_prompt": "Be brief.",
-             "use_chat_template": False, "synthetic_train_problems": 50,
+             "use_chat_template": False, "thinking": "on", "max_prompt_tokens": 100, "synthetic_train_problems": 50,
              "synthetic_max_steps": 2, "synthetic_max_value": 15, "synthetic_max_operand": 4, "sft_correct": 0.9,
              "sft_guess": 0.0, "sft_wrong_step": 0.8, "synthetic_validation_problems": 40,
              "synthetic_validation_seed": 5, "synthetic_hold_out": False, "synthetic_hold_out_openings": True}
