@@ -31,7 +31,7 @@ from rl_sharpen.sampling.prompts import check_fields
 from rl_sharpen.sft import SFTConfig
 from rl_sharpen.tasks.synthetic import CharTokenizer
 from rl_sharpen.task_setup import (BUILT_IN_TASKS, SYNTHETIC, DataConfig, EvalConfig, build_task, drop_long_prompts,
-                                   make_evaluator, prompt_width, shared_problems)
+                                   make_evaluator, prompt_width, shared_problems, task_stops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,9 +207,10 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
     reward_cfg = reward_cfg or exp.reward
     rw.check_components(reward_cfg, exp.sampling.num_samples, model_cfg.vocab_size)  # before any evaluation
     train_problems = drop_long_prompts(task, task.problems("train"), exp.data.max_prompt_tokens)
+    stops = task_stops(task, exp.sampling.stop_strings, model_cfg, mesh)  # one copy for rollouts and validation
     # each validation's per-problem results, plot and table in <workdir>/eval (rl_sharpen.compare reads them)
     evaluate = make_evaluator(exp.eval, task, model_cfg, exp.sampling, mesh, seed=exp.seed,
-                              workdir=os.path.join(workdir, "eval"))
+                              workdir=os.path.join(workdir, "eval"), stops=stops)
     if shared := shared_problems(train_problems, evaluate.problems):
         logging.warning("%d of %d validation problems also appear, word for word, among the %d training problems: "
                         "validation measures them as seen in training", shared, len(evaluate.problems),
@@ -267,7 +268,7 @@ def make_rl_run(exp: ExperimentConfig, workdir: str, model_cfg, params, task, me
                  reward_cfg=reward_cfg, adv_cfg=exp.advantage, loss_cfg=exp.loss,
                  optim_cfg=exp.optim, rl_cfg=exp.rl, train_cfg=exp.train, workdir=workdir, seed=exp.seed,
                  config_record={**to_record(exp), "reward": to_record(reward_cfg)}, evaluate=evaluate,
-                 mesh=mesh, name=name, calibration_cfg=exp.calibration)
+                 mesh=mesh, name=name, calibration_cfg=exp.calibration, stops=stops)
 
 
 def save_policy(params, model_cfg: models.ModelConfig, exp: ExperimentConfig, task, path: str) -> None:

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import os
 import re
-import weakref
 from typing import Any, Callable, Literal, Sequence
 
 import jax
@@ -378,33 +377,24 @@ def prompt_width(task, problems: Sequence[Problem]) -> int:
 EVAL_STREAM = 0x6576616C  # folded into the seed key for validation sampling (rollouts fold in the step alone)
 
 
-_STOP_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> {(strings, vocab, mesh): tables}
-
-
 def task_stops(task, strings: Sequence[str], model_cfg, mesh=None) -> sampling.StopStrings | None:
     """The stop strings' automaton over the task tokenizer's token texts, on the devices (None without
-    strings): what `sampling.generate` takes with `SamplingConfig.stop_strings`. Built once per task,
-    strings, vocabulary and mesh, so a run's rollouts and validation (and the demo's regimes) share
-    one copy of its tables (4-45 MB at 49k-152k tokens)."""
+    strings): what `sampling.generate` takes with `SamplingConfig.stop_strings`."""
     if not strings:
         return None
-    key = (tuple(strings), model_cfg.vocab_size, mesh)
-    tables = _STOP_TABLES.setdefault(task, {})
-    if key not in tables:
-        texts = prompt_lib.token_texts(task.tokenizer)
-        tables[key] = sampling.compile_stops(strings, texts, model_cfg.vocab_size).placed(mesh)
-    return tables[key]
+    return sampling.compile_stops(strings, prompt_lib.token_texts(task.tokenizer), model_cfg.vocab_size).placed(mesh)
 
 
 def make_generate_fn(task, params_ref: dict, model_cfg, eval_cfg: EvalConfig, base: sampling.SamplingConfig,
-                     mesh, seed: int, width: int | None = None):
+                     mesh, seed: int, width: int | None = None, stops: sampling.StopStrings | None = None):
     """evaluation.GenerateFn over the sampler; `params_ref["params"]` is read at call time.
 
     Call i (`params_ref["calls"]`, counted from 0) with `params_ref["step"] = s` samples with the key
     fold_in(fold_in(fold_in(key(seed), EVAL_STREAM), s), i): validation at a given step draws the same
-    samples in a resumed run, and none that a rollout draws. It stops on `base.stop_strings` as rollouts do.
+    samples in a resumed run, and none that a rollout draws. It stops on `base.stop_strings` as rollouts do
+    (`stops`: their tables when the caller has them already, e.g. a run's rollouts).
     """
-    stops = task_stops(task, base.stop_strings, model_cfg, mesh)
+    stops = stops if stops is not None else task_stops(task, base.stop_strings, model_cfg, mesh)
 
     def generate(prompt_texts, num_samples, greedy):
         scfg = dataclasses.replace(base, max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature,
@@ -461,14 +451,14 @@ def shared_problems(train: Sequence[Problem], validation: Sequence[Problem]) -> 
 
 
 def make_evaluator(eval_cfg: EvalConfig, task, model_cfg, sampling_cfg, mesh, seed: int = 0,
-                   workdir: str | None = None):
+                   workdir: str | None = None, stops: sampling.StopStrings | None = None):
     """evaluate(params, step) -> flat metrics, on `evaluate.problems`; with `workdir`, also JSON, a
     table and a pass@k plot (`REPORT_FILES`), and `evaluate.discard_after(step)`,
     `discard_reports_after` on that folder."""
     problems = task.problems("validation")
     params_ref: dict = {}
     generate = make_generate_fn(task, params_ref, model_cfg, eval_cfg, sampling_cfg, mesh, seed,
-                                prompt_width(task, problems))
+                                prompt_width(task, problems), stops)
 
     def evaluate(params, step: int) -> dict:
         params_ref.update(params=params, step=step, calls=0)

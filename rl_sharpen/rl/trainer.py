@@ -183,6 +183,7 @@ class RLRun:
     mesh: Any = None
     name: str = "train"
     calibration_cfg: CalibrationConfig = CalibrationConfig()  # distribution-level calibration (off at mu = 0)
+    stops: Any = None  # sampling.StopStrings of sampling_cfg.stop_strings; None builds them when there are some
 
     def __post_init__(self):
         G = self.sampling_cfg.num_samples
@@ -192,7 +193,8 @@ class RLRun:
                                              self.rl_cfg.logprob_chunk, self.rl_cfg.remat, self.mesh)
         # the scorer and the memory pass over micro-batches of the update's rows
         self.scorer = _scorer(self.model_cfg, self.rl_cfg.logprob_chunk, micro, self.mesh)
-        self.stops = task_stops(self.task, self.sampling_cfg.stop_strings, self.model_cfg, self.mesh)
+        if self.stops is None:
+            self.stops = task_stops(self.task, self.sampling_cfg.stop_strings, self.model_cfg, self.mesh)
         self.memory = (Memory(self.model_cfg, self.calibration_cfg, self.mesh, micro_rows=micro,
                               remat=self.rl_cfg.remat) if self.calibration_cfg.enabled else None)
 
