@@ -95,9 +95,11 @@ class MetricWriter:
 
     TensorBoard's writer queues events for a thread that writes them every couple of minutes, so a
     killed run loses its last ones, while each JSON line is on disk once `write` returns. A resumed
-    writer therefore deletes the earlier event files, tells a TensorBoard that already read them to
-    drop their events (a purge at step 0) and writes the kept rows again: its curves are the JSONL's,
-    and the folder holds each row once however often the run resumed.
+    writer therefore tells TensorBoard to drop every earlier event (a purge at step 0) and writes the
+    kept rows again: its curves are the JSONL's. It deletes the earlier event files but the newest,
+    whose rows the purge hides: TensorBoard's Python loader, reading that one, would not move on to
+    the new file if it were deleted. So the folder holds two copies of the rows at most, however often
+    the run resumed.
     """
 
     def __init__(self, workdir: str | os.PathLike, name: str = "train", tensorboard: bool = True,
@@ -122,7 +124,7 @@ class MetricWriter:
 
             folder = workdir / "tb" / name
             if resume_step is not None and folder.exists():  # their rows are rewritten below from the JSONL
-                for old in folder.glob("events.out.tfevents.*"):
+                for old in sorted(folder.glob("events.out.tfevents.*"))[:-1]:  # named by the second they opened
                     old.unlink()
             # event files are named by the second they open in: a writer opened again within it (a run
             # resumed in the same process) would truncate the first one's file without its own suffix

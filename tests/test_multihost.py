@@ -363,22 +363,26 @@ def test_resume_restores_tensorboard_events_a_kill_lost(tmp_path):
     assert [step for step, _, _ in _tensorboard_view(tmp_path / "tb" / "train")] == [1, 2, 3, 4, 5]
 
 
-def test_resumed_writers_leave_each_row_once_in_the_event_files(tmp_path):
-    """Resumed twice, within the same second too (a resume in the same process): the earlier event files
-    go, their rows written again by the resumed writer, and every other file in the folder stays."""
+def test_resumed_writers_keep_two_event_files_at_most_and_show_each_row_once(tmp_path):
+    """Resumed three times, within the same second too (a resume in the same process): the event files
+    before the newest go (a TensorBoard reading the newest one moves on to the next), every other file
+    in the folder stays, and TensorBoard shows the JSONL's rows once each."""
     first = MetricWriter(tmp_path, "train", is_main=True)
     _write_steps(first, range(1, 4))
     first.close()
-    (tmp_path / "tb" / "train" / "notes.txt").write_text("kept")
-    for resume_step, steps in ((3, range(4, 6)), (4, range(5, 7))):
+    events = tmp_path / "tb" / "train"
+    (events / "notes.txt").write_text("kept")
+    for resume_step, steps in ((3, range(4, 6)), (4, range(5, 7)), (6, range(7, 8))):
+        newest = max(events.glob("events.out.tfevents.*"))
         again = MetricWriter(tmp_path, "train", is_main=True, resume_step=resume_step)
         _write_steps(again, steps)
         again.close()
-    events = tmp_path / "tb" / "train"
-    assert len(list(events.glob("events.out.tfevents.*"))) == 1 and (events / "notes.txt").read_text() == "kept"
+        files = sorted(events.glob("events.out.tfevents.*"))
+        assert len(files) == 2 and files[0] == newest
+    assert (events / "notes.txt").read_text() == "kept"
     (events / "notes.txt").unlink()
-    scalars = [e.step for e in _tensorboard_events(events) if e.HasField("summary")]
-    assert scalars == [1, 2, 3, 4, 5, 6]
+    rows = [(r["step"], "reward", r["reward"]) for r in read_jsonl(tmp_path / "train.jsonl")]
+    assert _tensorboard_view(events) == rows and [step for step, _, _ in rows] == list(range(1, 8))
 
 
 def test_only_the_main_process_writes(tmp_path):
