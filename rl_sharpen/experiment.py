@@ -18,6 +18,7 @@ from absl import logging
 from rl_sharpen import models, sampling
 from rl_sharpen import sharding as shd
 from rl_sharpen.binary_rewards import BinaryRewardsConfig
+from rl_sharpen.checkpoint import config_changes
 from rl_sharpen.config import ConfigError, from_config_dict, to_config_dict
 from rl_sharpen.metrics import check_shared_workdir, workdir_path, write_json
 from rl_sharpen.models.hf_io import checkpoint_folder
@@ -285,6 +286,8 @@ def run(config, workdir: str) -> dict:
     main = jax.process_index() == 0
     out = workdir_path(workdir)  # local, or gs://... (etils.epath)
     check_shared_workdir(workdir)  # several hosts: one folder they all see
+    if exp.mode == "eval":
+        check_eval_workdir(exp, out)
 
     def record_config():  # once the config's model and data load (RL, SFT, demo: once their checkpoints accept it)
         if main:
@@ -327,6 +330,23 @@ def run(config, workdir: str) -> dict:
         write_json(result, out / "result.json")
     logging.info("result: %s", result)
     return result
+
+
+def check_eval_workdir(exp: ExperimentConfig, out) -> None:
+    """Refuses an evaluation into a workdir holding another run's files (its config.json, result.json
+    and eval_step0.json would be replaced): another mode's run, or an evaluation with other settings.
+    The same evaluation again is allowed (its files come out the same)."""
+    record = out / "config.json"
+    if not record.exists():
+        return
+    old = json.loads(record.read_text())
+    if old.get("mode") != "eval":
+        raise ConfigError(f"--workdir={os.fspath(out)} holds a {old.get('mode')!r} run (its config.json), whose "
+                          "config.json and result.json an evaluation would replace; allowed: a new --workdir "
+                          "(e.g. a subfolder of this one)")
+    if changes := config_changes(old, to_record(exp)):
+        raise ConfigError(f"--workdir={os.fspath(out)} holds an evaluation with other settings ({changes}), whose "
+                          "files this one would replace; allowed: a new --workdir, or the same settings")
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -382,6 +382,10 @@ def task_stops(task, strings: Sequence[str], model_cfg, mesh=None) -> sampling.S
     strings): what `sampling.generate` takes with `SamplingConfig.stop_strings`."""
     if not strings:
         return None
+    for escaped in [s for s in strings if re.search(r"\\[ntr]", s)]:
+        logging.warning("sampling.stop_strings holds %r, with a backslash before n, t or r: a string given on the "
+                        "command line keeps its backslashes; for a newline, give a Python tuple: "
+                        "--config.sampling.stop_strings=\"('\\n\\nQuestion:',)\"", escaped)
     return sampling.compile_stops(strings, prompt_lib.token_texts(task.tokenizer), model_cfg.vocab_size).placed(mesh)
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rl_sharpen.config import SourceError
+from rl_sharpen.config import ConfigError, SourceError
 from rl_sharpen.tasks import SOURCES, Problem, load_problems
 from rl_sharpen.tasks.datasets import FORMAT_FIELDS, FORMATS, infer_format
 
@@ -226,8 +226,9 @@ def test_unreadable_paths_and_empty_loads_raise(tmp_path):
                                           r"problems, e.g. one of \['train.jsonl'\]"):
         load_problems(str(tmp_path))
     path = write_jsonl(tmp_path / "none.jsonl", [{"problem": "p"}, "garbage"])
-    with pytest.raises(ValueError, match=r"none of its 2 rows loads as format 'qa'; skipped: .*missing answer"):
-        load_problems(path)
+    with pytest.raises(ConfigError, match=r"^data.train='.*none.jsonl': none of its 2 rows loads as format 'qa'; "
+                                          r"skipped: .*missing answer"):
+        load_problems(path, field="data.train")
     with pytest.raises(ValueError, match="none of its 0 rows"):
         load_problems(write_jsonl(tmp_path / "empty.jsonl", []))
     assert load_problems(path, limit=0)[0] == []

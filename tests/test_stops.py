@@ -79,6 +79,25 @@ def test_a_character_no_token_holds_is_warned_of(smollm2_tokenizer_dir, caplog):
     assert "no token's text holds ['∞', '案', '答']" in caplog.text
 
 
+def test_a_stop_string_with_backslash_escapes_kept_is_warned_of(smollm2_tokenizer_dir, caplog):
+    """`--config.sampling.stop_strings="\\n\\nQuestion:"` (a plain string) keeps its backslashes: such a
+    string never matches a newline, so the run says how to write one."""
+    import types
+
+    from rl_sharpen.task_setup import task_stops
+    from rl_sharpen.tasks.prompts import load_tokenizer
+
+    task = types.SimpleNamespace(tokenizer=load_tokenizer(smollm2_tokenizer_dir))
+    model_cfg = types.SimpleNamespace(vocab_size=len(task.tokenizer))
+    with caplog.at_level("WARNING"):
+        task_stops(task, ("\n\nQuestion:",), model_cfg)
+    assert "backslash" not in caplog.text
+    with caplog.at_level("WARNING"):
+        task_stops(task, ("\\n\\nQuestion:",), model_cfg)
+    assert "holds '\\\\n\\\\nQuestion:', with a backslash before n, t or r" in caplog.text
+    assert "--config.sampling.stop_strings=\"('\\n\\nQuestion:',)\"" in caplog.text
+
+
 def test_stop_strings_are_read_alike_by_the_config_and_the_automaton():
     """A bare string is one stop string, and a repeat is dropped, in both."""
     texts = ["a", "b", ":"]

@@ -408,6 +408,18 @@ def test_eval_config_runs_tiny_on_smollm2(smollm2_tokenizer_dir, math_data_dir, 
     result = experiment.run(c, str(tmp_path))
     assert set(result) >= {"pass@1", "pass@2", "maj@2", "greedy_accuracy"}
     assert json.loads((tmp_path / "result.json").read_text()) == pytest.approx(result)
+    assert experiment.run(c, str(tmp_path)) == result  # the same evaluation again, into the same folder
+    saved = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    c.data.validation_limit = 3  # other settings would replace the first evaluation's files: refused
+    with pytest.raises(ConfigError, match=r"holds an evaluation with other settings \(data.validation_limit: "
+                                          r"2 -> 3\).*allowed: a new --workdir"):
+        experiment.run(c, str(tmp_path))
+    record = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**record, "mode": "rl"}))  # as an RL run's folder
+    with pytest.raises(ConfigError, match="holds a 'rl' run .*allowed: a new --workdir"):
+        experiment.run(c, str(tmp_path))
+    (tmp_path / "config.json").write_bytes(saved["config.json"])
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == saved  # nothing replaced
     with pytest.raises(ValueError, match="'<checkpoint folder>,tiny'"):
         get_config("eval_smollm2_gsm8k", f"{smollm2_tokenizer_dir},small")
     bare, hub = get_config("eval_smollm2_gsm8k", "tiny"), get_config("eval_smollm2_gsm8k", ",tiny")

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rl_sharpen.config import SourceError
+from rl_sharpen.config import ConfigError, SourceError
 from rl_sharpen.tasks.answers import last_boxed
 
 _LOG = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
       ignored for files. limit: keep the first `limit` valid problems. format: one of `FORMATS`;
       default: the source's format, or `infer_format` of a file's first 64 rows. field: the config
       field that named the source, for errors (default: both data fields; its split is `{field}_split`).
-    Raises ValueError when no row loads (unless limit=0).
+    Raises ConfigError (a ValueError) naming `field` when no row loads (unless limit=0).
     """
     split_field = f" ({field}_split)" if field else ""
     field = field or "data.train / data.validation"
@@ -354,8 +354,8 @@ def load_problems(name_or_path: str, split: str | None = None, limit: int | None
         problems.append(problem)
     if not problems and limit != 0:
         missing_fields = fields_seen and all(reason.startswith("missing ") for reason in skipped)
-        raise ValueError(
-            f"{name_or_path}: none of its {num_rows} rows loads as format {format!r}"
+        raise ConfigError(
+            f"{field}={name_or_path!r}: none of its {num_rows} rows loads as format {format!r}"
             + (f"; skipped: {dict(skipped)}" if skipped else "")
             + (f". A file holds a list of row objects (or one object per line); this one holds one object "
                f"with the rows under {' / '.join(map(repr, wrappers))}" if num_rows == 1 and wrappers else
