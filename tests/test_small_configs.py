@@ -65,7 +65,7 @@ def test_the_thinking_switch_reaches_templates_that_have_one_and_is_refused_by_o
     assert default == on and off == default + "<think>\n\n</think>\n\n"
     prompt_lib.check_thinking_switch(switched, prompt_lib.PromptConfig(enable_thinking=False))
     with pytest.raises(ConfigError, match=r"data.thinking='off': this tokenizer's chat template has no "
-                                          r"thinking switch .*allowed: '' \(none set\)"):
+                                          r"thinking switch .*allowed: '' \(none set: --config.data.thinking=\)"):
         prompt_lib.check_thinking_switch(tokenizer, prompt_lib.PromptConfig(enable_thinking=False))
     with pytest.raises(ValueError, match="thinking.*'' when use_chat_template=False"):
         DataConfig(train="math", validation="math500", use_chat_template=False, thinking="off")

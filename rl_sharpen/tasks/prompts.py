@@ -98,11 +98,13 @@ def check_thinking_switch(tokenizer, cfg: PromptConfig) -> None:
         return
     setting = f"data.thinking={'on' if cfg.enable_thinking else 'off'!r}"
     if not _has_chat_template(tokenizer):
-        raise ConfigError(f"{setting}: the tokenizer has no chat template; allowed: '' (none set)")
+        raise ConfigError(f"{setting}: the tokenizer has no chat template; allowed: '' (none set: "
+                          "--config.data.thinking=)")
     on, off = (render_prompt(tokenizer, "q", dataclasses.replace(cfg, enable_thinking=v)) for v in (True, False))
     if on == off:
         raise ConfigError(f"{setting}: this tokenizer's chat template has no thinking switch (it renders the same "
-                          "prompt with enable_thinking True and False); allowed: '' (none set)")
+                          "prompt with enable_thinking True and False); allowed: '' (none set: "
+                          "--config.data.thinking=)")
 
 
 def pad_id(tokenizer) -> int:
