@@ -28,8 +28,9 @@ def next_logprobs(params, cfg, prompt, n):
     return {tuple(s[:j].tolist()): logp[i, j] for i, s in enumerate(seqs) for j in range(n)}
 
 
-def python_beam_search(table, width, n, alpha):
-    """The textbook algorithm: beams are (tokens, logp, finished); finished beams stay and compete."""
+def python_beam_search(table, width, n, alpha, ends=lambda tokens: tokens[-1] == EOS):
+    """The textbook algorithm: beams are (tokens, logp, finished); finished beams stay and compete.
+    A beam finishes when `ends(its tokens)`."""
     beams = [((), 0.0, False)]
     for _ in range(n):
         candidates = []
@@ -37,7 +38,7 @@ def python_beam_search(table, width, n, alpha):
             if finished:
                 candidates.append((tokens, logp, True))
             else:
-                candidates += [(tokens + (y,), logp + table[tokens][y], y == EOS) for y in range(V)]
+                candidates += [(tokens + (y,), logp + table[tokens][y], ends(tokens + (y,))) for y in range(V)]
         beams = sorted(candidates, key=lambda c: -c[1] / lp(len(c[0]), alpha))[:width]
     return beams
 
@@ -88,6 +89,37 @@ def test_narrow_beam_matches_python_beam_search(width, alpha):
         np.testing.assert_allclose([s for _, s in found], [s for _, s, _ in ref], atol=1e-5)
         per_token = np.asarray(out.logprobs[b]).sum(-1)
         np.testing.assert_allclose(per_token, np.asarray(out.seq_logprobs[b]), atol=1e-5)
+
+
+TOKEN_TEXTS = ["b", "", "a", "ab", "ba"]  # id 1 is the EOS: no text
+
+
+@pytest.mark.parametrize("strings,eos_ids", [(("ab",), (EOS,)), (("ab", "bb"), ()), (("aa",), (EOS,))])
+def test_stop_strings_end_beams_where_their_text_first_holds_one(strings, eos_ids):
+    """Against the textbook search whose beams end at the EOS or at the token whose text completes a
+    stop string, however the tokens split it ("a" + "b", "ab", "ba" + "b", ...)."""
+    from rl_sharpen.sampling.stops import compile_stops, first_stop
+
+    cfg, params = peaky_model(seed=2)
+    n, width = 4, 3
+    stops = compile_stops(strings, TOKEN_TEXTS, V)
+    out = sampling.beam_search(params, cfg, PROMPTS, sampling.BeamConfig(
+        width=width, max_new_tokens=n, eos_ids=eos_ids, stop_strings=strings), stops=stops)
+
+    def ends(tokens):
+        text = "".join(TOKEN_TEXTS[t] for t in tokens)
+        return tokens[-1] in eos_ids or first_stop(text, strings) is not None
+
+    stopped = 0
+    for b, prompt in enumerate(PROMPTS):
+        ref = python_beam_search(next_logprobs(params, cfg, prompt, n), width, n, 0.0, ends)
+        assert [t for t, _ in beams_of(out, b)] == [t for t, _, _ in ref]
+        np.testing.assert_allclose([s for _, s in beams_of(out, b)], [s for _, s, _ in ref], atol=1e-5)
+        assert np.asarray(out.finished[b]).tolist() == [f for _, _, f in ref]
+        stopped += sum(f and t[-1] not in eos_ids for t, _, f in ref)
+    assert stopped  # some beam ended on a stop string, else nothing is checked
+    with pytest.raises(ValueError, match=r"BeamConfig.stop_strings=\(\) with stops for"):
+        sampling.beam_search(params, cfg, PROMPTS, sampling.BeamConfig(width=2, max_new_tokens=2), stops=stops)
 
 
 def test_beams_without_a_candidate_are_empty_rows():

@@ -31,7 +31,7 @@ import numpy as np
 from rl_sharpen.models import transformer
 from rl_sharpen.models.config import ModelConfig
 from rl_sharpen.sampling import decode, kv, prompts as prompt_lib
-from rl_sharpen.sampling.stops import StopStrings, is_stop_strings, stop_tuple
+from rl_sharpen.sampling.stops import StopStrings, checked_stops, is_stop_strings, stop_tuple
 
 _MIN_TEMPERATURE = float(jnp.finfo(jnp.float32).tiny)  # below it, T is 0 or subnormal in float32
 TEMPERATURES = f"0 (greedy) or a finite float >= {_MIN_TEMPERATURE:.3g} (float32's smallest normal number)"
@@ -336,15 +336,7 @@ def generate(params, cfg: ModelConfig, prompts, rng: jax.Array, sampling_cfg: Sa
     """
     sc = sampling_cfg
     prompt_lib.check_token_ids(cfg, "SamplingConfig", sc.pad_id, sc.eos_ids)
-    if (stops.strings if stops is not None else ()) != sc.stop_strings:
-        raise ValueError(f"SamplingConfig.stop_strings={sc.stop_strings!r} with stops for "
-                         f"{None if stops is None else stops.strings!r}: pass "
-                         "stops=sampling.compile_stops(stop_strings, token_texts, vocab_size) for the same strings "
-                         "(tasks.prompts.token_texts gives a tokenizer's), and none without stop strings")
-    if stops is not None:
-        if stops.hit.shape[1] != cfg.vocab_size:
-            raise ValueError(f"stops cover {stops.hit.shape[1]} token ids; the model has vocab_size={cfg.vocab_size}")
-        stops = stops.placed(mesh)
+    stops = checked_stops(stops, sc.stop_strings, cfg.vocab_size, "SamplingConfig", mesh)
     if contrast is not None and contrast.cfg.vocab_size != cfg.vocab_size:
         raise ValueError(f"Contrast.cfg.vocab_size={contrast.cfg.vocab_size}; must equal the policy's "
                          f"vocab_size={cfg.vocab_size}")

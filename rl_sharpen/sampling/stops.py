@@ -112,6 +112,22 @@ def stop_tuple(strings) -> tuple[str, ...]:
     return (strings,) if isinstance(strings, str) else tuple(dict.fromkeys(strings))
 
 
+def checked_stops(stops: StopStrings | None, strings: tuple[str, ...], vocab_size: int, owner: str,
+                  mesh=None) -> StopStrings | None:
+    """`stops` on the devices, once they are the automaton of the config's `strings` over the model's
+    vocabulary (None without strings)."""
+    if (stops.strings if stops is not None else ()) != strings:
+        raise ValueError(f"{owner}.stop_strings={strings!r} with stops for "
+                         f"{None if stops is None else stops.strings!r}: pass "
+                         "stops=sampling.compile_stops(stop_strings, token_texts, vocab_size) for the same strings "
+                         "(tasks.prompts.token_texts gives a tokenizer's), and none without stop strings")
+    if stops is None:
+        return None
+    if stops.hit.shape[1] != vocab_size:
+        raise ValueError(f"stops cover {stops.hit.shape[1]} token ids; the model has vocab_size={vocab_size}")
+    return stops.placed(mesh)
+
+
 def first_stop(text: str, strings: Sequence[str]) -> int | None:
     """The end of the earliest stop string in `text` (the index after it), None without one: where
     the sampler ends a sample written as `text`."""
