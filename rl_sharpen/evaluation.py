@@ -202,6 +202,10 @@ class Grader:
         """The key of an answer: equal keys are one answer (rollouts' majority-vote reward groups by it)."""
         return answer
 
+    def rollout_counters(self, counters: dict[str, float]) -> dict[str, float]:
+        """The counters of `grade` (as a dict) that a rollout logs, as verify_<name>: all of them."""
+        return counters
+
     def vote_keys(self, answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
                   golds: Sequence[str], *, timeout: float = 5.0, workers: int | None = None
                   ) -> tuple[list[list[str | None]], dict[str, float]]:
@@ -226,6 +230,9 @@ class MathGrader(Grader):
 
     def answer_key(self, answer):
         return canonical_answer(answer)
+
+    def rollout_counters(self, counters):  # the verifier's time is in the rollout's own time_score
+        return {"timeouts": counters["num_timeouts"], "errors": counters["num_errors"]}
 
     def vote_keys(self, answers, correct, golds, *, timeout=5.0, workers=None):
         return vote_keys(answers, correct, golds, timeout=timeout, workers=workers)

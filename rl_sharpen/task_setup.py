@@ -33,9 +33,6 @@ from rl_sharpen.tasks.datasets import SOURCES, Problem, load_problems
 SYNTHETIC = "synthetic"
 
 
-THINKING_SWITCH = {"": None, "on": True, "off": False}  # data.thinking -> the chat template's enable_thinking
-
-
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     task: str = ""  # a name of task_setup.TASKS; "": "synthetic" when train is "synthetic", else "math"
@@ -85,8 +82,9 @@ class DataConfig:
              "True or False (True only with synthetic_hold_out=True)"),
             ("template", self.template.count(prompt_lib.PROBLEM_PLACEHOLDER) == 1,
              f"a string with {prompt_lib.PROBLEM_PLACEHOLDER!r} exactly once"),
-            ("thinking", self.thinking in THINKING_SWITCH and (not self.thinking or self.use_chat_template),
-             f"one of {sorted(THINKING_SWITCH)}; '' when use_chat_template=False (the switch is a chat template's)"),
+            ("thinking", self.thinking in prompt_lib.THINKING and (not self.thinking or self.use_chat_template),
+             f"one of {sorted(prompt_lib.THINKING)}; '' when use_chat_template=False (the switch is a chat "
+             "template's)"),
         ])
         if SYNTHETIC in (self.train, self.validation):  # the arithmetic task writes its own prompts, character tokens
             defaults = DataConfig.__dataclass_fields__
@@ -142,13 +140,12 @@ class EvalConfig:
 def score_completions(completions: Sequence[str], problems: Sequence[Problem], timeout: float,
                       grader: evaluation.Grader = evaluation.MATH_GRADER):
     """(task rewards 1[answer == gold] float32 [N], answer keys (`grader.answer_key`, None without an
-    answer), counters): `grader` as validation applies it (`evaluation.run_grader`)."""
+    answer), the counters `grader.rollout_counters` keeps): `grader` as validation applies it
+    (`evaluation.run_grader`)."""
     correct, answers, counters = evaluation.run_grader(grader, list(completions), [p.answer for p in problems],
                                                        timeout, None)
     keys = [None if a is None else grader.answer_key(a) for a in answers]
-    if isinstance(grader, evaluation.MathGrader):  # those a rollout logs (time: the rollout's time_score)
-        counters = {"timeouts": counters["num_timeouts"], "errors": counters["num_errors"]}
-    return correct, keys, counters
+    return correct, keys, grader.rollout_counters(counters)
 
 
 class SyntheticTask:
@@ -232,7 +229,7 @@ class MathTask:
         self.pad_id = prompt_lib.pad_id(self.tokenizer)
         self.eos_ids = prompt_lib.stop_token_ids(self.tokenizer, [p for p in {tokenizer_path, checkpoint} if p])
         self.prompt_cfg = prompt_lib.PromptConfig(data.template, data.system_prompt or None, data.use_chat_template,
-                                                  THINKING_SWITCH[data.thinking])
+                                                  data.thinking)
         prompt_lib.check_thinking_switch(self.tokenizer, self.prompt_cfg)
         self.verify_timeout = verify_timeout
         self._loaded: dict[str, list[Problem]] = {}

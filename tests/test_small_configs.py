@@ -60,13 +60,13 @@ def test_the_thinking_switch_reaches_templates_that_have_one_and_is_refused_by_o
     tokenizer = prompt_lib.load_tokenizer(smollm2_tokenizer_dir)
     switched = copy.deepcopy(tokenizer)
     switched.chat_template = QWEN3_LIKE_TEMPLATE
-    default, on, off = (prompt_lib.render_prompt(switched, "1+1?", prompt_lib.PromptConfig(enable_thinking=v))
-                        for v in (None, True, False))
+    default, on, off = (prompt_lib.render_prompt(switched, "1+1?", prompt_lib.PromptConfig(thinking=v))
+                        for v in ("", "on", "off"))
     assert default == on and off == default + "<think>\n\n</think>\n\n"
-    prompt_lib.check_thinking_switch(switched, prompt_lib.PromptConfig(enable_thinking=False))
+    prompt_lib.check_thinking_switch(switched, prompt_lib.PromptConfig(thinking="off"))
     with pytest.raises(ConfigError, match=r"data.thinking='off': this tokenizer's chat template has no "
                                           r"thinking switch .*allowed: '' \(none set: --config.data.thinking=\)"):
-        prompt_lib.check_thinking_switch(tokenizer, prompt_lib.PromptConfig(enable_thinking=False))
+        prompt_lib.check_thinking_switch(tokenizer, prompt_lib.PromptConfig(thinking="off"))
     with pytest.raises(ValueError, match="thinking.*'' when use_chat_template=False"):
         DataConfig(train="math", validation="math500", use_chat_template=False, thinking="off")
     with pytest.raises(ValueError, match="thinking='on': unused by the synthetic task"):

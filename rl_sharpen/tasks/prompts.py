@@ -11,7 +11,8 @@ template (or `use_chat_template=False`) gets the plain format "{system}\\n\\n{us
 Templates that write a date into the system turn (Llama 3.x: "Today Date: ...") get the fixed
 `TEMPLATE_DATE`, so a prompt, and every log-prob given it, is the same on every day a run or its
 resume happens to run. Templates with a thinking switch (Qwen3's hybrid models) take
-`enable_thinking` when it is set: False writes the empty think block, so the model answers at once.
+`enable_thinking` when `thinking` is set: "off" writes the empty think block, so the model answers
+at once.
 `encode_prompts` returns the sampler's left-padded `PromptBatch`, so every row's last prompt token
 is at column T - 1 and generation appends at the same position for all rows.
 """
@@ -31,6 +32,7 @@ DEFAULT_TEMPLATE = (
 )
 # The date handed to chat templates that print one (their `date_string`); Llama 3.x's own default.
 TEMPLATE_DATE = "26 Jul 2024"
+THINKING = {"": None, "on": True, "off": False}  # PromptConfig.thinking -> the template's enable_thinking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +40,14 @@ class PromptConfig:
     template: str = DEFAULT_TEMPLATE  # must contain "{problem}" exactly once
     system_prompt: str | None = None  # None: the chat template's default system turn, if any
     use_chat_template: bool = True
-    enable_thinking: bool | None = None  # a chat template's thinking switch (Qwen3); None: the template's default
+    thinking: str = ""  # a chat template's thinking switch (Qwen3): "" its default, "on" or "off"
 
     def __post_init__(self):
         if self.template.count(PROBLEM_PLACEHOLDER) != 1:
             raise ValueError(f"template must contain {PROBLEM_PLACEHOLDER!r} exactly once, got {self.template!r}")
-        if self.enable_thinking is not None and not self.use_chat_template:
-            raise ValueError(f"enable_thinking={self.enable_thinking!r} is a chat template's switch; allowed "
-                             "without a chat template (use_chat_template=False): None")
+        if self.thinking not in THINKING or (self.thinking and not self.use_chat_template):
+            raise ValueError(f"thinking={self.thinking!r}; allowed: one of {sorted(THINKING)}, and '' without a chat "
+                             "template (use_chat_template=False): the switch is a chat template's")
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -82,25 +84,25 @@ def render_prompt(tokenizer, problem: str, cfg: PromptConfig = PromptConfig()) -
         messages = [{"role": "user", "content": user}]
         if cfg.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": cfg.system_prompt})
-        switch = {} if cfg.enable_thinking is None else {"enable_thinking": cfg.enable_thinking}
+        switch = {"enable_thinking": THINKING[cfg.thinking]} if cfg.thinking else {}
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              date_string=TEMPLATE_DATE, **switch)
     return f"{cfg.system_prompt}\n\n{user}\n" if cfg.system_prompt else f"{user}\n"
 
 
 def check_thinking_switch(tokenizer, cfg: PromptConfig) -> None:
-    """Refuses `enable_thinking` set for a tokenizer whose chat template ignores it (it would change
-    nothing, silently): the template must render a different prompt with the switch on and off. The
-    error names the config field, data.thinking."""
+    """Refuses `thinking` set for a tokenizer whose chat template ignores it (it would change nothing,
+    silently): the template must render a different prompt with the switch on and off. The error
+    names the config field, data.thinking."""
     from rl_sharpen.config import ConfigError
 
-    if cfg.enable_thinking is None:
+    if not cfg.thinking:
         return
-    setting = f"data.thinking={'on' if cfg.enable_thinking else 'off'!r}"
+    setting = f"data.thinking={cfg.thinking!r}"
     if not _has_chat_template(tokenizer):
         raise ConfigError(f"{setting}: the tokenizer has no chat template; allowed: '' (none set: "
                           "--config.data.thinking=)")
-    on, off = (render_prompt(tokenizer, "q", dataclasses.replace(cfg, enable_thinking=v)) for v in (True, False))
+    on, off = (render_prompt(tokenizer, "q", dataclasses.replace(cfg, thinking=v)) for v in ("on", "off"))
     if on == off:
         raise ConfigError(f"{setting}: this tokenizer's chat template has no thinking switch (it renders the same "
                           "prompt with enable_thinking True and False); allowed: '' (none set: "
